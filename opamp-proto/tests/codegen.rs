@@ -22,6 +22,9 @@ fn generate(out_dir: &Path) {
         // Large byte fields (config bodies, package contents, certificates,
         // custom message data) decode as `Bytes`, sharing the input buffer.
         .bytes(["."])
+        // Ordered maps make encoding deterministic: equal messages give equal
+        // bytes, which config hashes and cross-language tests rely on.
+        .btree_map(["."])
         .out_dir(out_dir)
         .compile_fds(descriptors)
         .expect("prost-build generates code");

@@ -121,8 +121,8 @@ pub struct CertificateRequest {
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AvailableComponents {
     /// Sent in full only when the server asks for it.
-    #[prost(map = "string, message", tag = "1")]
-    pub components: ::std::collections::HashMap<
+    #[prost(btree_map = "string, message", tag = "1")]
+    pub components: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         ComponentDetails,
     >,
@@ -135,8 +135,8 @@ pub struct AvailableComponents {
 pub struct ComponentDetails {
     #[prost(message, repeated, tag = "1")]
     pub metadata: ::prost::alloc::vec::Vec<KeyValue>,
-    #[prost(map = "string, message", tag = "2")]
-    pub sub_component_map: ::std::collections::HashMap<
+    #[prost(btree_map = "string, message", tag = "2")]
+    pub sub_component_map: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         ComponentDetails,
     >,
@@ -226,8 +226,8 @@ pub struct OtherConnectionSettings {
     #[prost(message, optional, tag = "3")]
     pub certificate: ::core::option::Option<TlsCertificate>,
     /// Free-form settings whose meaning the agent defines.
-    #[prost(map = "string, string", tag = "4")]
-    pub other_settings: ::std::collections::HashMap<
+    #[prost(btree_map = "string, string", tag = "4")]
+    pub other_settings: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
@@ -305,8 +305,8 @@ pub struct ConnectionSettingsOffers {
     #[prost(message, optional, tag = "5")]
     pub own_logs: ::core::option::Option<TelemetryConnectionSettings>,
     /// Keyed by a connection name the agent understands.
-    #[prost(map = "string, message", tag = "6")]
-    pub other_connections: ::std::collections::HashMap<
+    #[prost(btree_map = "string, message", tag = "6")]
+    pub other_connections: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         OtherConnectionSettings,
     >,
@@ -315,8 +315,8 @@ pub struct ConnectionSettingsOffers {
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct PackagesAvailable {
     /// Keyed by package name; "" names the agent's own top-level package.
-    #[prost(map = "string, message", tag = "1")]
-    pub packages: ::std::collections::HashMap<
+    #[prost(btree_map = "string, message", tag = "1")]
+    pub packages: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         PackageAvailable,
     >,
@@ -412,8 +412,8 @@ pub struct ComponentHealth {
     #[prost(fixed64, tag = "5")]
     pub status_time_unix_nano: u64,
     /// Sub-components keyed by name.
-    #[prost(map = "string, message", tag = "6")]
-    pub component_health_map: ::std::collections::HashMap<
+    #[prost(btree_map = "string, message", tag = "6")]
+    pub component_health_map: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         ComponentHealth,
     >,
@@ -453,8 +453,8 @@ pub struct ConnectionSettingsStatus {
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct PackageStatuses {
     /// Keyed by package name.
-    #[prost(map = "string, message", tag = "1")]
-    pub packages: ::std::collections::HashMap<
+    #[prost(btree_map = "string, message", tag = "1")]
+    pub packages: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         PackageStatus,
     >,
@@ -514,8 +514,8 @@ pub struct AgentRemoteConfig {
 /// Configuration files keyed by name; a single-file agent may use "".
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentConfigMap {
-    #[prost(map = "string, message", tag = "1")]
-    pub config_map: ::std::collections::HashMap<
+    #[prost(btree_map = "string, message", tag = "1")]
+    pub config_map: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
         AgentConfigFile,
     >,
