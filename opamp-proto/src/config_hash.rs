@@ -28,7 +28,11 @@ pub fn config_hash(config: &AgentConfigMap) -> bytes::Bytes {
     digest.update(b"opamp-rs config v1");
     // BTreeMap iterates in key order, so the result does not depend on insertion order.
     for (name, file) in &config.config_map {
-        for part in [name.as_bytes(), file.content_type.as_bytes(), file.body.as_ref()] {
+        for part in [
+            name.as_bytes(),
+            file.content_type.as_bytes(),
+            file.body.as_ref(),
+        ] {
             digest.update((part.len() as u64).to_be_bytes());
             digest.update(part);
         }
@@ -56,7 +60,10 @@ mod tests {
     use crate::generated::AgentConfigFile;
 
     fn file(body: &str, content_type: &str) -> AgentConfigFile {
-        AgentConfigFile { body: body.to_owned().into(), content_type: content_type.into() }
+        AgentConfigFile {
+            body: body.to_owned().into(),
+            content_type: content_type.into(),
+        }
     }
 
     #[test]
@@ -82,7 +89,9 @@ mod tests {
 
         // Moving bytes between name and body must not collide.
         let mut shifted = AgentConfigMap::default();
-        shifted.config_map.insert("xa".into(), file("b", "text/yaml"));
+        shifted
+            .config_map
+            .insert("xa".into(), file("b", "text/yaml"));
         assert_ne!(h, config_hash(&shifted));
 
         assert_ne!(h, config_hash(&AgentConfigMap::default()));
@@ -92,11 +101,10 @@ mod tests {
     fn known_answer_keeps_the_hash_stable_across_versions() {
         // If this changes, every deployed server re-pushes every config.
         let mut config = AgentConfigMap::default();
-        config.config_map.insert(String::new(), file("key: value\n", "text/yaml"));
-        assert_eq!(
-            hex::encode(config_hash(&config)),
-            KNOWN_HASH,
-        );
+        config
+            .config_map
+            .insert(String::new(), file("key: value\n", "text/yaml"));
+        assert_eq!(hex::encode(config_hash(&config)), KNOWN_HASH,);
     }
 
     // Computed independently (Python hashlib) from the documented layout.

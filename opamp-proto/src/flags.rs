@@ -20,7 +20,7 @@ bitflags! {
     /// assert_eq!(from_newer_peer.bits(), 0x1_0001);
     /// assert_eq!(from_newer_peer.iter_names().count(), 1);
     /// ```
-    #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
     pub struct AgentCapabilities: u64 {
         /// Reports status; every agent sets it.
         const REPORTS_STATUS = 0x1;
@@ -70,7 +70,7 @@ bitflags! {
     /// let names: Vec<_> = caps.iter_names().map(|(name, _)| name).collect();
     /// assert_eq!(names, ["ACCEPTS_STATUS", "OFFERS_REMOTE_CONFIG"]);
     /// ```
-    #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
     pub struct ServerCapabilities: u64 {
         /// Accepts agent status reports.
         const ACCEPTS_STATUS = 0x1;
@@ -100,7 +100,7 @@ bitflags! {
     /// let flags = AgentToServerFlags::from_bits_retain(1);
     /// assert!(flags.contains(AgentToServerFlags::REQUEST_INSTANCE_UID));
     /// ```
-    #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
     pub struct AgentToServerFlags: u64 {
         /// Asks the server for a new instance uid.
         const REQUEST_INSTANCE_UID = 0x1;
@@ -118,7 +118,7 @@ bitflags! {
     /// let flags = ServerToAgentFlags::REPORT_FULL_STATE | ServerToAgentFlags::REPORT_AVAILABLE_COMPONENTS;
     /// assert_eq!(flags.bits(), 3);
     /// ```
-    #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
     pub struct ServerToAgentFlags: u64 {
         /// The agent should report all of its state next time.
         const REPORT_FULL_STATE = 0x1;
@@ -140,21 +140,48 @@ mod tests {
         use generated::AgentCapabilities as A;
         let pairs = [
             (AgentCapabilities::REPORTS_STATUS, A::ReportsStatus),
-            (AgentCapabilities::ACCEPTS_REMOTE_CONFIG, A::AcceptsRemoteConfig),
-            (AgentCapabilities::REPORTS_EFFECTIVE_CONFIG, A::ReportsEffectiveConfig),
+            (
+                AgentCapabilities::ACCEPTS_REMOTE_CONFIG,
+                A::AcceptsRemoteConfig,
+            ),
+            (
+                AgentCapabilities::REPORTS_EFFECTIVE_CONFIG,
+                A::ReportsEffectiveConfig,
+            ),
             (AgentCapabilities::ACCEPTS_PACKAGES, A::AcceptsPackages),
-            (AgentCapabilities::REPORTS_PACKAGE_STATUSES, A::ReportsPackageStatuses),
+            (
+                AgentCapabilities::REPORTS_PACKAGE_STATUSES,
+                A::ReportsPackageStatuses,
+            ),
             (AgentCapabilities::REPORTS_OWN_TRACES, A::ReportsOwnTraces),
             (AgentCapabilities::REPORTS_OWN_METRICS, A::ReportsOwnMetrics),
             (AgentCapabilities::REPORTS_OWN_LOGS, A::ReportsOwnLogs),
-            (AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS, A::AcceptsOpAmpConnectionSettings),
-            (AgentCapabilities::ACCEPTS_OTHER_CONNECTION_SETTINGS, A::AcceptsOtherConnectionSettings),
-            (AgentCapabilities::ACCEPTS_RESTART_COMMAND, A::AcceptsRestartCommand),
+            (
+                AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS,
+                A::AcceptsOpAmpConnectionSettings,
+            ),
+            (
+                AgentCapabilities::ACCEPTS_OTHER_CONNECTION_SETTINGS,
+                A::AcceptsOtherConnectionSettings,
+            ),
+            (
+                AgentCapabilities::ACCEPTS_RESTART_COMMAND,
+                A::AcceptsRestartCommand,
+            ),
             (AgentCapabilities::REPORTS_HEALTH, A::ReportsHealth),
-            (AgentCapabilities::REPORTS_REMOTE_CONFIG, A::ReportsRemoteConfig),
+            (
+                AgentCapabilities::REPORTS_REMOTE_CONFIG,
+                A::ReportsRemoteConfig,
+            ),
             (AgentCapabilities::REPORTS_HEARTBEAT, A::ReportsHeartbeat),
-            (AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS, A::ReportsAvailableComponents),
-            (AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS, A::ReportsConnectionSettingsStatus),
+            (
+                AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS,
+                A::ReportsAvailableComponents,
+            ),
+            (
+                AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS,
+                A::ReportsConnectionSettingsStatus,
+            ),
         ];
         for (typed, raw) in pairs {
             assert_eq!(typed.bits(), raw as i32 as u64, "{raw:?}");
@@ -164,12 +191,27 @@ mod tests {
         use generated::ServerCapabilities as S;
         let pairs = [
             (ServerCapabilities::ACCEPTS_STATUS, S::AcceptsStatus),
-            (ServerCapabilities::OFFERS_REMOTE_CONFIG, S::OffersRemoteConfig),
-            (ServerCapabilities::ACCEPTS_EFFECTIVE_CONFIG, S::AcceptsEffectiveConfig),
+            (
+                ServerCapabilities::OFFERS_REMOTE_CONFIG,
+                S::OffersRemoteConfig,
+            ),
+            (
+                ServerCapabilities::ACCEPTS_EFFECTIVE_CONFIG,
+                S::AcceptsEffectiveConfig,
+            ),
             (ServerCapabilities::OFFERS_PACKAGES, S::OffersPackages),
-            (ServerCapabilities::ACCEPTS_PACKAGES_STATUS, S::AcceptsPackagesStatus),
-            (ServerCapabilities::OFFERS_CONNECTION_SETTINGS, S::OffersConnectionSettings),
-            (ServerCapabilities::ACCEPTS_CONNECTION_SETTINGS_REQUEST, S::AcceptsConnectionSettingsRequest),
+            (
+                ServerCapabilities::ACCEPTS_PACKAGES_STATUS,
+                S::AcceptsPackagesStatus,
+            ),
+            (
+                ServerCapabilities::OFFERS_CONNECTION_SETTINGS,
+                S::OffersConnectionSettings,
+            ),
+            (
+                ServerCapabilities::ACCEPTS_CONNECTION_SETTINGS_REQUEST,
+                S::AcceptsConnectionSettingsRequest,
+            ),
         ];
         for (typed, raw) in pairs {
             assert_eq!(typed.bits(), raw as i32 as u64, "{raw:?}");

@@ -98,8 +98,8 @@ pub use generated::{
 pub use generated::{any_value, server_error_response};
 // Enums used as field types.
 pub use generated::{
-    CommandType, ConnectionSettingsStatuses, PackageStatusEnum, PackageType,
-    RemoteConfigStatuses, ServerErrorResponseType,
+    CommandType, ConnectionSettingsStatuses, PackageStatusEnum, PackageType, RemoteConfigStatuses,
+    ServerErrorResponseType,
 };
 // Enums that only name single bits of the bitmask fields; the typed sets above
 // are what the rest of the workspace uses.
@@ -108,7 +108,7 @@ pub use generated::{
     ServerCapabilities as ServerCapabilityBit, ServerToAgentFlags as ServerToAgentFlagBit,
 };
 
-/// `prost`'s encoding trait, re-exported so users need no direct dependency.
-pub use prost::Message;
 /// `prost`'s decoding error.
 pub use prost::DecodeError;
+/// `prost`'s encoding trait, re-exported so users need no direct dependency.
+pub use prost::Message;

@@ -34,38 +34,54 @@ pub mod semconv {
 impl AnyValue {
     /// A string value.
     pub fn string(value: impl Into<String>) -> Self {
-        Self { value: Some(Value::StringValue(value.into())) }
+        Self {
+            value: Some(Value::StringValue(value.into())),
+        }
     }
 
     /// A boolean value.
     pub fn bool(value: bool) -> Self {
-        Self { value: Some(Value::BoolValue(value)) }
+        Self {
+            value: Some(Value::BoolValue(value)),
+        }
     }
 
     /// An integer value.
     pub fn int(value: i64) -> Self {
-        Self { value: Some(Value::IntValue(value)) }
+        Self {
+            value: Some(Value::IntValue(value)),
+        }
     }
 
     /// A floating-point value.
     pub fn double(value: f64) -> Self {
-        Self { value: Some(Value::DoubleValue(value)) }
+        Self {
+            value: Some(Value::DoubleValue(value)),
+        }
     }
 
     /// A byte-string value.
     pub fn bytes(value: impl Into<Bytes>) -> Self {
-        Self { value: Some(Value::BytesValue(value.into())) }
+        Self {
+            value: Some(Value::BytesValue(value.into())),
+        }
     }
 
     /// An array of values.
     pub fn array(values: impl IntoIterator<Item = AnyValue>) -> Self {
-        Self { value: Some(Value::ArrayValue(ArrayValue { values: values.into_iter().collect() })) }
+        Self {
+            value: Some(Value::ArrayValue(ArrayValue {
+                values: values.into_iter().collect(),
+            })),
+        }
     }
 
     /// A nested list of key/value pairs.
     pub fn kvlist(values: impl IntoIterator<Item = KeyValue>) -> Self {
         Self {
-            value: Some(Value::KvlistValue(KeyValueList { values: values.into_iter().collect() })),
+            value: Some(Value::KvlistValue(KeyValueList {
+                values: values.into_iter().collect(),
+            })),
         }
     }
 
@@ -96,7 +112,11 @@ impl AnyValue {
                     .values
                     .iter()
                     .map(|kv| {
-                        let value = kv.value.as_ref().map(Self::to_display_string).unwrap_or_default();
+                        let value = kv
+                            .value
+                            .as_ref()
+                            .map(Self::to_display_string)
+                            .unwrap_or_default();
                         format!("{}={value}", kv.key)
                     })
                     .collect();
@@ -146,7 +166,10 @@ impl KeyValue {
     /// assert_eq!(kv.value.unwrap().as_str(), Some("web-1"));
     /// ```
     pub fn new(key: impl Into<String>, value: impl Into<AnyValue>) -> Self {
-        Self { key: key.into(), value: Some(value.into()) }
+        Self {
+            key: key.into(),
+            value: Some(value.into()),
+        }
     }
 }
 
@@ -183,7 +206,10 @@ impl AgentDescription {
         key: impl Into<String>,
         value: impl Into<AnyValue>,
     ) -> Self {
-        upsert(&mut self.non_identifying_attributes, KeyValue::new(key, value));
+        upsert(
+            &mut self.non_identifying_attributes,
+            KeyValue::new(key, value),
+        );
         self
     }
 
@@ -206,7 +232,9 @@ fn upsert(list: &mut Vec<KeyValue>, kv: KeyValue) {
 }
 
 fn find<'a>(list: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
-    list.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref())
+    list.iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
 }
 
 #[cfg(test)]
@@ -215,9 +243,14 @@ mod tests {
 
     #[test]
     fn upsert_replaces_instead_of_duplicating() {
-        let d = AgentDescription::for_service("a", "1").with_identifying(semconv::SERVICE_VERSION, "2");
+        let d =
+            AgentDescription::for_service("a", "1").with_identifying(semconv::SERVICE_VERSION, "2");
         assert_eq!(d.identifying_attributes.len(), 2);
-        assert_eq!(d.identifying(semconv::SERVICE_VERSION).and_then(AnyValue::as_str), Some("2"));
+        assert_eq!(
+            d.identifying(semconv::SERVICE_VERSION)
+                .and_then(AnyValue::as_str),
+            Some("2")
+        );
     }
 
     #[test]
@@ -226,7 +259,10 @@ mod tests {
             KeyValue::new("s", "x"),
             KeyValue::new("n", 3i64),
             KeyValue::new("b", true),
-            KeyValue::new("a", AnyValue::array([AnyValue::double(1.5), AnyValue::bytes(vec![0xab])])),
+            KeyValue::new(
+                "a",
+                AnyValue::array([AnyValue::double(1.5), AnyValue::bytes(vec![0xab])]),
+            ),
         ]);
         assert_eq!(v.to_display_string(), "{s=x, n=3, b=true, a=[1.5, ab]}");
         assert_eq!(AnyValue::default().to_display_string(), "");
