@@ -1,1 +1,12 @@
-//! To be filled.
+//! Benchmarks and load tools for opamp-rs.
+//!
+//! [`messages`] builds the benchmark messages. They are fully deterministic
+//! (no clocks, no randomness), and the Go benchmark in `interop/` builds the
+//! very same messages with opamp-go's generated types; a test compares the
+//! encoded bytes across the two languages by SHA-256.
+//!
+//! Run the encoding benches with `cargo bench -p opamp-benches`; see
+//! `benches/README.md` for the load generator and the results table.
+#![forbid(unsafe_code)]
+
+pub mod messages;
