@@ -59,7 +59,7 @@ fn capabilities() -> AgentCapabilities {
 /// - health: a root (healthy, start T0, status `running`, time T0+1) with 10
 ///   components `component-N` (N 0..=9; healthy unless N == 7, which has
 ///   last_error `exporter queue full`; status `ok`; start T0+N, time T0+N+1;
-///   one attribute `kind` = `receiver`);
+///   no `attributes`, which opamp-go's types lack);
 /// - effective config: one file `collector.yaml`, `text/yaml`, 2048 filler bytes;
 /// - remote config status: APPLIED with hash bytes 0..32;
 /// - 5 package statuses `pkg-N` (N 0..=4): version `1.0.N`, hashes `[N; 32]`,
@@ -87,7 +87,9 @@ pub fn full_status() -> AgentToServer {
                 status: "ok".into(),
                 status_time_unix_nano: T0 + n + 1,
                 component_health_map: Default::default(),
-                attributes: vec![KeyValue::new("kind", "receiver")],
+                // opamp-go's generated types predate `attributes` (7), and the
+                // Go benchmark must build the same bytes.
+                attributes: Vec::new(),
             };
             (format!("component-{n}"), health)
         })
