@@ -42,7 +42,10 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH;
         assert_eq!(parse("0", now), Some(Duration::ZERO));
         assert_eq!(parse(" 120 ", now), Some(Duration::from_secs(120)));
-        assert_eq!(parse("99999999999999999999999", now), Some(Duration::from_secs(u64::MAX)));
+        assert_eq!(
+            parse("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
         assert_eq!(parse("-5", now), None);
         assert_eq!(parse("1.5", now), None);
         assert_eq!(parse("", now), None);
@@ -52,9 +55,15 @@ mod tests {
     fn http_13_http_date_relative_to_now() {
         let date = "Sun, 06 Nov 1994 08:49:37 GMT";
         let at = httpdate::parse_http_date(date).unwrap();
-        assert_eq!(parse(date, at - Duration::from_secs(90)), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse(date, at - Duration::from_secs(90)),
+            Some(Duration::from_secs(90))
+        );
         // A date already past means retry at once.
-        assert_eq!(parse(date, at + Duration::from_secs(5)), Some(Duration::ZERO));
+        assert_eq!(
+            parse(date, at + Duration::from_secs(5)),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse("Sun, 06 Nov 1994 08:49:37", at), None);
     }
 }
