@@ -1,6 +1,7 @@
 //! Message encoding costs: `encode`, `encoded_len`, `decode`, and the
 //! transport round trips, for the four messages in `opamp_benches::messages`.
 //! The 1 MiB case has a `memcpy` of the same bytes as its physical baseline.
+#![allow(missing_docs)] // criterion_group! generates undocumented items.
 
 use std::hint::black_box;
 
@@ -8,6 +9,10 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use opamp_benches::messages;
 use opamp_proto::{AgentToServer, Message, ServerToAgent};
+use opamp_transport::{
+    DEFAULT_MAX_MESSAGE_SIZE, HeaderlessFrames, decode_frame, decode_gzip_body, encode_frame,
+    encode_gzip_body,
+};
 
 fn bench_message<M: Message + Default>(c: &mut Criterion, name: &str, message: &M) {
     let wire = Bytes::from(message.encode_to_vec());
@@ -18,11 +23,15 @@ fn bench_message<M: Message + Default>(c: &mut Criterion, name: &str, message: &
         let mut buf = Vec::with_capacity(wire.len());
         b.iter(|| {
             buf.clear();
-            black_box(message).encode(&mut buf).expect("capacity is unbounded");
+            black_box(message)
+                .encode(&mut buf)
+                .expect("capacity is unbounded");
             black_box(&buf);
         })
     });
-    group.bench_function("encoded_len", |b| b.iter(|| black_box(message).encoded_len()));
+    group.bench_function("encoded_len", |b| {
+        b.iter(|| black_box(message).encoded_len())
+    });
     group.bench_function("decode", |b| {
         b.iter(|| M::decode(black_box(wire.clone())).expect("valid message"))
     });
@@ -30,6 +39,19 @@ fn bench_message<M: Message + Default>(c: &mut Criterion, name: &str, message: &
         b.iter(|| {
             let bytes = Bytes::from(black_box(message).encode_to_vec());
             M::decode(bytes).expect("valid message")
+        })
+    });
+    group.bench_function("ws_frame_round_trip", |b| {
+        b.iter(|| {
+            let frame = encode_frame(black_box(message), DEFAULT_MAX_MESSAGE_SIZE).expect("fits");
+            decode_frame::<M>(frame, DEFAULT_MAX_MESSAGE_SIZE, HeaderlessFrames::Reject)
+                .expect("valid frame")
+        })
+    });
+    group.bench_function("gzip_http_body_round_trip", |b| {
+        b.iter(|| {
+            let body = encode_gzip_body(black_box(message));
+            decode_gzip_body::<M>(&body, DEFAULT_MAX_MESSAGE_SIZE).expect("valid body")
         })
     });
     group.finish();
@@ -46,13 +68,17 @@ fn memcpy_baseline(c: &mut Criterion) {
     let source = messages::big_remote_config().encode_to_vec();
     let mut group = c.benchmark_group("remote_config_1mib");
     group.throughput(Throughput::Bytes(source.len() as u64));
-    group.bench_with_input(BenchmarkId::new("memcpy", source.len()), &source, |b, source| {
-        let mut dest = vec![0u8; source.len()];
-        b.iter(|| {
-            dest.copy_from_slice(black_box(source));
-            black_box(&dest);
-        })
-    });
+    group.bench_with_input(
+        BenchmarkId::new("memcpy", source.len()),
+        &source,
+        |b, source| {
+            let mut dest = vec![0u8; source.len()];
+            b.iter(|| {
+                dest.copy_from_slice(black_box(source));
+                black_box(&dest);
+            })
+        },
+    );
     group.finish();
 }
 

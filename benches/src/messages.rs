@@ -4,9 +4,9 @@
 use opamp_proto::{
     AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentRemoteConfig,
     AgentToServer, AnyValue, AvailableComponents, ComponentDetails, ComponentHealth,
-    DownloadableFile, EffectiveConfig, Header, Headers, KeyValue, PackageAvailable,
-    PackageStatus, PackageStatusEnum, PackageStatuses, PackageType, PackagesAvailable,
-    RemoteConfigStatus, RemoteConfigStatuses, ServerToAgent,
+    DownloadableFile, EffectiveConfig, Header, Headers, KeyValue, PackageAvailable, PackageStatus,
+    PackageStatusEnum, PackageStatuses, PackageType, PackagesAvailable, RemoteConfigStatus,
+    RemoteConfigStatuses, ServerToAgent,
 };
 
 /// The instance uid every benchmark message carries:
@@ -71,11 +71,15 @@ pub fn full_status() -> AgentToServer {
     let identifying = vec![
         KeyValue::new("service.name", "io.opentelemetry.collector"),
         KeyValue::new("service.version", "1.2.3"),
-        KeyValue::new("service.instance.id", "0191e3a8-c4b2-7c3d-8e9f-0a1b2c3d4e5f"),
+        KeyValue::new(
+            "service.instance.id",
+            "0191e3a8-c4b2-7c3d-8e9f-0a1b2c3d4e5f",
+        ),
         KeyValue::new("service.namespace", "bench"),
     ];
-    let non_identifying: Vec<KeyValue> =
-        (0..16).map(|i| KeyValue::new(format!("attr.{i:02}"), format!("value-{i:02}"))).collect();
+    let non_identifying: Vec<KeyValue> = (0..16)
+        .map(|i| KeyValue::new(format!("attr.{i:02}"), format!("value-{i:02}")))
+        .collect();
 
     let components = (0..10u64)
         .map(|n| {
@@ -83,7 +87,11 @@ pub fn full_status() -> AgentToServer {
             let health = ComponentHealth {
                 healthy: !broken,
                 start_time_unix_nano: T0 + n,
-                last_error: if broken { "exporter queue full".into() } else { String::new() },
+                last_error: if broken {
+                    "exporter queue full".into()
+                } else {
+                    String::new()
+                },
                 status: "ok".into(),
                 status_time_unix_nano: T0 + n + 1,
                 component_health_map: Default::default(),
@@ -107,7 +115,10 @@ pub fn full_status() -> AgentToServer {
     let effective = AgentConfigMap {
         config_map: [(
             "collector.yaml".to_owned(),
-            AgentConfigFile { body: filler(2048).into(), content_type: "text/yaml".into() },
+            AgentConfigFile {
+                body: filler(2048).into(),
+                content_type: "text/yaml".into(),
+            },
         )]
         .into(),
     };
@@ -143,7 +154,13 @@ pub fn full_status() -> AgentToServer {
                 ((*name).to_owned(), details)
             })
             .collect();
-        (kind.to_owned(), ComponentDetails { metadata: Vec::new(), sub_component_map: sub })
+        (
+            kind.to_owned(),
+            ComponentDetails {
+                metadata: Vec::new(),
+                sub_component_map: sub,
+            },
+        )
     };
 
     AgentToServer {
@@ -155,7 +172,9 @@ pub fn full_status() -> AgentToServer {
         }),
         capabilities: capabilities().bits(),
         health: Some(health),
-        effective_config: Some(EffectiveConfig { config_map: Some(effective) }),
+        effective_config: Some(EffectiveConfig {
+            config_map: Some(effective),
+        }),
         remote_config_status: Some(RemoteConfigStatus {
             last_remote_config_hash: (0..32u8).collect::<Vec<_>>().into(),
             status: RemoteConfigStatuses::Applied as i32,
@@ -256,7 +275,14 @@ mod tests {
         assert_eq!(full.package_statuses.as_ref().unwrap().packages.len(), 5);
         let big = big_remote_config().encode_to_vec();
         assert!(big.len() > 1024 * 1024 && big.len() < 1024 * 1024 + 100);
-        assert_eq!(packages_available().packages_available.unwrap().packages.len(), 10);
+        assert_eq!(
+            packages_available()
+                .packages_available
+                .unwrap()
+                .packages
+                .len(),
+            10
+        );
         // uid (2 + 16), sequence_num (1 + 1), capabilities 0x781f (1 + 3).
         assert_eq!(heartbeat().encode_to_vec().len(), 2 + 16 + 2 + 4);
     }

@@ -45,10 +45,20 @@ fn benchmark_messages_encode_to_the_same_bytes_in_rust_and_go() {
     let ours = [
         ("heartbeat", sha256_hex(&messages::heartbeat())),
         ("full_status", sha256_hex(&messages::full_status())),
-        ("remote_config_1mib", sha256_hex(&messages::big_remote_config())),
-        ("packages_available", sha256_hex(&messages::packages_available())),
+        (
+            "remote_config_1mib",
+            sha256_hex(&messages::big_remote_config()),
+        ),
+        (
+            "packages_available",
+            sha256_hex(&messages::packages_available()),
+        ),
     ];
     for (name, hash) in ours {
-        assert_eq!(go[name].as_str(), Some(hash.as_str()), "{name} differs between Rust and Go");
+        assert_eq!(
+            go[name].as_str(),
+            Some(hash.as_str()),
+            "{name} differs between Rust and Go"
+        );
     }
 }
