@@ -1,0 +1,74 @@
+//! Delivery to agents connected to another server instance.
+
+use std::sync::Weak;
+
+use opamp_proto::{InstanceUid, ServerToAgent};
+
+use crate::connection::Delivery;
+use crate::error::{BusError, SendError};
+use crate::registry::RegistryInner;
+use crate::store::BoxFuture;
+
+/// Carries messages to agents whose connection lives on another server
+/// instance.
+///
+/// The registry delivers to agents connected to its own instance directly.
+/// For any other agent it calls [`forward`](Self::forward); the bus carries
+/// the message to the instance holding the connection, whose bus hands it to
+/// [`BusInbox::deliver`]. [`LocalBus`], the default, has no other instances.
+///
+/// Offers that the registry keeps as desired state (remote config, packages,
+/// connection settings) also reach the agent without the bus on its next
+/// message, through the shared [`AgentStore`](crate::AgentStore); the bus
+/// makes them immediate.
+pub trait MessageBus: Send + Sync + 'static {
+    /// Carries `message` to the instance holding `uid`'s connection.
+    /// [`BusError::NoRoute`] means no instance holds one.
+    fn forward(
+        &self,
+        uid: InstanceUid,
+        message: ServerToAgent,
+    ) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Called once when a registry is built with this bus: keep `inbox` and
+    /// hand it the messages other instances forward here.
+    fn attach(&self, inbox: BusInbox) {
+        let _ = inbox;
+    }
+}
+
+/// The receiving end of a [`MessageBus`] on one instance.
+#[derive(Debug, Clone)]
+pub struct BusInbox {
+    pub(crate) registry: Weak<RegistryInner>,
+}
+
+impl BusInbox {
+    /// Delivers a forwarded message to an agent connected to this instance.
+    /// Never forwards again: an agent not connected here gives
+    /// [`SendError::NotConnected`].
+    pub async fn deliver(
+        &self,
+        uid: InstanceUid,
+        message: ServerToAgent,
+    ) -> Result<Delivery, SendError> {
+        let registry = self.registry.upgrade().ok_or(SendError::Closed)?;
+        registry
+            .deliver_locally(uid, message)
+            .ok_or(SendError::NotConnected(uid))?
+    }
+}
+
+/// The default bus: a single instance, nothing to forward to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalBus;
+
+impl MessageBus for LocalBus {
+    fn forward(
+        &self,
+        uid: InstanceUid,
+        _message: ServerToAgent,
+    ) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move { Err(BusError::NoRoute(uid)) })
+    }
+}

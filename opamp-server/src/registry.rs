@@ -1,0 +1,1190 @@
+//! The agent registry: protocol bookkeeping per instance uid.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use opamp_proto::{
+    AgentCapabilities, AgentConfigMap, AgentIdentification, AgentRemoteConfig, AgentToServer,
+    CommandType, ConnectionSettingsOffers, CustomMessage, InstanceUid, PackagesAvailable,
+    ServerToAgent, ServerToAgentCommand, ServerToAgentFlags, config_hash, message_hash,
+};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::bus::{BusInbox, LocalBus, MessageBus};
+use crate::callbacks::DisconnectReason;
+use crate::connection::{Connection, ConnectionConfig, Delivery, PeerInfo, TransportKind};
+use crate::error::{BusError, SendError, StoreError};
+use crate::events::{AgentEvent, StatusChanges};
+use crate::messages::{self, Requirement};
+use crate::record::{AgentRecord, ConnectionSummary, RemoteConfigState};
+use crate::store::{AgentStore, MemoryStore};
+
+/// Default silence after which a plain-HTTP agent is stale: three missed
+/// polls at the default 30 s interval (HTTP-13).
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(90);
+
+const STRIPES: usize = 64;
+
+/// What to do when an instance uid that is live on one connection shows up
+/// on another (UID-09, UID-10).
+///
+/// Whatever the policy, a message whose `sequence_num` continues exactly
+/// where the live connection left off is taken as the same agent
+/// reconnecting before the server noticed the old connection died: the new
+/// connection takes over and the old one is closed
+/// ([`DisconnectReason::Replaced`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DuplicateUidPolicy {
+    /// Give the newcomer a fresh UUIDv7 through
+    /// `agent_identification.new_instance_uid` (UID-09). Its message is
+    /// recorded under the new uid.
+    #[default]
+    AssignNewUid,
+    /// Answer the newcomer with a `BAD_REQUEST` error and close its
+    /// connection (UID-10).
+    Refuse,
+}
+
+/// The agent registry: keeps the merged status of every agent, detects
+/// sequence gaps and duplicates, tracks desired state, and delivers
+/// messages to agents wherever they are connected.
+///
+/// A [`OpampServer`](crate::OpampServer) feeds it every message; the
+/// application reads it ([`agents`](Self::agents), [`agent`](Self::agent),
+/// [`subscribe`](Self::subscribe)) and acts through it
+/// ([`send`](Self::send), [`set_remote_config`](Self::set_remote_config),
+/// ...). Cheap to clone.
+///
+/// State lives in an [`AgentStore`] ([`MemoryStore`] by default) and
+/// messages for agents connected to other instances travel over a
+/// [`MessageBus`] ([`LocalBus`] by default).
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<RegistryInner>,
+}
+
+/// Builds a [`Registry`].
+#[must_use]
+pub struct RegistryBuilder {
+    store: Arc<dyn AgentStore>,
+    bus: Arc<dyn MessageBus>,
+    settings: RegistrySettings,
+}
+
+#[derive(Debug, Clone)]
+struct RegistrySettings {
+    duplicate_policy: DuplicateUidPolicy,
+    stale_after: Duration,
+    event_capacity: usize,
+    track_state: bool,
+}
+
+pub(crate) struct RegistryInner {
+    store: Arc<dyn AgentStore>,
+    bus: Arc<dyn MessageBus>,
+    settings: RegistrySettings,
+    live: Mutex<HashMap<InstanceUid, LiveEntry>>,
+    events: broadcast::Sender<AgentEvent>,
+    /// Serialise read-modify-write of one agent's record.
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+/// An agent connected to this instance.
+struct LiveEntry {
+    connection: Connection,
+    /// Hashes offered on this connection, so an agent that does not (yet)
+    /// echo a hash is not sent the same offer with every message.
+    offered: Offered,
+    /// A `ReportFullState` for an agent with no known description was
+    /// already sent on this connection.
+    asked_for_description: bool,
+}
+
+#[derive(Default)]
+struct Offered {
+    remote_config: Option<Bytes>,
+    packages: Option<Bytes>,
+    connection_settings: Option<Bytes>,
+}
+
+/// What the registry made of one message.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// The uid the agent goes by from now on (a new one when reassigned).
+    pub(crate) uid: InstanceUid,
+    /// The registry's reply; `instance_uid` is the one received (UID-06,
+    /// AMB-15).
+    pub(crate) response: ServerToAgent,
+    pub(crate) disposition: Disposition,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    /// Carry on.
+    Continue,
+    /// The agent sent `agent_disconnect`; it is no longer associated with the
+    /// connection (MSG-07).
+    Disconnected,
+    /// The uid is live elsewhere and the policy refuses duplicates: reply,
+    /// then close the connection.
+    Refused,
+}
+
+/// A plain-HTTP message after the session lookup.
+pub(crate) struct HttpReceived {
+    pub(crate) connection: Connection,
+    pub(crate) new_session: bool,
+    pub(crate) received: Received,
+}
+
+/// The result of an offer kept as desired state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Offer {
+    /// The hash identifying the offer (`config_hash`, `all_packages_hash`,
+    /// `ConnectionSettingsOffers.hash`).
+    pub hash: Bytes,
+    /// How it went out now; `None` when the agent is not connected (it gets
+    /// the offer with its next message) or already reports this hash.
+    pub delivery: Option<Delivery>,
+}
+
+enum Claim {
+    /// The uid is already live on this connection.
+    Continuing,
+    /// Nobody holds the uid.
+    New,
+    /// Another live connection holds it and this is the same agent.
+    Replace(Connection),
+    /// Another live connection holds it and this is someone else.
+    Duplicate,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("connected", &lock(&self.inner.live).len())
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RegistryBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryBuilder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl RegistryBuilder {
+    /// Stores records in `store` instead of memory.
+    pub fn store(mut self, store: impl AgentStore) -> Self {
+        self.store = Arc::new(store);
+        self
+    }
+
+    /// Forwards to other instances through `bus`.
+    pub fn bus(mut self, bus: impl MessageBus) -> Self {
+        self.bus = Arc::new(bus);
+        self
+    }
+
+    /// What to do with duplicate instance uids (default
+    /// [`DuplicateUidPolicy::AssignNewUid`]).
+    pub fn duplicate_policy(mut self, policy: DuplicateUidPolicy) -> Self {
+        self.settings.duplicate_policy = policy;
+        self
+    }
+
+    /// Silence after which a plain-HTTP agent's session ends as
+    /// [`DisconnectReason::Stale`] (default [`DEFAULT_STALE_AFTER`]). Set it
+    /// above the agents' polling interval.
+    pub fn stale_after(mut self, silence: Duration) -> Self {
+        self.settings.stale_after = silence;
+        self
+    }
+
+    /// How many events a slow subscriber may fall behind before it misses
+    /// some (default 1024).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.settings.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// Turns status tracking off: no store, no sequence checks, no desired
+    /// state; only connection tracking, duplicates and delivery remain.
+    /// On by default.
+    pub fn track_state(mut self, track: bool) -> Self {
+        self.settings.track_state = track;
+        self
+    }
+
+    /// Builds the registry.
+    pub fn build(self) -> Registry {
+        let (events, _) = broadcast::channel(self.settings.event_capacity);
+        let inner = Arc::new(RegistryInner {
+            store: self.store,
+            bus: self.bus,
+            settings: self.settings,
+            live: Mutex::new(HashMap::new()),
+            events,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        });
+        inner.bus.attach(BusInbox {
+            registry: Arc::downgrade(&inner),
+        });
+        Registry { inner }
+    }
+}
+
+impl Registry {
+    /// A registry with the in-memory store and no other instances.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder to choose store, bus and policies.
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder {
+            store: Arc::new(MemoryStore::new()),
+            bus: Arc::new(LocalBus),
+            settings: RegistrySettings {
+                duplicate_policy: DuplicateUidPolicy::default(),
+                stale_after: DEFAULT_STALE_AFTER,
+                event_capacity: 1024,
+                track_state: true,
+            },
+        }
+    }
+
+    /// Every known agent.
+    pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.inner.store.list().await
+    }
+
+    /// One agent's record.
+    pub async fn agent(&self, uid: InstanceUid) -> Result<Option<AgentRecord>, StoreError> {
+        self.inner.store.load(uid).await
+    }
+
+    /// The agent's connection, if it is connected to this instance.
+    pub fn connection(&self, uid: InstanceUid) -> Option<Connection> {
+        lock(&self.inner.live)
+            .get(&uid)
+            .map(|entry| entry.connection.clone())
+            .filter(|connection| !connection.is_closed())
+    }
+
+    /// Instance uids of the agents connected to this instance.
+    pub fn connected(&self) -> Vec<InstanceUid> {
+        lock(&self.inner.live).keys().copied().collect()
+    }
+
+    /// Change events, from now on. A subscriber that falls more than the
+    /// event capacity behind gets [`broadcast::error::RecvError::Lagged`]
+    /// and should re-read [`agents`](Self::agents).
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Sends `message` to agent `uid`: over its WebSocket now, at its next
+    /// poll over plain HTTP (HTTP-15), or through the [`MessageBus`] when it
+    /// is connected to another instance. `instance_uid` is set to `uid`.
+    ///
+    /// Offers the agent has not announced it accepts are refused with
+    /// [`SendError::NotAccepted`] (CAP-09, RCFG-02).
+    pub async fn send(
+        &self,
+        uid: InstanceUid,
+        mut message: ServerToAgent,
+    ) -> Result<Delivery, SendError> {
+        message.instance_uid = uid.to_bytes();
+        if let Some(result) = self.inner.deliver_locally(uid, message.clone()) {
+            return result;
+        }
+        if self.inner.settings.track_state {
+            let record = self
+                .inner
+                .store
+                .load(uid)
+                .await?
+                .ok_or(SendError::UnknownAgent(uid))?;
+            check_requirement(&record, &message)?;
+        }
+        self.inner.forward(uid, message).await
+    }
+
+    /// Sets the remote configuration agent `uid` should run (RCFG-03) and
+    /// offers it now if the agent is connected; otherwise it goes out with
+    /// the agent's next message. The registry keeps offering it until the
+    /// agent echoes its hash (RCFG-07/08); follow progress with
+    /// [`AgentRecord::remote_config_state`] or
+    /// [`wait_for_remote_config`](Self::wait_for_remote_config).
+    ///
+    /// Refused with [`SendError::NotAccepted`] unless the agent announced
+    /// `AcceptsRemoteConfig` (RCFG-02).
+    pub async fn set_remote_config(
+        &self,
+        uid: InstanceUid,
+        config: AgentConfigMap,
+    ) -> Result<Offer, SendError> {
+        let hash = config_hash(&config);
+        let offer = AgentRemoteConfig {
+            config: Some(config),
+            config_hash: hash.clone(),
+        };
+        self.offer_desired(uid, hash, Desired::RemoteConfig(offer))
+            .await
+    }
+
+    /// Offers packages (PKG-01). An empty `all_packages_hash` is filled with
+    /// a hash of the whole offer (PKG-12). Kept as desired state like
+    /// [`set_remote_config`](Self::set_remote_config), compared with the
+    /// agent's `server_provided_all_packages_hash` (PKG-14).
+    pub async fn offer_packages(
+        &self,
+        uid: InstanceUid,
+        mut packages: PackagesAvailable,
+    ) -> Result<Offer, SendError> {
+        if packages.all_packages_hash.is_empty() {
+            packages.all_packages_hash = message_hash(&packages);
+        }
+        let hash = packages.all_packages_hash.clone();
+        self.offer_desired(uid, hash, Desired::Packages(packages))
+            .await
+    }
+
+    /// Offers connection settings. Each class needs its capability (CS-01).
+    /// An empty `hash` is filled with a hash of the whole offer (CS-03).
+    /// Kept as desired state, compared with the agent's
+    /// `last_connection_settings_hash` (CS-10/11).
+    pub async fn offer_connection_settings(
+        &self,
+        uid: InstanceUid,
+        mut settings: ConnectionSettingsOffers,
+    ) -> Result<Offer, SendError> {
+        if settings.hash.is_empty() {
+            settings.hash = message_hash(&settings);
+        }
+        let hash = settings.hash.clone();
+        self.offer_desired(uid, hash, Desired::ConnectionSettings(Box::new(settings)))
+            .await
+    }
+
+    /// Asks the agent to restart (CMD-01); needs `AcceptsRestartCommand`.
+    pub async fn restart(&self, uid: InstanceUid) -> Result<Delivery, SendError> {
+        let command = ServerToAgentCommand {
+            r#type: CommandType::Restart as i32,
+        };
+        self.send(
+            uid,
+            ServerToAgent {
+                command: Some(command),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Sends a custom message; the agent must have announced its capability
+    /// (CUS-04).
+    pub async fn send_custom_message(
+        &self,
+        uid: InstanceUid,
+        message: CustomMessage,
+    ) -> Result<Delivery, SendError> {
+        self.send(
+            uid,
+            ServerToAgent {
+                custom_message: Some(message),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Waits until agent `uid` reports the remote config with `hash` as
+    /// applied or failed (RCFG-06/07), and returns that state
+    /// ([`RemoteConfigState::Applied`] or [`RemoteConfigState::Failed`]).
+    /// Wrap it in a timeout: an agent may never answer.
+    pub async fn wait_for_remote_config(
+        &self,
+        uid: InstanceUid,
+        hash: &[u8],
+    ) -> Result<RemoteConfigState, SendError> {
+        let mut events = self.subscribe();
+        loop {
+            let record = self
+                .inner
+                .store
+                .load(uid)
+                .await?
+                .ok_or(SendError::UnknownAgent(uid))?;
+            if let Some(status) = &record.status.remote_config_status {
+                if status.last_remote_config_hash == hash {
+                    match status.status() {
+                        opamp_proto::RemoteConfigStatuses::Applied => {
+                            return Ok(RemoteConfigState::Applied);
+                        }
+                        opamp_proto::RemoteConfigStatuses::Failed => {
+                            return Ok(RemoteConfigState::Failed {
+                                message: status.error_message.clone(),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            loop {
+                match events.recv().await {
+                    Ok(AgentEvent::StatusChanged {
+                        uid: changed,
+                        changes,
+                    }) if changed == uid
+                        && changes.contains(StatusChanges::REMOTE_CONFIG_STATUS) =>
+                    {
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Err(SendError::Closed),
+                }
+            }
+        }
+    }
+
+    /// Deletes an agent's record (its connection, if any, stays open).
+    pub async fn remove(&self, uid: InstanceUid) -> Result<(), StoreError> {
+        self.inner.store.remove(uid).await?;
+        self.inner.emit(AgentEvent::Removed { uid });
+        Ok(())
+    }
+
+    async fn offer_desired(
+        &self,
+        uid: InstanceUid,
+        hash: Bytes,
+        desired: Desired,
+    ) -> Result<Offer, SendError> {
+        let inner = &self.inner;
+        let push = {
+            let _turn = inner.stripe(uid).lock().await;
+            let mut record = inner
+                .store
+                .load(uid)
+                .await?
+                .ok_or(SendError::UnknownAgent(uid))?;
+            let push = desired.to_message(uid);
+            check_requirement(&record, &push)?;
+            let already_there = desired.reported_hash(&record) == Some(&hash);
+            desired.store_in(&mut record);
+            inner.store.save(record).await?;
+            (!already_there).then_some(push)
+        };
+        let Some(push) = push else {
+            return Ok(Offer {
+                hash,
+                delivery: None,
+            });
+        };
+        let local = {
+            let mut live = lock(&inner.live);
+            live.get_mut(&uid)
+                .filter(|entry| !entry.connection.is_closed())
+                .map(|entry| {
+                    let transport = entry.connection.transport();
+                    if transport == TransportKind::WebSocket {
+                        *desired.offered_slot(&mut entry.offered) = Some(hash.clone());
+                    }
+                    (entry.connection.clone(), transport)
+                })
+        };
+        let delivery = match local {
+            // The next poll's bookkeeping includes it (HTTP-15).
+            Some((_, TransportKind::PlainHttp)) => Some(Delivery::QueuedForPoll),
+            Some((connection, _)) => Some(connection.deliver(push)?),
+            None => match inner.forward(uid, push).await {
+                Ok(delivery) => Some(delivery),
+                Err(SendError::NotConnected(_)) => None,
+                Err(other) => return Err(other),
+            },
+        };
+        Ok(Offer { hash, delivery })
+    }
+
+    /// Processes a message that arrived on `connection` (WebSocket).
+    pub(crate) async fn receive(
+        &self,
+        connection: &Connection,
+        message: &AgentToServer,
+        uid: InstanceUid,
+    ) -> Received {
+        self.inner.receive(connection, message, uid).await
+    }
+
+    /// Processes a plain-HTTP message: finds or starts the agent's session.
+    pub(crate) async fn receive_http(
+        &self,
+        config: &Arc<ConnectionConfig>,
+        peer: &PeerInfo,
+        message: &AgentToServer,
+        uid: InstanceUid,
+    ) -> HttpReceived {
+        let now = Instant::now();
+        let existing = {
+            let live = lock(&self.inner.live);
+            live.get(&uid)
+                .map(|entry| entry.connection.clone())
+                .filter(|c| c.transport() == TransportKind::PlainHttp && !c.is_closed())
+        };
+        let (connection, new_session) = match existing {
+            Some(connection) => (connection, false),
+            None => (
+                Connection::plain_http(peer.clone(), Arc::clone(config)),
+                true,
+            ),
+        };
+        connection.touch(now);
+        let received = self.inner.receive(&connection, message, uid).await;
+        HttpReceived {
+            connection,
+            new_session,
+            received,
+        }
+    }
+
+    /// Forgets every agent of a closed connection (MSG-07) and records why.
+    pub(crate) async fn connection_closed(
+        &self,
+        connection: &Connection,
+        reason: &DisconnectReason,
+    ) {
+        self.inner.connection_closed(connection, reason).await;
+    }
+
+    /// Plain-HTTP sessions silent for longer than the stale timeout.
+    pub(crate) fn stale_sessions(&self, now: Instant) -> Vec<Connection> {
+        let stale_after = self.inner.settings.stale_after;
+        lock(&self.inner.live)
+            .values()
+            .map(|entry| &entry.connection)
+            .filter(|connection| {
+                connection
+                    .last_seen()
+                    .is_some_and(|seen| now.duration_since(seen) >= stale_after)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The stale timeout.
+    pub(crate) fn stale_after(&self) -> Duration {
+        self.inner.settings.stale_after
+    }
+}
+
+/// One kind of desired state.
+enum Desired {
+    RemoteConfig(AgentRemoteConfig),
+    Packages(PackagesAvailable),
+    ConnectionSettings(Box<ConnectionSettingsOffers>),
+}
+
+impl Desired {
+    fn to_message(&self, uid: InstanceUid) -> ServerToAgent {
+        let mut message = ServerToAgent {
+            instance_uid: uid.to_bytes(),
+            ..Default::default()
+        };
+        match self {
+            Self::RemoteConfig(offer) => message.remote_config = Some(offer.clone()),
+            Self::Packages(offer) => message.packages_available = Some(offer.clone()),
+            Self::ConnectionSettings(offer) => {
+                message.connection_settings = Some(offer.as_ref().clone());
+            }
+        }
+        message
+    }
+
+    fn store_in(&self, record: &mut AgentRecord) {
+        match self {
+            Self::RemoteConfig(offer) => record.desired.remote_config = Some(offer.clone()),
+            Self::Packages(offer) => record.desired.packages = Some(offer.clone()),
+            Self::ConnectionSettings(offer) => {
+                record.desired.connection_settings = Some(offer.as_ref().clone());
+            }
+        }
+    }
+
+    fn reported_hash<'r>(&self, record: &'r AgentRecord) -> Option<&'r Bytes> {
+        let status = &record.status;
+        match self {
+            Self::RemoteConfig(_) => status
+                .remote_config_status
+                .as_ref()
+                .map(|s| &s.last_remote_config_hash),
+            Self::Packages(_) => status
+                .package_statuses
+                .as_ref()
+                .map(|s| &s.server_provided_all_packages_hash),
+            Self::ConnectionSettings(_) => status
+                .connection_settings_status
+                .as_ref()
+                .map(|s| &s.last_connection_settings_hash),
+        }
+    }
+
+    fn offered_slot<'o>(&self, offered: &'o mut Offered) -> &'o mut Option<Bytes> {
+        match self {
+            Self::RemoteConfig(_) => &mut offered.remote_config,
+            Self::Packages(_) => &mut offered.packages,
+            Self::ConnectionSettings(_) => &mut offered.connection_settings,
+        }
+    }
+}
+
+fn check_requirement(record: &AgentRecord, message: &ServerToAgent) -> Result<(), SendError> {
+    let status = &record.status;
+    match messages::unmet_requirement(
+        status.capabilities,
+        status.custom_capabilities.as_ref(),
+        message,
+    ) {
+        None => Ok(()),
+        Some(Requirement::Capability(capability)) => Err(SendError::NotAccepted {
+            uid: record.uid,
+            capability,
+        }),
+        Some(Requirement::CustomCapability(capability)) => {
+            Err(SendError::CustomCapabilityNotAnnounced {
+                uid: record.uid,
+                capability,
+            })
+        }
+    }
+}
+
+impl RegistryInner {
+    fn stripe(&self, uid: InstanceUid) -> &tokio::sync::Mutex<()> {
+        // UUIDv7 ends in random bits; any byte spreads well enough.
+        &self.stripes[usize::from(uid.as_bytes()[15]) % STRIPES]
+    }
+
+    fn emit(&self, event: AgentEvent) {
+        // No subscribers is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Sends to an agent connected here; `None` if it is not.
+    pub(crate) fn deliver_locally(
+        &self,
+        uid: InstanceUid,
+        mut message: ServerToAgent,
+    ) -> Option<Result<Delivery, SendError>> {
+        let connection = {
+            let live = lock(&self.live);
+            live.get(&uid)?.connection.clone()
+        };
+        if connection.is_closed() {
+            return None;
+        }
+        message.instance_uid = uid.to_bytes();
+        Some(connection.send(message))
+    }
+
+    async fn forward(
+        &self,
+        uid: InstanceUid,
+        message: ServerToAgent,
+    ) -> Result<Delivery, SendError> {
+        match self.bus.forward(uid, message).await {
+            Ok(()) => Ok(Delivery::Forwarded),
+            Err(BusError::NoRoute(_)) => Err(SendError::NotConnected(uid)),
+            Err(other) => Err(SendError::Bus(other)),
+        }
+    }
+
+    async fn receive(
+        &self,
+        connection: &Connection,
+        message: &AgentToServer,
+        uid: InstanceUid,
+    ) -> Received {
+        let _turn = self.stripe(uid).lock().await;
+        let track = self.settings.track_state;
+        let mut store_failed = false;
+        let record = if track {
+            match self.store.load(uid).await {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::error!(%uid, %error, "agent store load failed");
+                    store_failed = true;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let claim = self.claim(uid, connection, message, record.as_ref());
+        let mut key = uid;
+        let mut record = record;
+        let mut response = ServerToAgent {
+            instance_uid: message.instance_uid.clone(),
+            ..Default::default()
+        };
+        let mut new_session = false;
+        match claim {
+            Claim::Continuing => {}
+            Claim::New => new_session = true,
+            Claim::Replace(old) => {
+                tracing::info!(%uid, old = old.id(), new = connection.id(), "agent reconnected; closing its old connection");
+                self.forget_live(uid, &old);
+                old.forget_agent(uid);
+                self.emit(AgentEvent::Disconnected {
+                    uid,
+                    reason: DisconnectReason::Replaced,
+                });
+                if old.agents().is_empty() {
+                    old.close_for(DisconnectReason::Replaced);
+                }
+                new_session = true;
+            }
+            Claim::Duplicate => match self.settings.duplicate_policy {
+                DuplicateUidPolicy::Refuse => {
+                    tracing::warn!(%uid, connection = connection.id(), "duplicate instance uid refused (UID-10)");
+                    let mut refusal = messages::bad_request_response(
+                        "instance_uid is in use by another connection",
+                    );
+                    refusal.instance_uid = message.instance_uid.clone();
+                    return Received {
+                        uid,
+                        response: refusal,
+                        disposition: Disposition::Refused,
+                    };
+                }
+                DuplicateUidPolicy::AssignNewUid => {
+                    key = InstanceUid::new_v7();
+                    tracing::warn!(%uid, new = %key, "duplicate instance uid: assigning a new one (UID-09)");
+                    record = None;
+                    new_session = true;
+                }
+            },
+        }
+        if key == uid
+            && message
+                .typed_flags()
+                .contains(opamp_proto::AgentToServerFlags::REQUEST_INSTANCE_UID)
+        {
+            // UID-05: the agent asks for a server-generated uid.
+            key = InstanceUid::new_v7();
+            record = None;
+            self.forget_live(uid, connection);
+            connection.forget_agent(uid);
+            new_session = true;
+        }
+        if key != uid {
+            response.agent_identification = Some(AgentIdentification {
+                new_instance_uid: key.to_bytes(),
+            });
+        }
+
+        let capabilities = message.typed_capabilities();
+        connection.note_agent(key, capabilities, message.custom_capabilities.as_ref());
+        let disconnecting = message.agent_disconnect.is_some();
+        let now = SystemTime::now();
+        let mut asked_for_description = false;
+        if new_session && !disconnecting {
+            lock(&self.live).insert(
+                key,
+                LiveEntry {
+                    connection: connection.clone(),
+                    offered: Offered::default(),
+                    asked_for_description: false,
+                },
+            );
+        } else if let Some(entry) = lock(&self.live).get(&key) {
+            asked_for_description = entry.asked_for_description;
+        }
+
+        let mut changes = StatusChanges::empty();
+        if track && !store_failed {
+            let mut record = record.unwrap_or_else(|| AgentRecord::new(key, now));
+            let full_state = needs_full_state(&mut record, message, asked_for_description);
+            if full_state.requested() {
+                response.flags |= ServerToAgentFlags::REPORT_FULL_STATE.bits();
+                record.awaiting_full_state = true;
+                tracing::debug!(uid = %key, ?full_state, "asking for full state (SEQ-05)");
+                if full_state == FullState::NoDescription {
+                    if let Some(entry) = lock(&self.live).get_mut(&key) {
+                        entry.asked_for_description = true;
+                    }
+                }
+            }
+            changes = merge_status(&mut record, message);
+            if wants_component_list(&mut record) {
+                response.flags |= ServerToAgentFlags::REPORT_AVAILABLE_COMPONENTS.bits();
+            }
+            record.last_sequence_num = Some(message.sequence_num);
+            record.last_seen = now;
+            if disconnecting {
+                record.connection = None;
+            } else if new_session || record.connection.is_none() {
+                record.connection = Some(ConnectionSummary {
+                    transport: connection.transport(),
+                    peer: connection.peer_addr(),
+                    since: now,
+                });
+            }
+            if !disconnecting {
+                self.add_offers(key, &record, &mut response);
+            }
+            if let Err(error) = self.store.save(record).await {
+                tracing::error!(uid = %key, %error, "agent store save failed");
+                store_failed = true;
+            }
+        }
+        if store_failed {
+            // The next message brings everything again, once the store works.
+            response.flags |= ServerToAgentFlags::REPORT_FULL_STATE.bits();
+        }
+
+        if key != uid {
+            self.emit(AgentEvent::UidReassigned { old: uid, new: key });
+        }
+        if new_session && !disconnecting {
+            self.emit(AgentEvent::Connected {
+                uid: key,
+                transport: connection.transport(),
+            });
+        }
+        if !changes.is_empty() {
+            self.emit(AgentEvent::StatusChanged { uid: key, changes });
+        }
+        let disposition = if disconnecting {
+            self.forget_live(key, connection);
+            connection.forget_agent(key);
+            self.emit(AgentEvent::Disconnected {
+                uid: key,
+                reason: DisconnectReason::AgentDisconnect,
+            });
+            Disposition::Disconnected
+        } else {
+            Disposition::Continue
+        };
+        Received {
+            uid: key,
+            response,
+            disposition,
+        }
+    }
+
+    /// Decides who owns `uid` now (UID-09/10).
+    fn claim(
+        &self,
+        uid: InstanceUid,
+        connection: &Connection,
+        message: &AgentToServer,
+        record: Option<&AgentRecord>,
+    ) -> Claim {
+        let live = lock(&self.live);
+        let Some(entry) = live.get(&uid) else {
+            return Claim::New;
+        };
+        if entry.connection == *connection {
+            return Claim::Continuing;
+        }
+        if entry.connection.is_closed() {
+            return Claim::New;
+        }
+        let continues = record
+            .and_then(|record| record.last_sequence_num)
+            .is_some_and(|last| message.sequence_num == last.wrapping_add(1));
+        if continues {
+            Claim::Replace(entry.connection.clone())
+        } else {
+            Claim::Duplicate
+        }
+    }
+
+    /// Removes `uid` from the live map if `connection` holds it.
+    fn forget_live(&self, uid: InstanceUid, connection: &Connection) -> bool {
+        let mut live = lock(&self.live);
+        if live
+            .get(&uid)
+            .is_some_and(|entry| entry.connection == *connection)
+        {
+            live.remove(&uid);
+            return true;
+        }
+        false
+    }
+
+    /// Adds the desired state the agent does not have yet (RCFG-08, PKG-14,
+    /// CS-11), each gated by its capability (RCFG-02, PKG-01, CS-01), and
+    /// each at most once per connection per hash.
+    fn add_offers(&self, uid: InstanceUid, record: &AgentRecord, response: &mut ServerToAgent) {
+        let mut live = lock(&self.live);
+        let Some(entry) = live.get_mut(&uid) else {
+            return;
+        };
+        let capabilities = record.status.capabilities;
+        let desired = &record.desired;
+        let status = &record.status;
+        if let Some(offer) = &desired.remote_config {
+            let reported = status
+                .remote_config_status
+                .as_ref()
+                .map(|s| &s.last_remote_config_hash);
+            if capabilities.contains(AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
+                && reported != Some(&offer.config_hash)
+                && entry.offered.remote_config.as_ref() != Some(&offer.config_hash)
+            {
+                response.remote_config = Some(offer.clone());
+                entry.offered.remote_config = Some(offer.config_hash.clone());
+            }
+        }
+        if let Some(offer) = &desired.packages {
+            let reported = status
+                .package_statuses
+                .as_ref()
+                .map(|s| &s.server_provided_all_packages_hash);
+            if capabilities.contains(AgentCapabilities::ACCEPTS_PACKAGES)
+                && reported != Some(&offer.all_packages_hash)
+                && entry.offered.packages.as_ref() != Some(&offer.all_packages_hash)
+            {
+                response.packages_available = Some(offer.clone());
+                entry.offered.packages = Some(offer.all_packages_hash.clone());
+            }
+        }
+        if let Some(offer) = &desired.connection_settings {
+            let reported = status
+                .connection_settings_status
+                .as_ref()
+                .map(|s| &s.last_connection_settings_hash);
+            if reported != Some(&offer.hash)
+                && entry.offered.connection_settings.as_ref() != Some(&offer.hash)
+            {
+                let mut candidate = ServerToAgent {
+                    connection_settings: Some(offer.clone()),
+                    ..Default::default()
+                };
+                messages::strip_unaccepted(capabilities, None, &mut candidate);
+                if candidate.connection_settings.is_some() {
+                    response.connection_settings = candidate.connection_settings;
+                    entry.offered.connection_settings = Some(offer.hash.clone());
+                }
+            }
+        }
+    }
+
+    async fn connection_closed(&self, connection: &Connection, reason: &DisconnectReason) {
+        let uids: Vec<InstanceUid> = {
+            let mut live = lock(&self.live);
+            let uids: Vec<_> = live
+                .iter()
+                .filter(|(_, entry)| entry.connection == *connection)
+                .map(|(uid, _)| *uid)
+                .collect();
+            for uid in &uids {
+                live.remove(uid);
+            }
+            uids
+        };
+        for uid in uids {
+            if self.settings.track_state {
+                let _turn = self.stripe(uid).lock().await;
+                // The agent may already be back on another connection.
+                let reconnected = lock(&self.live).contains_key(&uid);
+                match self.store.load(uid).await {
+                    Ok(Some(_)) if reconnected => {}
+                    Ok(Some(mut record)) => {
+                        record.connection = None;
+                        if let Err(error) = self.store.save(record).await {
+                            tracing::error!(%uid, %error, "agent store save failed");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::error!(%uid, %error, "agent store load failed"),
+                }
+            }
+            self.emit(AgentEvent::Disconnected {
+                uid,
+                reason: reason.clone(),
+            });
+        }
+    }
+}
+
+/// Why a `ReportFullState` is needed, if it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FullState {
+    NotNeeded,
+    /// `sequence_num` did not follow the previous one (SEQ-05).
+    Gap,
+    /// The server knows nothing about the agent and the message does not
+    /// describe it: a reconnect after the server lost its state.
+    NoDescription,
+}
+
+impl FullState {
+    fn requested(self) -> bool {
+        self != Self::NotNeeded
+    }
+}
+
+/// The sequence rules, tuned not to loop:
+/// - after a `ReportFullState`, the next message is the new baseline and is
+///   not checked (an agent that ignores the flag is asked once per gap);
+/// - a repeated number is a resend (ERR-04), not a gap;
+/// - number 0 with a description is a freshly started agent sending its
+///   full first report;
+/// - the "no description" request is made once per connection, so agents
+///   that never send a description are not asked forever.
+fn needs_full_state(
+    record: &mut AgentRecord,
+    message: &AgentToServer,
+    asked_for_description: bool,
+) -> FullState {
+    if record.awaiting_full_state {
+        record.awaiting_full_state = false;
+        return FullState::NotNeeded;
+    }
+    let sequence = message.sequence_num;
+    if let Some(last) = record.last_sequence_num {
+        let in_order = sequence == last.wrapping_add(1) || sequence == last;
+        let fresh_start = sequence == 0 && message.agent_description.is_some();
+        if !in_order && !fresh_start {
+            return FullState::Gap;
+        }
+    }
+    if record.status.description.is_none()
+        && message.agent_description.is_none()
+        && !asked_for_description
+    {
+        return FullState::NoDescription;
+    }
+    FullState::NotNeeded
+}
+
+/// Lays the sub-messages present in `message` over the stored status
+/// (SEQ-02/03: omitted means unchanged) and says what changed.
+fn merge_status(record: &mut AgentRecord, message: &AgentToServer) -> StatusChanges {
+    let status = &mut record.status;
+    let mut changes = StatusChanges::empty();
+    let capabilities = message.typed_capabilities();
+    if status.capabilities != capabilities {
+        status.capabilities = capabilities;
+        changes |= StatusChanges::CAPABILITIES;
+    }
+    fn update<T: Clone + PartialEq>(
+        slot: &mut Option<T>,
+        incoming: &Option<T>,
+        flag: StatusChanges,
+        changes: &mut StatusChanges,
+    ) {
+        if let Some(value) = incoming {
+            if slot.as_ref() != Some(value) {
+                *slot = Some(value.clone());
+                *changes |= flag;
+            }
+        }
+    }
+    update(
+        &mut status.description,
+        &message.agent_description,
+        StatusChanges::DESCRIPTION,
+        &mut changes,
+    );
+    update(
+        &mut status.health,
+        &message.health,
+        StatusChanges::HEALTH,
+        &mut changes,
+    );
+    update(
+        &mut status.effective_config,
+        &message.effective_config,
+        StatusChanges::EFFECTIVE_CONFIG,
+        &mut changes,
+    );
+    update(
+        &mut status.remote_config_status,
+        &message.remote_config_status,
+        StatusChanges::REMOTE_CONFIG_STATUS,
+        &mut changes,
+    );
+    update(
+        &mut status.package_statuses,
+        &message.package_statuses,
+        StatusChanges::PACKAGE_STATUSES,
+        &mut changes,
+    );
+    update(
+        &mut status.custom_capabilities,
+        &message.custom_capabilities,
+        StatusChanges::CUSTOM_CAPABILITIES,
+        &mut changes,
+    );
+    update(
+        &mut status.connection_settings_status,
+        &message.connection_settings_status,
+        StatusChanges::CONNECTION_SETTINGS_STATUS,
+        &mut changes,
+    );
+    if let Some(incoming) = &message.available_components {
+        let known = status.available_components.as_ref();
+        // A hash-only report of the same set keeps the list we have (AC-04/05).
+        let same_set_hash_only = incoming.components.is_empty()
+            && known.is_some_and(|known| known.hash == incoming.hash);
+        if !same_set_hash_only && known != Some(incoming) {
+            status.available_components = Some(incoming.clone());
+            changes |= StatusChanges::AVAILABLE_COMPONENTS;
+        }
+    }
+    changes
+}
+
+/// Whether to set `ReportAvailableComponents`: the agent reports components,
+/// sent a hash we have no list for, and we have not asked for that hash yet
+/// (AC-04).
+fn wants_component_list(record: &mut AgentRecord) -> bool {
+    let status = &record.status;
+    if !status
+        .capabilities
+        .contains(AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS)
+    {
+        return false;
+    }
+    let Some(components) = &status.available_components else {
+        return false;
+    };
+    if components.hash.is_empty()
+        || !components.components.is_empty()
+        || record.requested_components_hash.as_ref() == Some(&components.hash)
+    {
+        return false;
+    }
+    record.requested_components_hash = Some(components.hash.clone());
+    true
+}
+
+#[cfg(test)]
+#[path = "registry_tests.rs"]
+mod tests;

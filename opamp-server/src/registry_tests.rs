@@ -1,0 +1,916 @@
+//! Deterministic tests of the registry's bookkeeping, without any network.
+
+use std::sync::Arc;
+use std::sync::Mutex as StdMutex;
+
+use bytes::Bytes;
+use opamp_proto::{
+    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentDisconnect,
+    AgentToServer, AgentToServerFlags, AvailableComponents, ComponentDetails, ComponentHealth,
+    ConnectionSettingsOffers, CustomCapabilities, CustomMessage, InstanceUid,
+    OpAmpConnectionSettings, PackageStatuses, PackagesAvailable, RemoteConfigStatus,
+    RemoteConfigStatuses, ServerToAgent, ServerToAgentFlags, TelemetryConnectionSettings,
+};
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::error::BusError;
+use crate::store::BoxFuture;
+
+const CAPS: AgentCapabilities = AgentCapabilities::REPORTS_STATUS
+    .union(AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
+    .union(AgentCapabilities::REPORTS_REMOTE_CONFIG)
+    .union(AgentCapabilities::REPORTS_HEALTH);
+
+fn uid(n: u8) -> InstanceUid {
+    InstanceUid::from_array([n; 16])
+}
+
+fn config() -> Arc<ConnectionConfig> {
+    Arc::new(ConnectionConfig::default())
+}
+
+fn websocket() -> (Connection, mpsc::Receiver<Box<ServerToAgent>>) {
+    Connection::websocket(PeerInfo::default(), config())
+}
+
+fn description() -> AgentDescription {
+    AgentDescription::for_service("io.example.agent", "1.0")
+}
+
+/// A full first report.
+fn full(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
+    AgentToServer {
+        instance_uid: uid.to_bytes(),
+        sequence_num,
+        capabilities: CAPS.bits(),
+        agent_description: Some(description()),
+        health: Some(ComponentHealth {
+            healthy: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A compressed report: nothing changed.
+fn compressed(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
+    AgentToServer {
+        instance_uid: uid.to_bytes(),
+        sequence_num,
+        capabilities: CAPS.bits(),
+        ..Default::default()
+    }
+}
+
+fn asks_full_state(received: &Received) -> bool {
+    ServerToAgentFlags::from_bits_retain(received.response.flags)
+        .contains(ServerToAgentFlags::REPORT_FULL_STATE)
+}
+
+fn next_frame(outbox: &mut mpsc::Receiver<Box<ServerToAgent>>) -> ServerToAgent {
+    *outbox.try_recv().expect("a message was queued")
+}
+
+#[tokio::test]
+async fn seq_05_a_gap_asks_for_full_state_once() {
+    let registry = Registry::new();
+    let (conn, _outbox) = websocket();
+    let agent = uid(1);
+    assert!(!asks_full_state(
+        &registry.receive(&conn, &full(agent, 0), agent).await
+    ));
+    assert!(!asks_full_state(
+        &registry.receive(&conn, &compressed(agent, 1), agent).await
+    ));
+    // Message 2 went missing.
+    let after_gap = registry.receive(&conn, &compressed(agent, 3), agent).await;
+    assert!(asks_full_state(&after_gap), "SEQ-05: gap 1 -> 3");
+    // The answer is the new baseline, even if its number is odd again.
+    assert!(!asks_full_state(
+        &registry.receive(&conn, &full(agent, 10), agent).await
+    ));
+    assert!(!asks_full_state(
+        &registry.receive(&conn, &compressed(agent, 11), agent).await
+    ));
+}
+
+#[tokio::test]
+async fn seq_05_no_loop_for_repeated_numbers_or_restarts_at_zero() {
+    let registry = Registry::new();
+    let (conn, _outbox) = websocket();
+    let agent = uid(2);
+    // A peer that always sends 0 (AMB-05) or resends (ERR-04): only the
+    // very first message, which does not describe the agent, asks.
+    let first = registry.receive(&conn, &compressed(agent, 0), agent).await;
+    assert!(
+        asks_full_state(&first),
+        "nothing is known about this agent yet"
+    );
+    for _ in 0..5 {
+        assert!(!asks_full_state(
+            &registry.receive(&conn, &compressed(agent, 0), agent).await
+        ));
+    }
+    // An agent process restarting at 0 sends its full first report: no ask.
+    assert!(!asks_full_state(
+        &registry.receive(&conn, &full(agent, 1), agent).await
+    ));
+    assert!(!asks_full_state(
+        &registry.receive(&conn, &full(agent, 0), agent).await
+    ));
+}
+
+#[tokio::test]
+async fn seq_07_reconnect_without_server_state_asks_once() {
+    // The server restarted (empty store); the agent reconnects with a
+    // compressed report continuing its numbering (SEQ-07).
+    let registry = Registry::new();
+    let (conn, _outbox) = websocket();
+    let agent = uid(3);
+    assert!(asks_full_state(
+        &registry.receive(&conn, &compressed(agent, 57), agent).await
+    ));
+    // An agent that ignores the request is not asked again and again.
+    assert!(!asks_full_state(
+        &registry.receive(&conn, &compressed(agent, 58), agent).await
+    ));
+    assert!(!asks_full_state(
+        &registry.receive(&conn, &compressed(agent, 59), agent).await
+    ));
+    // When it finally sends its description, all is well.
+    assert!(!asks_full_state(
+        &registry.receive(&conn, &full(agent, 60), agent).await
+    ));
+    let record = registry.agent(agent).await.unwrap().unwrap();
+    assert_eq!(record.status.description, Some(description()));
+}
+
+#[tokio::test]
+async fn seq_02_compressed_reports_keep_omitted_parts() {
+    let registry = Registry::new();
+    let mut events = registry.subscribe();
+    let (conn, _outbox) = websocket();
+    let agent = uid(4);
+    registry.receive(&conn, &full(agent, 0), agent).await;
+    let mut unhealthy = compressed(agent, 1);
+    unhealthy.health = Some(ComponentHealth {
+        healthy: false,
+        last_error: "oops".into(),
+        ..Default::default()
+    });
+    registry.receive(&conn, &unhealthy, agent).await;
+
+    let record = registry.agent(agent).await.unwrap().unwrap();
+    assert_eq!(
+        record.status.description,
+        Some(description()),
+        "omitted = unchanged"
+    );
+    assert_eq!(
+        record.status.health.as_ref().map(|h| h.healthy),
+        Some(false)
+    );
+    assert_eq!(record.status.capabilities, CAPS);
+    assert!(record.is_connected());
+
+    assert_eq!(
+        events.try_recv().unwrap(),
+        AgentEvent::Connected {
+            uid: agent,
+            transport: TransportKind::WebSocket
+        }
+    );
+    assert!(matches!(
+        events.try_recv().unwrap(),
+        AgentEvent::StatusChanged { changes, .. }
+            if changes.contains(StatusChanges::DESCRIPTION | StatusChanges::HEALTH | StatusChanges::CAPABILITIES)
+    ));
+    assert_eq!(
+        events.try_recv().unwrap(),
+        AgentEvent::StatusChanged {
+            uid: agent,
+            changes: StatusChanges::HEALTH
+        }
+    );
+    // A heartbeat changes nothing and says nothing.
+    registry.receive(&conn, &compressed(agent, 2), agent).await;
+    assert!(events.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn uid_06_reply_carries_the_received_uid() {
+    let registry = Registry::new();
+    let (conn, _outbox) = websocket();
+    let agent = uid(5);
+    let received = registry.receive(&conn, &full(agent, 0), agent).await;
+    assert_eq!(received.response.instance_uid, agent.to_bytes());
+    assert_eq!(received.disposition, Disposition::Continue);
+}
+
+#[tokio::test]
+async fn uid_09_duplicate_uid_gets_a_new_uid() {
+    let registry = Registry::new();
+    let mut events = registry.subscribe();
+    let (first, _outbox_a) = websocket();
+    let (second, _outbox_b) = websocket();
+    let agent = uid(6);
+    registry.receive(&first, &full(agent, 0), agent).await;
+    registry.receive(&first, &compressed(agent, 1), agent).await;
+    // A clone with its own numbering appears on another connection.
+    let received = registry.receive(&second, &full(agent, 0), agent).await;
+    let new_uid = InstanceUid::try_from(
+        &received
+            .response
+            .agent_identification
+            .as_ref()
+            .expect("UID-09: new uid offered")
+            .new_instance_uid,
+    )
+    .unwrap();
+    assert_ne!(new_uid, agent);
+    assert_eq!(new_uid.to_uuid().get_version_num(), 7, "UID-07: a UUIDv7");
+    assert_eq!(
+        received.response.instance_uid,
+        agent.to_bytes(),
+        "AMB-15: reply under the uid received"
+    );
+    assert_eq!(received.uid, new_uid);
+    assert_eq!(
+        registry.connection(agent),
+        Some(first.clone()),
+        "the original keeps its uid"
+    );
+    assert_eq!(registry.connection(new_uid), Some(second.clone()));
+    assert!(!first.is_closed());
+    // The clone's report was recorded under its new uid.
+    let record = registry.agent(new_uid).await.unwrap().unwrap();
+    assert_eq!(record.status.description, Some(description()));
+    let reassigned = std::iter::from_fn(|| events.try_recv().ok()).any(|event| {
+        event
+            == AgentEvent::UidReassigned {
+                old: agent,
+                new: new_uid,
+            }
+    });
+    assert!(reassigned);
+}
+
+#[tokio::test]
+async fn uid_10_refuse_policy_rejects_the_duplicate() {
+    let registry = Registry::builder()
+        .duplicate_policy(DuplicateUidPolicy::Refuse)
+        .build();
+    let (first, _outbox_a) = websocket();
+    let (second, _outbox_b) = websocket();
+    let agent = uid(7);
+    registry.receive(&first, &full(agent, 0), agent).await;
+    let received = registry.receive(&second, &full(agent, 40), agent).await;
+    assert_eq!(received.disposition, Disposition::Refused);
+    let error = received.response.error_response.expect("an error reply");
+    assert_eq!(
+        error.r#type(),
+        opamp_proto::ServerErrorResponseType::BadRequest
+    );
+    assert_eq!(received.response.instance_uid, agent.to_bytes());
+    assert_eq!(registry.connection(agent), Some(first));
+}
+
+#[tokio::test]
+async fn uid_09_sequence_continuation_is_a_reconnect_not_a_duplicate() {
+    let registry = Registry::new();
+    let mut events = registry.subscribe();
+    let (old, _outbox_a) = websocket();
+    let (new, _outbox_b) = websocket();
+    let agent = uid(8);
+    registry.receive(&old, &full(agent, 0), agent).await;
+    registry.receive(&old, &compressed(agent, 1), agent).await;
+    // The old TCP connection is half-open; the agent is already back.
+    let received = registry.receive(&new, &compressed(agent, 2), agent).await;
+    assert!(received.response.agent_identification.is_none());
+    assert!(
+        !asks_full_state(&received),
+        "SEQ-07: the server kept its state"
+    );
+    assert!(old.is_closed(), "the stale connection is closed");
+    assert_eq!(old.take_close_reason(), Some(DisconnectReason::Replaced));
+    assert_eq!(registry.connection(agent), Some(new.clone()));
+    // Its closing does not mark the agent disconnected.
+    registry
+        .connection_closed(&old, &DisconnectReason::Replaced)
+        .await;
+    assert!(registry.agent(agent).await.unwrap().unwrap().is_connected());
+    let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    let disconnects = seen
+        .iter()
+        .filter(|e| matches!(e, AgentEvent::Disconnected { .. }))
+        .count();
+    assert_eq!(disconnects, 1, "{seen:?}");
+}
+
+#[tokio::test]
+async fn uid_05_requested_uid_is_assigned() {
+    let registry = Registry::new();
+    let (conn, _outbox) = websocket();
+    let temporary = uid(9);
+    let mut first = full(temporary, 0);
+    first.flags = AgentToServerFlags::REQUEST_INSTANCE_UID.bits();
+    let received = registry.receive(&conn, &first, temporary).await;
+    let assigned = InstanceUid::try_from(
+        &received
+            .response
+            .agent_identification
+            .expect("UID-05")
+            .new_instance_uid,
+    )
+    .unwrap();
+    assert_ne!(assigned, temporary);
+    assert_eq!(conn.agents(), vec![assigned]);
+    assert!(registry.agent(temporary).await.unwrap().is_none());
+    // The agent continues under its new uid without being asked for anything.
+    let next = registry
+        .receive(&conn, &compressed(assigned, 1), assigned)
+        .await;
+    assert!(!asks_full_state(&next));
+    assert!(next.response.agent_identification.is_none());
+}
+
+#[tokio::test]
+async fn msg_07_agent_disconnect_forgets_the_association() {
+    let registry = Registry::new();
+    let mut events = registry.subscribe();
+    let (conn, _outbox) = websocket();
+    let agent = uid(10);
+    registry.receive(&conn, &full(agent, 0), agent).await;
+    let mut goodbye = compressed(agent, 1);
+    goodbye.agent_disconnect = Some(AgentDisconnect {});
+    let received = registry.receive(&conn, &goodbye, agent).await;
+    assert_eq!(received.disposition, Disposition::Disconnected);
+    assert_eq!(registry.connection(agent), None);
+    assert!(conn.agents().is_empty());
+    assert!(!registry.agent(agent).await.unwrap().unwrap().is_connected());
+    let last = std::iter::from_fn(|| events.try_recv().ok()).last();
+    assert_eq!(
+        last,
+        Some(AgentEvent::Disconnected {
+            uid: agent,
+            reason: DisconnectReason::AgentDisconnect
+        })
+    );
+}
+
+fn yaml(body: &str) -> AgentConfigMap {
+    let mut config = AgentConfigMap::default();
+    config.config_map.insert(
+        String::new(),
+        AgentConfigFile {
+            body: Bytes::from(body.to_owned()),
+            content_type: "text/yaml".into(),
+        },
+    );
+    config
+}
+
+fn config_status(hash: &Bytes, status: RemoteConfigStatuses) -> RemoteConfigStatus {
+    RemoteConfigStatus {
+        last_remote_config_hash: hash.clone(),
+        status: status as i32,
+        error_message: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn rcfg_02_config_only_for_agents_that_accept_it() {
+    let registry = Registry::new();
+    let (conn, _outbox) = websocket();
+    let agent = uid(11);
+    let unknown = registry.set_remote_config(agent, yaml("a: 1")).await;
+    assert!(matches!(unknown, Err(SendError::UnknownAgent(u)) if u == agent));
+
+    let mut report = full(agent, 0);
+    report.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
+    registry.receive(&conn, &report, agent).await;
+    let refused = registry.set_remote_config(agent, yaml("a: 1")).await;
+    assert!(matches!(
+        refused,
+        Err(SendError::NotAccepted { capability, .. }) if capability == AgentCapabilities::ACCEPTS_REMOTE_CONFIG
+    ));
+    assert!(
+        registry
+            .agent(agent)
+            .await
+            .unwrap()
+            .unwrap()
+            .desired
+            .remote_config
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn rcfg_08_config_is_pushed_tracked_and_not_resent_on_the_same_connection() {
+    let registry = Registry::new();
+    let (conn, mut outbox) = websocket();
+    let agent = uid(12);
+    registry.receive(&conn, &full(agent, 0), agent).await;
+
+    let offer = registry
+        .set_remote_config(agent, yaml("a: 1"))
+        .await
+        .unwrap();
+    assert_eq!(offer.hash, opamp_proto::config_hash(&yaml("a: 1")));
+    assert_eq!(offer.delivery, Some(Delivery::Sent));
+    let pushed = next_frame(&mut outbox);
+    assert_eq!(pushed.instance_uid, agent.to_bytes(), "UID-06");
+    let remote = pushed.remote_config.expect("RCFG-03: pushed at once");
+    assert_eq!(remote.config_hash, offer.hash, "RCFG-04: hash always set");
+    let state = registry
+        .agent(agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .remote_config_state();
+    assert_eq!(state, Some(RemoteConfigState::Pending));
+
+    // A heartbeat sent before the agent saw the offer does not repeat it.
+    let heartbeat = registry.receive(&conn, &compressed(agent, 1), agent).await;
+    assert!(heartbeat.response.remote_config.is_none());
+
+    let waiter = {
+        let registry = registry.clone();
+        let hash = offer.hash.clone();
+        tokio::spawn(async move { registry.wait_for_remote_config(agent, &hash).await })
+    };
+    let mut applying = compressed(agent, 2);
+    applying.remote_config_status =
+        Some(config_status(&offer.hash, RemoteConfigStatuses::Applying));
+    registry.receive(&conn, &applying, agent).await;
+    let state = registry
+        .agent(agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .remote_config_state();
+    assert_eq!(state, Some(RemoteConfigState::Applying));
+
+    let mut applied = compressed(agent, 3);
+    applied.remote_config_status = Some(config_status(&offer.hash, RemoteConfigStatuses::Applied));
+    registry.receive(&conn, &applied, agent).await;
+    assert_eq!(waiter.await.unwrap().unwrap(), RemoteConfigState::Applied);
+
+    // Setting the same config again sends nothing: the agent has it.
+    let again = registry
+        .set_remote_config(agent, yaml("a: 1"))
+        .await
+        .unwrap();
+    assert_eq!(again.delivery, None);
+    assert!(outbox.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn rcfg_08_mismatching_hash_is_offered_again_on_a_new_connection() {
+    let registry = Registry::new();
+    let (first, _outbox_a) = websocket();
+    let agent = uid(13);
+    registry.receive(&first, &full(agent, 0), agent).await;
+    let offer = registry
+        .set_remote_config(agent, yaml("b: 2"))
+        .await
+        .unwrap();
+    registry
+        .connection_closed(&first, &DisconnectReason::ClosedByAgent { code: None })
+        .await;
+
+    // Offline agents keep their desired config: it goes with the next message.
+    let (second, _outbox_b) = websocket();
+    let mut report = full(agent, 0);
+    report.remote_config_status = Some(config_status(
+        &Bytes::from_static(b"old"),
+        RemoteConfigStatuses::Applied,
+    ));
+    let received = registry.receive(&second, &report, agent).await;
+    assert_eq!(
+        received.response.remote_config.map(|r| r.config_hash),
+        Some(offer.hash.clone())
+    );
+}
+
+#[tokio::test]
+async fn rcfg_failed_status_is_reported() {
+    let registry = Registry::new();
+    let (conn, _outbox) = websocket();
+    let agent = uid(14);
+    registry.receive(&conn, &full(agent, 0), agent).await;
+    let offer = registry
+        .set_remote_config(agent, yaml("bad"))
+        .await
+        .unwrap();
+    let mut failed = compressed(agent, 1);
+    let mut status = config_status(&offer.hash, RemoteConfigStatuses::Failed);
+    status.error_message = "parse error".into();
+    failed.remote_config_status = Some(status);
+    registry.receive(&conn, &failed, agent).await;
+    let outcome = registry
+        .wait_for_remote_config(agent, &offer.hash)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        RemoteConfigState::Failed {
+            message: "parse error".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn http_15_config_waits_for_the_next_poll() {
+    let registry = Registry::new();
+    let config = config();
+    let peer = PeerInfo::default();
+    let agent = uid(15);
+    let first = registry
+        .receive_http(&config, &peer, &full(agent, 0), agent)
+        .await;
+    assert!(first.new_session);
+    assert_eq!(first.connection.transport(), TransportKind::PlainHttp);
+
+    let offer = registry
+        .set_remote_config(agent, yaml("c: 3"))
+        .await
+        .unwrap();
+    assert_eq!(offer.delivery, Some(Delivery::QueuedForPoll));
+    let poll = registry
+        .receive_http(&config, &peer, &compressed(agent, 1), agent)
+        .await;
+    assert!(!poll.new_session, "the session spans polls");
+    assert_eq!(poll.connection, first.connection);
+    assert_eq!(
+        poll.received.response.remote_config.map(|r| r.config_hash),
+        Some(offer.hash)
+    );
+    let quiet = registry
+        .receive_http(&config, &peer, &compressed(agent, 2), agent)
+        .await;
+    assert!(quiet.received.response.remote_config.is_none());
+
+    // Raw pushes queue on the session and merge (ERR-06).
+    let delivery = registry
+        .send(
+            agent,
+            ServerToAgent {
+                flags: ServerToAgentFlags::REPORT_FULL_STATE.bits(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(delivery, Delivery::QueuedForPoll);
+    let pending = first
+        .connection
+        .take_pending()
+        .expect("queued for the next poll");
+    assert_eq!(pending.instance_uid, agent.to_bytes());
+}
+
+#[tokio::test(start_paused = true)]
+async fn http_25_silent_http_agents_go_stale() {
+    let registry = Registry::builder()
+        .stale_after(Duration::from_secs(60))
+        .build();
+    let config = config();
+    let agent = uid(16);
+    let session = registry
+        .receive_http(&config, &PeerInfo::default(), &full(agent, 0), agent)
+        .await;
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert!(registry.stale_sessions(Instant::now()).is_empty());
+    registry
+        .receive_http(&config, &PeerInfo::default(), &compressed(agent, 1), agent)
+        .await;
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert!(
+        registry.stale_sessions(Instant::now()).is_empty(),
+        "the poll reset the clock"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        registry.stale_sessions(Instant::now()),
+        vec![session.connection.clone()]
+    );
+
+    registry
+        .connection_closed(&session.connection, &DisconnectReason::Stale)
+        .await;
+    assert!(!registry.agent(agent).await.unwrap().unwrap().is_connected());
+    assert!(registry.connected().is_empty());
+}
+
+#[tokio::test]
+async fn pkg_01_cs_01_cmd_01_cus_04_offers_are_gated() {
+    let registry = Registry::new();
+    let (conn, mut outbox) = websocket();
+    let agent = uid(17);
+    registry.receive(&conn, &full(agent, 0), agent).await;
+
+    let packages = registry
+        .offer_packages(agent, PackagesAvailable::default())
+        .await;
+    assert!(
+        matches!(packages, Err(SendError::NotAccepted { capability, .. }) if capability == AgentCapabilities::ACCEPTS_PACKAGES)
+    );
+    let restart = registry.restart(agent).await;
+    assert!(
+        matches!(restart, Err(SendError::NotAccepted { capability, .. }) if capability == AgentCapabilities::ACCEPTS_RESTART_COMMAND)
+    );
+    let settings = ConnectionSettingsOffers {
+        opamp: Some(OpAmpConnectionSettings::default()),
+        ..Default::default()
+    };
+    let refused = registry.offer_connection_settings(agent, settings).await;
+    assert!(
+        matches!(refused, Err(SendError::NotAccepted { capability, .. }) if capability == AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS)
+    );
+    let custom = CustomMessage {
+        capability: "io.example.ping".into(),
+        r#type: "ping".into(),
+        data: Bytes::new(),
+    };
+    let refused = registry.send_custom_message(agent, custom.clone()).await;
+    assert!(matches!(
+        refused,
+        Err(SendError::CustomCapabilityNotAnnounced { .. })
+    ));
+    // Also through the raw connection handle.
+    let raw = conn.send(ServerToAgent {
+        remote_config: None,
+        command: Some(Default::default()),
+        ..Default::default()
+    });
+    assert!(matches!(raw, Err(SendError::NotAccepted { .. })));
+    assert!(outbox.try_recv().is_err(), "nothing refused went out");
+
+    // Once announced, the same offers go through.
+    let mut more = compressed(agent, 1);
+    more.capabilities = (CAPS
+        | AgentCapabilities::ACCEPTS_PACKAGES
+        | AgentCapabilities::ACCEPTS_RESTART_COMMAND
+        | AgentCapabilities::REPORTS_OWN_METRICS)
+        .bits();
+    more.custom_capabilities = Some(CustomCapabilities {
+        capabilities: vec!["io.example.ping".into()],
+    });
+    registry.receive(&conn, &more, agent).await;
+    let offer = registry
+        .offer_packages(agent, PackagesAvailable::default())
+        .await
+        .unwrap();
+    assert!(
+        !offer.hash.is_empty(),
+        "PKG-12: all_packages_hash filled in"
+    );
+    assert_eq!(
+        next_frame(&mut outbox)
+            .packages_available
+            .unwrap()
+            .all_packages_hash,
+        offer.hash
+    );
+    assert_eq!(registry.restart(agent).await.unwrap(), Delivery::Sent);
+    let command = next_frame(&mut outbox);
+    assert!(command.command.is_some());
+    assert!(command.packages_available.is_none(), "CMD-02: alone");
+    assert_eq!(
+        registry.send_custom_message(agent, custom).await.unwrap(),
+        Delivery::Sent
+    );
+    assert!(next_frame(&mut outbox).custom_message.is_some());
+    let metrics = ConnectionSettingsOffers {
+        own_metrics: Some(TelemetryConnectionSettings::default()),
+        ..Default::default()
+    };
+    let offer = registry
+        .offer_connection_settings(agent, metrics)
+        .await
+        .unwrap();
+    let sent = next_frame(&mut outbox).connection_settings.unwrap();
+    assert_eq!(sent.hash, offer.hash, "CS-03: hash filled in");
+}
+
+#[tokio::test]
+async fn pkg_14_packages_are_offered_until_the_hash_is_echoed() {
+    let registry = Registry::new();
+    let config = config();
+    let agent = uid(18);
+    let mut first = full(agent, 0);
+    first.capabilities = (CAPS | AgentCapabilities::ACCEPTS_PACKAGES).bits();
+    registry
+        .receive_http(&config, &PeerInfo::default(), &first, agent)
+        .await;
+    let offer = registry
+        .offer_packages(
+            agent,
+            PackagesAvailable {
+                all_packages_hash: Bytes::from_static(b"p1"),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut poll = compressed(agent, 1);
+    poll.capabilities = first.capabilities;
+    let reply = registry
+        .receive_http(&config, &PeerInfo::default(), &poll, agent)
+        .await;
+    assert_eq!(
+        reply
+            .received
+            .response
+            .packages_available
+            .unwrap()
+            .all_packages_hash,
+        offer.hash
+    );
+
+    let mut statuses = compressed(agent, 2);
+    statuses.capabilities = first.capabilities;
+    statuses.package_statuses = Some(PackageStatuses {
+        server_provided_all_packages_hash: offer.hash.clone(),
+        ..Default::default()
+    });
+    let reply = registry
+        .receive_http(&config, &PeerInfo::default(), &statuses, agent)
+        .await;
+    assert!(reply.received.response.packages_available.is_none());
+}
+
+#[tokio::test]
+async fn ac_04_full_component_list_requested_once_per_hash() {
+    let registry = Registry::new();
+    let (conn, _outbox) = websocket();
+    let agent = uid(19);
+    let caps = (CAPS | AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS).bits();
+    let mut first = full(agent, 0);
+    first.capabilities = caps;
+    first.available_components = Some(AvailableComponents {
+        hash: Bytes::from_static(b"h1"),
+        components: Default::default(),
+    });
+    let flags = |received: &Received| ServerToAgentFlags::from_bits_retain(received.response.flags);
+    let received = registry.receive(&conn, &first, agent).await;
+    assert!(flags(&received).contains(ServerToAgentFlags::REPORT_AVAILABLE_COMPONENTS));
+
+    let mut hash_only = compressed(agent, 1);
+    hash_only.capabilities = caps;
+    hash_only.available_components = first.available_components.clone();
+    let received = registry.receive(&conn, &hash_only, agent).await;
+    assert!(
+        !flags(&received).contains(ServerToAgentFlags::REPORT_AVAILABLE_COMPONENTS),
+        "asked once"
+    );
+
+    let mut listed = compressed(agent, 2);
+    listed.capabilities = caps;
+    let mut components = AvailableComponents {
+        hash: Bytes::from_static(b"h1"),
+        components: Default::default(),
+    };
+    components
+        .components
+        .insert("otlp".into(), ComponentDetails::default());
+    listed.available_components = Some(components.clone());
+    registry.receive(&conn, &listed, agent).await;
+    // Later hash-only reports keep the list (AC-05).
+    hash_only.sequence_num = 3;
+    registry.receive(&conn, &hash_only, agent).await;
+    let record = registry.agent(agent).await.unwrap().unwrap();
+    assert_eq!(record.status.available_components, Some(components));
+}
+
+#[tokio::test]
+async fn send_to_unknown_or_offline_agents_fails_cleanly() {
+    let registry = Registry::new();
+    let agent = uid(20);
+    let unknown = registry.send(agent, ServerToAgent::default()).await;
+    assert!(matches!(unknown, Err(SendError::UnknownAgent(_))));
+    let (conn, _outbox) = websocket();
+    registry.receive(&conn, &full(agent, 0), agent).await;
+    registry
+        .connection_closed(&conn, &DisconnectReason::IdleTimeout)
+        .await;
+    let offline = registry.send(agent, ServerToAgent::default()).await;
+    assert!(matches!(offline, Err(SendError::NotConnected(_))));
+}
+
+/// A bus that records what it is asked to forward.
+#[derive(Default, Clone)]
+struct RecordingBus {
+    forwarded: Arc<StdMutex<Vec<(InstanceUid, ServerToAgent)>>>,
+    inbox: Arc<StdMutex<Option<BusInbox>>>,
+}
+
+impl MessageBus for RecordingBus {
+    fn forward(
+        &self,
+        uid: InstanceUid,
+        message: ServerToAgent,
+    ) -> BoxFuture<'_, Result<(), BusError>> {
+        self.forwarded.lock().unwrap().push((uid, message));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn attach(&self, inbox: BusInbox) {
+        *self.inbox.lock().unwrap() = Some(inbox);
+    }
+}
+
+#[tokio::test]
+async fn messages_for_agents_on_other_instances_go_through_the_bus() {
+    let store = Arc::new(MemoryStore::new());
+    let bus = RecordingBus::default();
+    // Two instances sharing one store.
+    let here = Registry::builder()
+        .store(SharedStore(store.clone()))
+        .bus(bus.clone())
+        .build();
+    let there_bus = RecordingBus::default();
+    let there = Registry::builder()
+        .store(SharedStore(store))
+        .bus(there_bus.clone())
+        .build();
+
+    let agent = uid(21);
+    let (conn, mut outbox) = websocket();
+    there.receive(&conn, &full(agent, 0), agent).await;
+
+    let offer = here.set_remote_config(agent, yaml("d: 4")).await.unwrap();
+    assert_eq!(offer.delivery, Some(Delivery::Forwarded));
+    let (to, message) = bus.forwarded.lock().unwrap().pop().expect("forwarded");
+    assert_eq!(to, agent);
+
+    // The other instance's bus hands it to its inbox.
+    let inbox = there_bus.inbox.lock().unwrap().clone().expect("attached");
+    assert_eq!(inbox.deliver(agent, message).await.unwrap(), Delivery::Sent);
+    assert_eq!(
+        next_frame(&mut outbox).remote_config.unwrap().config_hash,
+        offer.hash
+    );
+    // An inbox never forwards again.
+    let elsewhere = inbox.deliver(uid(99), ServerToAgent::default()).await;
+    assert!(matches!(elsewhere, Err(SendError::NotConnected(_))));
+}
+
+struct SharedStore(Arc<MemoryStore>);
+
+impl AgentStore for SharedStore {
+    fn load(&self, uid: InstanceUid) -> BoxFuture<'_, Result<Option<AgentRecord>, StoreError>> {
+        self.0.load(uid)
+    }
+    fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.0.save(record)
+    }
+    fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.0.remove(uid)
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
+        self.0.list()
+    }
+}
+
+struct BrokenStore;
+
+impl AgentStore for BrokenStore {
+    fn load(&self, _uid: InstanceUid) -> BoxFuture<'_, Result<Option<AgentRecord>, StoreError>> {
+        Box::pin(async { Err(StoreError::backend("disk on fire")) })
+    }
+    fn save(&self, _record: AgentRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(StoreError::backend("disk on fire")) })
+    }
+    fn remove(&self, _uid: InstanceUid) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(StoreError::backend("disk on fire")) })
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
+        Box::pin(async { Err(StoreError::backend("disk on fire")) })
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_asks_for_full_state_so_nothing_is_lost() {
+    let registry = Registry::builder().store(BrokenStore).build();
+    let (conn, _outbox) = websocket();
+    let agent = uid(22);
+    let received = registry.receive(&conn, &full(agent, 0), agent).await;
+    assert!(asks_full_state(&received));
+    assert_eq!(registry.connection(agent), Some(conn), "still served");
+    assert!(registry.agents().await.is_err());
+}
+
+#[tokio::test]
+async fn untracked_registry_still_tracks_connections() {
+    let registry = Registry::builder().track_state(false).build();
+    let (conn, _outbox) = websocket();
+    let agent = uid(23);
+    let received = registry.receive(&conn, &compressed(agent, 5), agent).await;
+    assert_eq!(received.response.flags, 0, "no sequence bookkeeping");
+    assert_eq!(registry.connection(agent), Some(conn));
+    assert!(registry.agent(agent).await.unwrap().is_none());
+}

@@ -1,0 +1,682 @@
+//! The server: a `tower::Service` for the OpAMP endpoint.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::Full;
+use opamp_proto::{AgentToServer, CustomCapabilities, ServerCapabilities, ServerToAgent};
+use opamp_transport::{RequestKind, ServerTlsConfig};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::callbacks::{
+    AgentMessageError, Callbacks, ConnectDecision, ConnectRequest, DisconnectReason, NoCallbacks,
+};
+use crate::connection::{Connection, ConnectionConfig, PeerInfo, TransportKind};
+use crate::messages;
+use crate::registry::{Disposition, Received, Registry};
+
+/// The default OpAMP endpoint path (GEN-03).
+pub const DEFAULT_PATH: &str = "/v1/opamp";
+
+/// The default OpAMP port (GEN-04).
+pub const DEFAULT_PORT: u16 = 4320;
+
+/// Capabilities announced by default: everything the registry implements.
+pub const DEFAULT_CAPABILITIES: ServerCapabilities = ServerCapabilities::ACCEPTS_STATUS
+    .union(ServerCapabilities::OFFERS_REMOTE_CONFIG)
+    .union(ServerCapabilities::ACCEPTS_EFFECTIVE_CONFIG)
+    .union(ServerCapabilities::OFFERS_PACKAGES)
+    .union(ServerCapabilities::ACCEPTS_PACKAGES_STATUS)
+    .union(ServerCapabilities::OFFERS_CONNECTION_SETTINGS);
+
+/// The response body type of the server.
+pub type ResponseBody = Full<Bytes>;
+
+/// An OpAMP server: one endpoint for WebSocket and plain-HTTP agents
+/// (WS-16, HTTP-04), with the [`Registry`] doing the protocol bookkeeping
+/// and [`Callbacks`] for the application.
+///
+/// It is a `tower::Service<http::Request<B>>` (`Error = Infallible`, cheap
+/// to clone), so it mounts in axum with `route_service("/v1/opamp", server)`
+/// or any hyper stack that serves connections with upgrades enabled. Or run
+/// it on its own with [`serve`](Self::serve).
+///
+/// Requests are classified by their head: `Content-Type:
+/// application/x-protobuf` is a plain-HTTP exchange, a WebSocket upgrade
+/// opens a WebSocket, anything else gets 400, 405 or 415.
+pub struct OpampServer<C = NoCallbacks> {
+    pub(crate) inner: Arc<ServerInner<C>>,
+}
+
+impl<C> Clone for OpampServer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C> fmt::Debug for OpampServer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpampServer")
+            .field("settings", &self.inner.settings)
+            .field("active", &*self.inner.admission.active.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) path: String,
+    pub(crate) max_message_size: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) busy_retry_after: Duration,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) idle_timeout_heartbeats: u32,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) tls: Option<ServerTlsConfig>,
+}
+
+impl Settings {
+    /// No message for this long closes a WebSocket (`None`: never).
+    pub(crate) fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_heartbeats > 0).then(|| {
+            self.heartbeat_interval
+                .saturating_mul(self.idle_timeout_heartbeats)
+        })
+    }
+}
+
+pub(crate) struct ServerInner<C> {
+    pub(crate) callbacks: C,
+    pub(crate) registry: Registry,
+    pub(crate) settings: Settings,
+    pub(crate) connection_config: Arc<ConnectionConfig>,
+    pub(crate) admission: Arc<Admission>,
+    /// Plain-HTTP sessions that ended; drained by the background task.
+    http_closed: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Connection>>>,
+    background_started: AtomicBool,
+}
+
+/// Counts live WebSocket connections and in-flight plain-HTTP requests,
+/// against the connection limit and for graceful shutdown.
+pub(crate) struct Admission {
+    pub(crate) active: watch::Sender<usize>,
+    max: usize,
+    /// Set when shutting down: new requests get 503, drivers close with 1001.
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+/// One admitted connection or request; releases its place when dropped.
+pub(crate) struct AdmissionGuard {
+    admission: Arc<Admission>,
+}
+
+impl Admission {
+    fn try_admit(self: &Arc<Self>) -> Option<AdmissionGuard> {
+        let mut admitted = false;
+        self.active.send_if_modified(|active| {
+            admitted = *active < self.max;
+            if admitted {
+                *active += 1;
+            }
+            admitted
+        });
+        admitted.then(|| AdmissionGuard {
+            admission: Arc::clone(self),
+        })
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+impl Drop for AdmissionGuard {
+    fn drop(&mut self) {
+        self.admission
+            .active
+            .send_modify(|active| *active = active.saturating_sub(1));
+    }
+}
+
+/// Builds an [`OpampServer`].
+#[must_use]
+pub struct ServerBuilder<C = NoCallbacks> {
+    callbacks: C,
+    registry: Option<Registry>,
+    capabilities: ServerCapabilities,
+    custom_capabilities: Vec<String>,
+    send_queue_capacity: usize,
+    settings: Settings,
+}
+
+impl<C> fmt::Debug for ServerBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("capabilities", &self.capabilities)
+            .field("custom_capabilities", &self.custom_capabilities)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerBuilder<NoCallbacks> {
+    fn default() -> Self {
+        Self {
+            callbacks: NoCallbacks,
+            registry: None,
+            capabilities: DEFAULT_CAPABILITIES,
+            custom_capabilities: Vec::new(),
+            send_queue_capacity: 16,
+            settings: Settings {
+                path: DEFAULT_PATH.to_owned(),
+                max_message_size: opamp_transport::DEFAULT_MAX_MESSAGE_SIZE,
+                max_connections: 20_000,
+                busy_retry_after: Duration::from_secs(30),
+                heartbeat_interval: Duration::from_secs(30),
+                idle_timeout_heartbeats: 3,
+                header_read_timeout: Duration::from_secs(10),
+                body_read_timeout: Duration::from_secs(30),
+                close_timeout: opamp_transport::DEFAULT_CLOSE_TIMEOUT,
+                shutdown_timeout: Duration::from_secs(10),
+                tls: None,
+            },
+        }
+    }
+}
+
+impl<C: Callbacks> ServerBuilder<C> {
+    /// The application's callbacks (default: none).
+    pub fn callbacks<D: Callbacks>(self, callbacks: D) -> ServerBuilder<D> {
+        ServerBuilder {
+            callbacks,
+            registry: self.registry,
+            capabilities: self.capabilities,
+            custom_capabilities: self.custom_capabilities,
+            send_queue_capacity: self.send_queue_capacity,
+            settings: self.settings,
+        }
+    }
+
+    /// Uses this registry (to choose its store, bus and policies, or to
+    /// share it); by default the server makes one with
+    /// [`Registry::new`].
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Capabilities announced in the first reply on every connection
+    /// (CAP-07). `AcceptsStatus` is always added (CAP-08). Default
+    /// [`DEFAULT_CAPABILITIES`].
+    pub fn capabilities(mut self, capabilities: ServerCapabilities) -> Self {
+        self.capabilities = capabilities | ServerCapabilities::ACCEPTS_STATUS;
+        self
+    }
+
+    /// Custom capabilities the server supports (CUS-01, CUS-03: reverse
+    /// FQDN names), announced in the first reply on every connection.
+    pub fn custom_capabilities<I, S>(mut self, capabilities: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.custom_capabilities = capabilities.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Largest message accepted or sent, measured after decompression
+    /// (WS-08..11, HTTP-16..19). Default 64 MiB.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.settings.max_message_size = bytes;
+        self
+    }
+
+    /// Most WebSocket connections plus in-flight plain-HTTP requests at
+    /// once; beyond it requests get 503 with `Retry-After`. Default 20 000.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.settings.max_connections = max;
+        self
+    }
+
+    /// The `Retry-After` sent when the connection limit is reached or the
+    /// server is shutting down. Default 30 s.
+    pub fn busy_retry_after(mut self, delay: Duration) -> Self {
+        self.settings.busy_retry_after = delay;
+        self
+    }
+
+    /// The heartbeat interval agents are expected to use (default 30 s,
+    /// HB-08), the unit of the idle timeout.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.settings.heartbeat_interval = interval;
+        self
+    }
+
+    /// A WebSocket is closed ([`DisconnectReason::IdleTimeout`]) after this
+    /// many heartbeat intervals without a message, counted before the first
+    /// message and for agents that announce `ReportsHeartbeat` (HB-11:
+    /// others need not send anything). 0 turns it off. Default 3.
+    pub fn idle_timeout_heartbeats(mut self, heartbeats: u32) -> Self {
+        self.settings.idle_timeout_heartbeats = heartbeats;
+        self
+    }
+
+    /// Messages queued per WebSocket before the agent counts as not reading
+    /// and is disconnected. Default 16.
+    pub fn send_queue_capacity(mut self, capacity: usize) -> Self {
+        self.send_queue_capacity = capacity.max(1);
+        self
+    }
+
+    /// [`serve`](OpampServer::serve): time allowed for a request head (and
+    /// the TLS handshake) to arrive, against slowloris clients. Default 10 s.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.header_read_timeout = timeout;
+        self
+    }
+
+    /// Time allowed for a plain-HTTP request body. Default 30 s.
+    pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.body_read_timeout = timeout;
+        self
+    }
+
+    /// Bound for a WebSocket closing handshake. Default 5 s.
+    pub fn close_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.close_timeout = timeout;
+        self
+    }
+
+    /// Bound for graceful shutdown (closing WebSockets, draining plain-HTTP
+    /// requests). Default 10 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.shutdown_timeout = timeout;
+        self
+    }
+
+    /// [`serve`](OpampServer::serve): the path of the endpoint (default
+    /// [`DEFAULT_PATH`], GEN-03); other paths get 404.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.settings.path = path.into();
+        self
+    }
+
+    /// [`serve`](OpampServer::serve): TLS, optionally requiring client
+    /// certificates (mutual TLS; the chain reaches callbacks through
+    /// [`PeerInfo`]).
+    pub fn tls(mut self, tls: ServerTlsConfig) -> Self {
+        self.settings.tls = Some(tls);
+        self
+    }
+
+    /// Builds the server.
+    pub fn build(self) -> OpampServer<C> {
+        let (closed_tx, closed_rx) = mpsc::unbounded_channel();
+        let custom_capabilities =
+            (!self.custom_capabilities.is_empty()).then_some(CustomCapabilities {
+                capabilities: self.custom_capabilities,
+            });
+        let connection_config = Arc::new(ConnectionConfig {
+            capabilities: self.capabilities,
+            custom_capabilities,
+            max_message_size: self.settings.max_message_size,
+            send_queue_capacity: self.send_queue_capacity,
+            http_closed: Some(closed_tx),
+        });
+        let admission = Arc::new(Admission {
+            active: watch::Sender::new(0),
+            max: self.settings.max_connections,
+            shutdown: watch::Sender::new(false),
+        });
+        OpampServer {
+            inner: Arc::new(ServerInner {
+                callbacks: self.callbacks,
+                registry: self.registry.unwrap_or_default(),
+                settings: self.settings,
+                connection_config,
+                admission,
+                http_closed: std::sync::Mutex::new(Some(closed_rx)),
+                background_started: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl OpampServer<NoCallbacks> {
+    /// A builder with the defaults.
+    pub fn builder() -> ServerBuilder<NoCallbacks> {
+        ServerBuilder::default()
+    }
+}
+
+impl<C: Callbacks> OpampServer<C> {
+    /// A server with these callbacks and every default.
+    pub fn new(callbacks: C) -> Self {
+        OpampServer::builder().callbacks(callbacks).build()
+    }
+
+    /// The agent registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The callbacks.
+    pub fn callbacks(&self) -> &C {
+        &self.inner.callbacks
+    }
+
+    /// Live WebSocket connections plus in-flight plain-HTTP requests.
+    pub fn active_connections(&self) -> usize {
+        *self.inner.admission.active.borrow()
+    }
+
+    /// Shuts down gracefully: new requests get 503, every WebSocket is
+    /// closed with 1001 (going away), plain-HTTP sessions end, and in-flight
+    /// requests are waited for, all within the shutdown timeout. Returns
+    /// whether everything finished in time.
+    ///
+    /// [`serve`](Self::serve) calls this itself; call it when the server is
+    /// mounted in another stack.
+    pub async fn shutdown(&self) -> bool {
+        let inner = &self.inner;
+        inner.admission.shutdown.send_replace(true);
+        // Plain-HTTP sessions have no socket to close: end them now.
+        for uid in inner.registry.connected() {
+            if let Some(connection) = inner.registry.connection(uid) {
+                if connection.transport() == TransportKind::PlainHttp {
+                    connection.close_for(DisconnectReason::Shutdown);
+                }
+            }
+        }
+        let mut active = inner.admission.active.subscribe();
+        let drained = tokio::time::timeout(inner.settings.shutdown_timeout, async {
+            active.wait_for(|count| *count == 0).await.is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        // Finish the sessions closed above (the background task may be gone).
+        let closed = lock(&inner.http_closed).take();
+        if let Some(mut closed) = closed {
+            while let Ok(connection) = closed.try_recv() {
+                inner.finish_http_session(&connection).await;
+            }
+        }
+        drained
+    }
+
+    /// Handles one request; the body of the `Service` impl.
+    pub(crate) async fn handle<B>(self, request: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let inner = &self.inner;
+        self.ensure_background_task();
+        let kind = match opamp_transport::classify(&request) {
+            RequestKind::Reject(rejection) => return rejection.to_response(),
+            RequestKind::PlainHttp => TransportKind::PlainHttp,
+            RequestKind::WebSocket => TransportKind::WebSocket,
+            _ => return plain_status(StatusCode::BAD_REQUEST),
+        };
+        let busy_retry_after = Some(inner.settings.busy_retry_after);
+        if inner.admission.is_shutting_down() {
+            return opamp_transport::service_unavailable(busy_retry_after);
+        }
+        let Some(guard) = inner.admission.try_admit() else {
+            tracing::warn!(
+                limit = inner.settings.max_connections,
+                "connection limit reached: 503"
+            );
+            return opamp_transport::service_unavailable(busy_retry_after);
+        };
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .unwrap_or_default();
+        let (parts, body) = request.into_parts();
+        let decision = inner
+            .callbacks
+            .on_connecting(&ConnectRequest {
+                parts: &parts,
+                peer: &peer,
+                transport: kind,
+            })
+            .await;
+        if let ConnectDecision::Refuse(refusal) = decision {
+            return refusal.into_response();
+        }
+        match kind {
+            TransportKind::PlainHttp => self.handle_http(parts, body, peer).await,
+            TransportKind::WebSocket => {
+                crate::ws::accept(self.clone(), Request::from_parts(parts, body), peer, guard)
+            }
+        }
+    }
+
+    async fn handle_http<B>(
+        &self,
+        parts: http::request::Parts,
+        body: B,
+        peer: PeerInfo,
+    ) -> Response<ResponseBody>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let inner = &self.inner;
+        let settings = &inner.settings;
+        let message = match opamp_transport::read_agent_message(
+            body,
+            &parts.headers,
+            settings.max_message_size,
+            settings.body_read_timeout,
+        )
+        .await
+        {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::debug!(%error, peer = ?peer.addr, "bad plain-HTTP request");
+                let response = error.to_response();
+                inner
+                    .callbacks
+                    .on_read_error(&peer, None, &AgentMessageError::Http(error));
+                return response;
+            }
+        };
+        let uid = match message.uid() {
+            Ok(uid) => uid,
+            Err(error) => {
+                let mut reply = messages::bad_request_response(error.to_string());
+                reply.instance_uid = message.instance_uid.clone();
+                inner
+                    .callbacks
+                    .on_read_error(&peer, None, &AgentMessageError::InstanceUid(error));
+                return self.http_response(&reply, &parts.headers);
+            }
+        };
+        let crate::registry::HttpReceived {
+            connection,
+            new_session,
+            received,
+        } = inner
+            .registry
+            .receive_http(&inner.connection_config, &peer, &message, uid)
+            .await;
+        if received.disposition == Disposition::Refused {
+            return self.http_response(&received.response, &parts.headers);
+        }
+        let disposition = received.disposition;
+        let reply = {
+            let _turn = connection.callback_turn().await;
+            if new_session {
+                inner.callbacks.on_connected(&connection);
+            }
+            let callback_reply = inner.callbacks.on_message(&connection, &message).await;
+            inner.compose(&connection, &message, received, callback_reply)
+        };
+        // Pushes queued since the last poll go first; this reply lays over them.
+        let mut outgoing = connection.take_pending().unwrap_or_default();
+        messages::merge(&mut outgoing, reply);
+        let outgoing = match messages::split_command(outgoing) {
+            (Some(rest), Some(command)) => {
+                // A command travels alone (CMD-02): it waits for a quieter poll.
+                connection.requeue(command);
+                rest
+            }
+            (Some(only), None) | (None, Some(only)) => only,
+            (None, None) => ServerToAgent::default(),
+        };
+        let outgoing = connection.decorate(outgoing);
+        if disposition == Disposition::Disconnected {
+            connection.close_for(DisconnectReason::AgentDisconnect);
+        }
+        self.http_response(&outgoing, &parts.headers)
+    }
+
+    fn http_response(
+        &self,
+        message: &ServerToAgent,
+        request_headers: &http::HeaderMap,
+    ) -> Response<ResponseBody> {
+        match opamp_transport::response_for(
+            message,
+            request_headers,
+            self.inner.settings.max_message_size,
+        ) {
+            Ok(response) => response,
+            Err(too_large) => {
+                tracing::warn!(%too_large, "ServerToAgent over the size limit not sent (HTTP-19)");
+                too_large.to_response()
+            }
+        }
+    }
+
+    /// Starts the task that ends plain-HTTP sessions (closed or stale).
+    fn ensure_background_task(&self) {
+        if self.inner.background_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(closed) = lock(&self.inner.http_closed).take() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let stale_after = self.inner.registry.stale_after();
+        tokio::spawn(http_session_reaper(weak, closed, stale_after));
+    }
+}
+
+async fn http_session_reaper<C: Callbacks>(
+    server: Weak<ServerInner<C>>,
+    mut closed: mpsc::UnboundedReceiver<Connection>,
+    stale_after: Duration,
+) {
+    let sweep_every = (stale_after / 4).max(Duration::from_millis(10));
+    let mut sweep = tokio::time::interval(sweep_every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            connection = closed.recv() => {
+                let (Some(connection), Some(server)) = (connection, server.upgrade()) else {
+                    return;
+                };
+                server.finish_http_session(&connection).await;
+            }
+            _ = sweep.tick() => {
+                let Some(server) = server.upgrade() else { return };
+                for connection in server.registry.stale_sessions(Instant::now()) {
+                    tracing::debug!(connection = connection.id(), "plain-HTTP agent went stale");
+                    connection.close_for(DisconnectReason::Stale);
+                }
+            }
+        }
+    }
+}
+
+impl<C: Callbacks> ServerInner<C> {
+    /// Lays the callback's reply over the registry's and makes the result
+    /// valid: only accepted offers (CAP-09), the received `instance_uid`
+    /// (UID-06), nothing next to an error (MSG-05).
+    pub(crate) fn compose(
+        &self,
+        connection: &Connection,
+        message: &AgentToServer,
+        received: Received,
+        callback_reply: Option<ServerToAgent>,
+    ) -> ServerToAgent {
+        let mut reply = received.response;
+        if let Some(mut extra) = callback_reply {
+            let (capabilities, custom) = connection.agent_capabilities(received.uid).unwrap_or((
+                message.typed_capabilities(),
+                message.custom_capabilities.clone(),
+            ));
+            messages::strip_unaccepted(capabilities, custom.as_ref(), &mut extra);
+            extra.instance_uid = Bytes::new();
+            messages::merge(&mut reply, extra);
+        }
+        reply.instance_uid = message.instance_uid.clone();
+        messages::enforce_error_exclusivity(&mut reply);
+        reply
+    }
+
+    /// Ends a plain-HTTP session: registry, then `on_disconnected`.
+    pub(crate) async fn finish_http_session(&self, connection: &Connection) {
+        let reason = connection
+            .take_close_reason()
+            .unwrap_or(DisconnectReason::Requested);
+        let _turn = connection.callback_turn().await;
+        self.registry.connection_closed(connection, &reason).await;
+        self.callbacks.on_disconnected(connection, &reason);
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub(crate) fn plain_status(status: StatusCode) -> Response<ResponseBody> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+impl<C, B> tower_service::Service<Request<B>> for OpampServer<C>
+where
+    C: Callbacks,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let server = self.clone();
+        Box::pin(async move { Ok(server.handle(request).await) })
+    }
+}

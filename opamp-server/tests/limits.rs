@@ -1,0 +1,324 @@
+//! Hostile clients against the limits: sizes, connection count, idle and
+//! slow clients, agents that do not read, and graceful shutdown.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::SinkExt;
+use http::{StatusCode, header};
+use http_body_util::Full;
+use opamp_proto::{
+    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentRemoteConfig, Message, ServerToAgent,
+};
+use opamp_server::{DisconnectReason, OpampServer, SendError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+fn big_config(bytes: usize) -> ServerToAgent {
+    let mut config = AgentConfigMap::default();
+    config.config_map.insert(
+        String::new(),
+        AgentConfigFile {
+            body: Bytes::from(vec![b'x'; bytes]),
+            content_type: String::new(),
+        },
+    );
+    ServerToAgent {
+        remote_config: Some(AgentRemoteConfig {
+            config_hash: opamp_proto::config_hash(&config),
+            config: Some(config),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn ws_09_oversize_incoming_message_closes_with_1009() {
+    let (recorder, mut seen) = Recorder::new();
+    let server = OpampServer::builder()
+        .callbacks(recorder)
+        .max_message_size(4096)
+        .build();
+    let running = Running::start(server).await;
+    let mut ws = ws_connect(running.addr).await;
+    let mut frame = vec![0u8];
+    frame.extend(std::iter::repeat_n(0x08, 8192));
+    ws.send(WsMessage::Binary(Bytes::from(frame)))
+        .await
+        .unwrap();
+    assert_eq!(ws_close_code(&mut ws).await, Some(1009));
+    let Seen::Connected(id) = next_seen(&mut seen).await else {
+        panic!()
+    };
+    assert!(matches!(next_seen(&mut seen).await, Seen::ReadError(_)));
+    assert_eq!(
+        next_seen(&mut seen).await,
+        Seen::Disconnected(id, DisconnectReason::MessageTooLarge)
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn ws_11_oversize_outgoing_message_is_not_sent() {
+    let server = OpampServer::builder().max_message_size(4096).build();
+    let running = Running::start(server).await;
+    let mut ws = ws_connect(running.addr).await;
+    let agent = uid(1);
+    ws_send(&mut ws, &report(agent, 0)).await;
+    ws_recv(&mut ws).await;
+    let result = running
+        .server
+        .registry()
+        .send(agent, big_config(8192))
+        .await;
+    assert!(
+        matches!(result, Err(SendError::TooLarge { limit: 4096, .. })),
+        "{result:?}"
+    );
+    // The connection is fine.
+    ws_send(&mut ws, &heartbeat(agent, 1)).await;
+    assert!(ws_recv(&mut ws).await.remote_config.is_none());
+    drop(ws);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn connection_limit_answers_503_with_retry_after() {
+    let (recorder, mut seen) = Recorder::new();
+    let server = OpampServer::builder()
+        .callbacks(recorder)
+        .max_connections(1)
+        .busy_retry_after(Duration::from_secs(17))
+        .build();
+    let running = Running::start(server).await;
+    let mut first = ws_connect(running.addr).await;
+    ws_send(&mut first, &report(uid(2), 0)).await;
+    ws_recv(&mut first).await;
+    assert_eq!(running.server.active_connections(), 1);
+
+    // WS-24: an upgrade over the limit.
+    match tokio_tungstenite::connect_async(running.ws_url()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "17");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // HTTP-21: a plain-HTTP request over the limit.
+    let message = report(uid(3), 0);
+    let request = post(running.addr, &message)
+        .body(Full::new(Bytes::from(message.encode_to_vec())))
+        .unwrap();
+    let response = http_request(running.addr, request).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()[header::RETRY_AFTER], "17");
+
+    // Once the first leaves, there is room again.
+    first.close(None).await.unwrap();
+    drop(first);
+    loop {
+        if let Seen::Disconnected(..) = next_seen(&mut seen).await {
+            break;
+        }
+    }
+    assert_eq!(running.server.active_connections(), 0);
+    let reply = http_exchange(running.addr, &message).await;
+    assert_eq!(reply.instance_uid, uid(3).to_bytes());
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_websockets_are_closed_after_missed_heartbeats() {
+    let (recorder, mut seen) = Recorder::new();
+    let server = OpampServer::builder()
+        .callbacks(recorder)
+        .heartbeat_interval(Duration::from_secs(10))
+        .idle_timeout_heartbeats(3)
+        .build();
+    let running = Running::start(server).await;
+
+    // A client that upgrades and then says nothing.
+    let mut silent = ws_connect(running.addr).await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(ws_close_code(&mut silent).await, Some(1000));
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "not before 3 heartbeats"
+    );
+    let Seen::Connected(id) = next_seen(&mut seen).await else {
+        panic!()
+    };
+    assert_eq!(
+        next_seen(&mut seen).await,
+        Seen::Disconnected(id, DisconnectReason::IdleTimeout)
+    );
+
+    // An agent that announced heartbeats and stopped sending them.
+    let mut agent = ws_connect(running.addr).await;
+    ws_send(&mut agent, &report(uid(4), 0)).await;
+    ws_recv(&mut agent).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    ws_send(&mut agent, &heartbeat(uid(4), 1)).await;
+    ws_recv(&mut agent).await;
+    let last_message = tokio::time::Instant::now();
+    assert_eq!(ws_close_code(&mut agent).await, Some(1000));
+    assert!(
+        last_message.elapsed() >= Duration::from_secs(30),
+        "HB-06: counted from the last message"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn hb_11_agents_without_heartbeats_are_not_timed_out() {
+    let server = OpampServer::builder()
+        .heartbeat_interval(Duration::from_secs(10))
+        .idle_timeout_heartbeats(3)
+        .build();
+    let running = Running::start(server).await;
+    let mut ws = ws_connect(running.addr).await;
+    let mut quiet = report(uid(5), 0);
+    quiet.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
+    ws_send(&mut ws, &quiet).await;
+    ws_recv(&mut ws).await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    quiet.sequence_num = 1;
+    quiet.agent_description = None;
+    ws_send(&mut ws, &quiet).await;
+    assert_eq!(
+        ws_recv(&mut ws).await.instance_uid,
+        uid(5).to_bytes(),
+        "still connected"
+    );
+    drop(ws);
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn slowloris_request_heads_time_out() {
+    let server = OpampServer::builder()
+        .header_read_timeout(Duration::from_secs(5))
+        .build();
+    let running = Running::start(server).await;
+    let mut stream = TcpStream::connect(running.addr).await.unwrap();
+    // Half a request head, and then nothing.
+    stream
+        .write_all(b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: applic")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut received = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(600), stream.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the server must hang up");
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    assert!(
+        received.is_empty() || received.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    running.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_connections_and_half_http2_prefaces_time_out() {
+    let server = OpampServer::builder()
+        .header_read_timeout(Duration::from_secs(5))
+        .build();
+    let running = Running::start(server).await;
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut stream = TcpStream::connect(running.addr).await.unwrap();
+        stream.write_all(opening).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut received = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(600), stream.read_to_end(&mut received)).await;
+        assert!(read.is_ok(), "the server must hang up on {opening:?}");
+        assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_that_never_reads_is_disconnected() {
+    let (recorder, mut seen) = Recorder::new();
+    let server = OpampServer::builder()
+        .callbacks(recorder)
+        .send_queue_capacity(2)
+        .close_timeout(Duration::from_millis(200))
+        .build();
+    let running = Running::start(server).await;
+    let mut ws = ws_connect(running.addr).await;
+    let agent = uid(6);
+    ws_send(&mut ws, &report(agent, 0)).await;
+    ws_recv(&mut ws).await;
+    // From here on the client reads nothing.
+    let connection = running.server.registry().connection(agent).unwrap();
+    let push = big_config(512 * 1024);
+    let mut outcome = None;
+    for _ in 0..400 {
+        match connection.send(push.clone()) {
+            Ok(_) => {
+                // Let the writer move what it can into the socket.
+                for _ in 0..8 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            Err(error) => {
+                outcome = Some(error);
+                break;
+            }
+        }
+    }
+    assert!(matches!(outcome, Some(SendError::QueueFull)), "{outcome:?}");
+    assert!(connection.is_closed());
+    let reason = loop {
+        if let Seen::Disconnected(_, reason) = next_seen(&mut seen).await {
+            break reason;
+        }
+    };
+    assert_eq!(reason, DisconnectReason::SendQueueFull);
+    drop(ws);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_websockets_with_1001_and_drains_http() {
+    let gate = Arc::new(Semaphore::new(0));
+    let (recorder, mut seen) = Recorder::new();
+    let recorder = recorder.gated(gate.clone());
+    let mut running = Running::start(OpampServer::new(recorder)).await;
+    let addr = running.addr;
+
+    // A WebSocket agent, connected and idle.
+    let mut ws = ws_connect(addr).await;
+    let Seen::Connected(_) = next_seen(&mut seen).await else {
+        panic!()
+    };
+
+    // A plain-HTTP request stuck in on_message.
+    let in_flight = tokio::spawn(async move { http_exchange(addr, &report(uid(7), 0)).await });
+    loop {
+        if let Seen::Message(..) = next_seen(&mut seen).await {
+            break;
+        }
+    }
+
+    running.begin_stop();
+    assert_eq!(
+        ws_close_code(&mut ws).await,
+        Some(1001),
+        "WebSockets are told the server goes away"
+    );
+    // The in-flight request is allowed to finish.
+    gate.add_permits(1);
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.instance_uid, uid(7).to_bytes());
+    running.join().await;
+}

@@ -1,0 +1,256 @@
+//! TLS and mutual TLS with `serve`: the client certificate reaches the
+//! callbacks and the connection handle.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use opamp_proto::{Message, ServerToAgent};
+use opamp_server::{ConnectDecision, OpampServer, Refusal};
+use opamp_transport::{ClientAuth, ClientTlsConfig, ServerTlsConfig, SystemRoots};
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+struct Pki {
+    ca_pem: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "opamp-server test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>, usage| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca_pem: ca_cert.pem(),
+        server: leaf(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        ),
+        client: leaf(
+            vec!["agent-1".into()],
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ),
+    }
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    client: ClientTlsConfig,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let connector = TlsConnector::from(client.build().unwrap());
+    let tcp = TcpStream::connect(addr).await?;
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+fn client_tls(pki: &Pki, with_identity: bool) -> ClientTlsConfig {
+    let config = ClientTlsConfig::new()
+        .with_root_ca_pem(pki.ca_pem.clone())
+        .with_system_roots(SystemRoots::None);
+    if with_identity {
+        config.with_client_identity_pem(pki.client.0.clone(), pki.client.1.clone())
+    } else {
+        config
+    }
+}
+
+#[tokio::test]
+async fn mtls_client_certificate_reaches_callbacks_and_connection() {
+    let pki = pki();
+    let client_der = CertificateDer::from_pem_slice(pki.client.0.as_bytes()).unwrap();
+    let (recorder, _seen) = Recorder::new();
+    // Authenticate by certificate: no client certificate, no service (CONN-06).
+    let recorder = recorder.on_connecting(|request| match &request.peer.certificates {
+        Some(chain) if !chain.is_empty() => ConnectDecision::Accept,
+        _ => ConnectDecision::Refuse(Refusal::unauthorized(None)),
+    });
+    let tls = ServerTlsConfig::new(pki.server.0.clone(), pki.server.1.clone())
+        .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Optional);
+    let server = OpampServer::builder().callbacks(recorder).tls(tls).build();
+    let running = Running::start(server).await;
+    let agent = uid(1);
+
+    // Plain HTTP over TLS with a client certificate.
+    let stream = tls_connect(running.addr, client_tls(&pki, true))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let message = report(agent, 0);
+    let request = Request::post("/v1/opamp")
+        .header(header::HOST, "localhost")
+        .header(header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(Bytes::from(message.encode_to_vec())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        ServerToAgent::decode(body).unwrap().instance_uid,
+        agent.to_bytes()
+    );
+
+    let peer = running.server.callbacks().peers.lock().unwrap()[0].clone();
+    assert!(peer.addr.is_some());
+    assert_eq!(
+        peer.certificates.as_deref(),
+        Some(&[client_der.clone()][..])
+    );
+    let session = running.server.registry().connection(agent).unwrap();
+    assert_eq!(session.peer_certificates(), Some(&[client_der.clone()][..]));
+
+    // A WebSocket over TLS, same certificate.
+    let stream = tls_connect(running.addr, client_tls(&pki, true))
+        .await
+        .unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async(
+        format!("wss://localhost:{}/v1/opamp", running.addr.port()),
+        stream,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let other = uid(2);
+    futures_util::SinkExt::send(&mut ws, frame(&report(other, 0)))
+        .await
+        .unwrap();
+    let reply = ws_recv_tls(&mut ws).await;
+    assert_eq!(reply.instance_uid, other.to_bytes());
+    let connection = running.server.registry().connection(other).unwrap();
+    assert_eq!(connection.peer_certificates(), Some(&[client_der][..]));
+
+    // Without a client certificate the TLS handshake succeeds (optional) but
+    // the application refuses.
+    let stream = tls_connect(running.addr, client_tls(&pki, false))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::post("/v1/opamp")
+        .header(header::HOST, "localhost")
+        .header(header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(Bytes::from(message.encode_to_vec())))
+        .unwrap();
+    assert_eq!(
+        sender.send_request(request).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    drop(ws);
+    running.stop().await;
+}
+
+async fn ws_recv_tls(
+    ws: &mut tokio_tungstenite::WebSocketStream<TlsStream<TcpStream>>,
+) -> ServerToAgent {
+    use futures_util::StreamExt;
+    loop {
+        match ws.next().await.expect("open").expect("frame") {
+            tokio_tungstenite::tungstenite::Message::Binary(data) => {
+                return opamp_transport::decode_frame(
+                    data,
+                    usize::MAX,
+                    opamp_transport::HeaderlessFrames::Reject,
+                )
+                .unwrap();
+            }
+            _ => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn required_client_certificates_are_enforced_by_tls() {
+    let pki = pki();
+    let tls = ServerTlsConfig::new(pki.server.0.clone(), pki.server.1.clone())
+        .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Required);
+    let running = Running::start(OpampServer::builder().tls(tls).build()).await;
+
+    // TLS 1.3 reports a missing client certificate after the handshake, on
+    // first use; either way no OpAMP exchange happens.
+    let outcome = async {
+        let stream = tls_connect(running.addr, client_tls(&pki, false)).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(connection);
+        let message = report(uid(3), 0);
+        let request = Request::post("/v1/opamp")
+            .header(header::HOST, "localhost")
+            .header(header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(Bytes::from(message.encode_to_vec())))
+            .unwrap();
+        sender
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)
+    }
+    .await;
+    assert!(outcome.is_err(), "{outcome:?}");
+    assert!(
+        running
+            .server
+            .registry()
+            .agent(uid(3))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // With the certificate it works.
+    let stream = tls_connect(running.addr, client_tls(&pki, true))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let message = report(uid(3), 0);
+    let request = Request::post("/v1/opamp")
+        .header(header::HOST, "localhost")
+        .header(header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(Bytes::from(message.encode_to_vec())))
+        .unwrap();
+    assert_eq!(
+        sender.send_request(request).await.unwrap().status(),
+        StatusCode::OK
+    );
+    running.stop().await;
+}
+
+fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+
+#[test]
+fn server_registry_and_connection_are_send_sync_clone() {
+    assert_send_sync_clone::<OpampServer<Recorder>>();
+    assert_send_sync_clone::<opamp_server::Registry>();
+    assert_send_sync_clone::<opamp_server::Connection>();
+}
