@@ -1,0 +1,615 @@
+//! The embedded store: one redb database (a file, or memory for tests)
+//! holding the registry's agent records and what the fleet server keeps on
+//! top of them (configs, groups, config history, events).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opamp_proto::{AgentConfigMap, InstanceUid, Message};
+use opamp_server::{AgentRecord, AgentStore, BoxFuture};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    backends::InMemoryBackend,
+};
+use serde::{Deserialize, Serialize};
+
+/// `uid bytes → AgentRecord::encode()`: the registry's merged agent state.
+const AGENTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("agents");
+/// `uid bytes → AgentConfigMap`: configs set for one agent through the API.
+const AGENT_CONFIGS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("agent_configs");
+/// `name → value`: single fleet-wide values such as the default config.
+const SETTINGS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("settings");
+/// `group name → JSON StoredGroup`.
+const GROUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("groups");
+/// `(uid, number) → JSON HistoryEntry`: every config offered to an agent.
+const HISTORY: TableDefinition<'_, ([u8; 16], u64), &[u8]> = TableDefinition::new("config_history");
+/// `(uid, number) → JSON AgentEvent`: recent things that happened to an agent.
+const EVENTS: TableDefinition<'_, ([u8; 16], u64), &[u8]> = TableDefinition::new("events");
+
+const DEFAULT_CONFIG_KEY: &str = "default_config";
+
+/// How many config history entries are kept per agent.
+const HISTORY_LIMIT: u64 = 50;
+/// How many events are kept per agent.
+const EVENT_LIMIT: u64 = 100;
+
+/// A failure of the embedded store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetStoreError {
+    /// The database could not be opened or created.
+    #[error("cannot open the store: {0}")]
+    Open(#[from] redb::DatabaseError),
+    /// Creating the data directory failed.
+    #[error("cannot create the data directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// A read or write failed.
+    #[error("store operation failed: {0}")]
+    Database(#[from] redb::Error),
+    /// A stored value could not be decoded.
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+    /// The blocking task running the operation was lost.
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl From<redb::TransactionError> for FleetStoreError {
+    fn from(error: redb::TransactionError) -> Self {
+        Self::Database(error.into())
+    }
+}
+
+impl From<redb::TableError> for FleetStoreError {
+    fn from(error: redb::TableError) -> Self {
+        Self::Database(error.into())
+    }
+}
+
+impl From<redb::StorageError> for FleetStoreError {
+    fn from(error: redb::StorageError) -> Self {
+        Self::Database(error.into())
+    }
+}
+
+impl From<redb::CommitError> for FleetStoreError {
+    fn from(error: redb::CommitError) -> Self {
+        Self::Database(error.into())
+    }
+}
+
+/// A config group: agents whose attributes match `selector` get `config`
+/// unless a config was set for them alone.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Group {
+    /// Attribute name → required value (identifying or non-identifying);
+    /// every entry must match.
+    pub(crate) selector: BTreeMap<String, String>,
+    pub(crate) config: AgentConfigMap,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredGroup {
+    selector: BTreeMap<String, String>,
+    /// Protobuf-encoded `AgentConfigMap`, hex.
+    config: String,
+}
+
+/// Where the config offered to an agent came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub(crate) enum ConfigSource {
+    /// Set for this agent alone.
+    Agent,
+    /// A group's config.
+    Group(String),
+    /// The fleet default.
+    Default,
+}
+
+/// One config offered to an agent and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HistoryEntry {
+    /// `config_hash`, hex.
+    pub(crate) config_hash: String,
+    pub(crate) source: ConfigSource,
+    pub(crate) files: Vec<String>,
+    pub(crate) offered_at_ms: u64,
+    /// `PENDING`, `APPLYING`, `APPLIED`, `FAILED`, or `SUPERSEDED` when a
+    /// newer config replaced it before an outcome arrived.
+    pub(crate) outcome: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) error_message: String,
+    pub(crate) updated_at_ms: u64,
+}
+
+/// Something that happened to an agent, for the page's event list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AgentEvent {
+    pub(crate) at_ms: u64,
+    pub(crate) kind: String,
+    pub(crate) message: String,
+}
+
+/// The fleet server's embedded store: a redb database in a file, or in
+/// memory. Cheap to clone. It is the registry's [`AgentStore`], so agents
+/// and their last full state survive a restart, and it keeps configs,
+/// groups, config history and recent events beside them.
+#[derive(Clone)]
+pub struct FleetStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for FleetStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetStore").finish_non_exhaustive()
+    }
+}
+
+impl FleetStore {
+    /// Opens (or creates) the store file `fleet.redb` in `data_dir`,
+    /// creating the directory if needed.
+    pub fn open(data_dir: &Path) -> Result<Self, FleetStoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let db = builder().create(data_dir.join("fleet.redb"))?;
+        Self::with_database(db)
+    }
+
+    /// A store that lives in memory and is lost when dropped.
+    pub fn in_memory() -> Result<Self, FleetStoreError> {
+        let db = builder().create_with_backend(InMemoryBackend::new())?;
+        Self::with_database(db)
+    }
+
+    fn with_database(db: Database) -> Result<Self, FleetStoreError> {
+        // Create every table up front so that reads never meet a missing one.
+        let txn = db.begin_write()?;
+        txn.open_table(AGENTS)?;
+        txn.open_table(AGENT_CONFIGS)?;
+        txn.open_table(SETTINGS)?;
+        txn.open_table(GROUPS)?;
+        txn.open_table(HISTORY)?;
+        txn.open_table(EVENTS)?;
+        txn.commit()?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs a database operation off the async threads: commits wait for
+    /// the disk.
+    async fn blocking<T, F>(&self, operation: F) -> Result<T, FleetStoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, FleetStoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || operation(&db)).await?
+    }
+
+    // ---- agent records (the registry's storage) ----
+
+    pub(crate) async fn load_record(
+        &self,
+        uid: InstanceUid,
+    ) -> Result<Option<AgentRecord>, FleetStoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(AGENTS)?;
+            let Some(bytes) = table.get(uid.as_bytes().as_slice())? else {
+                return Ok(None);
+            };
+            AgentRecord::decode(bytes.value())
+                .map(Some)
+                .map_err(|error| FleetStoreError::Corrupt(error.to_string()))
+        })
+        .await
+    }
+
+    pub(crate) async fn save_record(&self, record: AgentRecord) -> Result<(), FleetStoreError> {
+        self.blocking(move |db| {
+            let encoded = record.encode();
+            let txn = db.begin_write()?;
+            txn.open_table(AGENTS)?
+                .insert(record.uid.as_bytes().as_slice(), encoded.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn remove_record(&self, uid: InstanceUid) -> Result<(), FleetStoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(AGENTS)?.remove(uid.as_bytes().as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn list_records(&self) -> Result<Vec<AgentRecord>, FleetStoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(AGENTS)?;
+            let mut records = Vec::with_capacity(usize::try_from(table.len()?).unwrap_or(0));
+            for entry in table.iter()? {
+                let (_, value) = entry?;
+                match AgentRecord::decode(value.value()) {
+                    Ok(record) => records.push(record),
+                    // One bad record must not hide the rest of the fleet.
+                    Err(error) => tracing::warn!(%error, "skipping a corrupt agent record"),
+                }
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    // ---- configs ----
+
+    /// The config set for `uid` alone, if any.
+    pub(crate) async fn agent_config(
+        &self,
+        uid: InstanceUid,
+    ) -> Result<Option<AgentConfigMap>, FleetStoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(AGENT_CONFIGS)?;
+            table
+                .get(uid.as_bytes().as_slice())?
+                .map(|bytes| decode_config(bytes.value()))
+                .transpose()
+        })
+        .await
+    }
+
+    /// Sets (`Some`) or clears (`None`) the config for `uid` alone.
+    pub(crate) async fn set_agent_config(
+        &self,
+        uid: InstanceUid,
+        config: Option<AgentConfigMap>,
+    ) -> Result<(), FleetStoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(AGENT_CONFIGS)?;
+                match config {
+                    Some(config) => {
+                        table
+                            .insert(uid.as_bytes().as_slice(), config.encode_to_vec().as_slice())?;
+                    }
+                    None => {
+                        table.remove(uid.as_bytes().as_slice())?;
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The config for agents with neither their own nor a group's.
+    pub(crate) async fn default_config(&self) -> Result<Option<AgentConfigMap>, FleetStoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(SETTINGS)?;
+            table
+                .get(DEFAULT_CONFIG_KEY)?
+                .map(|bytes| decode_config(bytes.value()))
+                .transpose()
+        })
+        .await
+    }
+
+    /// Sets (`Some`) or clears (`None`) the default config.
+    pub(crate) async fn set_default_config(
+        &self,
+        config: Option<AgentConfigMap>,
+    ) -> Result<(), FleetStoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(SETTINGS)?;
+                match config {
+                    Some(config) => {
+                        table.insert(DEFAULT_CONFIG_KEY, config.encode_to_vec().as_slice())?;
+                    }
+                    None => {
+                        table.remove(DEFAULT_CONFIG_KEY)?;
+                    }
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every group, by name.
+    pub(crate) async fn groups(&self) -> Result<BTreeMap<String, Group>, FleetStoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(GROUPS)?;
+            let mut groups = BTreeMap::new();
+            for entry in table.iter()? {
+                let (name, value) = entry?;
+                let stored: StoredGroup = serde_json::from_slice(value.value())
+                    .map_err(|error| FleetStoreError::Corrupt(error.to_string()))?;
+                let bytes = hex::decode(&stored.config)
+                    .map_err(|error| FleetStoreError::Corrupt(error.to_string()))?;
+                let config = decode_config(&bytes)?;
+                groups.insert(
+                    name.value().to_owned(),
+                    Group {
+                        selector: stored.selector,
+                        config,
+                    },
+                );
+            }
+            Ok(groups)
+        })
+        .await
+    }
+
+    /// Inserts or replaces a group.
+    pub(crate) async fn put_group(
+        &self,
+        name: String,
+        group: Group,
+    ) -> Result<(), FleetStoreError> {
+        self.blocking(move |db| {
+            let stored = StoredGroup {
+                selector: group.selector,
+                config: hex::encode(group.config.encode_to_vec()),
+            };
+            let json = serde_json::to_vec(&stored)
+                .map_err(|error| FleetStoreError::Corrupt(error.to_string()))?;
+            let txn = db.begin_write()?;
+            txn.open_table(GROUPS)?
+                .insert(name.as_str(), json.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a group; true if it existed.
+    pub(crate) async fn remove_group(&self, name: String) -> Result<bool, FleetStoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            let existed = txn.open_table(GROUPS)?.remove(name.as_str())?.is_some();
+            txn.commit()?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    // ---- config history ----
+
+    /// Records a config offered to `uid`, marking still-open older entries
+    /// superseded.
+    pub(crate) async fn push_history(
+        &self,
+        uid: InstanceUid,
+        entry: HistoryEntry,
+    ) -> Result<(), FleetStoreError> {
+        self.blocking(move |db| {
+            let key = *uid.as_bytes();
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(HISTORY)?;
+                let mut open = Vec::new();
+                for item in table.range((key, 0)..=(key, u64::MAX))? {
+                    let (k, v) = item?;
+                    let old: HistoryEntry = decode_json(v.value())?;
+                    if matches!(old.outcome.as_str(), "PENDING" | "APPLYING") {
+                        open.push((k.value().1, old));
+                    }
+                }
+                for (number, mut old) in open {
+                    old.outcome = "SUPERSEDED".into();
+                    old.updated_at_ms = entry.offered_at_ms;
+                    table.insert((key, number), encode_json(&old)?.as_slice())?;
+                }
+                append_bounded(&mut table, key, &encode_json(&entry)?, HISTORY_LIMIT)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets the outcome of the newest history entry of `uid` with
+    /// `config_hash` if it changed; returns the updated entry.
+    pub(crate) async fn settle_history(
+        &self,
+        uid: InstanceUid,
+        config_hash: String,
+        outcome: String,
+        error_message: String,
+        now_ms: u64,
+    ) -> Result<Option<HistoryEntry>, FleetStoreError> {
+        self.blocking(move |db| {
+            let key = *uid.as_bytes();
+            let txn = db.begin_write()?;
+            let updated = {
+                let mut table = txn.open_table(HISTORY)?;
+                let mut found = None;
+                for item in table.range((key, 0)..=(key, u64::MAX))?.rev() {
+                    let (k, v) = item?;
+                    let entry: HistoryEntry = decode_json(v.value())?;
+                    if entry.config_hash == config_hash {
+                        found = Some((k.value().1, entry));
+                        break;
+                    }
+                }
+                match found {
+                    Some((number, mut entry))
+                        if entry.outcome != outcome || entry.error_message != error_message =>
+                    {
+                        entry.outcome = outcome;
+                        entry.error_message = error_message;
+                        entry.updated_at_ms = now_ms;
+                        table.insert((key, number), encode_json(&entry)?.as_slice())?;
+                        Some(entry)
+                    }
+                    _ => None,
+                }
+            };
+            txn.commit()?;
+            Ok(updated)
+        })
+        .await
+    }
+
+    /// The config history of `uid`, newest first.
+    pub(crate) async fn history(
+        &self,
+        uid: InstanceUid,
+    ) -> Result<Vec<HistoryEntry>, FleetStoreError> {
+        self.blocking(move |db| read_newest_first(db, HISTORY, *uid.as_bytes()))
+            .await
+    }
+
+    // ---- events ----
+
+    /// Appends an event for `uid`, dropping the oldest beyond the limit.
+    pub(crate) async fn push_event(
+        &self,
+        uid: InstanceUid,
+        event: AgentEvent,
+    ) -> Result<(), FleetStoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write()?;
+            append_bounded(
+                &mut txn.open_table(EVENTS)?,
+                *uid.as_bytes(),
+                &encode_json(&event)?,
+                EVENT_LIMIT,
+            )?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Recent events of `uid`, newest first.
+    pub(crate) async fn events(
+        &self,
+        uid: InstanceUid,
+    ) -> Result<Vec<AgentEvent>, FleetStoreError> {
+        self.blocking(move |db| read_newest_first(db, EVENTS, *uid.as_bytes()))
+            .await
+    }
+
+    /// Forgets everything about `uid`.
+    pub(crate) async fn forget_agent(&self, uid: InstanceUid) -> Result<(), FleetStoreError> {
+        self.blocking(move |db| {
+            let key = *uid.as_bytes();
+            let txn = db.begin_write()?;
+            txn.open_table(AGENTS)?.remove(key.as_slice())?;
+            txn.open_table(AGENT_CONFIGS)?.remove(key.as_slice())?;
+            txn.open_table(HISTORY)?
+                .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
+            txn.open_table(EVENTS)?
+                .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn builder() -> redb::Builder {
+    let mut builder = Database::builder();
+    // The fleet's data is small; the 1 GiB default would be wasted.
+    builder.set_cache_size(16 * 1024 * 1024);
+    builder
+}
+
+fn decode_config(bytes: &[u8]) -> Result<AgentConfigMap, FleetStoreError> {
+    AgentConfigMap::decode(bytes).map_err(|error| FleetStoreError::Corrupt(error.to_string()))
+}
+
+fn encode_json(value: &impl Serialize) -> Result<Vec<u8>, FleetStoreError> {
+    serde_json::to_vec(value).map_err(|error| FleetStoreError::Corrupt(error.to_string()))
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FleetStoreError> {
+    serde_json::from_slice(bytes).map_err(|error| FleetStoreError::Corrupt(error.to_string()))
+}
+
+/// Appends `value` after the last entry of `uid` and trims the oldest so at
+/// most `limit` remain.
+fn append_bounded(
+    table: &mut redb::Table<'_, ([u8; 16], u64), &[u8]>,
+    uid: [u8; 16],
+    value: &[u8],
+    limit: u64,
+) -> Result<(), FleetStoreError> {
+    let range = (uid, 0)..=(uid, u64::MAX);
+    let next = match table.range(range.clone())?.next_back() {
+        Some(last) => last?.0.value().1.saturating_add(1),
+        None => 0,
+    };
+    table.insert((uid, next), value)?;
+    if next >= limit {
+        let oldest_kept = next + 1 - limit;
+        table.retain_in((uid, 0)..(uid, oldest_kept), |_, _| false)?;
+    }
+    Ok(())
+}
+
+fn read_newest_first<T: for<'de> Deserialize<'de>>(
+    db: &Database,
+    definition: TableDefinition<'_, ([u8; 16], u64), &[u8]>,
+    uid: [u8; 16],
+) -> Result<Vec<T>, FleetStoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(definition)?;
+    let mut entries = Vec::new();
+    for item in table.range((uid, 0)..=(uid, u64::MAX))?.rev() {
+        let (_, value) = item?;
+        entries.push(decode_json(value.value())?);
+    }
+    Ok(entries)
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The inverse of [`unix_ms`].
+pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn backend_error(error: FleetStoreError) -> opamp_server::StoreError {
+    opamp_server::StoreError::backend(error)
+}
+
+impl AgentStore for FleetStore {
+    fn load(
+        &self,
+        uid: InstanceUid,
+    ) -> BoxFuture<'_, Result<Option<AgentRecord>, opamp_server::StoreError>> {
+        Box::pin(async move { self.load_record(uid).await.map_err(backend_error) })
+    }
+
+    fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), opamp_server::StoreError>> {
+        Box::pin(async move { self.save_record(record).await.map_err(backend_error) })
+    }
+
+    fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), opamp_server::StoreError>> {
+        Box::pin(async move { self.remove_record(uid).await.map_err(backend_error) })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, opamp_server::StoreError>> {
+        Box::pin(async move { self.list_records().await.map_err(backend_error) })
+    }
+}

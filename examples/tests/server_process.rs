@@ -1,0 +1,316 @@
+//! The `server` binary as a process, with real agents (opamp-client), one
+//! over WebSocket and one over plain HTTP: push a config, see APPLIED with
+//! the right hash and the new effective config, restart the server and find
+//! the agents and their history again in the redb store.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use opamp_client::proto::{
+    AgentConfigMap, EffectiveConfig, RemoteConfigStatus, RemoteConfigStatuses, config_hash,
+};
+use opamp_client::{AgentCapabilities, AgentDescription, Callbacks, MessageData, OpampClient};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The server process and the addresses it printed.
+struct ServerProcess {
+    child: Child,
+    opamp: SocketAddr,
+    web: SocketAddr,
+}
+
+fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
+    let rest = line.split(&format!("{scheme}://")).nth(1)?;
+    rest.split('/').next()?.parse().ok()
+}
+
+async fn start_server(data_dir: &std::path::Path) -> ServerProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--web-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("server starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut opamp, mut web) = (None, None);
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while opamp.is_none() || web.is_none() {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read")
+                .expect("server printed its addresses");
+            if line.starts_with("OpAMP endpoint") {
+                opamp = address_after(&line, "ws");
+            } else if line.starts_with("Web page") {
+                web = address_after(&line, "http");
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server did not announce its addresses");
+    ServerProcess {
+        child,
+        opamp: opamp.expect("opamp address"),
+        web: web.expect("web address"),
+    }
+}
+
+impl ServerProcess {
+    /// Ctrl-C equivalent: SIGTERM, then the exit status must be success.
+    async fn stop(mut self) {
+        let pid = self.child.id().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the server stops after SIGTERM")
+            .expect("wait");
+        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+    }
+}
+
+async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> hyper::Response<Incoming> {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(connection);
+    sender.send_request(request).await.expect("response")
+}
+
+async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> (StatusCode, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .expect("request");
+    let response = send(addr, request).await;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Value {
+    let (status, body) = call(addr, Method::GET, path, "application/json", "").await;
+    assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+    body
+}
+
+/// Re-checks `check` after every event of the page's event stream.
+async fn until<F, Fut>(web: SocketAddr, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let request = Request::get("/api/events")
+        .header(header::HOST, web.to_string())
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let mut stream = send(web, request).await.into_body();
+    let waited = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if check().await {
+                return;
+            }
+            stream
+                .frame()
+                .await
+                .expect("event stream open")
+                .expect("frame");
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "timed out waiting for {what}");
+}
+
+/// Applies every remote config and reports it as the effective config.
+struct ApplyingAgent {
+    effective: Arc<Mutex<AgentConfigMap>>,
+}
+
+impl Callbacks for ApplyingAgent {
+    fn on_message(&self, client: &OpampClient, data: &MessageData) {
+        let Some(offer) = &data.remote_config else {
+            return;
+        };
+        let config = offer.config.clone().unwrap_or_default();
+        *self.effective.lock().unwrap() = config.clone();
+        client.set_effective_config(EffectiveConfig {
+            config_map: Some(config),
+        });
+        client.set_remote_config_status(RemoteConfigStatus {
+            last_remote_config_hash: offer.config_hash.clone(),
+            status: RemoteConfigStatuses::Applied as i32,
+            error_message: String::new(),
+        });
+    }
+}
+
+async fn start_agent(endpoint: String, service: &str) -> OpampClient {
+    let client = OpampClient::builder(endpoint)
+        .agent_description(AgentDescription::for_service(service, "1.0.0"))
+        .capabilities(
+            AgentCapabilities::ACCEPTS_REMOTE_CONFIG
+                | AgentCapabilities::REPORTS_REMOTE_CONFIG
+                | AgentCapabilities::REPORTS_EFFECTIVE_CONFIG
+                | AgentCapabilities::REPORTS_HEARTBEAT,
+        )
+        // Plain HTTP picks up pushed configs on its next poll (HTTP-15).
+        .polling_interval(Duration::from_millis(200))
+        .callbacks(ApplyingAgent {
+            effective: Arc::default(),
+        })
+        .build()
+        .expect("client builds");
+    client.set_effective_config(EffectiveConfig {
+        config_map: Some(AgentConfigMap::default()),
+    });
+    client.start().await.expect("client starts");
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rcfg_configs_apply_over_both_transports_and_survive_a_restart() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = start_server(data.path()).await;
+    let ws_agent = start_agent(format!("ws://{}/v1/opamp", server.opamp), "ws-agent").await;
+    let http_agent = start_agent(format!("http://{}/v1/opamp", server.opamp), "http-agent").await;
+    let uids = [ws_agent.instance_uid(), http_agent.instance_uid()];
+    let web = server.web;
+
+    until(web, "both agents connected", || async {
+        let agents = get(web, "/api/agents").await;
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["connected"] == true)
+            .count()
+            == 2
+    })
+    .await;
+    let agents = get(web, "/api/agents").await;
+    let transport = |uid: String| {
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["instance_uid"] == uid)
+            .unwrap()["transport"]
+            .clone()
+    };
+    assert_eq!(transport(uids[0].to_string()), "websocket");
+    assert_eq!(transport(uids[1].to_string()), "http");
+
+    let mut hashes = Vec::new();
+    for (index, uid) in uids.iter().enumerate() {
+        let body = format!("exporters:\n  debug: {{}}\n# agent {index}\n");
+        let (status, reply) = call(
+            web,
+            Method::PUT,
+            &format!("/api/agents/{uid}/config?file=collector.yaml"),
+            "text/yaml",
+            &body,
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+        let mut expected = AgentConfigMap::default();
+        expected.config_map.insert(
+            "collector.yaml".into(),
+            opamp_client::proto::AgentConfigFile {
+                body: body.clone().into(),
+                content_type: "text/yaml".into(),
+            },
+        );
+        let hash = hex::encode(config_hash(&expected));
+        assert_eq!(reply["config_hash"], hash);
+        hashes.push((hash, body));
+    }
+
+    for (uid, (hash, body)) in uids.iter().zip(&hashes) {
+        let path = format!("/api/agents/{uid}");
+        until(web, "APPLIED in the history", || async {
+            get(web, &path).await["config_history"][0]["outcome"] == "APPLIED"
+        })
+        .await;
+        let detail = get(web, &path).await;
+        assert_eq!(detail["remote_config_status"]["status"], "APPLIED");
+        assert_eq!(&detail["remote_config_status"]["config_hash"], hash);
+        assert_eq!(&detail["desired_config"]["config_hash"], hash);
+        assert_eq!(&detail["effective_config"]["hash"], hash);
+        assert_eq!(
+            &detail["effective_config"]["bodies"]["collector.yaml"]["body"],
+            body
+        );
+    }
+
+    ws_agent.stop().await;
+    http_agent.stop().await;
+    server.stop().await;
+
+    // Same data directory: the agents and their history are still there.
+    let server = start_server(data.path()).await;
+    let web = server.web;
+    let agents = get(web, "/api/agents").await;
+    assert_eq!(agents.as_array().unwrap().len(), 2);
+    for (uid, (hash, body)) in uids.iter().zip(&hashes) {
+        let detail = get(web, &format!("/api/agents/{uid}")).await;
+        assert_eq!(detail["connected"], false);
+        assert_eq!(&detail["desired_config"]["config_hash"], hash);
+        assert_eq!(detail["desired_config"]["state"], "APPLIED");
+        assert_eq!(
+            &detail["effective_config"]["bodies"]["collector.yaml"]["body"],
+            body
+        );
+        let history = detail["config_history"].as_array().unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(&history[0]["config_hash"], hash);
+        assert_eq!(history[0]["outcome"], "APPLIED");
+        let events = detail["events"].as_array().unwrap();
+        assert!(
+            events.iter().any(|e| e["kind"] == "connected"),
+            "{events:?}"
+        );
+    }
+    server.stop().await;
+}
