@@ -1,0 +1,45 @@
+//! Test support for the opamp-go interop tests (issue 6).
+//!
+//! The tests in `tests/` run opamp-rs against the Go programs in `interop/`
+//! (`goagent` on opamp-go's client, `goserver` on opamp-go's server, both
+//! driven by JSON lines; see `interop/README.md`):
+//!
+//! - `tests/go_agent.rs`: opamp-go agent → our [`opamp_server::OpampServer`];
+//! - `tests/go_server.rs`: our [`opamp_client::OpampClient`] → opamp-go server.
+//!
+//! This crate holds what both need: building the Go programs once per test
+//! process ([`go_programs`]), running them ([`GoProcess`]), waiting for
+//! events with a generous deadline ([`Inbox`]), our server and client wired
+//! to record what they see ([`OurServer`], [`OurAgent`]) and throwaway
+//! certificates ([`Pki`]) and a one-file HTTP server for packages
+//! ([`StaticFile`]). Which test covers which scenario is listed in
+//! `interop/MATRIX.md`.
+//!
+//! Without Go (or without the Go module proxy) every test prints a notice
+//! and passes, unless `CI` is set: then it fails and says why.
+#![forbid(unsafe_code)]
+
+mod file_server;
+mod go;
+mod inbox;
+mod our_agent;
+mod our_server;
+mod pki;
+
+pub use file_server::StaticFile;
+pub use go::{GoProcess, GoPrograms, go_programs};
+pub use inbox::{EVENT_TIMEOUT, Inbox};
+pub use our_agent::{
+    AgentRecorder, ClientEvent, FAIL_MARKER, INTEROP_CAPABILITY, OurAgent, agent_capabilities,
+};
+pub use our_server::{ConnectAttempt, LosableStore, OurServer, Refuse, ServerRecorder, Transport};
+pub use pki::{Pki, PkiFiles};
+
+/// Lower-case hex of `bytes`, the way the Go programs print hashes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
+}
