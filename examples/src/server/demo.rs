@@ -16,7 +16,7 @@ use opamp_client::{
 use super::certs::ClientCa;
 
 /// The custom capability demo agents answer: they echo every message back.
-pub(crate) const ECHO_CAPABILITY: &str = "io.opamp-rs.demo.echo";
+pub(crate) const ECHO_CAPABILITY: &str = "io.opamp-rs.echo";
 
 const SERVICES: [&str; 3] = ["checkout", "cart", "frontend"];
 
@@ -85,10 +85,10 @@ pub(crate) async fn start(
             )
             .package_store(Arc::new(MemoryPackageStore::new()))
             .callbacks(agent);
-        if let Some(token) = &token {
-            if let Ok(value) = format!("Bearer {token}").parse() {
-                builder = builder.header(http::header::AUTHORIZATION, value);
-            }
+        if let Some(token) = &token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            builder = builder.header(http::header::AUTHORIZATION, value);
         }
         if let Some(root) = &tls.root_pem {
             let mut config = ClientTlsConfig::new().with_root_ca_pem(root.clone());

@@ -666,10 +666,10 @@ impl Fleet {
                 None
             }
         };
-        if let Ok(record) = self.record(uid).await {
-            if let Err(error) = self.ensure_telemetry(&record).await {
-                tracing::warn!(%error, %uid, "cannot offer own-telemetry settings");
-            }
+        if let Ok(record) = self.record(uid).await
+            && let Err(error) = self.ensure_telemetry(&record).await
+        {
+            tracing::warn!(%error, %uid, "cannot offer own-telemetry settings");
         }
         // A plain-HTTP agent would otherwise wait a whole poll for it.
         let queued = offer
@@ -723,27 +723,22 @@ impl Fleet {
                 if changes.contains(StatusChanges::REMOTE_CONFIG_STATUS) {
                     self.settle(uid).await;
                 }
-                if changes.contains(StatusChanges::HEALTH) {
-                    if let Ok(Some(record)) = self.registry.agent(uid).await {
-                        if let Some(health) = &record.status.health {
-                            let text = if health.healthy {
-                                "healthy"
-                            } else {
-                                "unhealthy"
-                            };
-                            let detail = if health.last_error.is_empty() {
-                                health.status.clone()
-                            } else {
-                                health.last_error.clone()
-                            };
-                            self.log_event(
-                                uid,
-                                "health",
-                                format!("{text} {detail}").trim().to_owned(),
-                            )
-                            .await;
-                        }
-                    }
+                if changes.contains(StatusChanges::HEALTH)
+                    && let Ok(Some(record)) = self.registry.agent(uid).await
+                    && let Some(health) = &record.status.health
+                {
+                    let text = if health.healthy {
+                        "healthy"
+                    } else {
+                        "unhealthy"
+                    };
+                    let detail = if health.last_error.is_empty() {
+                        health.status.clone()
+                    } else {
+                        health.last_error.clone()
+                    };
+                    self.log_event(uid, "health", format!("{text} {detail}").trim().to_owned())
+                        .await;
                 }
                 if changes.contains(StatusChanges::PACKAGE_STATUSES) {
                     self.log_package_statuses(uid).await;

@@ -88,10 +88,10 @@ impl FleetServer {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        if let Some(follower) = follower {
-            if let Err(error) = follower.await {
-                tracing::warn!(%error, "fleet event follower failed");
-            }
+        if let Some(follower) = follower
+            && let Err(error) = follower.await
+        {
+            tracing::warn!(%error, "fleet event follower failed");
         }
     }
 }

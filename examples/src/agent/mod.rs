@@ -1,0 +1,164 @@
+//! The example agent: a simulated agent, a fleet of them (`--count`), or a
+//! supervisor of a real one (`--supervise -- CMD ARGS...`), built on
+//! `opamp-client`.
+//!
+//! What it does, and the choices made:
+//! - **Remote config** is validated, written to `STATE/config/` (one file
+//!   per config map entry; the entry named `""` is the file `_default`),
+//!   then the work is reloaded, the effective config is read back from disk
+//!   and reported, and the status goes APPLYING → APPLIED. A config fails
+//!   (FAILED, old files kept) when a name is not a plain file name or a
+//!   body contains `invalid:` — the example's stand-in for "does not
+//!   parse".
+//! - **Restart command**: the simulated agent restarts its simulated work
+//!   (the process and its connection stay; the health's `restart_count`
+//!   and start time change). A supervisor restarts its child.
+//! - **Scale mode** (`--count N`, N > 1): N agents in one process, each
+//!   with its own state directory `STATE/agent-N` (so uids survive
+//!   restarts) and its own connection. Only the first reports own metrics,
+//!   since they all share one process.
+//! - **Supervisor**: see `supervisor.rs` and `packages.rs`.
+//! - **Own metrics**: see `telemetry.rs`. **Certificates**: see `tls.rs`.
+
+mod cli;
+mod packages;
+mod runner;
+mod state;
+mod supervisor;
+mod telemetry;
+mod tls;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+pub(crate) use cli::AgentArgs;
+use runner::{Agent, AgentSetup};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum AgentError {
+    /// The state directory is unusable.
+    #[error("state directory {path}: {source}")]
+    State {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS flags name unreadable files.
+    #[error("TLS settings: {0}")]
+    Tls(String),
+    /// The package store could not be opened.
+    #[error("package store: {0}")]
+    Packages(String),
+    /// `--package-key` is not a usable Ed25519 key.
+    #[error("--package-key: {0}")]
+    PackageKey(String),
+    /// The bearer token is not a valid header value.
+    #[error("the bearer token contains characters not allowed in a header")]
+    BadToken,
+    /// `--supervise` without a command.
+    #[error("--supervise needs a command after `--`")]
+    NoCommand,
+    /// `--supervise` with `--count` above 1.
+    #[error("--supervise runs one agent; it cannot be combined with --count")]
+    SuperviseScale,
+    /// The OpAMP client refused its settings.
+    #[error(transparent)]
+    Client(#[from] opamp_client::ClientError),
+}
+
+/// Runs the agents until Ctrl-C or SIGTERM, then stops them in order.
+pub(crate) async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    if args.supervise && args.count > 1 {
+        return Err(AgentError::SuperviseScale);
+    }
+    let mut signals = ShutdownSignals::install();
+    let args = Arc::new(args);
+    let setups: Vec<AgentSetup> = if args.count == 1 {
+        vec![AgentSetup {
+            args: Arc::clone(&args),
+            state_dir: args.state_dir.clone(),
+            own_metrics: true,
+        }]
+    } else {
+        (0..args.count)
+            .map(|index| AgentSetup {
+                args: Arc::clone(&args),
+                state_dir: args.state_dir.join(format!("agent-{index}")),
+                own_metrics: index == 0,
+            })
+            .collect()
+    };
+    let mut agents = Vec::with_capacity(setups.len());
+    for setup in setups {
+        match Agent::start(setup).await {
+            Ok(agent) => agents.push(agent),
+            Err(error) => {
+                stop_all(agents).await;
+                return Err(error);
+            }
+        }
+    }
+    if agents.len() > 1 {
+        tracing::info!(count = agents.len(), "all agents started");
+    }
+    signals.recv().await;
+    tracing::info!("shutting down");
+    stop_all(agents).await;
+    Ok(())
+}
+
+async fn stop_all(agents: Vec<Agent>) {
+    futures_util::future::join_all(agents.into_iter().map(|agent| {
+        let uid = agent.instance_uid();
+        async move {
+            agent.stop().await;
+            tracing::debug!(%uid, "agent stopped");
+        }
+    }))
+    .await;
+}
+
+/// Ctrl-C and SIGTERM, listened for from the start so that a signal that
+/// arrives while the agents start is not lost (nor fatal).
+struct ShutdownSignals {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+}
+
+impl ShutdownSignals {
+    fn install() -> Self {
+        let listen = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for {name}");
+                None
+            }
+        };
+        Self {
+            interrupt: listen(SignalKind::interrupt(), "Ctrl-C"),
+            terminate: listen(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    /// Waits for either signal.
+    async fn recv(&mut self) {
+        async fn one(signal: &mut Option<Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = one(&mut self.interrupt) => {}
+            () = one(&mut self.terminate) => {}
+        }
+    }
+}

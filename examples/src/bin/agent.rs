@@ -1,0 +1,31 @@
+//! The example agent:
+//! `cargo run --release -p opamp-examples --bin agent -- --endpoint ws://127.0.0.1:4320/v1/opamp`.
+//!
+//! `ws://`/`wss://` endpoints use WebSocket, `http://`/`https://` plain HTTP.
+//! `--count N` runs N agents in one process; `--supervise -- CMD ARGS...`
+//! supervises a real agent. `--help` lists every flag.
+
+#[path = "../agent/mod.rs"]
+mod agent;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = agent::AgentArgs::parse();
+    match agent::run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "agent failed");
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
