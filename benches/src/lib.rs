@@ -7,6 +7,14 @@
 //!
 //! Run the encoding benches with `cargo bench -p opamp-benches`; see
 //! `benches/README.md` for the load generator and the results table.
+//!
+//! The `loadgen` binary ([`run_loadgen`] with [`LoadArgs`]) opens many
+//! simulated agents against one OpAMP server and reports connections,
+//! message rate, latency percentiles, config push round trips, reconnect
+//! storms, and the server's RSS and CPU.
 #![forbid(unsafe_code)]
 
+mod load;
 pub mod messages;
+
+pub use load::{LoadArgs, PushMode, SourceAddrs, run_loadgen};

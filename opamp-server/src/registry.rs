@@ -45,7 +45,10 @@ pub enum DuplicateUidPolicy {
     #[default]
     AssignNewUid,
     /// Answer the newcomer with a `BAD_REQUEST` error and close its
-    /// connection (UID-10).
+    /// connection (UID-10). Once a duplicate was refused, a continuing
+    /// `sequence_num` no longer replaces the live connection (the refused
+    /// client's next number may continue it by chance); the agent gets its
+    /// uid back when the live connection ends.
     Refuse,
 }
 
@@ -102,6 +105,11 @@ struct LiveEntry {
     /// A `ReportFullState` for an agent with no known description was
     /// already sent on this connection.
     asked_for_description: bool,
+    /// A duplicate of this uid was refused (UID-10) while this connection
+    /// held it. The refused client reconnects with its next
+    /// `sequence_num`, which may continue this agent's numbering by chance,
+    /// so a continuation no longer proves a reconnect of this agent.
+    duplicate_refused: bool,
 }
 
 #[derive(Default)]
@@ -769,6 +777,9 @@ impl RegistryInner {
             Claim::Duplicate => match self.settings.duplicate_policy {
                 DuplicateUidPolicy::Refuse => {
                     tracing::warn!(%uid, connection = connection.id(), "duplicate instance uid refused (UID-10)");
+                    if let Some(entry) = lock(&self.live).get_mut(&uid) {
+                        entry.duplicate_refused = true;
+                    }
                     let mut refusal = messages::bad_request_response(
                         "instance_uid is in use by another connection",
                     );
@@ -817,6 +828,7 @@ impl RegistryInner {
                     connection: connection.clone(),
                     offered: Offered::default(),
                     asked_for_description: false,
+                    duplicate_refused: false,
                 },
             );
         } else if let Some(entry) = lock(&self.live).get(&key) {
@@ -913,9 +925,10 @@ impl RegistryInner {
         if entry.connection.is_closed() {
             return Claim::New;
         }
-        let continues = record
-            .and_then(|record| record.last_sequence_num)
-            .is_some_and(|last| message.sequence_num == last.wrapping_add(1));
+        let continues = !entry.duplicate_refused
+            && record
+                .and_then(|record| record.last_sequence_num)
+                .is_some_and(|last| message.sequence_num == last.wrapping_add(1));
         if continues {
             Claim::Replace(entry.connection.clone())
         } else {
