@@ -1117,7 +1117,7 @@ impl ClientCore {
                 if self.has_pending() {
                     return immediately;
                 }
-                Some(self.last_sent? + self.heartbeat_interval()?)
+                self.next_heartbeat_at()
             }
             (Link::Closing { .. }, _) if self.disconnect_queued => immediately,
             (Link::Up, TransportKind::Http) => {
@@ -1127,7 +1127,7 @@ impl ClientCore {
                 let ready_at = if self.has_pending() {
                     immediately?
                 } else {
-                    self.last_sent? + self.heartbeat_interval()?
+                    self.next_heartbeat_at()?
                 };
                 Some(match self.not_before {
                     Some(at) => at.max(ready_at),
@@ -1211,11 +1211,17 @@ impl ClientCore {
     }
 
     fn heartbeat_due(&self, now: Instant) -> bool {
-        match (self.heartbeat_interval(), self.last_sent) {
-            (Some(interval), Some(last)) => now >= last + interval,
-            (_, None) => true,
-            (None, Some(_)) => false,
+        match self.last_sent {
+            None => true,
+            Some(_) => self.next_heartbeat_at().is_some_and(|at| now >= at),
         }
+    }
+
+    /// When the next heartbeat (or poll) is due. An interval so large that
+    /// the instant is not representable (a hostile or mistaken offer near
+    /// `u64::MAX` seconds) means "never", not an overflow panic.
+    fn next_heartbeat_at(&self) -> Option<Instant> {
+        self.last_sent?.checked_add(self.heartbeat_interval()?)
     }
 
     /// Builds the next message: identity, sequence number and capabilities
