@@ -17,7 +17,8 @@
 #   http-throughput  LOAD_BUSY_AGENTS plain-HTTP agents polling in a closed loop
 #
 # Environment: LOAD_AGENTS (5000), LOAD_BUSY_AGENTS (1000), LOAD_DURATION (20s),
-# LOAD_RAMP_RATE (1000), LOAD_STORM (1), LOAD_SERVERS ("example bare go"),
+# LOAD_RAMP_RATE (1000), LOAD_STORM (1), LOAD_SERVERS ("example bare go"; also
+# bare-nostate: loadserver --no-state, the registry without status tracking),
 # LOAD_SCENARIOS ("ws-idle ws-throughput http-throughput"), LOAD_OUT (JSON lines
 # file, default target/load/results-<time>.jsonl).
 set -euo pipefail
@@ -61,16 +62,23 @@ server_args() {
         command="target/release/loadserver --listen 127.0.0.1:$port"
         push=stdin
         ;;
+    bare-nostate)
+        label=opamp-rs-bare-nostate
+        command="target/release/loadserver --no-state --listen 127.0.0.1:$port"
+        push=stdin
+        ;;
     go)
         label=opamp-go
         command="interop/bin/goloadserver --listen 127.0.0.1:$port"
         push=stdin
         ;;
     *)
-        echo "run-load.sh: unknown server $name (use example, bare, go)" >&2
+        echo "run-load.sh: unknown server $name (use example, bare, bare-nostate, go)" >&2
         exit 2
         ;;
     esac
+    # Server logs go to a file, not into the report.
+    command="$command 2>>target/load/$label.stderr.log"
 }
 
 # run SCENARIO SERVER PUSH(0/1) LOADGEN-FLAGS...

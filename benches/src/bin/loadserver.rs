@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use clap::Parser;
-use opamp_proto::{AgentConfigFile, AgentConfigMap, config_hash};
+use opamp_proto::{AgentConfigFile, AgentConfigMap, AgentRemoteConfig, ServerToAgent, config_hash};
 use opamp_server::{OpampServer, Registry};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -29,6 +29,11 @@ struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Registry without status tracking (`track_state(false)`): no store,
+    /// sequence checks or desired state; offers go out as plain messages.
+    /// Closer to what the bare opamp-go server does.
+    #[arg(long)]
+    no_state: bool,
 }
 
 fn main() -> ExitCode {
@@ -44,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args.listen)) {
+    match runtime.block_on(serve(args.listen, !args.no_state)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             println!("{}", json!({"event": "fatal", "error": error}));
@@ -53,8 +58,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(listen: SocketAddr) -> Result<(), String> {
-    let server = OpampServer::builder().build();
+async fn serve(listen: SocketAddr, track_state: bool) -> Result<(), String> {
+    let registry = Registry::builder().track_state(track_state).build();
+    let server = OpampServer::builder().registry(registry).build();
     let registry = server.registry().clone();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -78,7 +84,7 @@ async fn serve(listen: SocketAddr) -> Result<(), String> {
         match command.get("cmd").and_then(Value::as_str) {
             Some("stop") => break,
             Some("offer_remote_config") => {
-                let (hash, targets) = offer_to_all(&registry, &command).await;
+                let (hash, targets) = offer_to_all(&registry, &command, track_state).await;
                 println!(
                     "{}",
                     json!({"event": "ack", "cmd": "offer_remote_config", "id": id,
@@ -100,7 +106,7 @@ async fn serve(listen: SocketAddr) -> Result<(), String> {
 
 /// Sets the config for every connected agent; returns its hash and how
 /// many agents took it.
-async fn offer_to_all(registry: &Registry, command: &Value) -> (Bytes, usize) {
+async fn offer_to_all(registry: &Registry, command: &Value, track_state: bool) -> (Bytes, usize) {
     let text = |key: &str, default: &str| {
         command
             .get(key)
@@ -119,11 +125,22 @@ async fn offer_to_all(registry: &Registry, command: &Value) -> (Bytes, usize) {
     let hash = config_hash(&config);
     let mut targets = 0;
     for uid in registry.connected() {
-        if registry
-            .set_remote_config(uid, config.clone())
-            .await
-            .is_ok()
-        {
+        let offered = if track_state {
+            registry
+                .set_remote_config(uid, config.clone())
+                .await
+                .is_ok()
+        } else {
+            let offer = ServerToAgent {
+                remote_config: Some(AgentRemoteConfig {
+                    config: Some(config.clone()),
+                    config_hash: hash.clone(),
+                }),
+                ..Default::default()
+            };
+            registry.send(uid, offer).await.is_ok()
+        };
+        if offered {
             targets += 1;
         }
     }

@@ -140,10 +140,13 @@ async fn resolve(url: &url::Url) -> Result<SocketAddr, String> {
 /// Starts agents of the chosen transport.
 enum Spawner {
     WebSocket(Arc<WsConnector>),
-    Http {
-        options: ClientOptions,
-        shared: Option<HttpPoster>,
-    },
+    Http(Box<HttpSpawner>),
+}
+
+/// Plain-HTTP agents: one poster (own connection) each, or a shared one.
+struct HttpSpawner {
+    options: ClientOptions,
+    shared: Option<HttpPoster>,
 }
 
 impl Spawner {
@@ -175,7 +178,7 @@ impl Spawner {
                 } else {
                     None
                 };
-                Self::Http { options, shared }
+                Self::Http(Box::new(HttpSpawner { options, shared }))
             }
         })
     }
@@ -191,10 +194,12 @@ impl Spawner {
             Self::WebSocket(connector) => {
                 tasks.spawn(run_ws_agent(setup, Arc::clone(connector), index));
             }
-            Self::Http { options, shared } => {
-                let poster = match shared {
+            Self::Http(http) => {
+                let poster = match &http.shared {
                     Some(poster) => poster.clone(),
-                    None => HttpPoster::new(options.clone()).map_err(|error| error.to_string())?,
+                    None => {
+                        HttpPoster::new(http.options.clone()).map_err(|error| error.to_string())?
+                    }
                 };
                 tasks.spawn(run_http_agent(setup, poster, index));
             }
