@@ -314,3 +314,157 @@ async fn rcfg_configs_apply_over_both_transports_and_survive_a_restart() {
     }
     server.stop().await;
 }
+
+/// The `agent` binary as a process, with its own state directory.
+fn start_agent_process(endpoint: String, service: &str, state_dir: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_agent"))
+        .args([
+            "--endpoint",
+            &endpoint,
+            "--service-name",
+            service,
+            "--heartbeat",
+            "1s",
+        ])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("agent starts")
+}
+
+/// Issue 7's end-to-end case with both binaries as processes: one agent over
+/// WebSocket, one over plain HTTP; a config pushed through the API is written
+/// by each agent and reported APPLIED with the right hash and as its
+/// effective config; after a server restart the agents come back with their
+/// history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rcfg_agent_processes_apply_configs_and_return_after_a_server_restart() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let agent_state = tempfile::tempdir().expect("temp dir");
+    let server = start_server(data.path()).await;
+    let web = server.web;
+    let endpoints = [
+        (
+            format!("ws://{}/v1/opamp", server.opamp),
+            "proc-ws",
+            "websocket",
+        ),
+        (
+            format!("http://{}/v1/opamp", server.opamp),
+            "proc-http",
+            "http",
+        ),
+    ];
+    let mut agents = Vec::new();
+    for (endpoint, service, _) in &endpoints {
+        agents.push(start_agent_process(
+            endpoint.clone(),
+            service,
+            &agent_state.path().join(service),
+        ));
+    }
+
+    // Find each agent's uid by its service name once both are connected.
+    let find = |list: &Value, service: &str| -> Option<(String, Value)> {
+        list.as_array()?.iter().find_map(|a| {
+            (a["description"]["identifying"]["service.name"] == service && a["connected"] == true)
+                .then(|| {
+                    (
+                        a["instance_uid"].as_str().unwrap_or_default().to_owned(),
+                        a["transport"].clone(),
+                    )
+                })
+        })
+    };
+    until(web, "both agent processes connected", || async {
+        let list = get(web, "/api/agents").await;
+        endpoints
+            .iter()
+            .all(|(_, service, _)| find(&list, service).is_some())
+    })
+    .await;
+    let list = get(web, "/api/agents").await;
+    let mut uids = Vec::new();
+    for (_, service, transport) in &endpoints {
+        let (uid, seen_transport) = find(&list, service).expect("connected");
+        assert_eq!(seen_transport, *transport);
+        uids.push(uid);
+    }
+
+    let mut pushed = Vec::new();
+    for uid in &uids {
+        let body = format!("receivers:\n  otlp: {{}}\n# for {uid}\n");
+        let (status, reply) = call(
+            web,
+            Method::PUT,
+            &format!("/api/agents/{uid}/config?file=collector.yaml"),
+            "text/yaml",
+            &body,
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+        pushed.push((
+            reply["config_hash"].as_str().expect("hash").to_owned(),
+            body,
+        ));
+    }
+    for (uid, (hash, body)) in uids.iter().zip(&pushed) {
+        let path = format!("/api/agents/{uid}");
+        until(web, "APPLIED with the new effective config", || async {
+            let detail = get(web, &path).await;
+            detail["remote_config_status"]["status"] == "APPLIED"
+                && detail["remote_config_status"]["config_hash"] == *hash
+                && detail["effective_config"]["bodies"]["collector.yaml"]["body"] == *body
+        })
+        .await;
+    }
+
+    // Restart the server on the same data. It comes back on a new port, so
+    // the agents are restarted too, from the same state directories (same
+    // uids); their history is still there.
+    for mut agent in agents.drain(..) {
+        let _ = agent.start_kill();
+        let _ = agent.wait().await;
+    }
+    server.stop().await;
+    let server = start_server(data.path()).await;
+    let web = server.web;
+    for (_, service, _) in &endpoints {
+        let endpoint = if service.ends_with("ws") {
+            format!("ws://{}/v1/opamp", server.opamp)
+        } else {
+            format!("http://{}/v1/opamp", server.opamp)
+        };
+        agents.push(start_agent_process(
+            endpoint,
+            service,
+            &agent_state.path().join(service),
+        ));
+    }
+    until(web, "the same agents reconnected", || async {
+        let list = get(web, "/api/agents").await;
+        uids.iter().all(|uid| {
+            list.as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|a| a["instance_uid"] == *uid && a["connected"] == true)
+            })
+        })
+    })
+    .await;
+    for (uid, (hash, _)) in uids.iter().zip(&pushed) {
+        let detail = get(web, &format!("/api/agents/{uid}")).await;
+        assert_eq!(&detail["desired_config"]["config_hash"], hash);
+        let history = detail["config_history"].as_array().expect("history");
+        assert!(
+            history
+                .iter()
+                .any(|h| h["config_hash"] == *hash && h["outcome"] == "APPLIED"),
+            "{history:?}"
+        );
+    }
+    server.stop().await;
+}
