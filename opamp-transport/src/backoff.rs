@@ -32,6 +32,10 @@ pub trait RetryPolicy: Send + Sync {
 /// its own state.
 pub type RetryPolicyFactory = Arc<dyn Fn() -> Box<dyn RetryPolicy> + Send + Sync>;
 
+/// How much later than a server hint an attempt may be, as a fraction of
+/// the hint.
+const HINT_SPREAD: f64 = 0.1;
+
 /// The jitter source: returns a fraction in `[0, 1)`.
 type JitterSource = Box<dyn FnMut() -> f64 + Send + Sync>;
 
@@ -44,7 +48,9 @@ type JitterSource = Box<dyn FnMut() -> f64 + Send + Sync>;
 ///
 /// A server hint replaces the computed delay for that attempt (the server knows
 /// its load better than we do), capped at [`max_hint`](Self::with_max_hint)
-/// so a broken or hostile server cannot park the agent for days. The sequence
+/// so a broken or hostile server cannot park the agent for days. The wait is
+/// never shorter than the hint, and up to a tenth longer (jittered), so a
+/// fleet refused at one moment does not come back at one moment. The sequence
 /// still advances, so once hints stop the delays carry on growing.
 ///
 /// Defaults: initial 1 s, multiplier 2, max 60 s, max hint 1 hour. opamp-go
@@ -60,7 +66,8 @@ type JitterSource = Box<dyn FnMut() -> f64 + Send + Sync>;
 /// let mut backoff = ExponentialBackoff::new().with_jitter_source(|| 1.0);
 /// assert_eq!(backoff.next_delay(None), Duration::from_secs(1));
 /// assert_eq!(backoff.next_delay(None), Duration::from_secs(2));
-/// assert_eq!(backoff.next_delay(Some(Duration::from_secs(7))), Duration::from_secs(7));
+/// // A hint of 7 s: at least 7 s, at most a tenth more.
+/// assert_eq!(backoff.next_delay(Some(Duration::from_secs(7))), Duration::from_millis(7700));
 /// backoff.reset();
 /// assert_eq!(backoff.next_delay(None), Duration::from_secs(1));
 /// ```
@@ -169,9 +176,6 @@ impl RetryPolicy for ExponentialBackoff {
     fn next_delay(&mut self, hint: Option<Duration>) -> Duration {
         let window = self.window();
         self.attempt = self.attempt.saturating_add(1);
-        if let Some(hint) = hint {
-            return hint.min(self.max_hint);
-        }
         let fraction = (self.jitter)();
         // `clamp` keeps NaN, so treat anything not in range as 0.
         let fraction = if (0.0..=1.0).contains(&fraction) {
@@ -179,6 +183,14 @@ impl RetryPolicy for ExponentialBackoff {
         } else {
             0.0
         };
+        if let Some(hint) = hint {
+            // Never earlier than the server asked, but spread over the next
+            // tenth of it: a fleet told "come back in 20 s" at the same
+            // moment must not return in one wave.
+            let hint = hint.min(self.max_hint);
+            let spread = hint.mul_f64(HINT_SPREAD * fraction);
+            return hint.saturating_add(spread).min(self.max_hint.max(hint));
+        }
         window.mul_f64(fraction)
     }
 
@@ -254,7 +266,7 @@ mod tests {
         let mut backoff = fixed(1.0).with_max_hint(Duration::from_secs(600));
         assert_eq!(
             backoff.next_delay(Some(Duration::from_secs(90))),
-            Duration::from_secs(90)
+            Duration::from_secs(99)
         );
         assert_eq!(backoff.next_delay(Some(Duration::ZERO)), Duration::ZERO);
         assert_eq!(
@@ -263,6 +275,22 @@ mod tests {
         );
         // The sequence advanced through the hinted attempts.
         assert_eq!(backoff.next_delay(None), Duration::from_secs(8));
+    }
+
+    /// HTTP-22: agents told the same Retry-After are spread after it, never
+    /// before it.
+    #[test]
+    fn http_22_hinted_delays_are_spread_but_never_early() {
+        let hint = Duration::from_secs(20);
+        let earliest = fixed(0.0).next_delay(Some(hint));
+        let latest = fixed(0.999).next_delay(Some(hint));
+        assert_eq!(earliest, hint);
+        assert!(latest > hint && latest <= hint + hint / 10, "{latest:?}");
+        let mut real = ExponentialBackoff::new();
+        for _ in 0..100 {
+            let delay = real.next_delay(Some(hint));
+            assert!(delay >= hint && delay <= hint + hint / 10, "{delay:?}");
+        }
     }
 
     #[test]

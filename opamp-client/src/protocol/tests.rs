@@ -25,9 +25,25 @@ use super::*;
 const SEC: Duration = Duration::from_secs(1);
 
 /// Backoff without randomness: 1 s, 2 s, 4 s, ... (top of each window);
-/// server hints replace the computed delay.
+/// server hints are used exactly (the default policy spreads them a little,
+/// which opamp-transport tests; here we test that the core honours them).
 fn backoff() -> Box<dyn RetryPolicy> {
-    Box::new(ExponentialBackoff::new().with_jitter_source(|| 1.0))
+    Box::new(ExactHints(
+        ExponentialBackoff::new().with_jitter_source(|| 1.0),
+    ))
+}
+
+struct ExactHints(ExponentialBackoff);
+
+impl RetryPolicy for ExactHints {
+    fn next_delay(&mut self, hint: Option<Duration>) -> Duration {
+        let computed = self.0.next_delay(hint);
+        hint.unwrap_or(computed)
+    }
+
+    fn reset(&mut self) {
+        self.0.reset();
+    }
 }
 
 fn description() -> AgentDescription {
