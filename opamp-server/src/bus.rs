@@ -18,9 +18,11 @@ use crate::store::BoxFuture;
 /// [`BusInbox::deliver`]. [`LocalBus`], the default, has no other instances.
 ///
 /// Offers that the registry keeps as desired state (remote config, packages,
-/// connection settings) also reach the agent without the bus on its next
-/// message, through the shared [`AgentStore`](crate::AgentStore); the bus
-/// makes them immediate.
+/// connection settings) also reach the agent without the bus, through the
+/// shared [`AgentStore`](crate::AgentStore), but only when the instance
+/// holding the connection next reads the record: on the agent's next
+/// status-changing message or reconnect (bare heartbeats skip the store). The
+/// bus makes them immediate.
 pub trait MessageBus: Send + Sync + 'static {
     /// Carries `message` to the instance holding `uid`'s connection.
     /// [`BusError::NoRoute`] means no instance holds one.

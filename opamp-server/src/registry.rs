@@ -91,6 +91,9 @@ pub(crate) struct RegistryInner {
     bus: Arc<dyn MessageBus>,
     settings: RegistrySettings,
     live: Mutex<HashMap<InstanceUid, LiveEntry>>,
+    /// Unsaved bookkeeping of agents whose connection just closed, until
+    /// [`connection_closed`](Self::connection_closed) saves it.
+    parked: Mutex<HashMap<InstanceUid, HotState>>,
     events: broadcast::Sender<AgentEvent>,
     /// Serialise read-modify-write of one agent's record.
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -110,6 +113,69 @@ struct LiveEntry {
     /// `sequence_num`, which may continue this agent's numbering by chance,
     /// so a continuation no longer proves a reconnect of this agent.
     duplicate_refused: bool,
+    /// The per-message bookkeeping of the agent's record, kept here while the
+    /// agent is connected so a bare heartbeat skips the store. `None` until a
+    /// message has gone through the store, and again whenever the record may
+    /// hold something this does not reflect (a pending `ReportFullState`, a
+    /// new desired state, a removal, a failing store).
+    hot: Option<HotState>,
+}
+
+/// What a bare heartbeat reads and writes in an agent's record.
+#[derive(Debug, Clone, Copy)]
+struct HotState {
+    last_sequence_num: u64,
+    last_seen: SystemTime,
+    capabilities: AgentCapabilities,
+    has_description: bool,
+    /// `last_sequence_num` / `last_seen` changed since the record was saved.
+    unsaved: bool,
+}
+
+impl HotState {
+    fn of(record: &AgentRecord) -> Option<Self> {
+        if record.awaiting_full_state {
+            return None;
+        }
+        Some(Self {
+            last_sequence_num: record.last_sequence_num?,
+            last_seen: record.last_seen,
+            capabilities: record.status.capabilities,
+            has_description: record.status.description.is_some(),
+            unsaved: false,
+        })
+    }
+
+    /// Copies the newer bookkeeping into a record read from the store.
+    fn apply(&self, record: &mut AgentRecord) {
+        record.last_sequence_num = Some(self.last_sequence_num);
+        record.last_seen = self.last_seen;
+    }
+
+    /// Whether handling `message` through the store would change nothing but
+    /// `last_sequence_num` and `last_seen` and reply with nothing but the uid:
+    /// same capabilities, no status sub-message (SEQ-02: omitted means
+    /// unchanged), no uid request or disconnect, `sequence_num` in order
+    /// (SEQ-05) and no description to ask for.
+    fn covers(&self, message: &AgentToServer, asked_for_description: bool) -> bool {
+        let sequence = message.sequence_num;
+        let last = self.last_sequence_num;
+        message.typed_capabilities() == self.capabilities
+            && (sequence == last.wrapping_add(1) || sequence == last)
+            && (self.has_description || asked_for_description)
+            && message.agent_description.is_none()
+            && message.health.is_none()
+            && message.effective_config.is_none()
+            && message.remote_config_status.is_none()
+            && message.package_statuses.is_none()
+            && message.custom_capabilities.is_none()
+            && message.available_components.is_none()
+            && message.connection_settings_status.is_none()
+            && message.agent_disconnect.is_none()
+            && !message
+                .typed_flags()
+                .contains(opamp_proto::AgentToServerFlags::REQUEST_INSTANCE_UID)
+    }
 }
 
 #[derive(Default)]
@@ -202,7 +268,9 @@ impl Default for Registry {
 }
 
 impl RegistryBuilder {
-    /// Stores records in `store` instead of memory.
+    /// Stores records in `store` instead of memory. Bare heartbeats of
+    /// connected agents do not reach the store; see [`AgentStore`] for when
+    /// their bookkeeping is saved.
     pub fn store(mut self, store: impl AgentStore) -> Self {
         self.store = Arc::new(store);
         self
@@ -252,6 +320,7 @@ impl RegistryBuilder {
             bus: self.bus,
             settings: self.settings,
             live: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
             events,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         });
@@ -282,14 +351,26 @@ impl Registry {
         }
     }
 
-    /// Every known agent.
+    /// Every known agent. `last_seen` of agents connected here is current
+    /// even when the store has not been told yet.
     pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.inner.store.list().await
+        let mut records = self.inner.store.list().await?;
+        for record in &mut records {
+            if let Some(hot) = self.inner.hot(record.uid) {
+                hot.apply(record);
+            }
+        }
+        Ok(records)
     }
 
-    /// One agent's record.
+    /// One agent's record, with a current `last_seen` if it is connected
+    /// here.
     pub async fn agent(&self, uid: InstanceUid) -> Result<Option<AgentRecord>, StoreError> {
-        self.inner.store.load(uid).await
+        let mut record = self.inner.store.load(uid).await?;
+        if let (Some(record), Some(hot)) = (record.as_mut(), self.inner.hot(uid)) {
+            hot.apply(record);
+        }
+        Ok(record)
     }
 
     /// The agent's connection, if it is connected to this instance.
@@ -480,7 +561,10 @@ impl Registry {
 
     /// Deletes an agent's record (its connection, if any, stays open).
     pub async fn remove(&self, uid: InstanceUid) -> Result<(), StoreError> {
+        let _turn = self.inner.stripe(uid).lock().await;
         self.inner.store.remove(uid).await?;
+        // A later message starts a new record, as for an unknown agent.
+        self.inner.drop_hot(uid);
         self.inner.emit(AgentEvent::Removed { uid });
         Ok(())
     }
@@ -499,11 +583,16 @@ impl Registry {
                 .load(uid)
                 .await?
                 .ok_or(SendError::UnknownAgent(uid))?;
+            if let Some(hot) = inner.hot(uid) {
+                hot.apply(&mut record);
+            }
             let push = desired.to_message(uid);
             check_requirement(&record, &push)?;
             let already_there = desired.reported_hash(&record) == Some(&hash);
             desired.store_in(&mut record);
             inner.store.save(record).await?;
+            // The agent's next message offers the new desired state (RCFG-08).
+            inner.drop_hot(uid);
             (!already_there).then_some(push)
         };
         let Some(push) = push else {
@@ -737,10 +826,27 @@ impl RegistryInner {
     ) -> Received {
         let _turn = self.stripe(uid).lock().await;
         let track = self.settings.track_state;
+        if track && self.heartbeat(connection, message, uid).await {
+            connection.note_agent(uid, message.typed_capabilities(), None);
+            return Received {
+                uid,
+                response: ServerToAgent {
+                    instance_uid: message.instance_uid.clone(),
+                    ..Default::default()
+                },
+                disposition: Disposition::Continue,
+            };
+        }
         let mut store_failed = false;
         let record = if track {
             match self.store.load(uid).await {
-                Ok(record) => record,
+                Ok(mut record) => {
+                    // The live entry's bookkeeping is newer than the store's.
+                    if let (Some(record), Some(hot)) = (record.as_mut(), self.hot(uid)) {
+                        hot.apply(record);
+                    }
+                    record
+                }
                 Err(error) => {
                     tracing::error!(%uid, %error, "agent store load failed");
                     store_failed = true;
@@ -805,7 +911,11 @@ impl RegistryInner {
         {
             // UID-05: the agent asks for a server-generated uid.
             key = InstanceUid::new_v7();
-            record = None;
+            if let Some(old) = record.take().filter(|_| self.has_unsaved(uid)) {
+                if let Err(error) = self.store.save(old).await {
+                    tracing::error!(%uid, %error, "agent store save failed");
+                }
+            }
             self.forget_live(uid, connection);
             connection.forget_agent(uid);
             new_session = true;
@@ -829,6 +939,7 @@ impl RegistryInner {
                     offered: Offered::default(),
                     asked_for_description: false,
                     duplicate_refused: false,
+                    hot: None,
                 },
             );
         } else if let Some(entry) = lock(&self.live).get(&key) {
@@ -867,12 +978,16 @@ impl RegistryInner {
             if !disconnecting {
                 self.add_offers(key, &record, &mut response);
             }
+            let hot = HotState::of(&record);
             if let Err(error) = self.store.save(record).await {
                 tracing::error!(uid = %key, %error, "agent store save failed");
                 store_failed = true;
+            } else if !disconnecting {
+                self.set_hot(key, connection, hot);
             }
         }
         if store_failed {
+            self.set_hot(key, connection, None);
             // The next message brings everything again, once the store works.
             response.flags |= ServerToAgentFlags::REPORT_FULL_STATE.bits();
         }
@@ -933,6 +1048,82 @@ impl RegistryInner {
             Claim::Replace(entry.connection.clone())
         } else {
             Claim::Duplicate
+        }
+    }
+
+    /// Handles a bare heartbeat of an agent live on `connection` without
+    /// reading or writing its record, when [`HotState::covers`] it: only the
+    /// live entry's bookkeeping changes. Returns false when the message
+    /// needs the record. Call with the agent's stripe held.
+    async fn heartbeat(
+        &self,
+        connection: &Connection,
+        message: &AgentToServer,
+        uid: InstanceUid,
+    ) -> bool {
+        if !self.with_hot(uid, connection, |hot, asked| hot.covers(message, asked)) {
+            return false;
+        }
+        // A record lost behind our back means asking for full state (SEQ-07).
+        if !matches!(self.store.contains(uid).await, Ok(true)) {
+            return false;
+        }
+        self.with_hot(uid, connection, |hot, _| {
+            hot.last_sequence_num = message.sequence_num;
+            hot.last_seen = SystemTime::now();
+            hot.unsaved = true;
+            true
+        })
+    }
+
+    /// Runs `f` on the live bookkeeping of `uid` if `connection` holds the
+    /// uid and the bookkeeping is there; false otherwise.
+    fn with_hot(
+        &self,
+        uid: InstanceUid,
+        connection: &Connection,
+        f: impl FnOnce(&mut HotState, bool) -> bool,
+    ) -> bool {
+        let mut live = lock(&self.live);
+        let Some(entry) = live.get_mut(&uid) else {
+            return false;
+        };
+        if entry.connection != *connection {
+            return false;
+        }
+        let asked_for_description = entry.asked_for_description;
+        entry
+            .hot
+            .as_mut()
+            .is_some_and(|hot| f(hot, asked_for_description))
+    }
+
+    /// The live bookkeeping of `uid`, whichever connection holds it, or
+    /// the unsaved one of its just closed connection.
+    fn hot(&self, uid: InstanceUid) -> Option<HotState> {
+        let live = lock(&self.live).get(&uid).and_then(|entry| entry.hot);
+        live.or_else(|| lock(&self.parked).get(&uid).copied())
+    }
+
+    /// Whether `uid`'s live bookkeeping is newer than its stored record.
+    fn has_unsaved(&self, uid: InstanceUid) -> bool {
+        self.hot(uid).is_some_and(|hot| hot.unsaved)
+    }
+
+    /// Replaces the live bookkeeping of `uid` if `connection` holds it.
+    fn set_hot(&self, uid: InstanceUid, connection: &Connection, hot: Option<HotState>) {
+        if let Some(entry) = lock(&self.live).get_mut(&uid) {
+            if entry.connection == *connection {
+                entry.hot = hot;
+            }
+        }
+    }
+
+    /// Drops the live bookkeeping of `uid` (after it was saved, or with the
+    /// record) so its next message goes through the store.
+    fn drop_hot(&self, uid: InstanceUid) {
+        if let Some(entry) = lock(&self.live).get_mut(&uid) {
+            entry.hot = None;
         }
     }
 
@@ -1015,20 +1206,31 @@ impl RegistryInner {
                 .filter(|(_, entry)| entry.connection == *connection)
                 .map(|(uid, _)| *uid)
                 .collect();
+            let mut parked = lock(&self.parked);
             for uid in &uids {
-                live.remove(uid);
+                let unsaved = live.remove(uid).and_then(|entry| entry.hot);
+                if let Some(hot) = unsaved.filter(|hot| hot.unsaved) {
+                    // A reconnect before it is saved below still sees it.
+                    parked.insert(*uid, hot);
+                }
             }
             uids
         };
         for uid in uids {
             if self.settings.track_state {
                 let _turn = self.stripe(uid).lock().await;
+                let hot = lock(&self.parked).remove(&uid);
                 // The agent may already be back on another connection.
                 let reconnected = lock(&self.live).contains_key(&uid);
                 match self.store.load(uid).await {
                     Ok(Some(_)) if reconnected => {}
                     Ok(Some(mut record)) => {
                         record.connection = None;
+                        // Saves the bookkeeping heartbeats kept in memory,
+                        // unless a later message saved newer.
+                        if let Some(hot) = hot.filter(|hot| hot.last_seen >= record.last_seen) {
+                            hot.apply(&mut record);
+                        }
                         if let Err(error) = self.store.save(record).await {
                             tracing::error!(%uid, %error, "agent store save failed");
                         }

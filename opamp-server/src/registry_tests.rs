@@ -914,3 +914,156 @@ async fn untracked_registry_still_tracks_connections() {
     assert_eq!(registry.connection(agent), Some(conn));
     assert!(registry.agent(agent).await.unwrap().is_none());
 }
+
+/// Counts the calls that reach the store.
+#[derive(Clone, Default)]
+struct CountingStore {
+    records: Arc<MemoryStore>,
+    loads: Arc<std::sync::atomic::AtomicUsize>,
+    saves: Arc<std::sync::atomic::AtomicUsize>,
+    checks: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingStore {
+    fn loads(&self) -> usize {
+        self.loads.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn saves(&self) -> usize {
+        self.saves.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn checks(&self) -> usize {
+        self.checks.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// The record as the store has it, without the registry's live view.
+    async fn stored(&self, uid: InstanceUid) -> AgentRecord {
+        self.records.load(uid).await.unwrap().expect("stored")
+    }
+}
+
+impl AgentStore for CountingStore {
+    fn load(&self, uid: InstanceUid) -> BoxFuture<'_, Result<Option<AgentRecord>, StoreError>> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.records.load(uid)
+    }
+    fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.records.save(record)
+    }
+    fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.records.remove(uid)
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
+        self.records.list()
+    }
+    fn contains(&self, uid: InstanceUid) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.checks
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.records.contains(uid)
+    }
+}
+
+#[tokio::test]
+async fn bare_heartbeats_skip_the_store_and_status_changes_do_not() {
+    let store = CountingStore::default();
+    let registry = Registry::builder().store(store.clone()).build();
+    let (conn, _outbox) = websocket();
+    let agent = uid(24);
+    registry.receive(&conn, &full(agent, 0), agent).await;
+    assert_eq!((store.loads(), store.saves()), (1, 1));
+
+    // SEQ-02: only uid, sequence_num and capabilities: nothing to store.
+    for sequence in 1..=3 {
+        let received = registry
+            .receive(&conn, &compressed(agent, sequence), agent)
+            .await;
+        assert_eq!(received.response.flags, 0);
+        assert_eq!(received.response.instance_uid, agent.to_bytes());
+    }
+    assert_eq!(
+        (store.loads(), store.saves()),
+        (1, 1),
+        "heartbeats stay in memory"
+    );
+    assert_eq!(store.checks(), 3, "each checks the record still exists");
+    assert_eq!(store.stored(agent).await.last_sequence_num, Some(0));
+    let live_view = registry.agent(agent).await.unwrap().unwrap();
+    assert_eq!(
+        live_view.last_sequence_num,
+        Some(3),
+        "the registry shows the live value"
+    );
+    let listed = registry.agents().await.unwrap();
+    assert_eq!(listed[0].last_sequence_num, Some(3));
+
+    // A status change goes through the store, with the bookkeeping.
+    let mut unhealthy = compressed(agent, 4);
+    unhealthy.health = Some(ComponentHealth::default());
+    registry.receive(&conn, &unhealthy, agent).await;
+    assert_eq!(store.saves(), 2);
+    assert_eq!(store.stored(agent).await.last_sequence_num, Some(4));
+
+    // So do new capabilities, and a gap (SEQ-05), and the baseline after it.
+    let mut more = compressed(agent, 5);
+    more.capabilities |= AgentCapabilities::REPORTS_EFFECTIVE_CONFIG.bits();
+    registry.receive(&conn, &more, agent).await;
+    assert_eq!(store.saves(), 3);
+    assert!(asks_full_state(
+        &registry.receive(&conn, &more_at(&more, 9), agent).await
+    ));
+    assert_eq!(store.saves(), 4);
+    registry.receive(&conn, &more_at(&more, 10), agent).await;
+    assert_eq!(store.saves(), 5);
+    registry.receive(&conn, &more_at(&more, 11), agent).await;
+    assert_eq!(store.saves(), 5, "in order again: back in memory");
+
+    // A new desired state is offered with the next heartbeat (RCFG-08)
+    // over plain HTTP, so that heartbeat goes through the store.
+    let (http, peer) = (config(), PeerInfo::default());
+    let polled = uid(25);
+    registry
+        .receive_http(&http, &peer, &full(polled, 0), polled)
+        .await;
+    registry
+        .receive_http(&http, &peer, &compressed(polled, 1), polled)
+        .await;
+    let saves = store.saves();
+    let offer = registry
+        .set_remote_config(polled, yaml("p: 1"))
+        .await
+        .unwrap();
+    assert_eq!(offer.delivery, Some(Delivery::QueuedForPoll));
+    let poll = registry
+        .receive_http(&http, &peer, &compressed(polled, 2), polled)
+        .await;
+    let offered = poll.received.response.remote_config.expect("offered");
+    assert_eq!(offered.config_hash, offer.hash);
+    assert_eq!(store.saves(), saves + 2, "the offer and the poll");
+
+    // Disconnecting saves what was kept in memory (MSG-07).
+    registry
+        .connection_closed(&conn, &DisconnectReason::ClosedByAgent { code: None })
+        .await;
+    let stored = store.stored(agent).await;
+    assert_eq!(stored.last_sequence_num, Some(11));
+    assert!(stored.connection.is_none());
+
+    // SEQ-07: a record lost behind the registry's back is noticed at the
+    // next bare heartbeat.
+    let (other, _outbox) = websocket();
+    let lost = uid(26);
+    registry.receive(&other, &full(lost, 0), lost).await;
+    assert!(!asks_full_state(
+        &registry.receive(&other, &compressed(lost, 1), lost).await
+    ));
+    store.records.remove(lost).await.unwrap();
+    assert!(asks_full_state(
+        &registry.receive(&other, &compressed(lost, 2), lost).await
+    ));
+}
+
+fn more_at(message: &AgentToServer, sequence_num: u64) -> AgentToServer {
+    AgentToServer {
+        sequence_num,
+        ..message.clone()
+    }
+}

@@ -17,12 +17,28 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Persistent storage of [`AgentRecord`]s, keyed by instance uid.
 ///
 /// The registry loads a record, changes it and saves it back for every
-/// agent message and every offer. Within one server instance the registry
-/// serialises those read-modify-write steps per agent; a store shared by
-/// several instances must make `save` safe against concurrent writers itself
-/// (an agent's messages normally reach one instance, so last-writer-wins is
-/// usually enough). [`AgentRecord::encode`] / [`AgentRecord::decode`] give a
-/// compact, versioned byte form for key-value stores.
+/// offer and for every agent message that changes something besides the
+/// per-message bookkeeping. A bare heartbeat of an agent connected to this
+/// instance (instance uid, `sequence_num` and unchanged capabilities only)
+/// calls neither `load` nor `save`, only [`contains`](Self::contains): its `sequence_num` and
+/// [`last_seen`](AgentRecord::last_seen) are kept in memory and saved with
+/// the agent's next saved change, with the next offer, and when its
+/// connection ends. So a record read straight from the store may show an
+/// older `last_seen` for a connected agent;
+/// [`Registry::agent`](crate::Registry::agent) and
+/// [`Registry::agents`](crate::Registry::agents) show the current one.
+///
+/// Within one server instance the registry serialises those
+/// read-modify-write steps per agent; a store shared by several instances
+/// must make `save` safe against concurrent writers itself (an agent's
+/// messages normally reach one instance, so last-writer-wins is usually
+/// enough). An instance reads an agent's record again at the agent's next
+/// message that changes its status and when it reconnects, not at every
+/// heartbeat, so desired state set through another instance reaches a
+/// heartbeating agent through the [`MessageBus`](crate::MessageBus) (which
+/// delivers such offers at once) rather than through the store.
+/// [`AgentRecord::encode`] / [`AgentRecord::decode`] give a compact,
+/// versioned byte form for key-value stores.
 ///
 /// Implementations return boxed futures so the trait stays object safe:
 ///
@@ -57,6 +73,13 @@ pub trait AgentStore: Send + Sync + 'static {
     fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Every record, in no particular order.
     fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>>;
+    /// Whether a record of `uid` exists. The registry asks at every bare
+    /// heartbeat, so that a record lost behind its back still makes it ask
+    /// the agent for its full state (SEQ-07). The default calls
+    /// [`load`](Self::load); override it when checking is cheaper.
+    fn contains(&self, uid: InstanceUid) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move { Ok(self.load(uid).await?.is_some()) })
+    }
 }
 
 /// The default store: a map in memory, lost on restart.
@@ -103,5 +126,10 @@ impl AgentStore for MemoryStore {
     fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
         let records = self.read().values().cloned().collect();
         Box::pin(async move { Ok(records) })
+    }
+
+    fn contains(&self, uid: InstanceUid) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let found = self.read().contains_key(&uid);
+        Box::pin(async move { Ok(found) })
     }
 }
