@@ -98,6 +98,7 @@ impl OpampClient {
             .unwrap_or(builder.heartbeat_interval);
         config.max_message_size = builder.max_message_size;
         config.packages_supported = builder.package_store.is_some();
+        config.reply_timeout = options.request_timeout;
         let mut core = ClientCore::new(config, (builder.retry_policy)());
         core.set_capabilities(builder.capabilities);
         if let Some(description) = builder.description {

@@ -62,6 +62,12 @@ pub struct CoreConfig {
     pub max_message_size: usize,
     /// Whether a package syncer is wired up. `AcceptsPackages` needs one.
     pub packages_supported: bool,
+    /// WebSocket: how long a sent message may stay unanswered before the
+    /// connection is taken for dead and replaced. The server answers every
+    /// message (STS-04), so silence this long means a connection that lost
+    /// its peer without a close (a "black hole", e.g. a NAT that forgot the
+    /// flow), which TCP alone would notice only after many minutes.
+    pub reply_timeout: Duration,
 }
 
 impl CoreConfig {
@@ -74,6 +80,7 @@ impl CoreConfig {
             polling_interval: DEFAULT_HEARTBEAT_INTERVAL,
             max_message_size: opamp_transport::DEFAULT_MAX_MESSAGE_SIZE,
             packages_supported: false,
+            reply_timeout: opamp_transport::DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -274,6 +281,8 @@ enum AfterClose {
 /// ```
 pub struct ClientCore {
     config: CoreConfig,
+    /// WebSocket: when the oldest unanswered message times out.
+    reply_deadline: Option<Instant>,
     uid: InstanceUid,
     capabilities: AgentCapabilities,
     capabilities_changed: bool,
@@ -355,6 +364,7 @@ impl ClientCore {
             custom_message: None,
             send_full_components: false,
             disconnect_queued: false,
+            reply_deadline: None,
             link: Link::Idle,
             full_state_due: true,
             full_state_on_connect: false,
@@ -674,6 +684,7 @@ impl ClientCore {
     pub fn handle_connected(&mut self, _now: Instant) {
         if matches!(self.link, Link::Down { .. }) {
             self.link = Link::Up;
+            self.reply_deadline = None;
             self.disconnect_queued = false;
             self.report_due = true;
             if std::mem::take(&mut self.full_state_on_connect) {
@@ -708,6 +719,7 @@ impl ClientCore {
     /// then backoff (WS-19).
     pub fn handle_disconnected(&mut self, now: Instant) {
         self.disconnect_queued = false;
+        self.reply_deadline = None;
         self.in_flight = None;
         self.link = match self.link {
             Link::Closing {
@@ -825,6 +837,7 @@ impl ClientCore {
 
     /// Processes a message from the server (MSG-02).
     pub fn handle_message(&mut self, message: ServerToAgent, now: Instant) {
+        self.reply_deadline = None;
         let answered = if self.config.transport == TransportKind::Http {
             self.in_flight.take()
         } else {
@@ -1103,6 +1116,20 @@ impl ClientCore {
         {
             self.not_before = None;
         }
+        if self.link == Link::Up && self.reply_deadline.is_some_and(|deadline| deadline <= now) {
+            // STS-04: every message gets an answer. None for this long: the
+            // connection is dead without having closed. Drop it (no goodbye,
+            // nobody would hear it) and reconnect with the full state.
+            tracing::warn!(
+                timeout = ?self.config.reply_timeout,
+                "no reply from the OpAMP server; reconnecting"
+            );
+            self.reply_deadline = None;
+            self.link = Link::Closing {
+                then: AfterClose::Reconnect { at: now },
+            };
+            self.full_state_on_connect = true;
+        }
     }
 
     /// The next instant the core wants [`handle_timeout`](Self::handle_timeout)
@@ -1117,7 +1144,10 @@ impl ClientCore {
                 if self.has_pending() {
                     return immediately;
                 }
-                self.next_heartbeat_at()
+                match (self.next_heartbeat_at(), self.reply_deadline) {
+                    (Some(heartbeat), Some(deadline)) => Some(heartbeat.min(deadline)),
+                    (heartbeat, deadline) => heartbeat.or(deadline),
+                }
             }
             (Link::Closing { .. }, _) if self.disconnect_queued => immediately,
             (Link::Up, TransportKind::Http) => {
@@ -1196,6 +1226,9 @@ impl ClientCore {
 
         self.next_sequence_num = self.next_sequence_num.wrapping_add(1);
         self.last_sent = Some(now);
+        if self.config.transport == TransportKind::WebSocket && self.reply_deadline.is_none() {
+            self.reply_deadline = now.checked_add(self.config.reply_timeout);
+        }
         if message.agent_disconnect.is_some() {
             self.disconnect_queued = false;
             if self.link == Link::Up {

@@ -625,6 +625,8 @@ fn hb_04_amb_01_offered_zero_disables_websocket_heartbeats() {
 fn hb_11_no_heartbeats_without_the_capability() {
     let t0 = Instant::now();
     let (mut core, _) = ws_connected(AgentCapabilities::empty(), t0);
+    // The first message was answered, so no reply deadline is pending.
+    core.handle_message(reply(), t0);
     assert_eq!(core.poll_timeout(), None);
     assert!(core.poll_transmit(t0 + SEC * 3600).is_none());
 }
@@ -640,6 +642,7 @@ fn configured_heartbeat_zero_disables_heartbeats() {
     core.start(t0).unwrap();
     core.handle_connected(t0);
     core.poll_transmit(t0).unwrap();
+    core.handle_message(reply(), t0);
     assert_eq!(core.poll_timeout(), None);
 }
 
@@ -1491,5 +1494,49 @@ fn pkg_13_package_statuses_reported_with_server_hash() {
     assert_eq!(
         core.poll_transmit(t0).unwrap().package_statuses,
         Some(statuses)
+    );
+}
+
+/// STS-04: the server answers every message. A WebSocket that stays silent
+/// for the reply timeout (a "black hole": no bytes, no close) is dropped and
+/// replaced, and the new connection starts with the full state.
+#[test]
+fn sts_04_unanswered_websocket_is_replaced_after_the_reply_timeout() {
+    let t0 = Instant::now();
+    let (mut core, _) = ws_connected(AgentCapabilities::REPORTS_HEARTBEAT, t0);
+    let timeout = CoreConfig::new(TransportKind::WebSocket, uid()).reply_timeout;
+
+    // Answered in time: no deadline left behind.
+    core.handle_message(reply(), t0 + SEC);
+    core.handle_timeout(t0 + timeout * 2);
+    assert!(!core.wants_close());
+
+    // A heartbeat that is never answered.
+    let sent_at = t0 + timeout * 2;
+    let heartbeat = core.poll_transmit(sent_at).expect("heartbeat due");
+    assert!(heartbeat.agent_description.is_none());
+    assert!(
+        core.poll_timeout()
+            .is_some_and(|at| at <= sent_at + timeout)
+    );
+    core.handle_timeout(sent_at + timeout - SEC);
+    assert!(!core.wants_close(), "not before the timeout");
+    core.handle_timeout(sent_at + timeout);
+    assert!(core.wants_close(), "silent connection is dropped");
+    assert!(
+        core.poll_transmit(sent_at + timeout).is_none(),
+        "no goodbye into a black hole"
+    );
+
+    let gone = sent_at + timeout + SEC;
+    core.handle_disconnected(gone);
+    assert!(core.wants_connect(gone), "reconnects at once");
+    core.handle_connected(gone);
+    let first = core
+        .poll_transmit(gone)
+        .expect("first message on the new connection");
+    assert!(
+        first.agent_description.is_some(),
+        "full state after the loss"
     );
 }
