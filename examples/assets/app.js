@@ -302,7 +302,8 @@ function renderDetail(view, agent) {
   const events = agent.events || [];
   field(view, 'events').replaceChildren(...(events.length ? events.map((event) => el('li', {},
     el('time', { datetime: event.at }, new Date(event.at).toLocaleTimeString()), ' ',
-    el('strong', {}, event.kind), ' ', event.message)) : [el('li', { class: 'muted' }, 'No events yet.')]));
+    el('strong', {}, event.kind), ' ', event.message,
+    event.repeats ? el('span', { class: 'muted' }, ` (×${event.repeats + 1})`) : '')) : [el('li', { class: 'muted' }, 'No events yet.')]));
 
   for (const button of view.querySelectorAll('[data-needs]')) {
     const need = button.dataset.needs;

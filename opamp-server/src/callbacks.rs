@@ -202,6 +202,9 @@ pub enum DisconnectReason {
     Transport(String),
     /// The server is shutting down (close 1001).
     Shutdown,
+    /// The agent connected anew too often and was told to wait (close 1013,
+    /// see [`ReconnectGuard`](crate::ReconnectGuard)).
+    Throttled,
 }
 
 /// A message from an agent that could not be read.

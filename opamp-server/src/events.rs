@@ -64,6 +64,15 @@ pub enum AgentEvent {
         /// Why.
         reason: DisconnectReason,
     },
+    /// The agent started new connections faster than the
+    /// [`ReconnectGuard`](crate::ReconnectGuard) allows; this one was
+    /// refused with a hint to wait `retry_after`.
+    Throttled {
+        /// The agent.
+        uid: InstanceUid,
+        /// The wait it was told.
+        retry_after: std::time::Duration,
+    },
     /// The agent's record was deleted with
     /// [`Registry::remove`](crate::Registry::remove).
     Removed {
@@ -79,6 +88,7 @@ impl AgentEvent {
             Self::Connected { uid, .. }
             | Self::StatusChanged { uid, .. }
             | Self::Disconnected { uid, .. }
+            | Self::Throttled { uid, .. }
             | Self::Removed { uid } => *uid,
             Self::UidReassigned { new, .. } => *new,
         }

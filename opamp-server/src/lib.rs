@@ -155,7 +155,9 @@ pub use events::{AgentEvent, StatusChanges};
 pub use messages::{bad_request_response, unavailable_response};
 pub use opamp_transport::{ClientAuth, ServerTlsConfig};
 pub use record::{AgentRecord, AgentStatus, ConnectionSummary, DesiredState, RemoteConfigState};
-pub use registry::{DEFAULT_STALE_AFTER, DuplicateUidPolicy, Offer, Registry, RegistryBuilder};
+pub use registry::{
+    DEFAULT_STALE_AFTER, DuplicateUidPolicy, Offer, ReconnectGuard, Registry, RegistryBuilder,
+};
 pub use server::{
     DEFAULT_CAPABILITIES, DEFAULT_PATH, DEFAULT_PORT, OpampServer, ResponseBody, ServerBuilder,
 };

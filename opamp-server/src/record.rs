@@ -92,6 +92,12 @@ pub struct AgentRecord {
     pub(crate) awaiting_full_state: bool,
     /// The `available_components` hash the server asked the full list for.
     pub(crate) requested_components_hash: Option<Bytes>,
+    /// Hash of the connection settings delivered to an agent that cannot
+    /// report their status (no `ReportsConnectionSettingsStatus`). Such an
+    /// agent applies an offer by reconnecting and never echoes the hash, so
+    /// the offer counts as complete once delivered and is not sent again on
+    /// the reconnect it causes.
+    pub(crate) connection_settings_delivered: Option<Bytes>,
 }
 
 /// Where a remote configuration stands for one agent.
@@ -124,6 +130,38 @@ impl AgentRecord {
             last_sequence_num: None,
             awaiting_full_state: false,
             requested_components_hash: None,
+            connection_settings_delivered: None,
+        }
+    }
+
+    /// Notes that connection settings with `hash` went out to the agent:
+    /// for an agent that cannot report their status, that completes the
+    /// offer (see [`connection_settings_hash_in_effect`](Self::connection_settings_hash_in_effect)).
+    pub(crate) fn note_connection_settings_sent(&mut self, hash: &Bytes) {
+        if !self
+            .status
+            .capabilities
+            .contains(AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS)
+        {
+            self.connection_settings_delivered = Some(hash.clone());
+        }
+    }
+
+    /// The hash of the connection settings the agent is known to have: the
+    /// one it reports in `connection_settings_status` (CS-10), or, for an
+    /// agent that cannot report it, the one delivered to it.
+    pub fn connection_settings_hash_in_effect(&self) -> Option<&Bytes> {
+        if self
+            .status
+            .capabilities
+            .contains(AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS)
+        {
+            self.status
+                .connection_settings_status
+                .as_ref()
+                .map(|status| &status.last_connection_settings_hash)
+        } else {
+            self.connection_settings_delivered.as_ref()
         }
     }
 
@@ -190,6 +228,7 @@ impl AgentRecord {
                 since_unix_nanos: unix_nanos(summary.since),
             }),
             requested_components_hash: self.requested_components_hash.clone(),
+            connection_settings_delivered: self.connection_settings_delivered.clone(),
         };
         stored.encode_to_vec()
     }
@@ -233,6 +272,7 @@ impl AgentRecord {
             last_sequence_num: stored.last_sequence_num,
             awaiting_full_state: stored.awaiting_full_state,
             requested_components_hash: stored.requested_components_hash,
+            connection_settings_delivered: stored.connection_settings_delivered,
         })
     }
 }
@@ -273,6 +313,8 @@ struct StoredRecord {
     connection: Option<StoredConnection>,
     #[prost(bytes = "bytes", optional, tag = "11")]
     requested_components_hash: Option<Bytes>,
+    #[prost(bytes = "bytes", optional, tag = "12")]
+    connection_settings_delivered: Option<Bytes>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -312,6 +354,7 @@ mod tests {
         record.last_sequence_num = Some(0);
         record.awaiting_full_state = true;
         record.requested_components_hash = Some(vec![3].into());
+        record.connection_settings_delivered = Some(vec![4].into());
         let decoded = AgentRecord::decode(&record.encode()).unwrap();
         assert_eq!(decoded, record);
 

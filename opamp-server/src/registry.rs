@@ -84,6 +84,106 @@ struct RegistrySettings {
     stale_after: Duration,
     event_capacity: usize,
     track_state: bool,
+    reconnect_guard: Option<ReconnectGuard>,
+}
+
+/// Limits how often one agent may start a new connection (or plain-HTTP
+/// session), so an agent stuck in a reconnect loop costs little: past the
+/// limit its connections are answered with `UNAVAILABLE` and a
+/// `retry_info` hint (WS-22; `503` with `Retry-After` over plain HTTP),
+/// the hint doubling with each repeated offence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReconnectGuard {
+    /// New connections allowed per agent within `window`.
+    pub limit: u32,
+    /// The window the limit applies to.
+    pub window: Duration,
+    /// The first backoff hint; it doubles with each offence.
+    pub first_backoff: Duration,
+    /// The largest backoff hint.
+    pub max_backoff: Duration,
+}
+
+impl Default for ReconnectGuard {
+    /// 20 connections a minute; hints from 5 s up to 5 min.
+    fn default() -> Self {
+        Self {
+            limit: 20,
+            window: Duration::from_secs(60),
+            first_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ReconnectGuard {
+    /// A guard allowing `limit` new connections per agent within `window`,
+    /// with the default backoff hints.
+    pub fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            limit: limit.max(1),
+            window,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the first and the largest backoff hint.
+    pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.first_backoff = first;
+        self.max_backoff = max.max(first);
+        self
+    }
+}
+
+/// Recent connection starts of one agent, for the [`ReconnectGuard`].
+#[derive(Debug, Clone, Copy)]
+struct ReconnectHistory {
+    window_start: Instant,
+    count: u32,
+    /// Offences in a row; resets after a quiet window.
+    strikes: u32,
+    blocked_until: Option<Instant>,
+}
+
+impl ReconnectHistory {
+    /// Counts a connection start at `now`; `Some(wait)` refuses it.
+    fn admit(&mut self, guard: &ReconnectGuard, now: Instant) -> Option<Duration> {
+        if let Some(until) = self.blocked_until {
+            if now < until {
+                return Some(until - now);
+            }
+            self.blocked_until = None;
+        }
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= guard.window {
+            if elapsed >= guard.window * 2 {
+                self.strikes = 0;
+            }
+            self.window_start = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        if self.count <= guard.limit {
+            return None;
+        }
+        self.strikes = self.strikes.saturating_add(1);
+        let factor = 1u32 << self.strikes.saturating_sub(1).min(16);
+        let wait = guard
+            .first_backoff
+            .saturating_mul(factor)
+            .min(guard.max_backoff);
+        self.blocked_until = Some(now + wait);
+        // The next window starts after the wait.
+        self.window_start = now + wait;
+        self.count = 0;
+        Some(wait)
+    }
+
+    fn expired(&self, guard: &ReconnectGuard, now: Instant) -> bool {
+        self.blocked_until.is_none_or(|until| until <= now)
+            && now.saturating_duration_since(self.window_start) >= guard.window * 2
+    }
 }
 
 pub(crate) struct RegistryInner {
@@ -97,6 +197,15 @@ pub(crate) struct RegistryInner {
     events: broadcast::Sender<AgentEvent>,
     /// Serialise read-modify-write of one agent's record.
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Connection starts per agent, for the reconnect guard; entries of
+    /// quiet agents are swept out.
+    reconnects: Mutex<ReconnectBook>,
+}
+
+#[derive(Default)]
+struct ReconnectBook {
+    agents: HashMap<InstanceUid, ReconnectHistory>,
+    last_sweep: Option<Instant>,
 }
 
 /// An agent connected to this instance.
@@ -206,6 +315,9 @@ pub(crate) enum Disposition {
     /// The uid is live elsewhere and the policy refuses duplicates: reply,
     /// then close the connection.
     Refused,
+    /// The agent connects too often ([`ReconnectGuard`]): reply (an
+    /// `UNAVAILABLE` error with `retry_info`), then close the connection.
+    Throttled(Duration),
 }
 
 /// A plain-HTTP message after the session lookup.
@@ -304,6 +416,13 @@ impl RegistryBuilder {
         self
     }
 
+    /// Limits how often one agent may connect anew (default
+    /// [`ReconnectGuard::default`]); `None` turns the guard off.
+    pub fn reconnect_guard(mut self, guard: Option<ReconnectGuard>) -> Self {
+        self.settings.reconnect_guard = guard;
+        self
+    }
+
     /// Turns status tracking off: no store, no sequence checks, no desired
     /// state; only connection tracking, duplicates and delivery remain.
     /// On by default.
@@ -323,6 +442,7 @@ impl RegistryBuilder {
             parked: Mutex::new(HashMap::new()),
             events,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            reconnects: Mutex::new(ReconnectBook::default()),
         });
         inner.bus.attach(BusInbox {
             registry: Arc::downgrade(&inner),
@@ -347,6 +467,7 @@ impl Registry {
                 stale_after: DEFAULT_STALE_AFTER,
                 event_capacity: 1024,
                 track_state: true,
+                reconnect_guard: Some(ReconnectGuard::default()),
             },
         }
     }
@@ -463,7 +584,14 @@ impl Registry {
     /// Offers connection settings. Each class needs its capability (CS-01).
     /// An empty `hash` is filled with a hash of the whole offer (CS-03).
     /// Kept as desired state, compared with the agent's
-    /// `last_connection_settings_hash` (CS-10/11).
+    /// `last_connection_settings_hash` (CS-10/11) and offered again on each
+    /// new connection until the agent reports it.
+    ///
+    /// An agent without `ReportsConnectionSettingsStatus` never reports the
+    /// hash, and typically applies OpAMP settings by reconnecting (the
+    /// Collector's supervisor does): for it the offer is complete once
+    /// delivered (CS-06, the reconnect is the confirmation) and is not sent
+    /// again on the connection that follows.
     pub async fn offer_connection_settings(
         &self,
         uid: InstanceUid,
@@ -590,6 +718,14 @@ impl Registry {
             check_requirement(&record, &push)?;
             let already_there = desired.reported_hash(&record) == Some(&hash);
             desired.store_in(&mut record);
+            if !already_there
+                && matches!(desired, Desired::ConnectionSettings(_))
+                && inner.holds_websocket(uid)
+            {
+                // Goes out below; an agent that cannot report the outcome
+                // is done with it once delivered.
+                record.note_connection_settings_sent(&hash);
+            }
             inner.store.save(record).await?;
             // The agent's next message offers the new desired state (RCFG-08).
             inner.drop_hot(uid);
@@ -741,10 +877,7 @@ impl Desired {
                 .package_statuses
                 .as_ref()
                 .map(|s| &s.server_provided_all_packages_hash),
-            Self::ConnectionSettings(_) => status
-                .connection_settings_status
-                .as_ref()
-                .map(|s| &s.last_connection_settings_hash),
+            Self::ConnectionSettings(_) => record.connection_settings_hash_in_effect(),
         }
     }
 
@@ -835,6 +968,23 @@ impl RegistryInner {
                     ..Default::default()
                 },
                 disposition: Disposition::Continue,
+            };
+        }
+        if let Some(wait) = self.admit_connection(uid, connection) {
+            tracing::warn!(%uid, connection = connection.id(), ?wait, "agent reconnects too often; asked to wait");
+            self.emit(AgentEvent::Throttled {
+                uid,
+                retry_after: wait,
+            });
+            let mut reply = messages::unavailable_response(Some(wait));
+            if let Some(error) = reply.error_response.as_mut() {
+                error.error_message = "reconnecting too often, retry later".into();
+            }
+            reply.instance_uid = message.instance_uid.clone();
+            return Received {
+                uid,
+                response: reply,
+                disposition: Disposition::Throttled(wait),
             };
         }
         let mut store_failed = false;
@@ -976,7 +1126,7 @@ impl RegistryInner {
                 });
             }
             if !disconnecting {
-                self.add_offers(key, &record, &mut response);
+                self.add_offers(key, &mut record, &mut response);
             }
             let hot = HotState::of(&record);
             if let Err(error) = self.store.save(record).await {
@@ -1020,6 +1170,37 @@ impl RegistryInner {
             response,
             disposition,
         }
+    }
+
+    /// Applies the reconnect guard when `message` would start a new
+    /// connection or session for `uid`; `Some(wait)` refuses it.
+    fn admit_connection(&self, uid: InstanceUid, connection: &Connection) -> Option<Duration> {
+        let guard = self.settings.reconnect_guard?;
+        let continuing = lock(&self.live)
+            .get(&uid)
+            .is_some_and(|entry| entry.connection == *connection);
+        if continuing {
+            return None;
+        }
+        let now = Instant::now();
+        let mut book = lock(&self.reconnects);
+        let sweep_due = book
+            .last_sweep
+            .is_none_or(|last| now.saturating_duration_since(last) >= guard.window);
+        if sweep_due {
+            book.agents
+                .retain(|_, history| !history.expired(&guard, now));
+            book.last_sweep = Some(now);
+        }
+        book.agents
+            .entry(uid)
+            .or_insert(ReconnectHistory {
+                window_start: now,
+                count: 0,
+                strikes: 0,
+                blocked_until: None,
+            })
+            .admit(&guard, now)
     }
 
     /// Decides who owns `uid` now (UID-09/10).
@@ -1140,10 +1321,19 @@ impl RegistryInner {
         false
     }
 
+    /// Whether `uid` is live on a WebSocket of this instance.
+    fn holds_websocket(&self, uid: InstanceUid) -> bool {
+        lock(&self.live).get(&uid).is_some_and(|entry| {
+            entry.connection.transport() == TransportKind::WebSocket
+                && !entry.connection.is_closed()
+        })
+    }
+
     /// Adds the desired state the agent does not have yet (RCFG-08, PKG-14,
     /// CS-11), each gated by its capability (RCFG-02, PKG-01, CS-01), and
-    /// each at most once per connection per hash.
-    fn add_offers(&self, uid: InstanceUid, record: &AgentRecord, response: &mut ServerToAgent) {
+    /// each at most once per connection per hash. Connection settings go to
+    /// an agent that cannot report their status only once in all.
+    fn add_offers(&self, uid: InstanceUid, record: &mut AgentRecord, response: &mut ServerToAgent) {
         let mut live = lock(&self.live);
         let Some(entry) = live.get_mut(&uid) else {
             return;
@@ -1177,11 +1367,9 @@ impl RegistryInner {
                 entry.offered.packages = Some(offer.all_packages_hash.clone());
             }
         }
+        let mut sent_settings = None;
         if let Some(offer) = &desired.connection_settings {
-            let reported = status
-                .connection_settings_status
-                .as_ref()
-                .map(|s| &s.last_connection_settings_hash);
+            let reported = record.connection_settings_hash_in_effect();
             if reported != Some(&offer.hash)
                 && entry.offered.connection_settings.as_ref() != Some(&offer.hash)
             {
@@ -1193,8 +1381,13 @@ impl RegistryInner {
                 if candidate.connection_settings.is_some() {
                     response.connection_settings = candidate.connection_settings;
                     entry.offered.connection_settings = Some(offer.hash.clone());
+                    sent_settings = Some(offer.hash.clone());
                 }
             }
+        }
+        drop(live);
+        if let Some(hash) = sent_settings {
+            record.note_connection_settings_sent(&hash);
         }
     }
 

@@ -1067,3 +1067,245 @@ fn more_at(message: &AgentToServer, sequence_num: u64) -> AgentToServer {
         ..message.clone()
     }
 }
+
+const SETTINGS_CAPS: AgentCapabilities =
+    CAPS.union(AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS);
+
+fn heartbeat_settings(seconds: u64) -> ConnectionSettingsOffers {
+    ConnectionSettingsOffers {
+        opamp: Some(OpAmpConnectionSettings {
+            destination_endpoint: "ws://127.0.0.1:1/v1/opamp".into(),
+            heartbeat_interval_seconds: seconds,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn with_caps(mut message: AgentToServer, capabilities: AgentCapabilities) -> AgentToServer {
+    message.capabilities = capabilities.bits();
+    message
+}
+
+/// An agent like the Collector's supervisor: accepts OpAMP connection
+/// settings, cannot report their status, and applies every offer by
+/// reconnecting. The offer is complete once delivered (CS-06: the agent
+/// shows it took the settings by reconnecting with them); re-offering it on
+/// the reconnect it causes would loop forever.
+#[tokio::test]
+async fn cs_06_settings_reach_a_non_reporting_agent_once_not_on_every_reconnect() {
+    let registry = Registry::builder().reconnect_guard(None).build();
+    let agent = uid(40);
+    let (first, mut outbox) = websocket();
+    registry
+        .receive(&first, &with_caps(full(agent, 0), SETTINGS_CAPS), agent)
+        .await;
+    let offer = registry
+        .offer_connection_settings(agent, heartbeat_settings(7))
+        .await
+        .unwrap();
+    assert!(offer.delivery.is_some(), "pushed over the live WebSocket");
+    assert_eq!(
+        next_frame(&mut outbox).connection_settings.unwrap().hash,
+        offer.hash
+    );
+    // The agent applies it by reconnecting, many times over.
+    let mut previous = first;
+    let mut latest_outbox = outbox;
+    for round in 1..=10u64 {
+        registry
+            .connection_closed(&previous, &DisconnectReason::ClosedByAgent { code: None })
+            .await;
+        let (again, outbox) = websocket();
+        latest_outbox = outbox;
+        let reply = registry
+            .receive(&again, &with_caps(full(agent, 0), SETTINGS_CAPS), agent)
+            .await;
+        assert!(
+            reply.response.connection_settings.is_none(),
+            "round {round}: the delivered offer is not sent again"
+        );
+        previous = again;
+    }
+    let record = registry.agent(agent).await.unwrap().unwrap();
+    assert_eq!(
+        record.connection_settings_hash_in_effect(),
+        Some(&offer.hash)
+    );
+    // Setting the same offer again is a no-op; a different one goes out once.
+    let same = registry
+        .offer_connection_settings(agent, heartbeat_settings(7))
+        .await
+        .unwrap();
+    assert_eq!(same.delivery, None);
+    let newer = registry
+        .offer_connection_settings(agent, heartbeat_settings(9))
+        .await
+        .unwrap();
+    assert!(newer.delivery.is_some());
+    assert!(next_frame(&mut latest_outbox).connection_settings.is_some());
+}
+
+/// The same holds when the agent was offline when the offer was made: it
+/// gets it with its next connection, and not with the one after.
+#[tokio::test]
+async fn cs_06_offline_non_reporting_agent_gets_the_offer_on_one_connection_only() {
+    let registry = Registry::builder().reconnect_guard(None).build();
+    let agent = uid(41);
+    let (first, _outbox) = websocket();
+    registry
+        .receive(&first, &with_caps(full(agent, 0), SETTINGS_CAPS), agent)
+        .await;
+    registry
+        .connection_closed(&first, &DisconnectReason::ClosedByAgent { code: None })
+        .await;
+    let offer = registry
+        .offer_connection_settings(agent, heartbeat_settings(11))
+        .await
+        .unwrap();
+    assert_eq!(offer.delivery, None, "offline");
+    let (second, _outbox) = websocket();
+    let reply = registry
+        .receive(&second, &with_caps(full(agent, 1), SETTINGS_CAPS), agent)
+        .await;
+    assert_eq!(reply.response.connection_settings.unwrap().hash, offer.hash);
+    registry
+        .connection_closed(&second, &DisconnectReason::ClosedByAgent { code: None })
+        .await;
+    let (third, _outbox) = websocket();
+    let reply = registry
+        .receive(&third, &with_caps(full(agent, 0), SETTINGS_CAPS), agent)
+        .await;
+    assert!(reply.response.connection_settings.is_none());
+}
+
+/// An agent that reports connection-settings status keeps today's
+/// behaviour: the offer goes out on each new connection until the agent
+/// reports its hash (CS-10/11).
+#[tokio::test]
+async fn cs_11_reporting_agent_is_offered_again_until_it_reports_the_hash() {
+    let registry = Registry::builder().reconnect_guard(None).build();
+    let agent = uid(42);
+    let caps = SETTINGS_CAPS.union(AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS);
+    let (first, mut outbox) = websocket();
+    registry
+        .receive(&first, &with_caps(full(agent, 0), caps), agent)
+        .await;
+    let offer = registry
+        .offer_connection_settings(agent, heartbeat_settings(13))
+        .await
+        .unwrap();
+    let _ = next_frame(&mut outbox);
+    registry
+        .connection_closed(&first, &DisconnectReason::ClosedByAgent { code: None })
+        .await;
+    let (second, _outbox) = websocket();
+    let reply = registry
+        .receive(&second, &with_caps(full(agent, 0), caps), agent)
+        .await;
+    assert_eq!(
+        reply.response.connection_settings.unwrap().hash,
+        offer.hash,
+        "not reported yet: offered again"
+    );
+    let mut applied = with_caps(compressed(agent, 1), caps);
+    applied.connection_settings_status = Some(opamp_proto::ConnectionSettingsStatus {
+        last_connection_settings_hash: offer.hash.clone(),
+        status: opamp_proto::ConnectionSettingsStatuses::Applied as i32,
+        error_message: String::new(),
+    });
+    registry.receive(&second, &applied, agent).await;
+    registry
+        .connection_closed(&second, &DisconnectReason::ClosedByAgent { code: None })
+        .await;
+    let (third, _outbox) = websocket();
+    let reply = registry
+        .receive(&third, &with_caps(full(agent, 0), caps), agent)
+        .await;
+    assert!(reply.response.connection_settings.is_none(), "reported");
+}
+
+fn retry_hint(received: &Received) -> Option<Duration> {
+    let error = received.response.error_response.as_ref()?;
+    assert_eq!(
+        error.r#type(),
+        opamp_proto::ServerErrorResponseType::Unavailable
+    );
+    match &error.details {
+        Some(opamp_proto::server_error_response::Details::RetryInfo(info)) => {
+            Some(Duration::from_nanos(info.retry_after_nanoseconds))
+        }
+        _ => None,
+    }
+}
+
+/// Any agent stuck in a reconnect loop is slowed down: past the limit its
+/// new connections are answered `UNAVAILABLE` with a retry hint (WS-22)
+/// that doubles with each offence and resets after a quiet spell.
+#[tokio::test(start_paused = true)]
+async fn ws_22_reconnect_loop_is_throttled_with_growing_hints() {
+    let guard = ReconnectGuard::new(3, Duration::from_secs(60))
+        .backoff(Duration::from_secs(5), Duration::from_secs(15));
+    let registry = Registry::builder().reconnect_guard(Some(guard)).build();
+    let mut events = registry.subscribe();
+    let agent = uid(43);
+    let connect = |sequence: u64| {
+        let registry = registry.clone();
+        async move {
+            let (conn, _outbox) = websocket();
+            let received = registry.receive(&conn, &full(agent, sequence), agent).await;
+            if received.disposition == Disposition::Continue {
+                registry
+                    .connection_closed(&conn, &DisconnectReason::ClosedByAgent { code: None })
+                    .await;
+            }
+            received
+        }
+    };
+    for n in 0..3 {
+        assert_eq!(connect(n).await.disposition, Disposition::Continue);
+    }
+    let refused = connect(3).await;
+    assert_eq!(
+        refused.disposition,
+        Disposition::Throttled(Duration::from_secs(5))
+    );
+    assert_eq!(retry_hint(&refused), Some(Duration::from_secs(5)));
+    assert_eq!(refused.response.instance_uid, agent.to_bytes());
+    // Coming back early is refused with what is left of the wait.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(retry_hint(&connect(4).await), Some(Duration::from_secs(3)));
+    // After the wait, a fresh allowance; the next offence waits twice as long,
+    // then the hint stops at the maximum.
+    tokio::time::advance(Duration::from_secs(3)).await;
+    for n in 5..8 {
+        assert_eq!(connect(n).await.disposition, Disposition::Continue);
+    }
+    assert_eq!(retry_hint(&connect(8).await), Some(Duration::from_secs(10)));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    for n in 9..12 {
+        assert_eq!(connect(n).await.disposition, Disposition::Continue);
+    }
+    assert_eq!(
+        retry_hint(&connect(12).await),
+        Some(Duration::from_secs(15))
+    );
+    // A quiet spell forgives.
+    tokio::time::advance(Duration::from_secs(15 + 120)).await;
+    for n in 13..16 {
+        assert_eq!(connect(n).await.disposition, Disposition::Continue);
+    }
+    assert_eq!(retry_hint(&connect(16).await), Some(Duration::from_secs(5)));
+    // The throttling is visible to the application.
+    let mut throttled = 0;
+    while let Ok(event) = events.try_recv() {
+        if matches!(event, AgentEvent::Throttled { uid, .. } if uid == agent) {
+            throttled += 1;
+        }
+    }
+    assert_eq!(throttled, 5);
+    // Other agents are not affected.
+    let (other, _outbox) = websocket();
+    let received = registry.receive(&other, &full(uid(44), 0), uid(44)).await;
+    assert_eq!(received.disposition, Disposition::Continue);
+}

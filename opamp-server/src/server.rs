@@ -521,8 +521,13 @@ impl<C: Callbacks> OpampServer<C> {
             .registry
             .receive_http(&inner.connection_config, &peer, &message, uid)
             .await;
-        if received.disposition == Disposition::Refused {
-            return self.http_response(&received.response, &parts.headers);
+        match received.disposition {
+            Disposition::Refused => return self.http_response(&received.response, &parts.headers),
+            // HTTP-21: a plain-HTTP agent is throttled with 503 + Retry-After.
+            Disposition::Throttled(wait) => {
+                return opamp_transport::service_unavailable(Some(wait));
+            }
+            Disposition::Continue | Disposition::Disconnected => {}
         }
         let disposition = received.disposition;
         let reply = {

@@ -20,6 +20,8 @@ use crate::server::{AdmissionGuard, OpampServer, ResponseBody};
 
 /// Close code 1008, policy violation: duplicate uid refused, agent not reading.
 const CLOSE_POLICY_VIOLATION: u16 = 1008;
+/// RFC 6455 (IANA registry): the server asks the client to try again later.
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 /// Validates the upgrade request and spawns the connection's task; returns
 /// the 101 response (or the handshake error).
@@ -162,6 +164,7 @@ fn close_code(reason: &DisconnectReason) -> Option<u16> {
         DisconnectReason::DuplicateRefused | DisconnectReason::SendQueueFull => {
             Some(CLOSE_POLICY_VIOLATION)
         }
+        DisconnectReason::Throttled => Some(CLOSE_TRY_AGAIN_LATER),
         _ => None,
     }
 }
@@ -173,6 +176,7 @@ fn close_text(reason: &DisconnectReason) -> &'static str {
         DisconnectReason::Replaced => "replaced by a newer connection",
         DisconnectReason::DuplicateRefused => "instance_uid in use",
         DisconnectReason::SendQueueFull => "not reading",
+        DisconnectReason::Throttled => "reconnecting too often",
         _ => "",
     }
 }
@@ -260,9 +264,16 @@ async fn process<C: Callbacks>(
         }
     };
     let received = inner.registry.receive(connection, &message, uid).await;
-    if received.disposition == Disposition::Refused {
-        let _ = send(connection, received.response);
-        return Some(DisconnectReason::DuplicateRefused);
+    match received.disposition {
+        Disposition::Refused => {
+            let _ = send(connection, received.response);
+            return Some(DisconnectReason::DuplicateRefused);
+        }
+        Disposition::Throttled(_) => {
+            let _ = send(connection, received.response);
+            return Some(DisconnectReason::Throttled);
+        }
+        Disposition::Continue | Disposition::Disconnected => {}
     }
     let callback_reply = inner.callbacks.on_message(connection, &message).await;
     let reply = inner.compose(connection, &message, received, callback_reply);

@@ -191,6 +191,7 @@ impl Fleet {
             at_ms: unix_ms(SystemTime::now()),
             kind: kind.to_owned(),
             message,
+            repeats: 0,
         };
         if let Err(error) = self.store.push_event(uid, event).await {
             tracing::warn!(%error, %uid, "cannot record agent event");
@@ -747,6 +748,17 @@ impl Fleet {
             RegistryEvent::UidReassigned { old, new } => {
                 self.log_event(new, "identity", format!("was {old}, told to use {new}"))
                     .await;
+            }
+            RegistryEvent::Throttled { uid, retry_after } => {
+                self.log_event(
+                    uid,
+                    "throttled",
+                    format!(
+                        "reconnecting too often; told to wait {}",
+                        humantime::format_duration(retry_after)
+                    ),
+                )
+                .await;
             }
             RegistryEvent::Removed { uid } => {
                 lock(&self.sequence).remove(&uid);

@@ -131,6 +131,27 @@ pub(crate) struct AgentEvent {
     pub(crate) at_ms: u64,
     pub(crate) kind: String,
     pub(crate) message: String,
+    /// How many more times the same connection event happened since it was
+    /// first recorded (`at_ms` is then the latest): a reconnect loop is one
+    /// entry, not a hundred.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) repeats: u32,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+impl AgentEvent {
+    /// Connection churn: coalesced when repeated, and the first to go when
+    /// the history is full, so the offer or command that started a loop
+    /// stays visible.
+    fn is_churn(&self) -> bool {
+        matches!(
+            self.kind.as_str(),
+            "connected" | "disconnected" | "throttled" | "identity"
+        )
+    }
 }
 
 /// The fleet server's embedded store: a redb database in a file, or in
@@ -483,10 +504,10 @@ impl FleetStore {
     ) -> Result<(), FleetStoreError> {
         self.blocking(move |db| {
             let txn = db.begin_write()?;
-            append_bounded(
+            append_event(
                 &mut txn.open_table(EVENTS)?,
                 *uid.as_bytes(),
-                &encode_json(&event)?,
+                event,
                 EVENT_LIMIT,
             )?;
             txn.commit()?;
@@ -562,6 +583,73 @@ fn append_bounded(
     Ok(())
 }
 
+/// Appends `event` to `uid`'s history. A churn event equal to one of the
+/// two newest (a connect/disconnect pair repeats as two) bumps that entry's
+/// count instead. Past `limit` entries the oldest churn event goes first;
+/// other events go only when nothing else is left to drop.
+fn append_event(
+    table: &mut redb::Table<'_, ([u8; 16], u64), &[u8]>,
+    uid: [u8; 16],
+    event: AgentEvent,
+    limit: u64,
+) -> Result<(), FleetStoreError> {
+    let range = (uid, 0)..=(uid, u64::MAX);
+    let mut newest = Vec::with_capacity(2);
+    for item in table.range(range.clone())?.rev().take(2) {
+        let (key, value) = item?;
+        newest.push((key.value().1, decode_json::<AgentEvent>(value.value())?));
+    }
+    if event.is_churn() {
+        let same = newest
+            .iter()
+            .find(|(_, old)| old.kind == event.kind && old.message == event.message);
+        if let Some((number, old)) = same {
+            let merged = AgentEvent {
+                at_ms: event.at_ms,
+                repeats: old.repeats.saturating_add(1),
+                ..event
+            };
+            table.insert((uid, *number), encode_json(&merged)?.as_slice())?;
+            return Ok(());
+        }
+    }
+    let next = newest
+        .first()
+        .map_or(0, |(number, _)| number.saturating_add(1));
+    table.insert((uid, next), encode_json(&event)?.as_slice())?;
+    let mut kept = Vec::new();
+    for item in table.range(range)? {
+        let (key, value) = item?;
+        kept.push((
+            key.value().1,
+            decode_json::<AgentEvent>(value.value())?.is_churn(),
+        ));
+    }
+    let excess = kept
+        .len()
+        .saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
+    if excess > 0 {
+        let mut doomed: Vec<u64> = kept
+            .iter()
+            .filter(|(_, churn)| *churn)
+            .map(|(number, _)| *number)
+            .take(excess)
+            .collect();
+        for (number, churn) in &kept {
+            if doomed.len() == excess {
+                break;
+            }
+            if !churn {
+                doomed.push(*number);
+            }
+        }
+        for number in doomed {
+            table.remove((uid, number))?;
+        }
+    }
+    Ok(())
+}
+
 fn read_newest_first<T: for<'de> Deserialize<'de>>(
     db: &Database,
     definition: TableDefinition<'_, ([u8; 16], u64), &[u8]>,
@@ -611,5 +699,89 @@ impl AgentStore for FleetStore {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, opamp_server::StoreError>> {
         Box::pin(async move { self.list_records().await.map_err(backend_error) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, message: &str, at_ms: u64) -> AgentEvent {
+        AgentEvent {
+            at_ms,
+            kind: kind.into(),
+            message: message.into(),
+            repeats: 0,
+        }
+    }
+
+    /// A reconnect loop (the Collector supervisor answering every
+    /// connection-settings offer by reconnecting, before the registry fix)
+    /// must not push the offer that started it out of the history.
+    #[tokio::test]
+    async fn a_reconnect_loop_keeps_the_offer_that_started_it() {
+        let store = FleetStore::in_memory().unwrap();
+        let uid = InstanceUid::from_array([5; 16]);
+        store
+            .push_event(uid, event("settings", "offered heartbeat every 5s", 1))
+            .await
+            .unwrap();
+        for round in 0..500u64 {
+            store
+                .push_event(uid, event("connected", "over WebSocket", 10 + 2 * round))
+                .await
+                .unwrap();
+            store
+                .push_event(
+                    uid,
+                    event("disconnected", "closed by agent", 11 + 2 * round),
+                )
+                .await
+                .unwrap();
+        }
+        let events = store.events(uid).await.unwrap();
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events[0].kind, "disconnected");
+        assert_eq!(events[0].repeats, 499);
+        assert_eq!(events[0].at_ms, 11 + 2 * 499);
+        assert_eq!(events[1].kind, "connected");
+        assert_eq!(events[1].repeats, 499);
+        assert_eq!(events[2].kind, "settings", "the offer is still there");
+    }
+
+    /// Past the limit, churn goes before anything else; once only other
+    /// events are left, the oldest of them goes.
+    #[tokio::test]
+    async fn a_full_history_drops_churn_first() {
+        let store = FleetStore::in_memory().unwrap();
+        let uid = InstanceUid::from_array([6; 16]);
+        store
+            .push_event(uid, event("command", "restart requested", 0))
+            .await
+            .unwrap();
+        for n in 1..EVENT_LIMIT {
+            // Different messages: nothing to coalesce.
+            store
+                .push_event(uid, event("connected", &format!("peer {n}"), n))
+                .await
+                .unwrap();
+        }
+        for n in 0..EVENT_LIMIT {
+            store
+                .push_event(uid, event("config", &format!("config {n}"), 1000 + n))
+                .await
+                .unwrap();
+        }
+        let events = store.events(uid).await.unwrap();
+        assert_eq!(events.len() as u64, EVENT_LIMIT);
+        assert!(events.iter().all(|event| event.kind == "config"));
+        assert_eq!(events.last().unwrap().message, "config 0");
+        store
+            .push_event(uid, event("config", "one more", 5000))
+            .await
+            .unwrap();
+        let events = store.events(uid).await.unwrap();
+        assert_eq!(events.len() as u64, EVENT_LIMIT);
+        assert_eq!(events.last().unwrap().message, "config 1");
     }
 }

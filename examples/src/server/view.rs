@@ -140,6 +140,8 @@ pub(crate) struct EventView {
     pub(crate) at: String,
     pub(crate) kind: String,
     pub(crate) message: String,
+    /// How many more times it happened (0: once).
+    pub(crate) repeats: u32,
 }
 
 /// What the summary needs beyond the record.
@@ -273,6 +275,7 @@ pub(crate) fn detail(
                 at: rfc3339(from_unix_ms(event.at_ms)),
                 kind: event.kind,
                 message: event.message,
+                repeats: event.repeats,
             })
             .collect(),
     }
