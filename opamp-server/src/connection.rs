@@ -6,27 +6,19 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use opamp_proto::{
     AgentCapabilities, CustomCapabilities, InstanceUid, Message, ServerCapabilities, ServerToAgent,
 };
+use opamp_transport::{WsActivity, WsSender};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, mpsc};
-use tokio::time::Instant;
 
 use crate::error::SendError;
 use crate::messages::{self, Requirement};
 
-/// The transport an agent connection uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TransportKind {
-    /// A WebSocket: full duplex, the server can push at any time.
-    WebSocket,
-    /// Plain HTTP polling: the "connection" is the agent's session, which
-    /// spans its polls; pushes wait for the next poll (HTTP-15).
-    PlainHttp,
-}
+pub use crate::protocol::TransportKind;
 
 /// Who is on the other end of a request: socket address and, over TLS with
 /// client authentication, the client's certificate chain (leaf first).
@@ -109,6 +101,9 @@ struct Inner {
     /// Serialises callbacks for this connection (plain-HTTP sessions can see
     /// concurrent requests).
     callback_order: tokio::sync::Mutex<()>,
+    /// WebSocket: pings the peer and sees what it answers, while the
+    /// connection runs (dropped at the end so the socket can go).
+    liveness: Mutex<Option<(WsSender<ServerToAgent>, WsActivity)>>,
 }
 
 enum Link {
@@ -117,7 +112,6 @@ enum Link {
     },
     PlainHttp {
         pending: Mutex<Option<Box<ServerToAgent>>>,
-        last_seen: Mutex<Instant>,
     },
 }
 
@@ -162,7 +156,6 @@ impl Connection {
     pub(crate) fn plain_http(peer: PeerInfo, config: Arc<ConnectionConfig>) -> Self {
         let link = Link::PlainHttp {
             pending: Mutex::new(None),
-            last_seen: Mutex::new(Instant::now()),
         };
         Self::new(TransportKind::PlainHttp, peer, config, link)
     }
@@ -181,6 +174,7 @@ impl Connection {
                 wake: Notify::new(),
                 agents: Mutex::new(Vec::new()),
                 callback_order: tokio::sync::Mutex::new(()),
+                liveness: Mutex::new(None),
             }),
         }
     }
@@ -430,6 +424,37 @@ impl Connection {
             .map(|slot| (slot.capabilities, slot.custom.clone()))
     }
 
+    /// WebSocket: lets [`probe`](Self::probe) ping the peer.
+    pub(crate) fn set_liveness(&self, sender: WsSender<ServerToAgent>, activity: WsActivity) {
+        *lock(&self.inner.liveness) = Some((sender, activity));
+    }
+
+    /// WebSocket: the connection is ending; nothing more to probe.
+    pub(crate) fn clear_liveness(&self) {
+        lock(&self.inner.liveness).take();
+    }
+
+    /// Whether the peer is alive: a WebSocket answers a ping (or sends
+    /// anything) within `deadline`. Closed connections and plain-HTTP
+    /// sessions, which cannot be asked, are not.
+    pub(crate) async fn probe(&self, deadline: Duration) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let Some((sender, activity)) = lock(&self.inner.liveness).clone() else {
+            return false;
+        };
+        let seen = activity.frames();
+        let asked = async {
+            if sender.ping().await.is_err() {
+                return false;
+            }
+            activity.after(seen).await;
+            true
+        };
+        tokio::time::timeout(deadline, asked).await.unwrap_or(false)
+    }
+
     /// Plain HTTP: the message kept for the next poll.
     pub(crate) fn take_pending(&self) -> Option<ServerToAgent> {
         match &self.inner.link {
@@ -449,21 +474,6 @@ impl Connection {
                 messages::merge(&mut merged, *newer);
             }
             *pending = Some(merged);
-        }
-    }
-
-    /// Plain HTTP: records a poll.
-    pub(crate) fn touch(&self, now: Instant) {
-        if let Link::PlainHttp { last_seen, .. } = &self.inner.link {
-            *lock(last_seen) = now;
-        }
-    }
-
-    /// Plain HTTP: when the agent last polled.
-    pub(crate) fn last_seen(&self) -> Option<Instant> {
-        match &self.inner.link {
-            Link::PlainHttp { last_seen, .. } => Some(*lock(last_seen)),
-            Link::WebSocket { .. } => None,
         }
     }
 

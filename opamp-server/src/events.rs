@@ -2,8 +2,7 @@
 
 use opamp_proto::InstanceUid;
 
-use crate::callbacks::DisconnectReason;
-use crate::connection::TransportKind;
+use crate::protocol::{DisconnectReason, TransportKind};
 
 bitflags::bitflags! {
     /// Which parts of an agent's status changed with one message.

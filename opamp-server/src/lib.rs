@@ -137,6 +137,7 @@ mod connection;
 mod error;
 mod events;
 mod messages;
+mod protocol;
 mod record;
 mod registry;
 mod serve;
@@ -154,11 +155,17 @@ pub use error::{BusError, SendError, ServeError, StoreError};
 pub use events::{AgentEvent, StatusChanges};
 pub use messages::{bad_request_response, unavailable_response};
 pub use opamp_transport::{ClientAuth, ServerTlsConfig};
+pub use protocol::{
+    AgentSession, ConnectionRef, CoreSettings, Disposition, DuplicateUidPolicy, Exchange, Holder,
+    Inbound, Liveness, ReconnectGuard, ReconnectHistory, ServerCore, Step, Stored,
+};
 pub use record::{AgentRecord, AgentStatus, ConnectionSummary, DesiredState, RemoteConfigState};
 pub use registry::{
-    DEFAULT_STALE_AFTER, DuplicateUidPolicy, Offer, ReconnectGuard, Registry, RegistryBuilder,
+    DEFAULT_PROBE_DEADLINE, DEFAULT_STALE_AFTER, DEFAULT_STALE_FLOOR, Offer, Registry,
+    RegistryBuilder,
 };
 pub use server::{
-    DEFAULT_CAPABILITIES, DEFAULT_PATH, DEFAULT_PORT, OpampServer, ResponseBody, ServerBuilder,
+    DEFAULT_CAPABILITIES, DEFAULT_PATH, DEFAULT_PORT, Keepalive, OpampServer, ResponseBody,
+    ServerBuilder,
 };
 pub use store::{AgentStore, BoxFuture, MemoryStore};

@@ -11,8 +11,8 @@ use opamp_proto::{
     RemoteConfigStatuses,
 };
 
-use crate::connection::TransportKind;
 use crate::error::StoreError;
+use crate::protocol::TransportKind;
 
 /// The merged, full status of an agent: every sub-message at its latest
 /// reported value. Agents omit unchanged sub-messages (status compression,

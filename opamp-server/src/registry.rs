@@ -1,4 +1,8 @@
-//! The agent registry: protocol bookkeeping per instance uid.
+//! The agent registry: the shell around the protocol core. It serialises
+//! messages per agent, loads the stored record when the core asks for it,
+//! steps the [`ServerCore`], saves what the core says changed, emits the
+//! events and delivers to connections. Both transports go through one
+//! function, [`Registry::exchange`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -6,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use opamp_proto::{
-    AgentCapabilities, AgentConfigMap, AgentIdentification, AgentRemoteConfig, AgentToServer,
-    CommandType, ConnectionSettingsOffers, CustomMessage, InstanceUid, PackagesAvailable,
-    ServerToAgent, ServerToAgentCommand, ServerToAgentFlags, config_hash, message_hash,
+    AgentConfigMap, AgentRemoteConfig, AgentToServer, CommandType, ConnectionSettingsOffers,
+    CustomMessage, InstanceUid, PackagesAvailable, ServerToAgent, ServerToAgentCommand,
+    ServerToAgentFlags, config_hash, message_hash,
 };
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -19,38 +23,29 @@ use crate::connection::{Connection, ConnectionConfig, Delivery, PeerInfo, Transp
 use crate::error::{BusError, SendError, StoreError};
 use crate::events::{AgentEvent, StatusChanges};
 use crate::messages::{self, Requirement};
-use crate::record::{AgentRecord, ConnectionSummary, RemoteConfigState};
+use crate::protocol::{
+    AgentSession, ConnectionRef, CoreSettings, Disposition, DuplicateUidPolicy, Exchange, Holder,
+    Inbound, Liveness, Offered, ReconnectGuard, ReconnectHistory, ServerCore, Step, Stored,
+};
+use crate::record::{AgentRecord, RemoteConfigState};
 use crate::store::{AgentStore, MemoryStore};
 
-/// Default silence after which a plain-HTTP agent is stale: three missed
-/// polls at the default 30 s interval (HTTP-13).
+/// Default silence after which a plain-HTTP agent whose polling interval is
+/// not known yet is stale (HTTP-13); also the longest stale timeout.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(90);
 
-const STRIPES: usize = 64;
+/// Default shortest stale timeout of a plain-HTTP agent.
+pub const DEFAULT_STALE_FLOOR: Duration = Duration::from_secs(3);
 
-/// What to do when an instance uid that is live on one connection shows up
-/// on another (UID-09, UID-10).
-///
-/// Whatever the policy, a message whose `sequence_num` continues exactly
-/// where the live connection left off is taken as the same agent
-/// reconnecting before the server noticed the old connection died: the new
-/// connection takes over and the old one is closed
-/// ([`DisconnectReason::Replaced`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum DuplicateUidPolicy {
-    /// Give the newcomer a fresh UUIDv7 through
-    /// `agent_identification.new_instance_uid` (UID-09). Its message is
-    /// recorded under the new uid.
-    #[default]
-    AssignNewUid,
-    /// Answer the newcomer with a `BAD_REQUEST` error and close its
-    /// connection (UID-10). Once a duplicate was refused, a continuing
-    /// `sequence_num` no longer replaces the live connection (the refused
-    /// client's next number may continue it by chance); the agent gets its
-    /// uid back when the live connection ends.
-    Refuse,
-}
+/// How many of its polling intervals a plain-HTTP agent may miss before it
+/// is stale.
+const STALE_POLLS: u32 = 3;
+
+/// Default time an old WebSocket has to answer a ping before a newcomer
+/// with the same uid replaces it.
+pub const DEFAULT_PROBE_DEADLINE: Duration = Duration::from_secs(2);
+
+const STRIPES: usize = 64;
 
 /// The agent registry: keeps the merged status of every agent, detects
 /// sequence gaps and duplicates, tracks desired state, and delivers
@@ -62,9 +57,11 @@ pub enum DuplicateUidPolicy {
 /// ([`send`](Self::send), [`set_remote_config`](Self::set_remote_config),
 /// ...). Cheap to clone.
 ///
-/// State lives in an [`AgentStore`] ([`MemoryStore`] by default) and
-/// messages for agents connected to other instances travel over a
-/// [`MessageBus`] ([`LocalBus`] by default).
+/// The protocol decisions are made by the pure [`ServerCore`]; the registry
+/// does the I/O around it. State lives in an [`AgentStore`] ([`MemoryStore`]
+/// by default) and messages for agents connected to other instances travel
+/// over a [`MessageBus`] ([`LocalBus`] by default). In memory it keeps one
+/// small [`AgentSession`] per connected agent.
 #[derive(Clone)]
 pub struct Registry {
     inner: Arc<RegistryInner>,
@@ -75,125 +72,28 @@ pub struct Registry {
 pub struct RegistryBuilder {
     store: Arc<dyn AgentStore>,
     bus: Arc<dyn MessageBus>,
+    core: CoreSettings,
     settings: RegistrySettings,
 }
 
 #[derive(Debug, Clone)]
 struct RegistrySettings {
-    duplicate_policy: DuplicateUidPolicy,
     stale_after: Duration,
+    stale_floor: Duration,
     event_capacity: usize,
-    track_state: bool,
-    reconnect_guard: Option<ReconnectGuard>,
-}
-
-/// Limits how often one agent may start a new connection (or plain-HTTP
-/// session), so an agent stuck in a reconnect loop costs little: past the
-/// limit its connections are answered with `UNAVAILABLE` and a
-/// `retry_info` hint (WS-22; `503` with `Retry-After` over plain HTTP),
-/// the hint doubling with each repeated offence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ReconnectGuard {
-    /// New connections allowed per agent within `window`.
-    pub limit: u32,
-    /// The window the limit applies to.
-    pub window: Duration,
-    /// The first backoff hint; it doubles with each offence.
-    pub first_backoff: Duration,
-    /// The largest backoff hint.
-    pub max_backoff: Duration,
-}
-
-impl Default for ReconnectGuard {
-    /// 20 connections a minute; hints from 5 s up to 5 min.
-    fn default() -> Self {
-        Self {
-            limit: 20,
-            window: Duration::from_secs(60),
-            first_backoff: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(300),
-        }
-    }
-}
-
-impl ReconnectGuard {
-    /// A guard allowing `limit` new connections per agent within `window`,
-    /// with the default backoff hints.
-    pub fn new(limit: u32, window: Duration) -> Self {
-        Self {
-            limit: limit.max(1),
-            window,
-            ..Self::default()
-        }
-    }
-
-    /// Sets the first and the largest backoff hint.
-    pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
-        self.first_backoff = first;
-        self.max_backoff = max.max(first);
-        self
-    }
-}
-
-/// Recent connection starts of one agent, for the [`ReconnectGuard`].
-#[derive(Debug, Clone, Copy)]
-struct ReconnectHistory {
-    window_start: Instant,
-    count: u32,
-    /// Offences in a row; resets after a quiet window.
-    strikes: u32,
-    blocked_until: Option<Instant>,
-}
-
-impl ReconnectHistory {
-    /// Counts a connection start at `now`; `Some(wait)` refuses it.
-    fn admit(&mut self, guard: &ReconnectGuard, now: Instant) -> Option<Duration> {
-        if let Some(until) = self.blocked_until {
-            if now < until {
-                return Some(until - now);
-            }
-            self.blocked_until = None;
-        }
-        let elapsed = now.saturating_duration_since(self.window_start);
-        if elapsed >= guard.window {
-            if elapsed >= guard.window * 2 {
-                self.strikes = 0;
-            }
-            self.window_start = now;
-            self.count = 0;
-        }
-        self.count += 1;
-        if self.count <= guard.limit {
-            return None;
-        }
-        self.strikes = self.strikes.saturating_add(1);
-        let factor = 1u32 << self.strikes.saturating_sub(1).min(16);
-        let wait = guard
-            .first_backoff
-            .saturating_mul(factor)
-            .min(guard.max_backoff);
-        self.blocked_until = Some(now + wait);
-        // The next window starts after the wait.
-        self.window_start = now + wait;
-        self.count = 0;
-        Some(wait)
-    }
-
-    fn expired(&self, guard: &ReconnectGuard, now: Instant) -> bool {
-        self.blocked_until.is_none_or(|until| until <= now)
-            && now.saturating_duration_since(self.window_start) >= guard.window * 2
-    }
+    probe_deadline: Duration,
 }
 
 pub(crate) struct RegistryInner {
+    core: ServerCore,
     store: Arc<dyn AgentStore>,
     bus: Arc<dyn MessageBus>,
     settings: RegistrySettings,
-    live: Mutex<HashMap<InstanceUid, LiveEntry>>,
-    /// Unsaved bookkeeping of agents whose connection just closed, until
-    /// [`connection_closed`](Self::connection_closed) saves it.
-    parked: Mutex<HashMap<InstanceUid, HotState>>,
+    live: Mutex<HashMap<InstanceUid, Live>>,
+    /// Sessions of agents whose connection just closed with bookkeeping the
+    /// store has not seen, until [`connection_closed`](Self::connection_closed)
+    /// saves it.
+    parked: Mutex<HashMap<InstanceUid, AgentSession>>,
     events: broadcast::Sender<AgentEvent>,
     /// Serialise read-modify-write of one agent's record.
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -202,96 +102,16 @@ pub(crate) struct RegistryInner {
     reconnects: Mutex<ReconnectBook>,
 }
 
+/// An agent connected to this instance: its connection and its session.
+struct Live {
+    connection: Connection,
+    session: AgentSession,
+}
+
 #[derive(Default)]
 struct ReconnectBook {
     agents: HashMap<InstanceUid, ReconnectHistory>,
-    last_sweep: Option<Instant>,
-}
-
-/// An agent connected to this instance.
-struct LiveEntry {
-    connection: Connection,
-    /// Hashes offered on this connection, so an agent that does not (yet)
-    /// echo a hash is not sent the same offer with every message.
-    offered: Offered,
-    /// A `ReportFullState` for an agent with no known description was
-    /// already sent on this connection.
-    asked_for_description: bool,
-    /// A duplicate of this uid was refused (UID-10) while this connection
-    /// held it. The refused client reconnects with its next
-    /// `sequence_num`, which may continue this agent's numbering by chance,
-    /// so a continuation no longer proves a reconnect of this agent.
-    duplicate_refused: bool,
-    /// The per-message bookkeeping of the agent's record, kept here while the
-    /// agent is connected so a bare heartbeat skips the store. `None` until a
-    /// message has gone through the store, and again whenever the record may
-    /// hold something this does not reflect (a pending `ReportFullState`, a
-    /// new desired state, a removal, a failing store).
-    hot: Option<HotState>,
-}
-
-/// What a bare heartbeat reads and writes in an agent's record.
-#[derive(Debug, Clone, Copy)]
-struct HotState {
-    last_sequence_num: u64,
-    last_seen: SystemTime,
-    capabilities: AgentCapabilities,
-    has_description: bool,
-    /// `last_sequence_num` / `last_seen` changed since the record was saved.
-    unsaved: bool,
-}
-
-impl HotState {
-    fn of(record: &AgentRecord) -> Option<Self> {
-        if record.awaiting_full_state {
-            return None;
-        }
-        Some(Self {
-            last_sequence_num: record.last_sequence_num?,
-            last_seen: record.last_seen,
-            capabilities: record.status.capabilities,
-            has_description: record.status.description.is_some(),
-            unsaved: false,
-        })
-    }
-
-    /// Copies the newer bookkeeping into a record read from the store.
-    fn apply(&self, record: &mut AgentRecord) {
-        record.last_sequence_num = Some(self.last_sequence_num);
-        record.last_seen = self.last_seen;
-    }
-
-    /// Whether handling `message` through the store would change nothing but
-    /// `last_sequence_num` and `last_seen` and reply with nothing but the uid:
-    /// same capabilities, no status sub-message (SEQ-02: omitted means
-    /// unchanged), no uid request or disconnect, `sequence_num` in order
-    /// (SEQ-05) and no description to ask for.
-    fn covers(&self, message: &AgentToServer, asked_for_description: bool) -> bool {
-        let sequence = message.sequence_num;
-        let last = self.last_sequence_num;
-        message.typed_capabilities() == self.capabilities
-            && (sequence == last.wrapping_add(1) || sequence == last)
-            && (self.has_description || asked_for_description)
-            && message.agent_description.is_none()
-            && message.health.is_none()
-            && message.effective_config.is_none()
-            && message.remote_config_status.is_none()
-            && message.package_statuses.is_none()
-            && message.custom_capabilities.is_none()
-            && message.available_components.is_none()
-            && message.connection_settings_status.is_none()
-            && message.agent_disconnect.is_none()
-            && !message
-                .typed_flags()
-                .contains(opamp_proto::AgentToServerFlags::REQUEST_INSTANCE_UID)
-    }
-}
-
-#[derive(Default)]
-struct Offered {
-    remote_config: Option<Bytes>,
-    packages: Option<Bytes>,
-    connection_settings: Option<Bytes>,
+    last_sweep: Option<std::time::Instant>,
 }
 
 /// What the registry made of one message.
@@ -303,21 +123,6 @@ pub(crate) struct Received {
     /// AMB-15).
     pub(crate) response: ServerToAgent,
     pub(crate) disposition: Disposition,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Disposition {
-    /// Carry on.
-    Continue,
-    /// The agent sent `agent_disconnect`; it is no longer associated with the
-    /// connection (MSG-07).
-    Disconnected,
-    /// The uid is live elsewhere and the policy refuses duplicates: reply,
-    /// then close the connection.
-    Refused,
-    /// The agent connects too often ([`ReconnectGuard`]): reply (an
-    /// `UNAVAILABLE` error with `retry_info`), then close the connection.
-    Throttled(Duration),
 }
 
 /// A plain-HTTP message after the session lookup.
@@ -339,17 +144,6 @@ pub struct Offer {
     pub delivery: Option<Delivery>,
 }
 
-enum Claim {
-    /// The uid is already live on this connection.
-    Continuing,
-    /// Nobody holds the uid.
-    New,
-    /// Another live connection holds it and this is the same agent.
-    Replace(Connection),
-    /// Another live connection holds it and this is someone else.
-    Duplicate,
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -361,6 +155,7 @@ impl std::fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("connected", &lock(&self.inner.live).len())
             .field("settings", &self.inner.settings)
+            .field("core", self.inner.core.settings())
             .finish_non_exhaustive()
     }
 }
@@ -369,6 +164,7 @@ impl std::fmt::Debug for RegistryBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryBuilder")
             .field("settings", &self.settings)
+            .field("core", &self.core)
             .finish_non_exhaustive()
     }
 }
@@ -397,15 +193,35 @@ impl RegistryBuilder {
     /// What to do with duplicate instance uids (default
     /// [`DuplicateUidPolicy::AssignNewUid`]).
     pub fn duplicate_policy(mut self, policy: DuplicateUidPolicy) -> Self {
-        self.settings.duplicate_policy = policy;
+        self.core.duplicate_policy = policy;
         self
     }
 
-    /// Silence after which a plain-HTTP agent's session ends as
-    /// [`DisconnectReason::Stale`] (default [`DEFAULT_STALE_AFTER`]). Set it
-    /// above the agents' polling interval.
+    /// The longest silence after which a plain-HTTP agent's session ends as
+    /// [`DisconnectReason::Stale`], and the timeout used until its polling
+    /// interval is known (default [`DEFAULT_STALE_AFTER`]). Once the agent
+    /// has polled twice, its timeout is three of its polling intervals,
+    /// within [`stale_floor`](Self::stale_floor) and this.
     pub fn stale_after(mut self, silence: Duration) -> Self {
         self.settings.stale_after = silence;
+        self.settings.stale_floor = self.settings.stale_floor.min(silence);
+        self
+    }
+
+    /// The shortest stale timeout of a plain-HTTP agent (default
+    /// [`DEFAULT_STALE_FLOOR`]).
+    pub fn stale_floor(mut self, silence: Duration) -> Self {
+        self.settings.stale_floor = silence.min(self.settings.stale_after);
+        self
+    }
+
+    /// How long an old WebSocket holding a uid has to answer a ping when a
+    /// newcomer claims the same uid (default [`DEFAULT_PROBE_DEADLINE`]). A
+    /// connection that carried a message within the last few seconds is
+    /// taken as alive without a ping. A dead one is replaced and the
+    /// newcomer keeps the uid; only two live connections are duplicates.
+    pub fn probe_deadline(mut self, deadline: Duration) -> Self {
+        self.settings.probe_deadline = deadline;
         self
     }
 
@@ -419,7 +235,7 @@ impl RegistryBuilder {
     /// Limits how often one agent may connect anew (default
     /// [`ReconnectGuard::default`]); `None` turns the guard off.
     pub fn reconnect_guard(mut self, guard: Option<ReconnectGuard>) -> Self {
-        self.settings.reconnect_guard = guard;
+        self.core.reconnect_guard = guard;
         self
     }
 
@@ -427,7 +243,7 @@ impl RegistryBuilder {
     /// state; only connection tracking, duplicates and delivery remain.
     /// On by default.
     pub fn track_state(mut self, track: bool) -> Self {
-        self.settings.track_state = track;
+        self.core.track_state = track;
         self
     }
 
@@ -435,6 +251,7 @@ impl RegistryBuilder {
     pub fn build(self) -> Registry {
         let (events, _) = broadcast::channel(self.settings.event_capacity);
         let inner = Arc::new(RegistryInner {
+            core: ServerCore::new(self.core),
             store: self.store,
             bus: self.bus,
             settings: self.settings,
@@ -462,12 +279,12 @@ impl Registry {
         RegistryBuilder {
             store: Arc::new(MemoryStore::new()),
             bus: Arc::new(LocalBus),
+            core: CoreSettings::default(),
             settings: RegistrySettings {
-                duplicate_policy: DuplicateUidPolicy::default(),
                 stale_after: DEFAULT_STALE_AFTER,
+                stale_floor: DEFAULT_STALE_FLOOR,
                 event_capacity: 1024,
-                track_state: true,
-                reconnect_guard: Some(ReconnectGuard::default()),
+                probe_deadline: DEFAULT_PROBE_DEADLINE,
             },
         }
     }
@@ -477,8 +294,8 @@ impl Registry {
     pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
         let mut records = self.inner.store.list().await?;
         for record in &mut records {
-            if let Some(hot) = self.inner.hot(record.uid) {
-                hot.apply(record);
+            if let Some(session) = self.inner.session(record.uid) {
+                session.apply_to(record);
             }
         }
         Ok(records)
@@ -488,8 +305,8 @@ impl Registry {
     /// here.
     pub async fn agent(&self, uid: InstanceUid) -> Result<Option<AgentRecord>, StoreError> {
         let mut record = self.inner.store.load(uid).await?;
-        if let (Some(record), Some(hot)) = (record.as_mut(), self.inner.hot(uid)) {
-            hot.apply(record);
+        if let (Some(record), Some(session)) = (record.as_mut(), self.inner.session(uid)) {
+            session.apply_to(record);
         }
         Ok(record)
     }
@@ -529,7 +346,7 @@ impl Registry {
         if let Some(result) = self.inner.deliver_locally(uid, message.clone()) {
             return result;
         }
-        if self.inner.settings.track_state {
+        if self.inner.core.settings().track_state {
             let record = self
                 .inner
                 .store
@@ -692,7 +509,7 @@ impl Registry {
         let _turn = self.inner.stripe(uid).lock().await;
         self.inner.store.remove(uid).await?;
         // A later message starts a new record, as for an unknown agent.
-        self.inner.drop_hot(uid);
+        self.inner.invalidate(uid);
         self.inner.emit(AgentEvent::Removed { uid });
         Ok(())
     }
@@ -711,8 +528,8 @@ impl Registry {
                 .load(uid)
                 .await?
                 .ok_or(SendError::UnknownAgent(uid))?;
-            if let Some(hot) = inner.hot(uid) {
-                hot.apply(&mut record);
+            if let Some(session) = inner.session(uid) {
+                session.apply_to(&mut record);
             }
             let push = desired.to_message(uid);
             check_requirement(&record, &push)?;
@@ -728,7 +545,7 @@ impl Registry {
             }
             inner.store.save(record).await?;
             // The agent's next message offers the new desired state (RCFG-08).
-            inner.drop_hot(uid);
+            inner.invalidate(uid);
             (!already_there).then_some(push)
         };
         let Some(push) = push else {
@@ -744,7 +561,7 @@ impl Registry {
                 .map(|entry| {
                     let transport = entry.connection.transport();
                     if transport == TransportKind::WebSocket {
-                        *desired.offered_slot(&mut entry.offered) = Some(hash.clone());
+                        *desired.offered_slot(entry.session.offered_mut()) = Some(hash.clone());
                     }
                     (entry.connection.clone(), transport)
                 })
@@ -769,7 +586,7 @@ impl Registry {
         message: &AgentToServer,
         uid: InstanceUid,
     ) -> Received {
-        self.inner.receive(connection, message, uid).await
+        self.inner.exchange(connection, message, uid).await
     }
 
     /// Processes a plain-HTTP message: finds or starts the agent's session.
@@ -780,7 +597,6 @@ impl Registry {
         message: &AgentToServer,
         uid: InstanceUid,
     ) -> HttpReceived {
-        let now = Instant::now();
         let existing = {
             let live = lock(&self.inner.live);
             live.get(&uid)
@@ -794,8 +610,7 @@ impl Registry {
                 true,
             ),
         };
-        connection.touch(now);
-        let received = self.inner.receive(&connection, message, uid).await;
+        let received = self.inner.exchange(&connection, message, uid).await;
         HttpReceived {
             connection,
             new_session,
@@ -812,24 +627,33 @@ impl Registry {
         self.inner.connection_closed(connection, reason).await;
     }
 
-    /// Plain-HTTP sessions silent for longer than the stale timeout.
+    /// Plain-HTTP sessions silent for longer than their stale timeout: a
+    /// few of the agent's own polling intervals, within the floor and the
+    /// ceiling (HTTP-13).
     pub(crate) fn stale_sessions(&self, now: Instant) -> Vec<Connection> {
-        let stale_after = self.inner.settings.stale_after;
+        let now = now.into_std();
+        let settings = &self.inner.settings;
         lock(&self.inner.live)
             .values()
-            .map(|entry| &entry.connection)
-            .filter(|connection| {
-                connection
-                    .last_seen()
-                    .is_some_and(|seen| now.duration_since(seen) >= stale_after)
+            .filter(|entry| entry.connection.transport() == TransportKind::PlainHttp)
+            .filter(|entry| {
+                let limit =
+                    entry
+                        .session
+                        .poll_interval()
+                        .map_or(settings.stale_after, |interval| {
+                            (interval * STALE_POLLS)
+                                .clamp(settings.stale_floor, settings.stale_after)
+                        });
+                now.saturating_duration_since(entry.session.last_heard()) >= limit
             })
-            .cloned()
+            .map(|entry| entry.connection.clone())
             .collect()
     }
 
-    /// The stale timeout.
-    pub(crate) fn stale_after(&self) -> Duration {
-        self.inner.settings.stale_after
+    /// How often to look for stale plain-HTTP sessions.
+    pub(crate) fn stale_sweep_interval(&self) -> Duration {
+        (self.inner.settings.stale_floor / 3).max(Duration::from_millis(10))
     }
 }
 
@@ -951,361 +775,249 @@ impl RegistryInner {
         }
     }
 
-    async fn receive(
+    /// The one exchange both transports use: step the core with what this
+    /// instance knows, fetch what it asks for, carry out what it decides.
+    async fn exchange(
         &self,
         connection: &Connection,
         message: &AgentToServer,
         uid: InstanceUid,
     ) -> Received {
         let _turn = self.stripe(uid).lock().await;
-        let track = self.settings.track_state;
-        if track && self.heartbeat(connection, message, uid).await {
-            connection.note_agent(uid, message.typed_capabilities(), None);
-            return Received {
-                uid,
-                response: ServerToAgent {
-                    instance_uid: message.instance_uid.clone(),
-                    ..Default::default()
-                },
-                disposition: Disposition::Continue,
-            };
-        }
-        if let Some(wait) = self.admit_connection(uid, connection) {
-            tracing::warn!(%uid, connection = connection.id(), ?wait, "agent reconnects too often; asked to wait");
-            self.emit(AgentEvent::Throttled {
-                uid,
-                retry_after: wait,
-            });
-            let mut reply = messages::unavailable_response(Some(wait));
-            if let Some(error) = reply.error_response.as_mut() {
-                error.error_message = "reconnecting too often, retry later".into();
-            }
-            reply.instance_uid = message.instance_uid.clone();
-            return Received {
-                uid,
-                response: reply,
-                disposition: Disposition::Throttled(wait),
-            };
-        }
-        let mut store_failed = false;
-        let record = if track {
-            match self.store.load(uid).await {
-                Ok(mut record) => {
-                    // The live entry's bookkeeping is newer than the store's.
-                    if let (Some(record), Some(hot)) = (record.as_mut(), self.hot(uid)) {
-                        hot.apply(record);
+        let now = Instant::now().into_std();
+        let this = ConnectionRef::new(
+            connection.id(),
+            connection.transport(),
+            connection.peer_addr(),
+        );
+        let new_uid = InstanceUid::new_v7;
+        let inbound = Inbound::new(uid, message, this, now, SystemTime::now(), &new_uid);
+        let (mut holder, other) = self.holder(uid, connection);
+        let mut history = match holder {
+            Holder::This(_) => None,
+            _ => Some(self.reconnect_history(uid, now)),
+        };
+        let mut stored = Stored::NotLoaded;
+        let exchange = loop {
+            match self.core.step(&inbound, &holder, stored, history.as_mut()) {
+                Step::Done(exchange) => break exchange,
+                Step::NeedRecord => stored = self.load(uid, &holder).await,
+                Step::NeedProbe { .. } => {
+                    stored = Stored::NotLoaded;
+                    let alive = match &other {
+                        Some(old) => old.probe(self.settings.probe_deadline).await,
+                        None => false,
+                    };
+                    if let Holder::Other { alive: slot, .. } = &mut holder {
+                        *slot = if alive {
+                            Liveness::Alive
+                        } else {
+                            Liveness::Dead
+                        };
                     }
-                    record
-                }
-                Err(error) => {
-                    tracing::error!(%uid, %error, "agent store load failed");
-                    store_failed = true;
-                    None
+                    tracing::debug!(%uid, alive, "probed the connection holding the uid");
                 }
             }
-        } else {
-            None
         };
-        let claim = self.claim(uid, connection, message, record.as_ref());
-        let mut key = uid;
-        let mut record = record;
-        let mut response = ServerToAgent {
-            instance_uid: message.instance_uid.clone(),
-            ..Default::default()
+        if let Some(history) = history {
+            self.keep_reconnect_history(uid, history);
+        }
+        self.carry_out(connection, message, uid, other, *exchange)
+            .await
+    }
+
+    /// What this instance knows about who holds `uid`.
+    fn holder(&self, uid: InstanceUid, connection: &Connection) -> (Holder, Option<Connection>) {
+        let live = lock(&self.live);
+        let Some(entry) = live.get(&uid) else {
+            return (Holder::Nobody, None);
         };
-        let mut new_session = false;
-        match claim {
-            Claim::Continuing => {}
-            Claim::New => new_session = true,
-            Claim::Replace(old) => {
+        if entry.connection == *connection {
+            return (Holder::This(entry.session.clone()), None);
+        }
+        if entry.connection.is_closed() {
+            return (Holder::Nobody, None);
+        }
+        let other = &entry.connection;
+        (
+            Holder::Other {
+                connection: ConnectionRef::new(other.id(), other.transport(), other.peer_addr()),
+                session: entry.session.clone(),
+                alive: Liveness::Unknown,
+            },
+            Some(other.clone()),
+        )
+    }
+
+    /// Reads the record for the core; the session kept in memory for an
+    /// agent whose connection just closed is newer than the store.
+    async fn load(&self, uid: InstanceUid, holder: &Holder) -> Stored {
+        match self.store.load(uid).await {
+            Ok(Some(mut record)) => {
+                if matches!(holder, Holder::Nobody) {
+                    if let Some(parked) = lock(&self.parked).get(&uid) {
+                        parked.apply_to(&mut record);
+                    }
+                }
+                Stored::Found(record)
+            }
+            Ok(None) => Stored::Missing,
+            Err(error) => {
+                tracing::error!(%uid, %error, "agent store load failed");
+                Stored::Failed
+            }
+        }
+    }
+
+    async fn carry_out(
+        &self,
+        connection: &Connection,
+        message: &AgentToServer,
+        uid: InstanceUid,
+        other: Option<Connection>,
+        exchange: Exchange,
+    ) -> Received {
+        let Exchange {
+            uid: key,
+            mut reply,
+            session,
+            release,
+            replaced,
+            refused_duplicate,
+            save,
+            events,
+            disposition,
+            ..
+        } = exchange;
+        match disposition {
+            Disposition::Refused => {
+                tracing::warn!(%uid, connection = connection.id(), "duplicate instance uid refused (UID-10)");
+            }
+            Disposition::Throttled(wait) => {
+                tracing::warn!(%uid, connection = connection.id(), ?wait, "agent reconnects too often; asked to wait");
+            }
+            _ => {}
+        }
+        if refused_duplicate {
+            if let Some(entry) = lock(&self.live).get_mut(&uid) {
+                entry.session.mark_duplicate_refused();
+            }
+        }
+        if let (Some(old_id), Some(old)) = (replaced, other) {
+            if old.id() == old_id {
                 tracing::info!(%uid, old = old.id(), new = connection.id(), "agent reconnected; closing its old connection");
                 self.forget_live(uid, &old);
                 old.forget_agent(uid);
-                self.emit(AgentEvent::Disconnected {
-                    uid,
-                    reason: DisconnectReason::Replaced,
-                });
                 if old.agents().is_empty() {
                     old.close_for(DisconnectReason::Replaced);
                 }
-                new_session = true;
             }
-            Claim::Duplicate => match self.settings.duplicate_policy {
-                DuplicateUidPolicy::Refuse => {
-                    tracing::warn!(%uid, connection = connection.id(), "duplicate instance uid refused (UID-10)");
-                    if let Some(entry) = lock(&self.live).get_mut(&uid) {
-                        entry.duplicate_refused = true;
-                    }
-                    let mut refusal = messages::bad_request_response(
-                        "instance_uid is in use by another connection",
-                    );
-                    refusal.instance_uid = message.instance_uid.clone();
-                    return Received {
-                        uid,
-                        response: refusal,
-                        disposition: Disposition::Refused,
-                    };
-                }
-                DuplicateUidPolicy::AssignNewUid => {
-                    key = InstanceUid::new_v7();
-                    tracing::warn!(%uid, new = %key, "duplicate instance uid: assigning a new one (UID-09)");
-                    record = None;
-                    new_session = true;
-                }
-            },
         }
-        if key == uid
-            && message
-                .typed_flags()
-                .contains(opamp_proto::AgentToServerFlags::REQUEST_INSTANCE_UID)
-        {
-            // UID-05: the agent asks for a server-generated uid.
-            key = InstanceUid::new_v7();
-            if let Some(old) = record.take().filter(|_| self.has_unsaved(uid)) {
-                if let Err(error) = self.store.save(old).await {
-                    tracing::error!(%uid, %error, "agent store save failed");
-                }
-            }
-            self.forget_live(uid, connection);
-            connection.forget_agent(uid);
-            new_session = true;
+        if let Some(released) = release {
+            self.forget_live(released, connection);
+            connection.forget_agent(released);
         }
         if key != uid {
-            response.agent_identification = Some(AgentIdentification {
-                new_instance_uid: key.to_bytes(),
-            });
+            tracing::info!(%uid, new = %key, "agent gets a new instance uid (UID-05/09)");
         }
-
-        let capabilities = message.typed_capabilities();
-        connection.note_agent(key, capabilities, message.custom_capabilities.as_ref());
-        let disconnecting = message.agent_disconnect.is_some();
-        let now = SystemTime::now();
-        let mut asked_for_description = false;
-        if new_session && !disconnecting {
-            lock(&self.live).insert(
-                key,
-                LiveEntry {
-                    connection: connection.clone(),
-                    offered: Offered::default(),
-                    asked_for_description: false,
-                    duplicate_refused: false,
-                    hot: None,
-                },
-            );
-        } else if let Some(entry) = lock(&self.live).get(&key) {
-            asked_for_description = entry.asked_for_description;
-        }
-
-        let mut changes = StatusChanges::empty();
-        if track && !store_failed {
-            let mut record = record.unwrap_or_else(|| AgentRecord::new(key, now));
-            let full_state = needs_full_state(&mut record, message, asked_for_description);
-            if full_state.requested() {
-                response.flags |= ServerToAgentFlags::REPORT_FULL_STATE.bits();
-                record.awaiting_full_state = true;
-                tracing::debug!(uid = %key, ?full_state, "asking for full state (SEQ-05)");
-                if full_state == FullState::NoDescription {
-                    if let Some(entry) = lock(&self.live).get_mut(&key) {
-                        entry.asked_for_description = true;
-                    }
-                }
-            }
-            changes = merge_status(&mut record, message);
-            if wants_component_list(&mut record) {
-                response.flags |= ServerToAgentFlags::REPORT_AVAILABLE_COMPONENTS.bits();
-            }
-            record.last_sequence_num = Some(message.sequence_num);
-            record.last_seen = now;
-            if disconnecting {
-                record.connection = None;
-            } else if new_session || record.connection.is_none() {
-                record.connection = Some(ConnectionSummary {
-                    transport: connection.transport(),
-                    peer: connection.peer_addr(),
-                    since: now,
-                });
-            }
-            if !disconnecting {
-                self.add_offers(key, &mut record, &mut response);
-            }
-            let hot = HotState::of(&record);
+        let mut session = session;
+        for record in save {
+            let saved_uid = record.uid;
             if let Err(error) = self.store.save(record).await {
-                tracing::error!(uid = %key, %error, "agent store save failed");
-                store_failed = true;
-            } else if !disconnecting {
-                self.set_hot(key, connection, hot);
+                tracing::error!(uid = %saved_uid, %error, "agent store save failed");
+                if saved_uid == key {
+                    // The next message brings everything again, once the
+                    // store works.
+                    reply.flags |= ServerToAgentFlags::REPORT_FULL_STATE.bits();
+                    if let Some(session) = session.as_mut() {
+                        session.invalidate();
+                    }
+                }
+            } else if saved_uid == uid {
+                lock(&self.parked).remove(&uid);
             }
         }
-        if store_failed {
-            self.set_hot(key, connection, None);
-            // The next message brings everything again, once the store works.
-            response.flags |= ServerToAgentFlags::REPORT_FULL_STATE.bits();
+        match disposition {
+            Disposition::Continue => {
+                connection.note_agent(
+                    key,
+                    message.typed_capabilities(),
+                    message.custom_capabilities.as_ref(),
+                );
+                if let Some(session) = session {
+                    lock(&self.live).insert(
+                        key,
+                        Live {
+                            connection: connection.clone(),
+                            session,
+                        },
+                    );
+                }
+            }
+            Disposition::Disconnected => {
+                self.forget_live(key, connection);
+                connection.forget_agent(key);
+            }
+            _ => {}
         }
-
-        if key != uid {
-            self.emit(AgentEvent::UidReassigned { old: uid, new: key });
+        for event in events {
+            self.emit(event);
         }
-        if new_session && !disconnecting {
-            self.emit(AgentEvent::Connected {
-                uid: key,
-                transport: connection.transport(),
-            });
-        }
-        if !changes.is_empty() {
-            self.emit(AgentEvent::StatusChanged { uid: key, changes });
-        }
-        let disposition = if disconnecting {
-            self.forget_live(key, connection);
-            connection.forget_agent(key);
-            self.emit(AgentEvent::Disconnected {
-                uid: key,
-                reason: DisconnectReason::AgentDisconnect,
-            });
-            Disposition::Disconnected
-        } else {
-            Disposition::Continue
-        };
         Received {
             uid: key,
-            response,
+            response: reply,
             disposition,
         }
     }
 
-    /// Applies the reconnect guard when `message` would start a new
-    /// connection or session for `uid`; `Some(wait)` refuses it.
-    fn admit_connection(&self, uid: InstanceUid, connection: &Connection) -> Option<Duration> {
-        let guard = self.settings.reconnect_guard?;
-        let continuing = lock(&self.live)
-            .get(&uid)
-            .is_some_and(|entry| entry.connection == *connection);
-        if continuing {
-            return None;
-        }
-        let now = Instant::now();
+    /// The reconnect guard's history of `uid`, swept now and then.
+    fn reconnect_history(&self, uid: InstanceUid, now: std::time::Instant) -> ReconnectHistory {
         let mut book = lock(&self.reconnects);
-        let sweep_due = book
-            .last_sweep
-            .is_none_or(|last| now.saturating_duration_since(last) >= guard.window);
-        if sweep_due {
-            book.agents
-                .retain(|_, history| !history.expired(&guard, now));
-            book.last_sweep = Some(now);
-        }
-        book.agents
-            .entry(uid)
-            .or_insert(ReconnectHistory {
-                window_start: now,
-                count: 0,
-                strikes: 0,
-                blocked_until: None,
-            })
-            .admit(&guard, now)
-    }
-
-    /// Decides who owns `uid` now (UID-09/10).
-    fn claim(
-        &self,
-        uid: InstanceUid,
-        connection: &Connection,
-        message: &AgentToServer,
-        record: Option<&AgentRecord>,
-    ) -> Claim {
-        let live = lock(&self.live);
-        let Some(entry) = live.get(&uid) else {
-            return Claim::New;
-        };
-        if entry.connection == *connection {
-            return Claim::Continuing;
-        }
-        if entry.connection.is_closed() {
-            return Claim::New;
-        }
-        let continues = !entry.duplicate_refused
-            && record
-                .and_then(|record| record.last_sequence_num)
-                .is_some_and(|last| message.sequence_num == last.wrapping_add(1));
-        if continues {
-            Claim::Replace(entry.connection.clone())
-        } else {
-            Claim::Duplicate
-        }
-    }
-
-    /// Handles a bare heartbeat of an agent live on `connection` without
-    /// reading or writing its record, when [`HotState::covers`] it: only the
-    /// live entry's bookkeeping changes. Returns false when the message
-    /// needs the record. Call with the agent's stripe held.
-    async fn heartbeat(
-        &self,
-        connection: &Connection,
-        message: &AgentToServer,
-        uid: InstanceUid,
-    ) -> bool {
-        if !self.with_hot(uid, connection, |hot, asked| hot.covers(message, asked)) {
-            return false;
-        }
-        // A record lost behind our back means asking for full state (SEQ-07).
-        if !matches!(self.store.contains(uid).await, Ok(true)) {
-            return false;
-        }
-        self.with_hot(uid, connection, |hot, _| {
-            hot.last_sequence_num = message.sequence_num;
-            hot.last_seen = SystemTime::now();
-            hot.unsaved = true;
-            true
-        })
-    }
-
-    /// Runs `f` on the live bookkeeping of `uid` if `connection` holds the
-    /// uid and the bookkeeping is there; false otherwise.
-    fn with_hot(
-        &self,
-        uid: InstanceUid,
-        connection: &Connection,
-        f: impl FnOnce(&mut HotState, bool) -> bool,
-    ) -> bool {
-        let mut live = lock(&self.live);
-        let Some(entry) = live.get_mut(&uid) else {
-            return false;
-        };
-        if entry.connection != *connection {
-            return false;
-        }
-        let asked_for_description = entry.asked_for_description;
-        entry
-            .hot
-            .as_mut()
-            .is_some_and(|hot| f(hot, asked_for_description))
-    }
-
-    /// The live bookkeeping of `uid`, whichever connection holds it, or
-    /// the unsaved one of its just closed connection.
-    fn hot(&self, uid: InstanceUid) -> Option<HotState> {
-        let live = lock(&self.live).get(&uid).and_then(|entry| entry.hot);
-        live.or_else(|| lock(&self.parked).get(&uid).copied())
-    }
-
-    /// Whether `uid`'s live bookkeeping is newer than its stored record.
-    fn has_unsaved(&self, uid: InstanceUid) -> bool {
-        self.hot(uid).is_some_and(|hot| hot.unsaved)
-    }
-
-    /// Replaces the live bookkeeping of `uid` if `connection` holds it.
-    fn set_hot(&self, uid: InstanceUid, connection: &Connection, hot: Option<HotState>) {
-        if let Some(entry) = lock(&self.live).get_mut(&uid) {
-            if entry.connection == *connection {
-                entry.hot = hot;
+        if let Some(guard) = &self.core.settings().reconnect_guard {
+            let sweep_due = book
+                .last_sweep
+                .is_none_or(|last| now.saturating_duration_since(last) >= guard.window);
+            if sweep_due {
+                book.agents
+                    .retain(|_, history| !history.expired(guard, now));
+                book.last_sweep = Some(now);
             }
         }
+        book.agents
+            .get(&uid)
+            .copied()
+            .unwrap_or_else(|| ReconnectHistory::new(now))
     }
 
-    /// Drops the live bookkeeping of `uid` (after it was saved, or with the
-    /// record) so its next message goes through the store.
-    fn drop_hot(&self, uid: InstanceUid) {
-        if let Some(entry) = lock(&self.live).get_mut(&uid) {
-            entry.hot = None;
+    fn keep_reconnect_history(&self, uid: InstanceUid, history: ReconnectHistory) {
+        if self.core.settings().reconnect_guard.is_some() {
+            lock(&self.reconnects).agents.insert(uid, history);
         }
+    }
+
+    /// The session of `uid`, whichever connection holds it, or the unsaved
+    /// one of its just closed connection.
+    fn session(&self, uid: InstanceUid) -> Option<AgentSession> {
+        let live = lock(&self.live)
+            .get(&uid)
+            .map(|entry| entry.session.clone());
+        live.or_else(|| lock(&self.parked).get(&uid).cloned())
+    }
+
+    /// The record changed behind the session (new desired state, removal):
+    /// the agent's next message goes through the store.
+    fn invalidate(&self, uid: InstanceUid) {
+        if let Some(entry) = lock(&self.live).get_mut(&uid) {
+            entry.session.invalidate();
+        }
+    }
+
+    /// Whether `uid` is live on a WebSocket of this instance.
+    fn holds_websocket(&self, uid: InstanceUid) -> bool {
+        lock(&self.live).get(&uid).is_some_and(|entry| {
+            entry.connection.transport() == TransportKind::WebSocket
+                && !entry.connection.is_closed()
+        })
     }
 
     /// Removes `uid` from the live map if `connection` holds it.
@@ -1321,76 +1033,6 @@ impl RegistryInner {
         false
     }
 
-    /// Whether `uid` is live on a WebSocket of this instance.
-    fn holds_websocket(&self, uid: InstanceUid) -> bool {
-        lock(&self.live).get(&uid).is_some_and(|entry| {
-            entry.connection.transport() == TransportKind::WebSocket
-                && !entry.connection.is_closed()
-        })
-    }
-
-    /// Adds the desired state the agent does not have yet (RCFG-08, PKG-14,
-    /// CS-11), each gated by its capability (RCFG-02, PKG-01, CS-01), and
-    /// each at most once per connection per hash. Connection settings go to
-    /// an agent that cannot report their status only once in all.
-    fn add_offers(&self, uid: InstanceUid, record: &mut AgentRecord, response: &mut ServerToAgent) {
-        let mut live = lock(&self.live);
-        let Some(entry) = live.get_mut(&uid) else {
-            return;
-        };
-        let capabilities = record.status.capabilities;
-        let desired = &record.desired;
-        let status = &record.status;
-        if let Some(offer) = &desired.remote_config {
-            let reported = status
-                .remote_config_status
-                .as_ref()
-                .map(|s| &s.last_remote_config_hash);
-            if capabilities.contains(AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
-                && reported != Some(&offer.config_hash)
-                && entry.offered.remote_config.as_ref() != Some(&offer.config_hash)
-            {
-                response.remote_config = Some(offer.clone());
-                entry.offered.remote_config = Some(offer.config_hash.clone());
-            }
-        }
-        if let Some(offer) = &desired.packages {
-            let reported = status
-                .package_statuses
-                .as_ref()
-                .map(|s| &s.server_provided_all_packages_hash);
-            if capabilities.contains(AgentCapabilities::ACCEPTS_PACKAGES)
-                && reported != Some(&offer.all_packages_hash)
-                && entry.offered.packages.as_ref() != Some(&offer.all_packages_hash)
-            {
-                response.packages_available = Some(offer.clone());
-                entry.offered.packages = Some(offer.all_packages_hash.clone());
-            }
-        }
-        let mut sent_settings = None;
-        if let Some(offer) = &desired.connection_settings {
-            let reported = record.connection_settings_hash_in_effect();
-            if reported != Some(&offer.hash)
-                && entry.offered.connection_settings.as_ref() != Some(&offer.hash)
-            {
-                let mut candidate = ServerToAgent {
-                    connection_settings: Some(offer.clone()),
-                    ..Default::default()
-                };
-                messages::strip_unaccepted(capabilities, None, &mut candidate);
-                if candidate.connection_settings.is_some() {
-                    response.connection_settings = candidate.connection_settings;
-                    entry.offered.connection_settings = Some(offer.hash.clone());
-                    sent_settings = Some(offer.hash.clone());
-                }
-            }
-        }
-        drop(live);
-        if let Some(hash) = sent_settings {
-            record.note_connection_settings_sent(&hash);
-        }
-    }
-
     async fn connection_closed(&self, connection: &Connection, reason: &DisconnectReason) {
         let uids: Vec<InstanceUid> = {
             let mut live = lock(&self.live);
@@ -1401,18 +1043,19 @@ impl RegistryInner {
                 .collect();
             let mut parked = lock(&self.parked);
             for uid in &uids {
-                let unsaved = live.remove(uid).and_then(|entry| entry.hot);
-                if let Some(hot) = unsaved.filter(|hot| hot.unsaved) {
-                    // A reconnect before it is saved below still sees it.
-                    parked.insert(*uid, hot);
+                if let Some(entry) = live.remove(uid) {
+                    if entry.session.unsaved() {
+                        // A reconnect before it is saved below still sees it.
+                        parked.insert(*uid, entry.session);
+                    }
                 }
             }
             uids
         };
         for uid in uids {
-            if self.settings.track_state {
+            if self.core.settings().track_state {
                 let _turn = self.stripe(uid).lock().await;
-                let hot = lock(&self.parked).remove(&uid);
+                let parked = lock(&self.parked).remove(&uid);
                 // The agent may already be back on another connection.
                 let reconnected = lock(&self.live).contains_key(&uid);
                 match self.store.load(uid).await {
@@ -1421,8 +1064,8 @@ impl RegistryInner {
                         record.connection = None;
                         // Saves the bookkeeping heartbeats kept in memory,
                         // unless a later message saved newer.
-                        if let Some(hot) = hot.filter(|hot| hot.last_seen >= record.last_seen) {
-                            hot.apply(&mut record);
+                        if let Some(session) = parked {
+                            session.apply_to(&mut record);
                         }
                         if let Err(error) = self.store.save(record).await {
                             tracing::error!(%uid, %error, "agent store save failed");
@@ -1438,159 +1081,6 @@ impl RegistryInner {
             });
         }
     }
-}
-
-/// Why a `ReportFullState` is needed, if it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FullState {
-    NotNeeded,
-    /// `sequence_num` did not follow the previous one (SEQ-05).
-    Gap,
-    /// The server knows nothing about the agent and the message does not
-    /// describe it: a reconnect after the server lost its state.
-    NoDescription,
-}
-
-impl FullState {
-    fn requested(self) -> bool {
-        self != Self::NotNeeded
-    }
-}
-
-/// The sequence rules, tuned not to loop:
-/// - after a `ReportFullState`, the next message is the new baseline and is
-///   not checked (an agent that ignores the flag is asked once per gap);
-/// - a repeated number is a resend (ERR-04), not a gap;
-/// - number 0 with a description is a freshly started agent sending its
-///   full first report;
-/// - the "no description" request is made once per connection, so agents
-///   that never send a description are not asked forever.
-fn needs_full_state(
-    record: &mut AgentRecord,
-    message: &AgentToServer,
-    asked_for_description: bool,
-) -> FullState {
-    if record.awaiting_full_state {
-        record.awaiting_full_state = false;
-        return FullState::NotNeeded;
-    }
-    let sequence = message.sequence_num;
-    if let Some(last) = record.last_sequence_num {
-        let in_order = sequence == last.wrapping_add(1) || sequence == last;
-        let fresh_start = sequence == 0 && message.agent_description.is_some();
-        if !in_order && !fresh_start {
-            return FullState::Gap;
-        }
-    }
-    if record.status.description.is_none()
-        && message.agent_description.is_none()
-        && !asked_for_description
-    {
-        return FullState::NoDescription;
-    }
-    FullState::NotNeeded
-}
-
-/// Lays the sub-messages present in `message` over the stored status
-/// (SEQ-02/03: omitted means unchanged) and says what changed.
-fn merge_status(record: &mut AgentRecord, message: &AgentToServer) -> StatusChanges {
-    let status = &mut record.status;
-    let mut changes = StatusChanges::empty();
-    let capabilities = message.typed_capabilities();
-    if status.capabilities != capabilities {
-        status.capabilities = capabilities;
-        changes |= StatusChanges::CAPABILITIES;
-    }
-    fn update<T: Clone + PartialEq>(
-        slot: &mut Option<T>,
-        incoming: &Option<T>,
-        flag: StatusChanges,
-        changes: &mut StatusChanges,
-    ) {
-        if let Some(value) = incoming {
-            if slot.as_ref() != Some(value) {
-                *slot = Some(value.clone());
-                *changes |= flag;
-            }
-        }
-    }
-    update(
-        &mut status.description,
-        &message.agent_description,
-        StatusChanges::DESCRIPTION,
-        &mut changes,
-    );
-    update(
-        &mut status.health,
-        &message.health,
-        StatusChanges::HEALTH,
-        &mut changes,
-    );
-    update(
-        &mut status.effective_config,
-        &message.effective_config,
-        StatusChanges::EFFECTIVE_CONFIG,
-        &mut changes,
-    );
-    update(
-        &mut status.remote_config_status,
-        &message.remote_config_status,
-        StatusChanges::REMOTE_CONFIG_STATUS,
-        &mut changes,
-    );
-    update(
-        &mut status.package_statuses,
-        &message.package_statuses,
-        StatusChanges::PACKAGE_STATUSES,
-        &mut changes,
-    );
-    update(
-        &mut status.custom_capabilities,
-        &message.custom_capabilities,
-        StatusChanges::CUSTOM_CAPABILITIES,
-        &mut changes,
-    );
-    update(
-        &mut status.connection_settings_status,
-        &message.connection_settings_status,
-        StatusChanges::CONNECTION_SETTINGS_STATUS,
-        &mut changes,
-    );
-    if let Some(incoming) = &message.available_components {
-        let known = status.available_components.as_ref();
-        // A hash-only report of the same set keeps the list we have (AC-04/05).
-        let same_set_hash_only = incoming.components.is_empty()
-            && known.is_some_and(|known| known.hash == incoming.hash);
-        if !same_set_hash_only && known != Some(incoming) {
-            status.available_components = Some(incoming.clone());
-            changes |= StatusChanges::AVAILABLE_COMPONENTS;
-        }
-    }
-    changes
-}
-
-/// Whether to set `ReportAvailableComponents`: the agent reports components,
-/// sent a hash we have no list for, and we have not asked for that hash yet
-/// (AC-04).
-fn wants_component_list(record: &mut AgentRecord) -> bool {
-    let status = &record.status;
-    if !status
-        .capabilities
-        .contains(AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS)
-    {
-        return false;
-    }
-    let Some(components) = &status.available_components else {
-        return false;
-    };
-    if components.hash.is_empty()
-        || !components.components.is_empty()
-        || record.requested_components_hash.as_ref() == Some(&components.hash)
-    {
-        return false;
-    }
-    record.requested_components_hash = Some(components.hash.clone());
-    true
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ use crate::callbacks::{
 };
 use crate::connection::{Connection, ConnectionConfig, PeerInfo, TransportKind};
 use crate::messages;
-use crate::registry::{Disposition, Received, Registry};
+use crate::protocol::Disposition;
+use crate::registry::{Received, Registry};
 
 /// The default OpAMP endpoint path (GEN-03).
 pub const DEFAULT_PATH: &str = "/v1/opamp";
@@ -84,11 +85,43 @@ pub(crate) struct Settings {
     pub(crate) busy_retry_after: Duration,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) idle_timeout_heartbeats: u32,
+    pub(crate) keepalive: Option<Keepalive>,
     pub(crate) header_read_timeout: Duration,
     pub(crate) body_read_timeout: Duration,
     pub(crate) close_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) tls: Option<ServerTlsConfig>,
+}
+
+/// Server-side WebSocket keepalive: a Ping every `interval`; a connection
+/// from which nothing at all (no message, no Pong) arrives for `timeout` is
+/// closed and its agent marked disconnected
+/// ([`DisconnectReason::Unresponsive`]). Dead links behind load balancers
+/// and NATs are otherwise noticed only when TCP gives up, minutes later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Keepalive {
+    /// Time between pings.
+    pub interval: Duration,
+    /// Silence after which the connection is closed.
+    pub timeout: Duration,
+}
+
+impl Keepalive {
+    /// Pings every `interval`; closes after `timeout` of silence.
+    pub fn new(interval: Duration, timeout: Duration) -> Self {
+        Self {
+            interval: interval.max(Duration::from_millis(10)),
+            timeout: timeout.max(interval),
+        }
+    }
+}
+
+impl Default for Keepalive {
+    /// A ping every 30 s; 75 s of silence closes the connection.
+    fn default() -> Self {
+        Self::new(Duration::from_secs(30), Duration::from_secs(75))
+    }
 }
 
 impl Settings {
@@ -190,6 +223,7 @@ impl Default for ServerBuilder<NoCallbacks> {
                 busy_retry_after: Duration::from_secs(30),
                 heartbeat_interval: Duration::from_secs(30),
                 idle_timeout_heartbeats: 3,
+                keepalive: Some(Keepalive::default()),
                 header_read_timeout: Duration::from_secs(10),
                 body_read_timeout: Duration::from_secs(30),
                 close_timeout: opamp_transport::DEFAULT_CLOSE_TIMEOUT,
@@ -274,6 +308,13 @@ impl<C: Callbacks> ServerBuilder<C> {
     /// others need not send anything). 0 turns it off. Default 3.
     pub fn idle_timeout_heartbeats(mut self, heartbeats: u32) -> Self {
         self.settings.idle_timeout_heartbeats = heartbeats;
+        self
+    }
+
+    /// WebSocket keepalive pings (default [`Keepalive::default`]); `None`
+    /// turns them off.
+    pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.settings.keepalive = keepalive;
         self
     }
 
@@ -584,17 +625,16 @@ impl<C: Callbacks> OpampServer<C> {
             return;
         };
         let weak = Arc::downgrade(&self.inner);
-        let stale_after = self.inner.registry.stale_after();
-        tokio::spawn(http_session_reaper(weak, closed, stale_after));
+        let sweep_every = self.inner.registry.stale_sweep_interval();
+        tokio::spawn(http_session_reaper(weak, closed, sweep_every));
     }
 }
 
 async fn http_session_reaper<C: Callbacks>(
     server: Weak<ServerInner<C>>,
     mut closed: mpsc::UnboundedReceiver<Connection>,
-    stale_after: Duration,
+    sweep_every: Duration,
 ) {
-    let sweep_every = (stale_after / 4).max(Duration::from_millis(10));
     let mut sweep = tokio::time::interval(sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

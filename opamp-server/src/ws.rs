@@ -1,6 +1,7 @@
 //! One task per WebSocket: reads, replies, idles out, closes.
 
 use std::future;
+use std::time::Duration;
 
 use http::{Request, Response};
 use opamp_proto::{AgentCapabilities, AgentToServer, ServerToAgent};
@@ -15,7 +16,7 @@ use crate::callbacks::{AgentMessageError, Callbacks, DisconnectReason};
 use crate::connection::{Connection, PeerInfo};
 use crate::error::SendError;
 use crate::messages;
-use crate::registry::Disposition;
+use crate::protocol::Disposition;
 use crate::server::{AdmissionGuard, OpampServer, ResponseBody};
 
 /// Close code 1008, policy violation: duplicate uid refused, agent not reading.
@@ -70,6 +71,8 @@ async fn drive<C: Callbacks>(
         }
     };
     let (sender, mut receiver) = websocket.split();
+    let activity = sender.activity();
+    connection.set_liveness(sender.clone(), activity.clone());
     let (stop_writer, writer_stop) = oneshot::channel();
     let mut writer = tokio::spawn(write_queue(sender.clone(), outbox, writer_stop));
     tracing::debug!(connection = connection.id(), peer = ?connection.peer_addr(), "WebSocket connected");
@@ -78,7 +81,23 @@ async fn drive<C: Callbacks>(
     let idle_timeout = inner.settings.idle_timeout();
     // Before the first message the idle timeout always applies.
     let mut deadline = idle_timeout.map(|timeout| Instant::now() + timeout);
+    let keepalive = inner.settings.keepalive;
+    let mut pings = keepalive.map(|keepalive| {
+        let mut pings =
+            tokio::time::interval_at(Instant::now() + keepalive.interval, keepalive.interval);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pings
+    });
+    let mut heard = (activity.frames(), Instant::now());
     let reason = loop {
+        let ping_due = async {
+            match pings.as_mut() {
+                Some(pings) => {
+                    pings.tick().await;
+                }
+                None => future::pending::<()>().await,
+            }
+        };
         let idle = async {
             match deadline {
                 Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -92,6 +111,24 @@ async fn drive<C: Callbacks>(
             }
             () = stopping(&mut shutdown) => break DisconnectReason::Shutdown,
             () = idle => break DisconnectReason::IdleTimeout,
+            () = ping_due => {
+                let now = Instant::now();
+                let frames = activity.frames();
+                if frames != heard.0 {
+                    heard = (frames, now);
+                }
+                if let Some(keepalive) = keepalive {
+                    if now.duration_since(heard.1) >= keepalive.timeout {
+                        break DisconnectReason::Unresponsive;
+                    }
+                }
+                // A peer whose TCP window is full cannot take a ping either:
+                // do not wait on it here.
+                let pinger = sender.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), pinger.ping()).await;
+                });
+            }
             received = receiver.recv() => match received {
                 Ok(Some(message)) => {
                     // Any message counts as a heartbeat (HB-06); agents that do
@@ -121,6 +158,7 @@ async fn drive<C: Callbacks>(
         }
     };
 
+    connection.clear_liveness();
     tracing::debug!(connection = connection.id(), ?reason, "WebSocket closing");
     if reason == DisconnectReason::SendQueueFull {
         writer.abort();

@@ -48,23 +48,30 @@ async fn err_04_an_agent_leaves_a_black_holed_websocket() {
         .expect("valid client settings");
     client.start().await.unwrap();
     let uid = client.instance_uid();
-    // Connected, dropped by the server for silence, connected again: all
-    // well within the hour the black hole lasts.
+    // Connected, then connected again once the client gave up on the hole:
+    // all well within the hour the black hole lasts.
     //
     // The server may still hold the dead connection when the agent comes
-    // back; with its messages lost in the hole the sequence does not
-    // continue, so the default policy treats the newcomer as a duplicate and
-    // assigns it a new uid (UID-09).
+    // back, and with its messages lost in the hole the sequence does not
+    // continue. Before treating the newcomer as a duplicate the server pings
+    // the old connection; the hole swallows the ping, so the old connection
+    // is replaced and the agent keeps its uid (UID-09: only two live
+    // connections are duplicates).
     let mut connected_uids = Vec::new();
     within(Duration::from_secs(600), "the agent reconnects", async {
         while connected_uids.len() < 2 {
-            if let AgentEvent::Connected { uid: connected, .. } = events.recv().await.unwrap() {
-                connected_uids.push(connected);
+            match events.recv().await.unwrap() {
+                AgentEvent::Connected { uid: connected, .. } => connected_uids.push(connected),
+                AgentEvent::UidReassigned { old, new } => {
+                    panic!("the returning agent was given a new uid: {old} -> {new}")
+                }
+                _ => {}
             }
         }
     })
     .await;
-    assert_eq!(connected_uids[0], uid);
+    assert_eq!(connected_uids, [uid, uid], "the agent keeps its uid");
+    assert_eq!(client.instance_uid(), uid);
     assert!(proxy.stats.accepted.load(Ordering::SeqCst) >= 2);
 
     client.stop().await;

@@ -14,7 +14,7 @@ use http_body_util::Full;
 use opamp_proto::{
     AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentRemoteConfig, Message, ServerToAgent,
 };
-use opamp_server::{DisconnectReason, OpampServer, SendError};
+use opamp_server::{AgentEvent, DisconnectReason, Keepalive, OpampServer, SendError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -177,9 +177,13 @@ async fn idle_websockets_are_closed_after_missed_heartbeats() {
 
 #[tokio::test(start_paused = true)]
 async fn hb_11_agents_without_heartbeats_are_not_timed_out() {
+    // This raw client does not read while it sleeps, so it would not answer
+    // keepalive pings (tungstenite answers them while reading); keepalive is
+    // tested on its own below.
     let server = OpampServer::builder()
         .heartbeat_interval(Duration::from_secs(10))
         .idle_timeout_heartbeats(3)
+        .keepalive(None)
         .build();
     let running = Running::start(server).await;
     let mut ws = ws_connect(running.addr).await;
@@ -321,4 +325,62 @@ async fn graceful_shutdown_closes_websockets_with_1001_and_drains_http() {
     let reply = in_flight.await.unwrap();
     assert_eq!(reply.instance_uid, uid(7).to_bytes());
     running.join().await;
+}
+
+/// Server-side keepalive: a WebSocket from which nothing arrives, not even a
+/// Pong, is closed after the keepalive timeout and its agent marked
+/// disconnected (dead links behind load balancers; opamp-go issue 397). A
+/// peer that keeps reading answers the pings and stays, even without
+/// sending a message (HB-11).
+// Real time: with paused time the clock jumps while pongs are in flight.
+#[tokio::test]
+async fn keepalive_closes_a_silent_websocket_and_keeps_a_responsive_one() {
+    let server = OpampServer::builder()
+        .idle_timeout_heartbeats(0)
+        .keepalive(Some(Keepalive::new(
+            Duration::from_millis(300),
+            Duration::from_secs(3),
+        )))
+        .build();
+    let running = Running::start(server).await;
+    let mut events = running.server.registry().subscribe();
+    let mut quiet_caps = report(uid(40), 0);
+    quiet_caps.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
+
+    // A silent peer: sends its report, then never reads again, so its
+    // pongs never go out.
+    let mut silent = ws_connect(running.addr).await;
+    let mut other = quiet_caps.clone();
+    other.instance_uid = uid(41).to_bytes();
+    ws_send(&mut silent, &other).await;
+    ws_recv(&mut silent).await;
+
+    // A responsive peer: it keeps reading, so it answers every ping, while
+    // the silent one is found out.
+    let mut responsive = ws_connect(running.addr).await;
+    ws_send(&mut responsive, &quiet_caps).await;
+    ws_recv(&mut responsive).await;
+    let found_out = async {
+        loop {
+            match events.recv().await.unwrap() {
+                AgentEvent::Disconnected { uid: gone, reason } if gone == uid(41) => {
+                    break reason;
+                }
+                AgentEvent::Disconnected { uid: gone, reason } if gone == uid(40) => {
+                    panic!("the responsive peer was dropped: {reason:?}")
+                }
+                _ => {}
+            }
+        }
+    };
+    let reason = tokio::select! {
+        reason = found_out => reason,
+        next = ws_next(&mut responsive) => panic!("the responsive peer got {next:?}"),
+        () = tokio::time::sleep(Duration::from_secs(60)) => panic!("the silent peer was never dropped"),
+    };
+    assert_eq!(reason, DisconnectReason::Unresponsive);
+    assert!(running.server.registry().connection(uid(40)).is_some());
+    drop(silent);
+    drop(responsive);
+    running.stop().await;
 }

@@ -227,8 +227,8 @@ pub use tls::{ClientAuth, ClientTlsConfig, ServerTlsConfig, SystemRoots, TlsErro
 pub use ws_client::WsClientConnection;
 pub use ws_conn::{
     CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
-    CLOSE_UNSUPPORTED_DATA, CloseInfo, DEFAULT_CLOSE_TIMEOUT, ReuniteError, WsConnection, WsError,
-    WsReceiver, WsSender,
+    CLOSE_UNSUPPORTED_DATA, CloseInfo, DEFAULT_CLOSE_TIMEOUT, ReuniteError, WsActivity,
+    WsConnection, WsError, WsReceiver, WsSender,
 };
 pub use ws_server::{
     PendingWsConnection, UpgradeError, WsServerConfig, WsServerConnection, accept_upgrade,

@@ -144,7 +144,47 @@ impl ConnSettings {
     }
 }
 
+/// Counts the frames a connection receives (data, ping, pong, close), so
+/// that a keepalive or a liveness probe can tell a live peer from a silent
+/// one. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct WsActivity {
+    inner: Arc<ActivityInner>,
+}
+
+#[derive(Debug, Default)]
+struct ActivityInner {
+    frames: AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl WsActivity {
+    /// Frames received so far.
+    pub fn frames(&self) -> u64 {
+        self.inner.frames.load(Ordering::Acquire)
+    }
+
+    /// Resolves once more than `seen` frames were received. Only frames read
+    /// by a task polling the receiving half count.
+    pub async fn after(&self, seen: u64) {
+        loop {
+            let changed = self.inner.changed.notified();
+            if self.frames() > seen {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn record(&self) {
+        self.inner.frames.fetch_add(1, Ordering::AcqRel);
+        self.inner.changed.notify_waiters();
+    }
+}
+
 struct Shared {
+    /// Frames received, for keepalives and probes.
+    activity: WsActivity,
     /// `None` once the connection is released after a clean close.
     sink: tokio::sync::Mutex<Option<SplitSink<Ws, WsMessage>>>,
     close_sent: AtomicBool,
@@ -269,6 +309,24 @@ impl<Tx: prost::Message> WsSender<Tx> {
             .map_err(map_io_error)
     }
 
+    /// Sends a Ping frame. The peer answers with a Pong, which the receiving
+    /// half counts in [`activity`](Self::activity) while it is polled.
+    pub async fn ping(&self) -> Result<(), WsError> {
+        if self.shared.close_sent.load(Ordering::SeqCst) {
+            return Err(WsError::Closed);
+        }
+        let mut sink = self.shared.sink.lock().await;
+        let sink = sink.as_mut().ok_or(WsError::Closed)?;
+        sink.send(WsMessage::Ping(Default::default()))
+            .await
+            .map_err(map_io_error)
+    }
+
+    /// The connection's received-frame counter.
+    pub fn activity(&self) -> WsActivity {
+        self.shared.activity.clone()
+    }
+
     /// Starts the closing handshake by sending a Close frame with `code` and
     /// `reason` (truncated to 123 bytes). Does not wait for the peer's reply:
     /// the receiving half returns `Ok(None)` once it arrives. Sending a second
@@ -323,7 +381,11 @@ impl<Rx: prost::Message + Default> WsReceiver<Rx> {
                 self.finished = true;
                 continue;
             };
-            match stream.next().await {
+            let next = stream.next().await;
+            if matches!(next, Some(Ok(_))) {
+                self.shared.activity.record();
+            }
+            match next {
                 None => {
                     // tungstenite ends the stream after a completed closing
                     // handshake.
@@ -507,6 +569,7 @@ impl<Tx: prost::Message, Rx: prost::Message + Default> WsConnection<Tx, Rx> {
     pub(crate) fn new(ws: Ws, settings: ConnSettings) -> Self {
         let (sink, stream) = ws.split();
         let shared = Arc::new(Shared {
+            activity: WsActivity::default(),
             sink: tokio::sync::Mutex::new(Some(sink)),
             close_sent: AtomicBool::new(false),
             settings,
