@@ -105,6 +105,7 @@ fn main() -> io::Result<()> {
     let address = listener.local_addr()?;
     let server = thread::spawn(move || serve(listener.accept()?.0));
 
+    // Full duplex like WebSocket: heartbeats, and a reply expected for each message.
     let mut config = CoreConfig::new(TransportKind::WebSocket, InstanceUid::new_v7());
     config.heartbeat_interval = Duration::from_secs(1);
     let mut core = ClientCore::new(config, Box::new(ExponentialBackoff::new()));

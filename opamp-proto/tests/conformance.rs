@@ -195,6 +195,29 @@ fn check_reference(root: &Path, reference: &str) -> Option<String> {
     (!defined).then(|| format!("`{reference}`: {file} defines no function {function}"))
 }
 
+/// For a broken `path::function` reference: where a function of that name
+/// is defined now, so a moved test is quick to fix.
+fn moved_to(root: &Path, sources: &[PathBuf], reference: &str) -> String {
+    let Some((_, function)) = reference.split_once("::") else {
+        return String::new();
+    };
+    let places: Vec<String> = sources
+        .iter()
+        .filter(|path| {
+            fs::read_to_string(path).is_ok_and(|source| {
+                function_names(&source).any(|name| name == function)
+                    || source.contains(&format!("func {function}("))
+            })
+        })
+        .map(|path| path.strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    if places.is_empty() {
+        String::new()
+    } else {
+        format!(" (now defined in {})", places.join(", "))
+    }
+}
+
 #[test]
 fn every_cited_rule_is_listed_and_every_listed_test_exists() {
     let root = repository_root();
@@ -229,15 +252,15 @@ fn every_cited_rule_is_listed_and_every_listed_test_exists() {
             )
         })
         .collect();
+    let mut sources = Vec::new();
+    source_files(&root, &mut sources);
     problems.extend(
         referenced_paths(&conformance)
             .into_iter()
-            .filter_map(|reference| check_reference(&root, reference)),
-    );
-    eprintln!(
-        "DEBUG {} {:?}",
-        cited.len(),
-        cited.keys().collect::<Vec<_>>()
+            .filter_map(|reference| {
+                let problem = check_reference(&root, reference)?;
+                Some(problem + &moved_to(&root, &sources, reference))
+            }),
     );
     assert!(
         problems.is_empty(),
