@@ -10,8 +10,8 @@
 #       stop the cluster and delete DIR.
 #
 # PostgreSQL refuses to run as root: as root, the cluster runs as the system
-# user opamp-pg (created if missing). Binaries come from
-# /usr/lib/postgresql/<newest>/bin, or pg_config; with OPAMP_PG_INSTALL=1 and
+# user opamp-pg (created if missing). Binaries come from $OPAMP_PG_BINDIR if
+# set, else /usr/lib/postgresql/<newest>/bin, else pg_config; with OPAMP_PG_INSTALL=1 and
 # none found, Debian's `postgresql` package is installed first.
 set -euo pipefail
 
@@ -23,6 +23,10 @@ if [[ -z "$action" || -z "$dir" ]]; then
 fi
 
 find_bindir() {
+  if [[ -n "${OPAMP_PG_BINDIR:-}" ]]; then
+    [[ -x "$OPAMP_PG_BINDIR/initdb" ]] && echo "$OPAMP_PG_BINDIR"
+    return 0
+  fi
   local newest
   newest="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
   if [[ -n "$newest" && -x "$newest/initdb" ]]; then

@@ -92,7 +92,9 @@ pub(crate) struct Claim {
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Builds a [`PgBackend`].
@@ -179,7 +181,7 @@ impl PgBackendBuilder {
             listening,
         });
         let mut listener_config = self.config;
-        listener_config.application_name(&format!("opamp-listener:{}", shared.instance));
+        listener_config.application_name(format!("opamp-listener:{}", shared.instance));
         let tasks = vec![
             tokio::spawn(renew_lease(Arc::clone(&shared))),
             tokio::spawn(listener::run(Arc::clone(&shared), listener_config)),
@@ -201,7 +203,10 @@ impl PgBackend {
     /// digits, `_` or `-`, unique among running instances (a pod or host
     /// name). A restarted instance may reuse its name: at start it gives up
     /// every claim the name held.
-    pub fn builder(config: tokio_postgres::Config, instance: impl Into<String>) -> PgBackendBuilder {
+    pub fn builder(
+        config: tokio_postgres::Config,
+        instance: impl Into<String>,
+    ) -> PgBackendBuilder {
         PgBackendBuilder {
             config,
             instance: instance.into(),

@@ -62,7 +62,9 @@ pub enum SaveConflict {
     /// This instance wrote what the agent reported, but another instance has
     /// claimed the agent's connection since (a newer epoch): a stale owner
     /// never overwrites.
-    #[error("agent {uid}: this instance's claim (epoch {epoch}) is stale, the owner is at epoch {current}")]
+    #[error(
+        "agent {uid}: this instance's claim (epoch {epoch}) is stale, the owner is at epoch {current}"
+    )]
     StaleOwner {
         /// The agent.
         uid: InstanceUid,

@@ -109,7 +109,10 @@ async fn listen(shared: &Shared, config: &tokio_postgres::Config) -> PgError {
         };
         // Take everything already queued: one drain serves a burst.
         let mut must_drain = wake.is_none();
-        for notification in wake.into_iter().chain(std::iter::from_fn(|| received.try_recv().ok())) {
+        for notification in wake
+            .into_iter()
+            .chain(std::iter::from_fn(|| received.try_recv().ok()))
+        {
             must_drain |= note(shared, &notification);
         }
         if must_drain {

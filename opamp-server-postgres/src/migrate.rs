@@ -6,11 +6,8 @@ use crate::error::PgError;
 
 /// Every migration, in order. Versions are never reused or edited once
 /// released: a change is a new file.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
 
 /// Arbitrary, fixed key of the advisory lock that serialises migrations of
 /// instances starting together ("opamp" in ASCII).

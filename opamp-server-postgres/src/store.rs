@@ -4,8 +4,7 @@ use std::hash::{DefaultHasher, Hasher};
 
 use opamp_proto::{AnyValue, InstanceUid, Message};
 use opamp_server::{
-    AgentRecord, AgentStore, BoxFuture, DesiredState, RemoteConfigState, StoreError,
-    TransportKind,
+    AgentRecord, AgentStore, BoxFuture, DesiredState, RemoteConfigState, StoreError, TransportKind,
 };
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -135,6 +134,7 @@ fn merge(
         };
     };
     let their_prints = Prints::of(theirs);
+    let base_known = base.is_some();
     // Without a base, everything reported counts as changed here (only the
     // connection holder saves without desired changes) and every desired
     // difference is a conflict.
@@ -147,20 +147,17 @@ fn merge(
     } else {
         theirs.clone()
     };
-    for part in 0..DESIRED_PARTS.len() {
+    for (part, name) in DESIRED_PARTS.iter().enumerate() {
         let mine_changed = mine_prints.desired[part] != base.desired[part];
         let theirs_changed = their_prints.desired[part] != base.desired[part];
         let source = match (mine_changed, theirs_changed) {
             (false, _) => &theirs.desired,
-            (true, false) => &mine.desired,
+            (true, false) if base_known => &mine.desired,
             (true, true) if mine_prints.desired[part] == their_prints.desired[part] => {
                 &mine.desired
             }
-            (true, true) => {
-                return Err(SaveConflict::DesiredStateChanged {
-                    uid,
-                    part: DESIRED_PARTS[part],
-                });
+            _ => {
+                return Err(SaveConflict::DesiredStateChanged { uid, part: name });
             }
         };
         set_desired_part(&mut merged.desired, source, part);
@@ -436,7 +433,10 @@ impl AgentStore for PgStore {
                 .await
                 .map_err(StoreError::backend)?;
             client
-                .query(&statement, &[&to_uuid(uid), &uid.to_uuid().simple().to_string()])
+                .query(
+                    &statement,
+                    &[&to_uuid(uid), &uid.to_uuid().simple().to_string()],
+                )
                 .await
                 .map_err(StoreError::backend)?;
             lock(&shared.bases).remove(&uid);
@@ -447,7 +447,12 @@ impl AgentStore for PgStore {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
         Box::pin(async move {
-            let client = self.shared().pool.get().await.map_err(StoreError::backend)?;
+            let client = self
+                .shared()
+                .pool
+                .get()
+                .await
+                .map_err(StoreError::backend)?;
             let rows = client
                 .query("SELECT record FROM opamp_agents", &[])
                 .await
@@ -546,7 +551,10 @@ mod tests {
         let mut theirs = base.clone();
         theirs.status.description = Some(AgentDescription::for_service("svc", "2"));
         let merged = merge(base.uid, Some(Prints::of(&base)), &mine, Some(&theirs)).unwrap();
-        assert_eq!(merged.status, theirs.status, "theirs reported, mine did not");
+        assert_eq!(
+            merged.status, theirs.status,
+            "theirs reported, mine did not"
+        );
         assert_eq!(merged.desired.remote_config, Some(config(3)));
     }
 

@@ -14,9 +14,7 @@ use opamp_proto::{
     AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentToServer,
     InstanceUid, Message, ServerToAgent,
 };
-use opamp_server::{
-    AgentEvent, Delivery, MessageBus, OpampServer, Registry, TransportKind,
-};
+use opamp_server::{AgentEvent, Delivery, MessageBus, OpampServer, Registry, TransportKind};
 use opamp_server_postgres::{Config, PgBus};
 use support::{backend, eventually, fresh_database, sql};
 use tokio::net::{TcpListener, TcpStream};
@@ -110,7 +108,11 @@ async fn connect_agent(instance: &Instance, uid: InstanceUid) -> (Ws, i64) {
     let reply = ws_recv(&mut ws).await;
     assert_eq!(reply.instance_uid, uid.to_bytes());
     loop {
-        if let AgentEvent::Connected { uid: connected, transport } = events.recv().await.unwrap() {
+        if let AgentEvent::Connected {
+            uid: connected,
+            transport,
+        } = events.recv().await.unwrap()
+        {
             if connected == uid {
                 let epoch = instance.bus.claim(uid, transport).await.unwrap();
                 return (ws, epoch);
@@ -170,7 +172,9 @@ async fn outbox_rows(config: &Config) -> i64 {
 
 #[tokio::test]
 async fn forward_reaches_the_owning_instance_and_heartbeats_write_nothing() {
-    let Some(config) = fresh_database().await else { return };
+    let Some(config) = fresh_database().await else {
+        return;
+    };
     let a = instance(&config, "a").await;
     let b = instance(&config, "b").await;
     let agent = InstanceUid::from_array([1; 16]);
@@ -192,7 +196,10 @@ async fn forward_reaches_the_owning_instance_and_heartbeats_write_nothing() {
     let client = sql(&config).await;
     let version = |client: tokio_postgres::Client| async move {
         let row = client
-            .query_one("SELECT version FROM opamp_agents WHERE uid = $1", &[&agent.to_uuid()])
+            .query_one(
+                "SELECT version FROM opamp_agents WHERE uid = $1",
+                &[&agent.to_uuid()],
+            )
             .await
             .unwrap();
         (row.get::<_, i64>(0), client)
@@ -209,16 +216,31 @@ async fn forward_reaches_the_owning_instance_and_heartbeats_write_nothing() {
 
 #[tokio::test]
 async fn without_a_live_owner_there_is_no_route() {
-    let Some(config) = fresh_database().await else { return };
+    let Some(config) = fresh_database().await else {
+        return;
+    };
     let a = backend(&config, "a").await;
     let b = backend(&config, "b").await;
     let agent = InstanceUid::from_array([2; 16]);
     let bus_b = b.bus();
-    let error = bus_b.forward(agent, ServerToAgent::default()).await.unwrap_err();
-    assert!(matches!(error, opamp_server::BusError::NoRoute(uid) if uid == agent), "{error}");
+    let error = bus_b
+        .forward(agent, ServerToAgent::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, opamp_server::BusError::NoRoute(uid) if uid == agent),
+        "{error}"
+    );
 
-    let epoch = a.bus().claim(agent, TransportKind::WebSocket).await.unwrap();
-    bus_b.forward(agent, ServerToAgent::default()).await.unwrap();
+    let epoch = a
+        .bus()
+        .claim(agent, TransportKind::WebSocket)
+        .await
+        .unwrap();
+    bus_b
+        .forward(agent, ServerToAgent::default())
+        .await
+        .unwrap();
     assert!(a.bus().release(agent, epoch).await.unwrap());
     assert!(matches!(
         bus_b.forward(agent, ServerToAgent::default()).await,
@@ -226,7 +248,10 @@ async fn without_a_live_owner_there_is_no_route() {
     ));
 
     // An owner whose lease ran out (its instance died) holds nothing.
-    a.bus().claim(agent, TransportKind::WebSocket).await.unwrap();
+    a.bus()
+        .claim(agent, TransportKind::WebSocket)
+        .await
+        .unwrap();
     a.shutdown().await.unwrap();
     sql(&config)
         .await
@@ -244,7 +269,9 @@ async fn without_a_live_owner_there_is_no_route() {
 
 #[tokio::test]
 async fn a_listener_that_was_disconnected_rereads_missed_rows() {
-    let Some(config) = fresh_database().await else { return };
+    let Some(config) = fresh_database().await else {
+        return;
+    };
     let a = instance(&config, "a").await;
     let agent = InstanceUid::from_array([3; 16]);
     let (mut ws, epoch) = connect_agent(&a, agent).await;
@@ -275,7 +302,9 @@ async fn a_listener_that_was_disconnected_rereads_missed_rows() {
 
 #[tokio::test]
 async fn a_row_for_a_stale_epoch_is_never_delivered() {
-    let Some(config) = fresh_database().await else { return };
+    let Some(config) = fresh_database().await else {
+        return;
+    };
     let a = instance(&config, "a").await;
     let b = instance(&config, "b").await;
     let agent = InstanceUid::from_array([4; 16]);
@@ -304,22 +333,38 @@ async fn a_row_for_a_stale_epoch_is_never_delivered() {
     assert_eq!(offer.delivery, Some(Delivery::Forwarded));
     let pushed = ws_recv(&mut ws).await;
     assert_eq!(body_of(&pushed), "fresh: true\n");
-    eventually("the outbox to empty", || async { outbox_rows(&config).await == 0 }).await;
+    eventually("the outbox to empty", || async {
+        outbox_rows(&config).await == 0
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_newer_claim_wins() {
-    let Some(config) = fresh_database().await else { return };
+    let Some(config) = fresh_database().await else {
+        return;
+    };
     // Backends without registries: rows addressed to them stay to be seen.
     let a = backend(&config, "a").await;
     let b = backend(&config, "b").await;
     let c = backend(&config, "c").await;
     let agent = InstanceUid::from_array([5; 16]);
-    let first = a.bus().claim(agent, TransportKind::WebSocket).await.unwrap();
-    let second = b.bus().claim(agent, TransportKind::WebSocket).await.unwrap();
+    let first = a
+        .bus()
+        .claim(agent, TransportKind::WebSocket)
+        .await
+        .unwrap();
+    let second = b
+        .bus()
+        .claim(agent, TransportKind::WebSocket)
+        .await
+        .unwrap();
     assert_eq!(second, first + 1);
 
-    c.bus().forward(agent, ServerToAgent::default()).await.unwrap();
+    c.bus()
+        .forward(agent, ServerToAgent::default())
+        .await
+        .unwrap();
     let client = sql(&config).await;
     let row = client
         .query_one("SELECT instance, epoch FROM opamp_outbox", &[])
@@ -328,9 +373,15 @@ async fn a_newer_claim_wins() {
     assert_eq!(row.get::<_, String>(0), "b");
     assert_eq!(row.get::<_, i64>(1), second);
 
-    assert!(!a.bus().release(agent, first).await.unwrap(), "a's claim is stale");
+    assert!(
+        !a.bus().release(agent, first).await.unwrap(),
+        "a's claim is stale"
+    );
     let owner = client
-        .query_one("SELECT instance, epoch FROM opamp_agent_owner WHERE uid = $1", &[&agent.to_uuid()])
+        .query_one(
+            "SELECT instance, epoch FROM opamp_agent_owner WHERE uid = $1",
+            &[&agent.to_uuid()],
+        )
         .await
         .unwrap();
     assert_eq!(owner.get::<_, Option<String>>(0).as_deref(), Some("b"));
@@ -340,12 +391,20 @@ async fn a_newer_claim_wins() {
 
     // Releasing keeps the epoch: the next claim continues from it.
     assert!(b.bus().release(agent, second).await.unwrap());
-    assert_eq!(a.bus().claim(agent, TransportKind::WebSocket).await.unwrap(), second + 1);
+    assert_eq!(
+        a.bus()
+            .claim(agent, TransportKind::WebSocket)
+            .await
+            .unwrap(),
+        second + 1
+    );
 }
 
 #[tokio::test]
 async fn pushes_for_plain_http_agents_wait_for_the_next_poll_wherever_it_lands() {
-    let Some(config) = fresh_database().await else { return };
+    let Some(config) = fresh_database().await else {
+        return;
+    };
     let a = backend(&config, "a").await;
     let b = backend(&config, "b").await;
     let c = backend(&config, "c").await;
@@ -357,13 +416,30 @@ async fn pushes_for_plain_http_agents_wait_for_the_next_poll_wherever_it_lands()
     };
 
     // The agent polls a; c pushes; the next poll lands on b.
-    a.bus().claim(agent, TransportKind::PlainHttp).await.unwrap();
-    assert_eq!(a.bus().take_pending(agent).await.unwrap(), vec![], "nothing yet");
+    a.bus()
+        .claim(agent, TransportKind::PlainHttp)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.bus().take_pending(agent).await.unwrap(),
+        vec![],
+        "nothing yet"
+    );
     c.bus().forward(agent, marked(1)).await.unwrap();
     c.bus().forward(agent, marked(2)).await.unwrap();
-    b.bus().claim(agent, TransportKind::PlainHttp).await.unwrap();
-    assert_eq!(b.bus().take_pending(agent).await.unwrap(), vec![marked(1), marked(2)]);
-    assert_eq!(b.bus().take_pending(agent).await.unwrap(), vec![], "taken once");
+    b.bus()
+        .claim(agent, TransportKind::PlainHttp)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.bus().take_pending(agent).await.unwrap(),
+        vec![marked(1), marked(2)]
+    );
+    assert_eq!(
+        b.bus().take_pending(agent).await.unwrap(),
+        vec![],
+        "taken once"
+    );
 
     // A push now is signalled to b, the owner; a's older claim takes nothing.
     c.bus().forward(agent, marked(3)).await.unwrap();
@@ -372,7 +448,10 @@ async fn pushes_for_plain_http_agents_wait_for_the_next_poll_wherever_it_lands()
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut taken = Vec::new();
     while taken.is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "b never took the push");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b never took the push"
+        );
         taken = b.bus().take_pending(agent).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

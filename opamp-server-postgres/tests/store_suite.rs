@@ -152,7 +152,12 @@ fn conflict(error: &StoreError) -> Option<&SaveConflict> {
     }
 }
 
-async fn two_instances() -> Option<(PgStore, PgStore, opamp_server_postgres::PgBackend, opamp_server_postgres::PgBackend)> {
+async fn two_instances() -> Option<(
+    PgStore,
+    PgStore,
+    opamp_server_postgres::PgBackend,
+    opamp_server_postgres::PgBackend,
+)> {
     let config = fresh_database().await?;
     let a = backend(&config, "instance-a").await;
     let b = backend(&config, "instance-b").await;
@@ -161,7 +166,9 @@ async fn two_instances() -> Option<(PgStore, PgStore, opamp_server_postgres::PgB
 
 #[tokio::test]
 async fn desired_state_set_elsewhere_survives_a_status_save() {
-    let Some((a, b, _, _)) = two_instances().await else { return };
+    let Some((a, b, _, _)) = two_instances().await else {
+        return;
+    };
     let record = full_record(1);
     a.load(record.uid).await.unwrap();
     a.save(record.clone()).await.unwrap();
@@ -184,13 +191,19 @@ async fn desired_state_set_elsewhere_survives_a_status_save() {
     let stored = b.load(record.uid).await.unwrap().unwrap();
     assert_eq!(stored.status, reported.status, "a's report is kept");
     assert_eq!(stored.last_seen, at(50));
-    assert_eq!(stored.desired.remote_config, Some(config(9)), "b's config is kept");
+    assert_eq!(
+        stored.desired.remote_config,
+        Some(config(9)),
+        "b's config is kept"
+    );
     assert_eq!(stored.desired.packages, Some(PackagesAvailable::default()));
 }
 
 #[tokio::test]
 async fn the_same_desired_part_changed_twice_is_a_conflict_not_last_writer_wins() {
-    let Some((a, b, _, _)) = two_instances().await else { return };
+    let Some((a, b, _, _)) = two_instances().await else {
+        return;
+    };
     let record = full_record(2);
     a.load(record.uid).await.unwrap();
     a.save(record.clone()).await.unwrap();
@@ -217,24 +230,37 @@ async fn the_same_desired_part_changed_twice_is_a_conflict_not_last_writer_wins(
     again.desired.remote_config = Some(config(30));
     a.save(again).await.unwrap();
     assert_eq!(
-        b.load(record.uid).await.unwrap().unwrap().desired.remote_config,
+        b.load(record.uid)
+            .await
+            .unwrap()
+            .unwrap()
+            .desired
+            .remote_config,
         Some(config(30))
     );
 }
 
 #[tokio::test]
 async fn a_stale_owner_never_overwrites_what_the_agent_reported() {
-    let Some((a, b, backend_a, backend_b)) = two_instances().await else { return };
+    let Some((a, b, backend_a, backend_b)) = two_instances().await else {
+        return;
+    };
     let record = full_record(3);
     let bus_a = backend_a.bus();
     let bus_b = backend_b.bus();
-    let epoch_a = bus_a.claim(record.uid, TransportKind::WebSocket).await.unwrap();
+    let epoch_a = bus_a
+        .claim(record.uid, TransportKind::WebSocket)
+        .await
+        .unwrap();
     a.load(record.uid).await.unwrap();
     a.save(record.clone()).await.unwrap();
     let mut late = a.load(record.uid).await.unwrap().unwrap();
 
     // The agent reconnects to b, which claims it with a newer epoch.
-    let epoch_b = bus_b.claim(record.uid, TransportKind::WebSocket).await.unwrap();
+    let epoch_b = bus_b
+        .claim(record.uid, TransportKind::WebSocket)
+        .await
+        .unwrap();
     assert!(epoch_b > epoch_a);
     let mut current = b.load(record.uid).await.unwrap().unwrap();
     current.last_seen = at(70);
@@ -262,14 +288,21 @@ async fn a_stale_owner_never_overwrites_what_the_agent_reported() {
     desired.desired.remote_config = Some(config(77));
     a.save(desired).await.unwrap();
     assert_eq!(
-        b.load(record.uid).await.unwrap().unwrap().desired.remote_config,
+        b.load(record.uid)
+            .await
+            .unwrap()
+            .unwrap()
+            .desired
+            .remote_config,
         Some(config(77))
     );
 }
 
 #[tokio::test]
 async fn a_removal_elsewhere_reaches_the_contains_cache() {
-    let Some((a, b, backend_a, _)) = two_instances().await else { return };
+    let Some((a, b, backend_a, _)) = two_instances().await else {
+        return;
+    };
     backend_a.listening().await;
     let record = full_record(4);
     a.load(record.uid).await.unwrap();
@@ -284,7 +317,9 @@ async fn a_removal_elsewhere_reaches_the_contains_cache() {
 
 #[tokio::test]
 async fn rows_carry_the_columns_a_fleet_ui_filters_by() {
-    let Some(config) = fresh_database().await else { return };
+    let Some(config) = fresh_database().await else {
+        return;
+    };
     let backend = backend(&config, "columns").await;
     let store = backend.store();
     let record = full_record(5);
@@ -300,11 +335,18 @@ async fn rows_carry_the_columns_a_fleet_ui_filters_by() {
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some("io.example.collector"));
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("io.example.collector")
+    );
     assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("1.2.3"));
     assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("host-5"));
     assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("linux"));
-    assert_eq!(row.get::<_, Option<String>>(4).as_deref(), Some("applied"), "the status echoes the desired hash");
+    assert_eq!(
+        row.get::<_, Option<String>>(4).as_deref(),
+        Some("applied"),
+        "the status echoes the desired hash"
+    );
     assert_eq!(row.get::<_, Option<bool>>(5), Some(true));
     assert_eq!(row.get::<_, Option<String>>(6), None, "not connected");
     assert_eq!(row.get::<_, Option<String>>(7), None);
@@ -314,7 +356,9 @@ async fn rows_carry_the_columns_a_fleet_ui_filters_by() {
 
 #[tokio::test]
 async fn migrations_apply_once_however_many_instances_start() {
-    let Some(config) = fresh_database().await else { return };
+    let Some(config) = fresh_database().await else {
+        return;
+    };
     let starts = (0..3).map(|n| {
         let config = config.clone();
         async move { backend(&config, &format!("starter-{n}")).await }
@@ -323,7 +367,10 @@ async fn migrations_apply_once_however_many_instances_start() {
     assert_eq!(backends.len(), 3);
     let client = sql(&config).await;
     let rows = client
-        .query("SELECT version, name FROM opamp_schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version, name FROM opamp_schema_migrations ORDER BY version",
+            &[],
+        )
         .await
         .unwrap();
     let applied: Vec<(i32, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
