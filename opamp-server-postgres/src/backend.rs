@@ -10,6 +10,7 @@ use opamp_server::BusInbox;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::bus::PgBus;
 use crate::error::PgError;
@@ -84,6 +85,52 @@ pub(crate) struct Shared {
     pub(crate) listening: watch::Sender<u64>,
 }
 
+/// How connections to the database are secured.
+#[derive(Clone)]
+pub(crate) enum Tls {
+    /// Plain TCP (or a Unix socket).
+    None,
+    /// TLS with rustls; `sslmode` in the connection settings decides
+    /// whether it is required.
+    Rustls(MakeRustlsConnect),
+}
+
+/// A connection's messages (notifications, notices), polled to drive it.
+pub(crate) type ConnectionMessages = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<Item = Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>
+            + Send,
+    >,
+>;
+
+impl Tls {
+    /// Opens one connection outside the pool (the listener's).
+    pub(crate) async fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<(tokio_postgres::Client, ConnectionMessages), tokio_postgres::Error> {
+        fn messages<S, T>(mut connection: tokio_postgres::Connection<S, T>) -> ConnectionMessages
+        where
+            S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+            T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        {
+            Box::pin(futures_util::stream::poll_fn(move |cx| {
+                connection.poll_message(cx)
+            }))
+        }
+        match self {
+            Self::None => {
+                let (client, connection) = config.connect(NoTls).await?;
+                Ok((client, messages(connection)))
+            }
+            Self::Rustls(tls) => {
+                let (client, connection) = config.connect(tls.clone()).await?;
+                Ok((client, messages(connection)))
+            }
+        }
+    }
+}
+
 /// This instance's claim on an agent's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Claim {
@@ -98,10 +145,11 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Builds a [`PgBackend`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[must_use]
 pub struct PgBackendBuilder {
     config: tokio_postgres::Config,
+    tls: Tls,
     instance: String,
     pool_size: usize,
     lease: Duration,
@@ -109,7 +157,27 @@ pub struct PgBackendBuilder {
     sweep_interval: Option<Duration>,
 }
 
+impl std::fmt::Debug for PgBackendBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgBackendBuilder")
+            .field("instance", &self.instance)
+            .field("tls", &matches!(self.tls, Tls::Rustls(_)))
+            .field("pool_size", &self.pool_size)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PgBackendBuilder {
+    /// Connects with TLS (rustls) using `config`, which carries the crypto
+    /// provider and the trusted roots. Whether TLS is required follows the
+    /// connection settings' `sslmode` (`require` to insist on it); without
+    /// this call connections are unencrypted.
+    pub fn tls(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls = Tls::Rustls(MakeRustlsConnect::new(config));
+        self
+    }
+
     /// Connections in the pool (default 8). The listener uses one more.
     pub fn pool_size(mut self, connections: usize) -> Self {
         self.pool_size = connections.max(1);
@@ -145,13 +213,15 @@ impl PgBackendBuilder {
         if !valid_instance_name(&self.instance) {
             return Err(PgError::InvalidInstanceName(self.instance));
         }
-        let manager = Manager::from_config(
-            self.config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &self.tls {
+            Tls::None => Manager::from_config(self.config.clone(), NoTls, manager_config),
+            Tls::Rustls(tls) => {
+                Manager::from_config(self.config.clone(), tls.clone(), manager_config)
+            }
+        };
         let pool = Pool::builder(manager)
             .max_size(self.pool_size)
             .runtime(Runtime::Tokio1)
@@ -184,7 +254,11 @@ impl PgBackendBuilder {
         listener_config.application_name(format!("opamp-listener:{}", shared.instance));
         let tasks = vec![
             tokio::spawn(renew_lease(Arc::clone(&shared))),
-            tokio::spawn(listener::run(Arc::clone(&shared), listener_config)),
+            tokio::spawn(listener::run(
+                Arc::clone(&shared),
+                listener_config,
+                self.tls,
+            )),
         ];
         Ok(PgBackend {
             inner: Arc::new(Inner {
@@ -209,6 +283,7 @@ impl PgBackend {
     ) -> PgBackendBuilder {
         PgBackendBuilder {
             config,
+            tls: Tls::None,
             instance: instance.into(),
             pool_size: 8,
             lease: DEFAULT_LEASE,

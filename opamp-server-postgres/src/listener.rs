@@ -4,13 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use futures_util::stream::poll_fn;
 use opamp_proto::{Message, ServerToAgent};
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Client, Notification};
 use uuid::Uuid;
 
-use crate::backend::{Shared, lock};
+use crate::backend::{Shared, Tls, lock};
 use crate::error::PgError;
 use crate::store::from_uuid;
 
@@ -37,11 +36,11 @@ const PENDING_FOR_US: &str =
 
 /// Runs until aborted: connect, listen, re-read, deliver; reconnect with
 /// backoff when the connection fails.
-pub(crate) async fn run(shared: Arc<Shared>, config: tokio_postgres::Config) {
+pub(crate) async fn run(shared: Arc<Shared>, config: tokio_postgres::Config, tls: Tls) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = tokio::time::Instant::now();
-        let error = listen(&shared, &config).await;
+        let error = listen(&shared, &config, &tls).await;
         tracing::warn!(%error, instance = %shared.instance, "outbox listener disconnected; reconnecting");
         if started.elapsed() > MAX_BACKOFF {
             backoff = FIRST_BACKOFF;
@@ -51,16 +50,30 @@ pub(crate) async fn run(shared: Arc<Shared>, config: tokio_postgres::Config) {
     }
 }
 
+/// Why a listening session ended.
+enum Ended {
+    Failed(PgError),
+    Closed,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Failed(error) => error.fmt(f),
+            Self::Closed => f.write_str("connection closed"),
+        }
+    }
+}
+
 /// One listening session; returns why it ended.
-async fn listen(shared: &Shared, config: &tokio_postgres::Config) -> PgError {
-    let (client, mut connection) = match config.connect(NoTls).await {
+async fn listen(shared: &Shared, config: &tokio_postgres::Config, tls: &Tls) -> Ended {
+    let (client, mut messages) = match tls.connect(config).await {
         Ok(connected) => connected,
-        Err(error) => return error.into(),
+        Err(error) => return Ended::Failed(error.into()),
     };
     let (notifications, mut received) = mpsc::unbounded_channel::<Notification>();
     // Drives the connection (queries and notifications alike); ends with it.
     let driver = tokio::spawn(async move {
-        let mut messages = poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(notification)) => {
@@ -79,16 +92,16 @@ async fn listen(shared: &Shared, config: &tokio_postgres::Config) -> PgError {
     let _driver = AbortOnDrop(driver);
     let listen = format!("LISTEN \"{}\"; LISTEN {REMOVED_CHANNEL}", shared.channel);
     if let Err(error) = client.batch_execute(&listen).await {
-        return error.into();
+        return Ended::Failed(error.into());
     }
     // Removals and pushes signalled while not listening are lost as
     // notifications: forget what may be stale and re-read the outbox.
     lock(&shared.present).clear();
     if let Err(error) = refresh_pending_hints(shared, &client).await {
-        return error;
+        return Ended::Failed(error);
     }
     if let Err(error) = drain(shared, &client).await {
-        return error;
+        return Ended::Failed(error);
     }
     shared.listening.send_modify(|sessions| *sessions += 1);
     tracing::debug!(instance = %shared.instance, "outbox listener listening");
@@ -97,7 +110,7 @@ async fn listen(shared: &Shared, config: &tokio_postgres::Config) -> PgError {
         let wake = tokio::select! {
             notification = received.recv() => match notification {
                 Some(notification) => Some(notification),
-                None => return PgError::Corrupt("listener connection closed".into()),
+                None => return Ended::Closed,
             },
             () = shared.inbox_attached.notified() => None,
             _ = async {
@@ -117,7 +130,7 @@ async fn listen(shared: &Shared, config: &tokio_postgres::Config) -> PgError {
         }
         if must_drain {
             if let Err(error) = drain(shared, &client).await {
-                return error;
+                return Ended::Failed(error);
             }
         }
     }
