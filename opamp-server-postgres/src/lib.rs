@@ -77,8 +77,9 @@
 //! every store and bus operation is one round trip. SQL is plain text in
 //! this crate: no query macros that need a live database at compile time
 //! (as sqlx's do), no ORM, and the whole schema is in readable migration
-//! files. Connections are unencrypted (`NoTls`) for now: run the database
-//! on a private network or a local socket proxy until TLS support lands.
+//! files. Connections use TLS through rustls
+//! ([`PgBackendBuilder::tls`], with `sslmode=require` in the settings to
+//! insist on it), or none.
 //!
 //! # Schema and migrations
 //!
