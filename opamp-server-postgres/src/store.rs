@@ -41,9 +41,13 @@ const SAVE_ATTEMPTS: u32 = 5;
 /// newer claim exists: a stale owner gets [`SaveConflict::StaleOwner`]
 /// instead of overwriting the new owner's view.
 ///
-/// A save without a preceding load of the same agent (the registry always
-/// loads first) starts from the row as it is: reported state is written,
-/// desired state that differs from the row's is a conflict.
+/// The save compares against the oldest load of the agent not yet saved
+/// over, because the trait does not say which load a save comes from (a
+/// read-only load may fall in between): an older base costs at most a
+/// re-read and a merge, a newer one could hide another writer's change. A
+/// save without any load of the agent (the registry always loads first)
+/// starts from the row as it is: reported state is written, desired state
+/// that differs from the row's is a conflict.
 ///
 /// [`contains`](AgentStore::contains) answers from memory for agents this
 /// instance has seen stored, so bare heartbeats cost no round trip; removals
@@ -278,7 +282,8 @@ impl PgStore {
             .await?;
         let row = client.query_opt(&statement, &[&to_uuid(uid)]).await?;
         let Some(row) = row else {
-            lock(&shared.bases).insert(
+            remember_base(
+                shared,
                 uid,
                 Base {
                     version: 0,
@@ -290,7 +295,8 @@ impl PgStore {
         };
         let version: i64 = row.get(0);
         let record = decode(&row, 1)?;
-        lock(&shared.bases).insert(
+        remember_base(
+            shared,
             uid,
             Base {
                 version,
@@ -396,6 +402,21 @@ impl PgStore {
             uid,
             attempts: SAVE_ATTEMPTS,
         }))
+    }
+}
+
+/// Records what a load read, unless an older load of the same agent has not
+/// been saved over yet: the save may come from that older read (a read-only
+/// load, such as `Registry::agent`, can fall between a load and its save),
+/// and comparing against an older base only costs a re-read and a merge,
+/// while a newer one would hide another writer's change.
+fn remember_base(shared: &Shared, uid: InstanceUid, base: Base) {
+    let mut bases = lock(&shared.bases);
+    match bases.get(&uid) {
+        Some(older) if older.version <= base.version => {}
+        _ => {
+            bases.insert(uid, base);
+        }
     }
 }
 

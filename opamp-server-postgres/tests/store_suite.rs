@@ -200,6 +200,37 @@ async fn desired_state_set_elsewhere_survives_a_status_save() {
 }
 
 #[tokio::test]
+async fn a_read_between_load_and_save_does_not_hide_another_writers_change() {
+    let Some((a, b, _, _)) = two_instances().await else {
+        return;
+    };
+    let record = full_record(6);
+    a.load(record.uid).await.unwrap();
+    a.save(record.clone()).await.unwrap();
+
+    // a starts processing a report...
+    let mut reported = a.load(record.uid).await.unwrap().unwrap();
+    // ...b sets desired state...
+    let mut desired = b.load(record.uid).await.unwrap().unwrap();
+    desired.desired.remote_config = Some(config(60));
+    b.save(desired).await.unwrap();
+    // ...someone reads the agent through a (an API call), seeing b's change...
+    let read = a.load(record.uid).await.unwrap().unwrap();
+    assert_eq!(read.desired.remote_config, Some(config(60)));
+    // ...and a saves the report it built from the earlier read.
+    reported.last_seen = at(61);
+    a.save(reported).await.unwrap();
+
+    let stored = b.load(record.uid).await.unwrap().unwrap();
+    assert_eq!(
+        stored.desired.remote_config,
+        Some(config(60)),
+        "b's change survives"
+    );
+    assert_eq!(stored.last_seen, at(61), "a's report is kept");
+}
+
+#[tokio::test]
 async fn the_same_desired_part_changed_twice_is_a_conflict_not_last_writer_wins() {
     let Some((a, b, _, _)) = two_instances().await else {
         return;
