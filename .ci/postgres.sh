@@ -14,6 +14,8 @@
 # set, else /usr/lib/postgresql/<newest>/bin, else pg_config; with OPAMP_PG_INSTALL=1 and
 # none found, Debian's `postgresql` package is installed first.
 set -euo pipefail
+# runuser and useradd live in sbin, which a non-login root shell may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 action="${1:-}"
 dir="${2:-}"

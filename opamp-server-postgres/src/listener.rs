@@ -20,7 +20,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub(crate) const REMOVED_CHANNEL: &str = "opamp_removed";
 
 /// Takes every row addressed to this instance and tells, for each, whether
-/// its epoch is still the owner's.
+/// its epoch is still the owner's. Rows are deleted as they are taken, so
+/// no "last processed id" cursor is needed: ids come from a sequence and
+/// commit out of order, and a cursor could step over a row whose
+/// transaction committed after a later id had been read.
 const DRAIN: &str = "
 WITH taken AS (
     DELETE FROM opamp_outbox WHERE instance = $1 AND NOT any_instance
