@@ -9,24 +9,11 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use opamp_proto::{
-    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentToServer,
-    InstanceUid, Message, ServerToAgent,
-};
+use opamp_proto::{InstanceUid, Message, ServerToAgent};
 use opamp_server::{AgentEvent, Delivery, MessageBus, OpampServer, Registry, TransportKind};
 use opamp_server_postgres::{Config, PgBus};
-use support::{backend, eventually, fresh_database, sql};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const CAPS: AgentCapabilities = AgentCapabilities::REPORTS_STATUS
-    .union(AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
-    .union(AgentCapabilities::REPORTS_REMOTE_CONFIG)
-    .union(AgentCapabilities::REPORTS_HEARTBEAT);
+use support::*;
+use tokio::net::TcpListener;
 
 /// One server instance: backend, registry and a listening OpAMP endpoint.
 struct Instance {
@@ -54,50 +41,6 @@ async fn instance(config: &Config, name: &str) -> Instance {
     }
 }
 
-fn report(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
-    AgentToServer {
-        instance_uid: uid.to_bytes(),
-        sequence_num,
-        capabilities: CAPS.bits(),
-        agent_description: Some(AgentDescription::for_service("io.example.test", "1.0")),
-        ..Default::default()
-    }
-}
-
-fn heartbeat(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
-    AgentToServer {
-        instance_uid: uid.to_bytes(),
-        sequence_num,
-        capabilities: CAPS.bits(),
-        ..Default::default()
-    }
-}
-
-async fn ws_send(ws: &mut Ws, message: &AgentToServer) {
-    let frame = opamp_transport::encode_frame(message, usize::MAX).unwrap();
-    ws.send(WsMessage::Binary(frame)).await.expect("send");
-}
-
-async fn ws_recv(ws: &mut Ws) -> ServerToAgent {
-    let next = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(WsMessage::Binary(data))) => {
-                    return opamp_transport::decode_frame(
-                        data,
-                        usize::MAX,
-                        opamp_transport::HeaderlessFrames::Reject,
-                    )
-                    .expect("valid frame");
-                }
-                Some(Ok(_)) => continue,
-                other => panic!("connection ended: {other:?}"),
-            }
-        }
-    });
-    next.await.expect("a message from the server within 30 s")
-}
-
 /// Connects an agent to `instance`, reports, and claims it there.
 async fn connect_agent(instance: &Instance, uid: InstanceUid) -> (Ws, i64) {
     let mut events = instance.registry.subscribe();
@@ -119,24 +62,6 @@ async fn connect_agent(instance: &Instance, uid: InstanceUid) -> (Ws, i64) {
             }
         }
     }
-}
-
-fn config_map(body: &str) -> AgentConfigMap {
-    let mut config = AgentConfigMap::default();
-    config.config_map.insert(
-        "agent.yaml".into(),
-        AgentConfigFile {
-            body: body.as_bytes().to_vec().into(),
-            content_type: "text/yaml".into(),
-        },
-    );
-    config
-}
-
-fn body_of(message: &ServerToAgent) -> String {
-    let config = message.remote_config.as_ref().expect("a remote config");
-    let file = &config.config.as_ref().unwrap().config_map["agent.yaml"];
-    String::from_utf8(file.body.to_vec()).unwrap()
 }
 
 /// A push as another instance would have written it, without the NOTIFY.

@@ -11,9 +11,16 @@ use opamp_proto::{
     AgentConfigMap, AgentDescription, AgentRemoteConfig, ComponentHealth, InstanceUid,
     PackagesAvailable, RemoteConfigStatus, RemoteConfigStatuses,
 };
-use opamp_server::{AgentRecord, AgentStore, MemoryStore, StoreError, TransportKind};
+use std::sync::Arc;
+
+use opamp_server::{
+    AgentRecord, AgentStore, BoxFuture, Delivery, MemoryStore, OpampServer, Registry,
+    RemoteConfigState, StoreError, TransportKind,
+};
 use opamp_server_postgres::{PgStore, SaveConflict};
-use support::{backend, eventually, fresh_database, sql};
+use support::{
+    backend, body_of, config_map, eventually, fresh_database, report, sql, ws_recv, ws_send,
+};
 
 fn uid(n: u8) -> InstanceUid {
     InstanceUid::from_array([n; 16])
@@ -112,6 +119,92 @@ async fn list_returns_every_record(store: &impl AgentStore) {
     assert_eq!(listed, expected);
 }
 
+/// Lets two registries (two server instances) use one store object.
+struct SharedStore<S>(Arc<S>);
+
+impl<S: AgentStore> AgentStore for SharedStore<S> {
+    fn load(&self, uid: InstanceUid) -> BoxFuture<'_, Result<Option<AgentRecord>, StoreError>> {
+        self.0.load(uid)
+    }
+    fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.0.save(record)
+    }
+    fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.0.remove(uid)
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
+        self.0.list()
+    }
+    fn contains(&self, uid: InstanceUid) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.0.contains(uid)
+    }
+}
+
+/// Serves `registry` on an ephemeral loopback port.
+async fn serve(registry: Registry) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = OpampServer::builder().registry(registry).build();
+    tokio::spawn(server.serve_with_shutdown(listener, std::future::pending()));
+    addr
+}
+
+async fn connect(addr: std::net::SocketAddr) -> support::Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/opamp"))
+        .await
+        .expect("WebSocket upgrade");
+    ws
+}
+
+/// Through real registries: desired state set on one instance is offered
+/// by another when the agent reconnects there (RCFG-08), with the status
+/// the first instance stored.
+async fn desired_state_outlives_the_instance_that_set_it<S: AgentStore>(store: Arc<S>) {
+    let agent = uid(50);
+    let first = Registry::builder()
+        .store(SharedStore(Arc::clone(&store)))
+        .build();
+    let mut ws = connect(serve(first.clone()).await).await;
+    ws_send(&mut ws, &report(agent, 0)).await;
+    ws_recv(&mut ws).await;
+    let offer = first
+        .set_remote_config(agent, config_map("kept: true\n"))
+        .await
+        .unwrap();
+    assert_eq!(offer.delivery, Some(Delivery::Sent));
+    assert_eq!(body_of(&ws_recv(&mut ws).await), "kept: true\n");
+    drop(ws);
+
+    let second = Registry::builder()
+        .store(SharedStore(Arc::clone(&store)))
+        .build();
+    let mut ws = connect(serve(second.clone()).await).await;
+    ws_send(&mut ws, &report(agent, 1)).await;
+    let reply = ws_recv(&mut ws).await;
+    assert_eq!(
+        body_of(&reply),
+        "kept: true\n",
+        "RCFG-08: offered until echoed"
+    );
+    let record = second.agent(agent).await.unwrap().unwrap();
+    assert_eq!(
+        record.remote_config_state(),
+        Some(RemoteConfigState::Pending)
+    );
+    assert_eq!(
+        record.status.description,
+        Some(AgentDescription::for_service("io.example.test", "1.0"))
+    );
+    assert!(
+        second
+            .agents()
+            .await
+            .unwrap()
+            .iter()
+            .any(|listed| listed.uid == agent)
+    );
+}
+
 /// Every function above, each on an empty store from `fresh`.
 async fn run_suite<S, F, Fut>(mut fresh: F)
 where
@@ -129,6 +222,7 @@ where
 #[tokio::test]
 async fn memory_store_passes_the_suite() {
     run_suite(|| async { MemoryStore::new() }).await;
+    desired_state_outlives_the_instance_that_set_it(Arc::new(MemoryStore::new())).await;
 }
 
 #[tokio::test]
@@ -140,6 +234,11 @@ async fn pg_store_passes_the_suite() {
         let config = fresh_database().await.expect("database");
         backend(&config, "suite").await.store()
     })
+    .await;
+    let config = fresh_database().await.expect("database");
+    desired_state_outlives_the_instance_that_set_it(Arc::new(
+        backend(&config, "suite").await.store(),
+    ))
     .await;
 }
 

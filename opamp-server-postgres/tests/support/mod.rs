@@ -11,7 +11,15 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
+use opamp_proto::{
+    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentToServer,
+    InstanceUid, ServerToAgent,
+};
 use opamp_server_postgres::{Config, PgBackend};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 static SERVER: OnceLock<Option<String>> = OnceLock::new();
 static DATABASES: AtomicU32 = AtomicU32::new(0);
@@ -121,4 +129,75 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// ---- a raw WebSocket agent ----
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub const CAPS: AgentCapabilities = AgentCapabilities::REPORTS_STATUS
+    .union(AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
+    .union(AgentCapabilities::REPORTS_REMOTE_CONFIG)
+    .union(AgentCapabilities::REPORTS_HEARTBEAT);
+
+pub fn report(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
+    AgentToServer {
+        instance_uid: uid.to_bytes(),
+        sequence_num,
+        capabilities: CAPS.bits(),
+        agent_description: Some(AgentDescription::for_service("io.example.test", "1.0")),
+        ..Default::default()
+    }
+}
+
+pub fn heartbeat(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
+    AgentToServer {
+        instance_uid: uid.to_bytes(),
+        sequence_num,
+        capabilities: CAPS.bits(),
+        ..Default::default()
+    }
+}
+
+pub async fn ws_send(ws: &mut Ws, message: &AgentToServer) {
+    let frame = opamp_transport::encode_frame(message, usize::MAX).unwrap();
+    ws.send(WsMessage::Binary(frame)).await.expect("send");
+}
+
+pub async fn ws_recv(ws: &mut Ws) -> ServerToAgent {
+    let next = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Binary(data))) => {
+                    return opamp_transport::decode_frame(
+                        data,
+                        usize::MAX,
+                        opamp_transport::HeaderlessFrames::Reject,
+                    )
+                    .expect("valid frame");
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    });
+    next.await.expect("a message from the server within 30 s")
+}
+
+pub fn config_map(body: &str) -> AgentConfigMap {
+    let mut config = AgentConfigMap::default();
+    config.config_map.insert(
+        "agent.yaml".into(),
+        AgentConfigFile {
+            body: body.as_bytes().to_vec().into(),
+            content_type: "text/yaml".into(),
+        },
+    );
+    config
+}
+
+pub fn body_of(message: &ServerToAgent) -> String {
+    let config = message.remote_config.as_ref().expect("a remote config");
+    let file = &config.config.as_ref().unwrap().config_map["agent.yaml"];
+    String::from_utf8(file.body.to_vec()).unwrap()
 }
