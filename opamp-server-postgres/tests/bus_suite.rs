@@ -383,3 +383,56 @@ async fn pushes_for_plain_http_agents_wait_for_the_next_poll_wherever_it_lands()
     assert_eq!(taken, vec![marked(3)]);
     assert_eq!(outbox_rows(&config).await, 0);
 }
+
+#[tokio::test]
+async fn the_old_instance_closing_late_does_not_mark_a_moved_agent_disconnected() {
+    let Some(config) = fresh_database().await else {
+        return;
+    };
+    let a = instance(&config, "a").await;
+    let b = instance(&config, "b").await;
+    let agent = InstanceUid::from_array([7; 16]);
+    let (ws_a, first) = connect_agent(&a, agent).await;
+
+    // The agent comes back through b before a notices its old connection died.
+    let mut events_b = b.registry.subscribe();
+    let (mut ws_b, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/opamp", b.addr))
+        .await
+        .expect("WebSocket upgrade");
+    ws_send(&mut ws_b, &heartbeat(agent, 1)).await;
+    ws_recv(&mut ws_b).await;
+    loop {
+        if let AgentEvent::Connected { uid, transport } = events_b.recv().await.unwrap() {
+            if uid == agent {
+                assert!(b.bus.claim(uid, transport).await.unwrap() > first);
+                break;
+            }
+        }
+    }
+
+    // Now a's connection ends: a saves "not connected", which must not stick.
+    let mut events_a = a.registry.subscribe();
+    drop(ws_a);
+    loop {
+        if let AgentEvent::Disconnected { uid, .. } = events_a.recv().await.unwrap() {
+            if uid == agent {
+                break;
+            }
+        }
+    }
+    let row = sql(&config)
+        .await
+        .query_one(
+            "SELECT transport, connected_instance FROM opamp_agents WHERE uid = $1",
+            &[&agent.to_uuid()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("websocket")
+    );
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("b"));
+    let record = b.registry.agent(agent).await.unwrap().unwrap();
+    assert!(record.is_connected(), "b's view stands");
+}
