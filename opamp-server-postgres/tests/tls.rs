@@ -45,7 +45,17 @@ async fn pool_and_listener_connect_over_tls() {
         .await
         .unwrap()
         .get(0);
-    let server_uid = std::fs::metadata(&data_directory).unwrap().uid();
+    let server_uid = match std::fs::metadata(&data_directory) {
+        Ok(metadata) => metadata.uid(),
+        // A server on another machine: its certificate cannot be set from here.
+        Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!(
+                "notice: skipping the TLS test: {data_directory} is not reachable here ({error})"
+            );
+            return;
+        }
+        Err(error) => panic!("CI=true and the test server's data directory is not here: {error}"),
+    };
     let dir = format!("/tmp/opamp-pg-tls-{}", std::process::id());
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
