@@ -1,0 +1,508 @@
+//! One behavioural suite for every `AgentStore`: the in-memory store and
+//! `PgStore` pass the same functions. Then what only a store shared by
+//! several instances must do: compare-and-set with merge, fencing of stale
+//! owners, filter columns, idempotent migrations.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opamp_proto::{
+    AgentConfigMap, AgentDescription, AgentRemoteConfig, ComponentHealth, InstanceUid,
+    PackagesAvailable, RemoteConfigStatus, RemoteConfigStatuses,
+};
+use std::sync::Arc;
+
+use opamp_server::{
+    AgentRecord, AgentStore, BoxFuture, Delivery, MemoryStore, OpampServer, Registry,
+    RemoteConfigState, StoreError, TransportKind,
+};
+use opamp_server_postgres::{PgStore, SaveConflict};
+use support::{
+    backend, body_of, config_map, eventually, fresh_database, report, sql, ws_recv, ws_send,
+};
+
+fn uid(n: u8) -> InstanceUid {
+    InstanceUid::from_array([n; 16])
+}
+
+fn at(seconds: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
+}
+
+fn config(hash: u8) -> AgentRemoteConfig {
+    AgentRemoteConfig {
+        config: Some(AgentConfigMap::default()),
+        config_hash: vec![hash].into(),
+    }
+}
+
+/// A record with something in every part the stores keep.
+fn full_record(n: u8) -> AgentRecord {
+    let mut record = AgentRecord::new(uid(n), at(0));
+    record.status.description = Some(
+        AgentDescription::for_service("io.example.collector", "1.2.3")
+            .with_non_identifying("host.name", format!("host-{n}"))
+            .with_non_identifying("os.type", "linux"),
+    );
+    record.status.health = Some(ComponentHealth {
+        healthy: true,
+        ..Default::default()
+    });
+    record.status.remote_config_status = Some(RemoteConfigStatus {
+        last_remote_config_hash: vec![n].into(),
+        status: RemoteConfigStatuses::Applied as i32,
+        error_message: String::new(),
+    });
+    record.desired.remote_config = Some(config(n));
+    record.last_seen = at(u64::from(n));
+    record
+}
+
+// ---- the shared suite ----
+
+async fn unknown_agent_is_absent(store: &impl AgentStore) {
+    assert_eq!(store.load(uid(200)).await.unwrap(), None);
+    assert!(!store.contains(uid(200)).await.unwrap());
+    assert!(store.list().await.unwrap().is_empty());
+}
+
+async fn saved_record_round_trips(store: &impl AgentStore) {
+    let record = full_record(1);
+    store.load(record.uid).await.unwrap();
+    store.save(record.clone()).await.unwrap();
+    assert_eq!(store.load(record.uid).await.unwrap(), Some(record.clone()));
+    assert!(store.contains(record.uid).await.unwrap());
+    assert_eq!(store.list().await.unwrap(), vec![record]);
+}
+
+async fn save_replaces(store: &impl AgentStore) {
+    let mut record = full_record(2);
+    store.load(record.uid).await.unwrap();
+    store.save(record.clone()).await.unwrap();
+    let mut loaded = store.load(record.uid).await.unwrap().unwrap();
+    loaded.status.description = Some(AgentDescription::for_service("io.example.other", "2"));
+    loaded.desired.remote_config = None;
+    loaded.last_seen = at(100);
+    store.save(loaded.clone()).await.unwrap();
+    assert_eq!(store.load(record.uid).await.unwrap(), Some(loaded.clone()));
+    // And once more, without changing anything.
+    store.save(loaded.clone()).await.unwrap();
+    record = store.load(record.uid).await.unwrap().unwrap();
+    assert_eq!(record, loaded);
+}
+
+async fn remove_forgets_and_unknown_remove_is_fine(store: &impl AgentStore) {
+    let record = full_record(3);
+    store.load(record.uid).await.unwrap();
+    store.save(record.clone()).await.unwrap();
+    store.remove(record.uid).await.unwrap();
+    assert_eq!(store.load(record.uid).await.unwrap(), None);
+    assert!(!store.contains(record.uid).await.unwrap());
+    store.remove(record.uid).await.unwrap();
+    store.remove(uid(201)).await.unwrap();
+    // A removed agent can come back.
+    store.save(record.clone()).await.unwrap();
+    assert_eq!(store.load(record.uid).await.unwrap(), Some(record));
+}
+
+async fn list_returns_every_record(store: &impl AgentStore) {
+    let mut expected = Vec::new();
+    for n in 10..20 {
+        let record = full_record(n);
+        store.load(record.uid).await.unwrap();
+        store.save(record.clone()).await.unwrap();
+        expected.push(record);
+    }
+    let mut listed = store.list().await.unwrap();
+    listed.sort_by_key(|record| record.uid);
+    assert_eq!(listed, expected);
+}
+
+/// Lets two registries (two server instances) use one store object.
+struct SharedStore<S>(Arc<S>);
+
+impl<S: AgentStore> AgentStore for SharedStore<S> {
+    fn load(&self, uid: InstanceUid) -> BoxFuture<'_, Result<Option<AgentRecord>, StoreError>> {
+        self.0.load(uid)
+    }
+    fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.0.save(record)
+    }
+    fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.0.remove(uid)
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
+        self.0.list()
+    }
+    fn contains(&self, uid: InstanceUid) -> BoxFuture<'_, Result<bool, StoreError>> {
+        self.0.contains(uid)
+    }
+}
+
+/// Serves `registry` on an ephemeral loopback port.
+async fn serve(registry: Registry) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = OpampServer::builder().registry(registry).build();
+    tokio::spawn(server.serve_with_shutdown(listener, std::future::pending()));
+    addr
+}
+
+async fn connect(addr: std::net::SocketAddr) -> support::Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/opamp"))
+        .await
+        .expect("WebSocket upgrade");
+    ws
+}
+
+/// Through real registries: desired state set on one instance is offered
+/// by another when the agent reconnects there (RCFG-08), with the status
+/// the first instance stored.
+async fn desired_state_outlives_the_instance_that_set_it<S: AgentStore>(store: Arc<S>) {
+    let agent = uid(50);
+    let first = Registry::builder()
+        .store(SharedStore(Arc::clone(&store)))
+        .build();
+    let mut ws = connect(serve(first.clone()).await).await;
+    ws_send(&mut ws, &report(agent, 0)).await;
+    ws_recv(&mut ws).await;
+    let offer = first
+        .set_remote_config(agent, config_map("kept: true\n"))
+        .await
+        .unwrap();
+    assert_eq!(offer.delivery, Some(Delivery::Sent));
+    assert_eq!(body_of(&ws_recv(&mut ws).await), "kept: true\n");
+    drop(ws);
+
+    let second = Registry::builder()
+        .store(SharedStore(Arc::clone(&store)))
+        .build();
+    let mut ws = connect(serve(second.clone()).await).await;
+    ws_send(&mut ws, &report(agent, 1)).await;
+    let reply = ws_recv(&mut ws).await;
+    assert_eq!(
+        body_of(&reply),
+        "kept: true\n",
+        "RCFG-08: offered until echoed"
+    );
+    let record = second.agent(agent).await.unwrap().unwrap();
+    assert_eq!(
+        record.remote_config_state(),
+        Some(RemoteConfigState::Pending)
+    );
+    assert_eq!(
+        record.status.description,
+        Some(AgentDescription::for_service("io.example.test", "1.0"))
+    );
+    assert!(
+        second
+            .agents()
+            .await
+            .unwrap()
+            .iter()
+            .any(|listed| listed.uid == agent)
+    );
+}
+
+/// Every function above, each on an empty store from `fresh`.
+async fn run_suite<S, F, Fut>(mut fresh: F)
+where
+    S: AgentStore,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    unknown_agent_is_absent(&fresh().await).await;
+    saved_record_round_trips(&fresh().await).await;
+    save_replaces(&fresh().await).await;
+    remove_forgets_and_unknown_remove_is_fine(&fresh().await).await;
+    list_returns_every_record(&fresh().await).await;
+}
+
+#[tokio::test]
+async fn memory_store_passes_the_suite() {
+    run_suite(|| async { MemoryStore::new() }).await;
+    desired_state_outlives_the_instance_that_set_it(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn pg_store_passes_the_suite() {
+    if fresh_database().await.is_none() {
+        return;
+    }
+    run_suite(|| async {
+        let config = fresh_database().await.expect("database");
+        backend(&config, "suite").await.store()
+    })
+    .await;
+    let config = fresh_database().await.expect("database");
+    desired_state_outlives_the_instance_that_set_it(Arc::new(
+        backend(&config, "suite").await.store(),
+    ))
+    .await;
+}
+
+// ---- what a store shared by several instances must do ----
+
+fn conflict(error: &StoreError) -> Option<&SaveConflict> {
+    match error {
+        StoreError::Backend(source) => source.downcast_ref::<SaveConflict>(),
+        _ => None,
+    }
+}
+
+async fn two_instances() -> Option<(
+    PgStore,
+    PgStore,
+    opamp_server_postgres::PgBackend,
+    opamp_server_postgres::PgBackend,
+)> {
+    let config = fresh_database().await?;
+    let a = backend(&config, "instance-a").await;
+    let b = backend(&config, "instance-b").await;
+    Some((a.store(), b.store(), a, b))
+}
+
+#[tokio::test]
+async fn desired_state_set_elsewhere_survives_a_status_save() {
+    let Some((a, b, _, _)) = two_instances().await else {
+        return;
+    };
+    let record = full_record(1);
+    a.load(record.uid).await.unwrap();
+    a.save(record.clone()).await.unwrap();
+
+    // Instance a holds the agent and is processing a status report...
+    let mut reported = a.load(record.uid).await.unwrap().unwrap();
+    // ...while instance b sets new desired state.
+    let mut desired = b.load(record.uid).await.unwrap().unwrap();
+    desired.desired.remote_config = Some(config(9));
+    desired.desired.packages = Some(PackagesAvailable::default());
+    b.save(desired).await.unwrap();
+
+    reported.status.health = Some(ComponentHealth {
+        healthy: false,
+        ..Default::default()
+    });
+    reported.last_seen = at(50);
+    a.save(reported.clone()).await.unwrap();
+
+    let stored = b.load(record.uid).await.unwrap().unwrap();
+    assert_eq!(stored.status, reported.status, "a's report is kept");
+    assert_eq!(stored.last_seen, at(50));
+    assert_eq!(
+        stored.desired.remote_config,
+        Some(config(9)),
+        "b's config is kept"
+    );
+    assert_eq!(stored.desired.packages, Some(PackagesAvailable::default()));
+}
+
+#[tokio::test]
+async fn a_read_between_load_and_save_does_not_hide_another_writers_change() {
+    let Some((a, b, _, _)) = two_instances().await else {
+        return;
+    };
+    let record = full_record(6);
+    a.load(record.uid).await.unwrap();
+    a.save(record.clone()).await.unwrap();
+
+    // a starts processing a report...
+    let mut reported = a.load(record.uid).await.unwrap().unwrap();
+    // ...b sets desired state...
+    let mut desired = b.load(record.uid).await.unwrap().unwrap();
+    desired.desired.remote_config = Some(config(60));
+    b.save(desired).await.unwrap();
+    // ...someone reads the agent through a (an API call), seeing b's change...
+    let read = a.load(record.uid).await.unwrap().unwrap();
+    assert_eq!(read.desired.remote_config, Some(config(60)));
+    // ...and a saves the report it built from the earlier read.
+    reported.last_seen = at(61);
+    a.save(reported).await.unwrap();
+
+    let stored = b.load(record.uid).await.unwrap().unwrap();
+    assert_eq!(
+        stored.desired.remote_config,
+        Some(config(60)),
+        "b's change survives"
+    );
+    assert_eq!(stored.last_seen, at(61), "a's report is kept");
+}
+
+#[tokio::test]
+async fn the_same_desired_part_changed_twice_is_a_conflict_not_last_writer_wins() {
+    let Some((a, b, _, _)) = two_instances().await else {
+        return;
+    };
+    let record = full_record(2);
+    a.load(record.uid).await.unwrap();
+    a.save(record.clone()).await.unwrap();
+
+    let mut from_a = a.load(record.uid).await.unwrap().unwrap();
+    let mut from_b = b.load(record.uid).await.unwrap().unwrap();
+    from_b.desired.remote_config = Some(config(20));
+    b.save(from_b).await.unwrap();
+    from_a.desired.remote_config = Some(config(30));
+    let error = a.save(from_a).await.unwrap_err();
+    assert_eq!(
+        conflict(&error),
+        Some(&SaveConflict::DesiredStateChanged {
+            uid: record.uid,
+            part: "remote_config"
+        }),
+        "{error}"
+    );
+    let stored = a.load(record.uid).await.unwrap().unwrap();
+    assert_eq!(stored.desired.remote_config, Some(config(20)));
+
+    // After loading again, a's change goes through.
+    let mut again = stored;
+    again.desired.remote_config = Some(config(30));
+    a.save(again).await.unwrap();
+    assert_eq!(
+        b.load(record.uid)
+            .await
+            .unwrap()
+            .unwrap()
+            .desired
+            .remote_config,
+        Some(config(30))
+    );
+}
+
+#[tokio::test]
+async fn a_stale_owner_never_overwrites_what_the_agent_reported() {
+    let Some((a, b, backend_a, backend_b)) = two_instances().await else {
+        return;
+    };
+    let record = full_record(3);
+    let bus_a = backend_a.bus();
+    let bus_b = backend_b.bus();
+    let epoch_a = bus_a
+        .claim(record.uid, TransportKind::WebSocket)
+        .await
+        .unwrap();
+    a.load(record.uid).await.unwrap();
+    a.save(record.clone()).await.unwrap();
+    let mut late = a.load(record.uid).await.unwrap().unwrap();
+
+    // The agent reconnects to b, which claims it with a newer epoch.
+    let epoch_b = bus_b
+        .claim(record.uid, TransportKind::WebSocket)
+        .await
+        .unwrap();
+    assert!(epoch_b > epoch_a);
+    let mut current = b.load(record.uid).await.unwrap().unwrap();
+    current.last_seen = at(70);
+    b.save(current.clone()).await.unwrap();
+
+    // a's old connection closes late and a writes what it last knew.
+    late.last_seen = at(60);
+    let error = a.save(late).await.unwrap_err();
+    assert_eq!(
+        conflict(&error),
+        Some(&SaveConflict::StaleOwner {
+            uid: record.uid,
+            epoch: epoch_a,
+            current: epoch_b
+        }),
+        "{error}"
+    );
+    assert_eq!(b.load(record.uid).await.unwrap(), Some(current.clone()));
+    // a's release of its old epoch does not undo b's claim.
+    assert!(!bus_a.release(record.uid, epoch_a).await.unwrap());
+    assert_eq!(bus_b.epoch(record.uid), Some(epoch_b));
+
+    // Desired state may still be set from a (it is not what the agent reported).
+    let mut desired = a.load(record.uid).await.unwrap().unwrap();
+    desired.desired.remote_config = Some(config(77));
+    a.save(desired).await.unwrap();
+    assert_eq!(
+        b.load(record.uid)
+            .await
+            .unwrap()
+            .unwrap()
+            .desired
+            .remote_config,
+        Some(config(77))
+    );
+}
+
+#[tokio::test]
+async fn a_removal_elsewhere_reaches_the_contains_cache() {
+    let Some((a, b, backend_a, _)) = two_instances().await else {
+        return;
+    };
+    backend_a.listening().await;
+    let record = full_record(4);
+    a.load(record.uid).await.unwrap();
+    a.save(record.clone()).await.unwrap();
+    assert!(a.contains(record.uid).await.unwrap());
+    b.remove(record.uid).await.unwrap();
+    eventually("a to see the removal", || async {
+        !a.contains(record.uid).await.unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rows_carry_the_columns_a_fleet_ui_filters_by() {
+    let Some(config) = fresh_database().await else {
+        return;
+    };
+    let backend = backend(&config, "columns").await;
+    let store = backend.store();
+    let record = full_record(5);
+    store.load(record.uid).await.unwrap();
+    store.save(record.clone()).await.unwrap();
+    let client = sql(&config).await;
+    let row = client
+        .query_one(
+            "SELECT service_name, service_version, host_name, os_type, remote_config_state,
+                    healthy, transport, connected_instance, last_seen, version
+             FROM opamp_agents WHERE uid = $1",
+            &[&record.uid.to_uuid()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some("io.example.collector")
+    );
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("1.2.3"));
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("host-5"));
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("linux"));
+    assert_eq!(
+        row.get::<_, Option<String>>(4).as_deref(),
+        Some("applied"),
+        "the status echoes the desired hash"
+    );
+    assert_eq!(row.get::<_, Option<bool>>(5), Some(true));
+    assert_eq!(row.get::<_, Option<String>>(6), None, "not connected");
+    assert_eq!(row.get::<_, Option<String>>(7), None);
+    assert_eq!(row.get::<_, SystemTime>(8), at(5));
+    assert_eq!(row.get::<_, i64>(9), 1);
+}
+
+#[tokio::test]
+async fn migrations_apply_once_however_many_instances_start() {
+    let Some(config) = fresh_database().await else {
+        return;
+    };
+    let starts = (0..3).map(|n| {
+        let config = config.clone();
+        async move { backend(&config, &format!("starter-{n}")).await }
+    });
+    let backends = futures_util::future::join_all(starts).await;
+    assert_eq!(backends.len(), 3);
+    let client = sql(&config).await;
+    let rows = client
+        .query(
+            "SELECT version, name FROM opamp_schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    let applied: Vec<(i32, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    assert_eq!(applied, vec![(1, "initial".to_owned())]);
+}
