@@ -21,12 +21,14 @@ mod http_body;
 mod package_syncer;
 mod runtime;
 mod server_connection;
+mod server_core;
 mod ws_frame;
 
 pub use client_core::client_core;
 pub use http_body::http_body;
 pub use package_syncer::package_syncer;
 pub use server_connection::server_connection;
+pub use server_core::server_core;
 pub use ws_frame::ws_frame;
 
 /// A fuzz target: takes the fuzzer's bytes, panics on a finding.
@@ -38,6 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("ws_frame", ws_frame),
     ("http_body", http_body),
     ("server_connection", server_connection),
+    ("server_core", server_core),
     ("client_core", client_core),
     ("package_syncer", package_syncer),
 ];

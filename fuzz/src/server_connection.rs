@@ -170,10 +170,17 @@ async fn websocket_session(server: &OpampServer, frames: &[Frame<'_>], healthy_c
     let replies = within(PATIENCE, "hostile connection closing", reader)
         .await
         .expect("reader task");
+    // A uid the server assigned (UID-05/09) is the agent's from then on:
+    // a reply to a frame that carried no readable uid may carry it.
+    let assigned: HashSet<Bytes> = replies
+        .iter()
+        .filter_map(|reply| reply.agent_identification.as_ref())
+        .map(|identification| identification.new_instance_uid.clone())
+        .collect();
     for reply in &replies {
         assert!(
-            sent_uids.contains(&reply.instance_uid),
-            "reply for a uid never sent: {:?}",
+            sent_uids.contains(&reply.instance_uid) || assigned.contains(&reply.instance_uid),
+            "reply for a uid neither sent nor assigned: {:?}",
             reply.instance_uid
         );
     }

@@ -51,6 +51,11 @@ fn server_connection() {
 }
 
 #[test]
+fn server_core() {
+    replay("server_core");
+}
+
+#[test]
 fn client_core() {
     replay("client_core");
 }
@@ -69,6 +74,7 @@ fn every_target_is_replayed() {
             "ws_frame",
             "http_body",
             "server_connection",
+            "server_core",
             "client_core",
             "package_syncer"
         ]
