@@ -237,6 +237,36 @@ impl MessageBus for PgBus {
         })
     }
 
+    fn agent_connected(&self, uid: InstanceUid, transport: TransportKind) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(error) = self.claim(uid, transport).await {
+                tracing::warn!(%uid, %error, "could not claim the agent");
+            }
+        })
+    }
+
+    fn agent_disconnected(&self, uid: InstanceUid) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(epoch) = self.epoch(uid) {
+                if let Err(error) = self.release(uid, epoch).await {
+                    tracing::warn!(%uid, %error, "could not release the agent");
+                }
+            }
+        })
+    }
+
+    fn take_pending(&self, uid: InstanceUid) -> BoxFuture<'_, Vec<ServerToAgent>> {
+        Box::pin(async move {
+            match PgBus::take_pending(self, uid).await {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(%uid, %error, "could not read pushes left for the agent");
+                    Vec::new()
+                }
+            }
+        })
+    }
+
     fn attach(&self, inbox: BusInbox) {
         let shared = self.shared();
         if shared.inbox.set(inbox).is_err() {

@@ -22,9 +22,7 @@
 //! # Quick start
 //!
 //! ```no_run
-//! use std::collections::HashMap;
-//!
-//! use opamp_server::{AgentEvent, OpampServer, Registry, DEFAULT_PORT};
+//! use opamp_server::{OpampServer, Registry, DEFAULT_PORT};
 //! use opamp_server_postgres::{Config, PgBackend};
 //!
 //! #[tokio::main]
@@ -35,31 +33,13 @@
 //!     let bus = backend.bus();
 //!     let registry = Registry::builder()
 //!         .store(backend.store())
-//!         .bus(bus.clone())
+//!         .bus(bus)
 //!         .build();
 //!
-//!     // Record which instance holds each agent: claim when its connection
-//!     // starts here, release when it ends.
-//!     let mut events = registry.subscribe();
-//!     tokio::spawn(async move {
-//!         let mut epochs = HashMap::new();
-//!         while let Ok(event) = events.recv().await {
-//!             match event {
-//!                 AgentEvent::Connected { uid, transport } => {
-//!                     if let Ok(epoch) = bus.claim(uid, transport).await {
-//!                         epochs.insert(uid, epoch);
-//!                     }
-//!                 }
-//!                 AgentEvent::Disconnected { uid, .. } => {
-//!                     if let Some(epoch) = epochs.remove(&uid) {
-//!                         let _ = bus.release(uid, epoch).await;
-//!                     }
-//!                 }
-//!                 _ => {}
-//!             }
-//!         }
-//!     });
-//!
+//!     // The registry tells the bus when an agent's connection starts and
+//!     // ends here (`MessageBus::agent_connected` / `agent_disconnected`):
+//!     // the bus claims the agent for this instance with a new epoch and
+//!     // releases it, and plain-HTTP polls pick up pushes left elsewhere.
 //!     let server = OpampServer::builder().registry(registry).build();
 //!     let listener = tokio::net::TcpListener::bind(("0.0.0.0", DEFAULT_PORT)).await?;
 //!     server.serve(listener).await?;

@@ -4,7 +4,7 @@ use std::sync::Weak;
 
 use opamp_proto::{InstanceUid, ServerToAgent};
 
-use crate::connection::Delivery;
+use crate::connection::{Delivery, TransportKind};
 use crate::error::{BusError, SendError};
 use crate::registry::RegistryInner;
 use crate::store::BoxFuture;
@@ -36,6 +36,32 @@ pub trait MessageBus: Send + Sync + 'static {
     /// hand it the messages other instances forward here.
     fn attach(&self, inbox: BusInbox) {
         let _ = inbox;
+    }
+
+    /// A connection (or plain-HTTP session) for `uid` starts on this
+    /// instance: from now on [`forward`](Self::forward) on any instance
+    /// should reach this one. The registry calls it before it saves the
+    /// agent's first record of the connection, so a store that fences
+    /// writers by ownership can rely on it.
+    fn agent_connected(&self, uid: InstanceUid, transport: TransportKind) -> BoxFuture<'_, ()> {
+        let _ = (uid, transport);
+        Box::pin(std::future::ready(()))
+    }
+
+    /// The connection (or session) for `uid` on this instance ended, after
+    /// its last save.
+    fn agent_disconnected(&self, uid: InstanceUid) -> BoxFuture<'_, ()> {
+        let _ = uid;
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Messages other instances left for a plain-HTTP agent polling here,
+    /// oldest first; the registry merges them into the reply to its poll.
+    /// Called at every poll, so make the common case (nothing waiting)
+    /// cheap.
+    fn take_pending(&self, uid: InstanceUid) -> BoxFuture<'_, Vec<ServerToAgent>> {
+        let _ = uid;
+        Box::pin(std::future::ready(Vec::new()))
     }
 }
 

@@ -627,6 +627,12 @@ impl Registry {
         self.inner.connection_closed(connection, reason).await;
     }
 
+    /// Messages other instances left for a plain-HTTP agent, through the
+    /// [`MessageBus`].
+    pub(crate) async fn take_forwarded(&self, uid: InstanceUid) -> Vec<ServerToAgent> {
+        self.inner.bus.take_pending(uid).await
+    }
+
     /// Plain-HTTP sessions silent for longer than their stale timeout: a
     /// few of the agent's own polling intervals, within the floor and the
     /// ceiling (HTTP-13).
@@ -921,6 +927,14 @@ impl RegistryInner {
             tracing::info!(%uid, new = %key, "agent gets a new instance uid (UID-05/09)");
         }
         let mut session = session;
+        let starts = events.iter().find_map(|event| match event {
+            AgentEvent::Connected { uid, transport } if *uid == key => Some(*transport),
+            _ => None,
+        });
+        if let Some(transport) = starts {
+            // Before the first save, so an ownership-fencing store knows.
+            self.bus.agent_connected(key, transport).await;
+        }
         for record in save {
             let saved_uid = record.uid;
             if let Err(error) = self.store.save(record).await {
@@ -957,6 +971,7 @@ impl RegistryInner {
             Disposition::Disconnected => {
                 self.forget_live(key, connection);
                 connection.forget_agent(key);
+                self.bus.agent_disconnected(key).await;
             }
             _ => {}
         }
@@ -1074,6 +1089,9 @@ impl RegistryInner {
                     Ok(None) => {}
                     Err(error) => tracing::error!(%uid, %error, "agent store load failed"),
                 }
+            }
+            if !lock(&self.live).contains_key(&uid) {
+                self.bus.agent_disconnected(uid).await;
             }
             self.emit(AgentEvent::Disconnected {
                 uid,

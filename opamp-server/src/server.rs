@@ -571,6 +571,7 @@ impl<C: Callbacks> OpampServer<C> {
             Disposition::Continue | Disposition::Disconnected => {}
         }
         let disposition = received.disposition;
+        let received_uid = received.uid;
         let reply = {
             let _turn = connection.callback_turn().await;
             if new_session {
@@ -579,8 +580,16 @@ impl<C: Callbacks> OpampServer<C> {
             let callback_reply = inner.callbacks.on_message(&connection, &message).await;
             inner.compose(&connection, &message, received, callback_reply)
         };
-        // Pushes queued since the last poll go first; this reply lays over them.
-        let mut outgoing = connection.take_pending().unwrap_or_default();
+        // Pushes queued since the last poll go first (those other instances
+        // left through the bus before those queued here); this reply lays
+        // over them.
+        let mut outgoing = ServerToAgent::default();
+        for forwarded in inner.registry.take_forwarded(received_uid).await {
+            messages::merge(&mut outgoing, forwarded);
+        }
+        if let Some(queued) = connection.take_pending() {
+            messages::merge(&mut outgoing, queued);
+        }
         messages::merge(&mut outgoing, reply);
         let outgoing = match messages::split_command(outgoing) {
             (Some(rest), Some(command)) => {
