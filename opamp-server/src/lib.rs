@@ -93,10 +93,19 @@
 //!   or a reconnect the server has no state for (SEQ-05), without looping on
 //!   agents that start at 0 or repeat numbers; detects duplicate instance
 //!   uids and assigns a new one or refuses (UID-09/10,
-//!   [`DuplicateUidPolicy`]); assigns uids on request (UID-05); forgets
-//!   agents on `agent_disconnect` (MSG-07) and plain-HTTP agents that stop
-//!   polling ([`RegistryBuilder::stale_after`]); and publishes
-//!   [`AgentEvent`]s.
+//!   [`DuplicateUidPolicy`]) — but first pings an old WebSocket that has
+//!   gone quiet, and lets an agent whose old connection is dead keep its
+//!   uid; assigns uids on request (UID-05); forgets agents on
+//!   `agent_disconnect` (MSG-07) and plain-HTTP agents that stop polling
+//!   for a few of their own polling intervals
+//!   ([`RegistryBuilder::stale_after`], [`RegistryBuilder::stale_floor`]);
+//!   slows down agents that reconnect in a loop ([`ReconnectGuard`]); and
+//!   publishes [`AgentEvent`]s.
+//! - Connection settings reach an agent that cannot report their status
+//!   (no `ReportsConnectionSettingsStatus`, like the Collector's supervisor)
+//!   once: its reconnect with the new settings completes the offer (CS-06).
+//! - WebSocket keepalive pings ([`Keepalive`]) close links that went dead
+//!   without a FIN.
 //! - Desired state ([`Registry::set_remote_config`],
 //!   [`offer_packages`](Registry::offer_packages),
 //!   [`offer_connection_settings`](Registry::offer_connection_settings)) is
@@ -112,6 +121,39 @@
 //!   [`Refusal::service_unavailable`] / [`Refusal::too_many_requests`]
 //!   (WS-24, HTTP-21).
 //!
+//! # The core and the shell
+//!
+//! The protocol decisions live in [`ServerCore`], a pure state machine in
+//! the style of quinn-proto: no tokio, no clock reads, no store, no locks.
+//! It takes one message with what the instance knows (the agent's
+//! [`AgentSession`], the stored [`AgentRecord`] when it asks for it, the
+//! state of a rival connection) and explicit instants, and returns an
+//! [`Exchange`]: the reply, the session, the records to save, the events
+//! and the [`Disposition`] of the connection. The [`Registry`] is the
+//! shell: it serialises messages per agent, loads only when the core asks
+//! ([`Step::NeedRecord`]; bare heartbeats never do), pings a rival
+//! connection when asked ([`Step::NeedProbe`]), saves only what the core
+//! says changed, emits, and delivers. WebSocket and plain HTTP go through
+//! the same exchange. Custom transports and tests can drive the core
+//! directly:
+//!
+//! ```
+//! use std::time::{Instant, SystemTime};
+//! use opamp_proto::{AgentToServer, InstanceUid};
+//! use opamp_server::{ConnectionRef, Holder, Inbound, ServerCore, Step, Stored, TransportKind};
+//!
+//! let core = ServerCore::default();
+//! let uid = InstanceUid::from_array([7; 16]);
+//! let message = AgentToServer { instance_uid: uid.to_bytes(), ..Default::default() };
+//! let connection = ConnectionRef::new(1, TransportKind::WebSocket, None);
+//! let inbound = Inbound::new(uid, &message, connection, Instant::now(), SystemTime::now(), &InstanceUid::new_v7);
+//! // A newcomer: the core wants the stored record first.
+//! assert!(matches!(core.step(&inbound, &Holder::Nobody, Stored::NotLoaded, None), Step::NeedRecord));
+//! let Step::Done(exchange) = core.step(&inbound, &Holder::Nobody, Stored::Missing, None) else { panic!() };
+//! assert_eq!(exchange.reply.instance_uid, uid.to_bytes()); // UID-06
+//! assert_eq!(exchange.save.len(), 1); // a new record to store
+//! ```
+//!
 //! # Limits
 //!
 //! Message size both ways, measured after decompression (WebSocket close
@@ -126,9 +168,11 @@
 //!
 //! The registry keeps records behind [`AgentStore`] ([`MemoryStore`] by
 //! default) and reaches agents connected to other instances through
-//! [`MessageBus`] ([`LocalBus`] by default). Plain-HTTP agents' pending
-//! pushes live on the instance that queued them, so put instances behind a
-//! load balancer that routes on the `OpAMP-Instance-UID` header (HTTP-08).
+//! [`MessageBus`] ([`LocalBus`] by default); the registry tells the bus
+//! when an agent's connection starts and ends on this instance
+//! ([`MessageBus::agent_connected`]) and asks it for pushes other instances
+//! left for a polling plain-HTTP agent ([`MessageBus::take_pending`]). The
+//! `opamp-server-postgres` crate implements both on PostgreSQL.
 #![forbid(unsafe_code)]
 
 mod bus;
