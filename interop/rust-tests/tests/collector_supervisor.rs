@@ -565,3 +565,54 @@ async fn supervisor_own_logs_reach_otlp_endpoint_ws() {
 
     stop_and_check_disconnected(&server, supervisor, &uid).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_crashing_config_without_validation_ws() {
+    let Some(programs) = collector_programs() else {
+        return;
+    };
+    let server = fleet(&[]).await;
+    let mut settings = SupervisorSettings::new(server.ws_url(), "without_validation_ws");
+    // Without validate_config the supervisor runs whatever it gets: a config
+    // the Collector rejects makes it exit.
+    settings.validate_config = false;
+    let uid = settings.instance_uid.clone();
+    let supervisor = SupervisorProcess::start(programs, &settings);
+    check_registration(&server, &settings, EVENT_TIMEOUT).await;
+
+    let unknown = push_config(
+        &server,
+        &uid,
+        "receivers:\n  nosuchreceiver: {}\nexporters:\n  debug: {}\nservice:\n  pipelines:\n    traces:\n      \
+         receivers: [nosuchreceiver]\n      exporters: [debug]\n",
+    )
+    .await;
+    // FAILED as soon as the Collector exits (before config_apply_timeout),
+    // with the supervisor's message (the Collector's own goes to its log
+    // file), and health turns unhealthy.
+    let agent = wait_config_status(&server, &uid, &unknown, "FAILED", EVENT_TIMEOUT).await;
+    let message = agent["remote_config_status"]["error_message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("exit"), "message: {message}");
+    let agent = server
+        .wait_agent(&uid, "unhealthy", |agent| {
+            agent["health"]["healthy"] == false
+        })
+        .await;
+    let last_error = agent["health"]["last_error"].as_str().unwrap_or("");
+    assert!(last_error.contains("exit"), "last_error: {last_error}");
+
+    // Recovery: a good config makes it healthy again.
+    let port = free_port();
+    let recovery = push_config(&server, &uid, &otlp_pipeline_config(port)).await;
+    wait_config_status(&server, &uid, &recovery, "APPLIED", EVENT_TIMEOUT).await;
+    server
+        .wait_agent(&uid, "healthy again", |agent| {
+            agent["health"]["healthy"] == true
+        })
+        .await;
+    assert!(otlp_receiver_answers(port).await, "OTLP receiver on {port}");
+
+    stop_and_check_disconnected(&server, supervisor, &uid).await;
+}
