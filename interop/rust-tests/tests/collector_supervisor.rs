@@ -81,13 +81,17 @@ fn effective_body(agent: &Value) -> String {
         .unwrap_or_default()
 }
 
-fn connected_events_after(agent: &Value, since: &str) -> usize {
+/// Connections recorded after `since` (an event's `at`). The server may
+/// fold a repeated connection event into one entry with a `repeats` count
+/// and the latest time; those repeats count too.
+fn connected_events_after(agent: &Value, since: &str) -> u64 {
     agent["events"].as_array().map_or(0, |events| {
         events
             .iter()
             .filter(|event| event["kind"] == "connected")
             .filter(|event| event["at"].as_str().is_some_and(|at| at > since))
-            .count()
+            .map(|event| 1 + event["repeats"].as_u64().unwrap_or(0))
+            .sum()
     })
 }
 
