@@ -164,7 +164,9 @@ impl SupervisorSettings {
             None => String::new(),
         };
         // config_apply_timeout: the supervisor reports APPLIED only once it
-        // has run out (and the Collector is healthy); keep it short.
+        // has run out, and only if the Collector reported healthy by then
+        // (otherwise FAILED), so it is a wait on every apply but must leave
+        // a busy machine time to restart the Collector: 5 s (the default).
         format!(
             "server:\n  endpoint: {endpoint}\n{tls}\
              capabilities:\n  accepts_remote_config: true\n  reports_remote_config: true\n  \
@@ -172,7 +174,7 @@ impl SupervisorSettings {
              reports_own_logs: true\n  reports_own_traces: false\n  reports_available_components: true\n  \
              accepts_restart_command: true\n  accepts_opamp_connection_settings: true\n  \
              reports_heartbeat: true\n\
-             agent:\n  executable: {collector}\n  instance_id: {uid}\n  config_apply_timeout: 2s\n  \
+             agent:\n  executable: {collector}\n  instance_id: {uid}\n  config_apply_timeout: 5s\n  \
              bootstrap_timeout: 60s\n  orphan_detection_interval: 1s\n  validate_config: {validate}\n  \
              args: [\"--config\", \"{no_metrics}\"]\n  description:\n    identifying_attributes:\n      \
              service.name: opamp-rs-interop-collector\n    non_identifying_attributes:\n      \

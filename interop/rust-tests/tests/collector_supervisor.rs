@@ -4,7 +4,7 @@
 //! Scenarios are listed in `interop/MATRIX.md`.
 //!
 //! The supervisor is started with a fixed `instance_id`, `validate_config`
-//! on, `config_apply_timeout` 2 s and the Collector's own metrics off (no
+//! on, `config_apply_timeout` 5 s and the Collector's own metrics off (no
 //! 127.0.0.1:8888, so the tests run side by side).
 
 use std::time::Duration;
