@@ -213,9 +213,13 @@ impl SupervisorProcess {
         let config_yaml = settings.yaml(&programs.collector, &storage);
         let config = dir.path().join("supervisor.yaml");
         std::fs::write(&config, &config_yaml).expect("writing the supervisor config");
+        // Its own process group, which its Collector joins: a test that
+        // fails kills both at once (killed alone, the supervisor leaves its
+        // Collector running).
         let (child, output) = spawn(
             &programs.supervisor,
             &["--config".to_owned(), config.display().to_string()],
+            true,
         );
         Self {
             child,
@@ -239,6 +243,13 @@ impl SupervisorProcess {
 
 impl Drop for SupervisorProcess {
     fn drop(&mut self) {
+        // Still running (no `interrupt`): kill the whole process group.
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.start_kill();
         if std::thread::panicking() {
             dump(
@@ -278,7 +289,7 @@ impl CollectorProcess {
             NO_OWN_METRICS.to_owned(),
         ];
         args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
-        let (child, output) = spawn(&programs.collector, &args);
+        let (child, output) = spawn(&programs.collector, &args, false);
         Self {
             child,
             output,
@@ -306,8 +317,16 @@ impl Drop for CollectorProcess {
     }
 }
 
-fn spawn(program: &Path, args: &[String]) -> (Child, Arc<Mutex<Vec<String>>>) {
-    let mut child = tokio::process::Command::new(program)
+fn spawn(
+    program: &Path,
+    args: &[String],
+    own_process_group: bool,
+) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut command = tokio::process::Command::new(program);
+    if own_process_group {
+        command.process_group(0);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
