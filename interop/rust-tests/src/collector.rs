@@ -346,8 +346,9 @@ fn spawn(
     (child, output)
 }
 
-/// Sends SIGINT (with the `kill` program: no signal API without `unsafe`
-/// here) and waits for the process to exit on its own.
+/// Sends SIGINT (with the `kill` program, as the examples' process tests
+/// do, rather than another dependency) and waits for the process to exit on
+/// its own.
 async fn interrupt(child: &mut Child, name: &str) {
     let pid = child
         .id()
