@@ -49,7 +49,7 @@ pub fn go_programs() -> Option<&'static GoPrograms> {
     }
 }
 
-fn running_in_ci() -> bool {
+pub(crate) fn running_in_ci() -> bool {
     std::env::var("CI").is_ok_and(|value| {
         let value = value.trim();
         !value.is_empty() && value != "0" && !value.eq_ignore_ascii_case("false")

@@ -1,34 +1,54 @@
-//! Test support for the opamp-go interop tests (issue 6).
+//! Test support for the interop tests: opamp-go (issue 6) and the
+//! OpenTelemetry Collector (issue 15).
 //!
 //! The tests in `tests/` run opamp-rs against the Go programs in `interop/`
 //! (`goagent` on opamp-go's client, `goserver` on opamp-go's server, both
 //! driven by JSON lines; see `interop/README.md`):
 //!
 //! - `tests/go_agent.rs`: opamp-go agent → our [`opamp_server::OpampServer`];
-//! - `tests/go_server.rs`: our [`opamp_client::OpampClient`] → opamp-go server.
+//! - `tests/go_server.rs`: our [`opamp_client::OpampClient`] → opamp-go server;
+//! - `tests/collector_supervisor.rs`, `tests/collector_extension.rs`: the
+//!   Collector's `opampsupervisor` and OpAMP extension → the example fleet
+//!   server (`opamp-examples`, run as the `fleet-server` process), driven
+//!   through its JSON API.
 //!
 //! This crate holds what both need: building the Go programs once per test
 //! process ([`go_programs`]), running them ([`GoProcess`]), waiting for
 //! events with a generous deadline ([`Inbox`]), our server and client wired
 //! to record what they see ([`OurServer`], [`OurAgent`]) and throwaway
 //! certificates ([`Pki`]) and a one-file HTTP server for packages
-//! ([`StaticFile`]). Which test covers which scenario is listed in
+//! ([`StaticFile`]). For the Collector: building the supervisor and a
+//! minimal Collector ([`collector_programs`], `interop/build-collector.sh`),
+//! running them ([`SupervisorProcess`], [`CollectorProcess`]), the fleet
+//! server process ([`FleetServerProcess`]) and an OTLP/HTTP receiver
+//! ([`OtlpSink`]). Which test covers which scenario is listed in
 //! `interop/MATRIX.md`.
 //!
 //! Without Go (or without the Go module proxy) every test prints a notice
 //! and passes, unless `CI` is set: then it fails and says why.
 #![forbid(unsafe_code)]
 
+mod collector;
 mod file_server;
+mod fleet;
 mod go;
 mod inbox;
+mod otlp_sink;
 mod our_agent;
 mod our_server;
 mod pki;
 
+pub use collector::{
+    COLLECTOR_VERSION, CollectorProcess, CollectorPrograms, NO_OWN_METRICS, REMOTE_RESTARTS_GATE,
+    SupervisorProcess, SupervisorSettings, collector_programs, free_port, otlp_pipeline_config,
+    otlp_receiver_answers,
+};
+
 pub use file_server::StaticFile;
+pub use fleet::{FleetServerProcess, http_request};
 pub use go::{GoProcess, GoPrograms, go_programs};
 pub use inbox::{EVENT_TIMEOUT, Inbox};
+pub use otlp_sink::{OtlpRequest, OtlpSink};
 pub use our_agent::{
     AgentRecorder, ClientEvent, FAIL_MARKER, INTEROP_CAPABILITY, OurAgent, agent_capabilities,
 };

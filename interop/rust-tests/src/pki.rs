@@ -11,6 +11,9 @@ use opamp_server::ServerTlsConfig;
 pub struct Pki {
     /// The CA certificate.
     pub ca_pem: String,
+    /// The CA's private key (PKCS#8), for servers that issue client
+    /// certificates with it.
+    pub ca_key_pem: String,
     /// The server certificate.
     pub server_cert_pem: String,
     /// The server's private key (PKCS#8).
@@ -26,6 +29,8 @@ pub struct PkiFiles {
     pub cert: PathBuf,
     /// The server key (`goserver --key`).
     pub key: PathBuf,
+    /// The CA's key (the fleet server's `--client-ca-key`).
+    pub ca_key: PathBuf,
 }
 
 impl Pki {
@@ -42,6 +47,7 @@ impl Pki {
             rcgen::KeyUsagePurpose::DigitalSignature,
         ];
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let ca_key_pem = ca_key.serialize_pem();
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
 
         let server_key = rcgen::KeyPair::generate().expect("server key");
@@ -59,6 +65,7 @@ impl Pki {
             .expect("server certificate");
         Self {
             ca_pem: ca_cert.pem(),
+            ca_key_pem,
             server_cert_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
         }
@@ -76,6 +83,7 @@ impl Pki {
             ca: write("ca.pem", &self.ca_pem),
             cert: write("server.pem", &self.server_cert_pem),
             key: write("server.key", &self.server_key_pem),
+            ca_key: write("ca.key", &self.ca_key_pem),
         }
     }
 

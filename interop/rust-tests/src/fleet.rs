@@ -1,0 +1,307 @@
+//! The example fleet server (`opamp-examples`) as a process, driven through
+//! its JSON API (see `examples/API.md`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::inbox::EVENT_TIMEOUT;
+
+/// How often [`FleetServerProcess::wait_agent`] re-reads the API.
+const POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// A running fleet server: OpAMP on one port, JSON API on another, an
+/// in-memory store. Killed when dropped; if the test is failing then, its
+/// log is written to the test's output.
+#[derive(Debug)]
+pub struct FleetServerProcess {
+    child: Child,
+    /// The OpAMP endpoint's address (WebSocket and plain HTTP, `/v1/opamp`).
+    pub opamp: SocketAddr,
+    /// The web page and JSON API's address.
+    pub web: SocketAddr,
+    tls: bool,
+    output: Arc<Mutex<Vec<String>>>,
+    _data: tempfile::TempDir,
+}
+
+impl FleetServerProcess {
+    /// Starts `program` (the `fleet-server` binary) on 127.0.0.1 port 0 with
+    /// `args` added, and waits until it printed its addresses.
+    pub async fn start(program: &Path, args: &[String]) -> Self {
+        let data = tempfile::tempdir().expect("data directory");
+        let mut child = Command::new(program)
+            .args(["--listen", "127.0.0.1:0", "--web-listen", "127.0.0.1:0"])
+            .args(["--store", "memory", "--data-dir"])
+            .arg(data.path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {}: {error}", program.display()));
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        tokio::spawn(collect_lines(stderr, Arc::clone(&output)));
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+        let (mut opamp, mut web, mut tls) = (None, None, false);
+        let announced = tokio::time::timeout(EVENT_TIMEOUT, async {
+            while opamp.is_none() || web.is_none() {
+                let Ok(Some(line)) = lines.next_line().await else {
+                    return;
+                };
+                if line.starts_with("OpAMP endpoint") {
+                    tls = line.contains("wss://");
+                    opamp = address_after(&line, if tls { "wss" } else { "ws" });
+                } else if line.starts_with("Web page") {
+                    web = address_after(&line, "http");
+                }
+            }
+        })
+        .await;
+        let server = Self {
+            child,
+            opamp: opamp.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+            web: web.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+            tls,
+            output,
+            _data: data,
+        };
+        assert!(
+            announced.is_ok() && server.opamp.port() != 0 && server.web.port() != 0,
+            "the fleet server did not announce its addresses"
+        );
+        server
+    }
+
+    /// `ws://…/v1/opamp` (or `wss://` with TLS).
+    pub fn ws_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/v1/opamp", self.opamp)
+    }
+
+    /// `http://…/v1/opamp` (or `https://` with TLS).
+    pub fn http_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/v1/opamp", self.opamp)
+    }
+
+    /// An API call; returns the status code and the JSON body (`Null` when
+    /// the body is empty or not JSON).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let (status, body) = http_request(self.web, method, path, content_type, body.as_bytes())
+            .await
+            .unwrap_or_else(|error| panic!("{method} {path}: {error}"));
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// A GET that must answer 200.
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call("GET", path, "application/json", "").await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// A call that must answer `expected`; returns the JSON body.
+    pub async fn expect(
+        &self,
+        expected: u16,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Value {
+        let (status, answer) = self.call(method, path, content_type, body).await;
+        assert_eq!(status, expected, "{method} {path} {body:?}: {answer}");
+        answer
+    }
+
+    /// `GET /api/agents/{uid}`; `None` while the server does not know it.
+    pub async fn agent(&self, uid: &str) -> Option<Value> {
+        let (status, body) = self
+            .call("GET", &format!("/api/agents/{uid}"), "application/json", "")
+            .await;
+        match status {
+            200 => Some(body),
+            404 => None,
+            _ => panic!("GET /api/agents/{uid}: {status} {body}"),
+        }
+    }
+
+    /// Re-reads `GET /api/agents/{uid}` until `check` accepts it; fails the
+    /// test after `patience` with the last answer.
+    pub async fn wait_agent_within(
+        &self,
+        uid: &str,
+        what: &str,
+        patience: Duration,
+        mut check: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + patience;
+        let mut last = None;
+        loop {
+            if let Some(agent) = self.agent(uid).await {
+                if check(&agent) {
+                    return agent;
+                }
+                last = Some(agent);
+            }
+            if Instant::now() >= deadline {
+                let last = last.map(|agent| summary(&agent));
+                panic!("agent {uid}: no {what} within {patience:?}; last seen: {last:#?}");
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
+    /// [`wait_agent_within`](Self::wait_agent_within) with [`EVENT_TIMEOUT`].
+    pub async fn wait_agent(
+        &self,
+        uid: &str,
+        what: &str,
+        check: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        self.wait_agent_within(uid, what, EVENT_TIMEOUT, check)
+            .await
+    }
+}
+
+/// The parts of an agent's record worth printing when a wait fails.
+fn summary(agent: &Value) -> Value {
+    let mut summary = serde_json::Map::new();
+    for key in [
+        "connected",
+        "transport",
+        "capabilities",
+        "health",
+        "remote_config_status",
+        "desired_config",
+        "heartbeat_interval_seconds",
+        "sequence_num",
+    ] {
+        summary.insert(key.to_owned(), agent[key].clone());
+    }
+    let events: Vec<Value> = agent["events"]
+        .as_array()
+        .map(|events| events.iter().take(20).cloned().collect())
+        .unwrap_or_default();
+    summary.insert("events (newest first)".to_owned(), Value::Array(events));
+    Value::Object(summary)
+}
+
+impl Drop for FleetServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::thread::panicking() {
+            dump("fleet server", &self.output, &[]);
+        }
+    }
+}
+
+fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
+    let rest = line.split(&format!("{scheme}://")).nth(1)?;
+    rest.split('/').next()?.parse().ok()
+}
+
+/// Lines of a process's output written to a failing test's output.
+const MAX_DUMPED_LINES: usize = 200;
+
+/// Writes the last lines of `output` (and of each `(name, text)` extra) to
+/// stderr.
+pub(crate) fn dump(name: &str, output: &Mutex<Vec<String>>, extras: &[(String, String)]) {
+    let output = output
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let skip = output.len().saturating_sub(MAX_DUMPED_LINES);
+    eprintln!(
+        "--- {name} output ({} lines, {skip} skipped) ---\n{}\n--- end of {name} output ---",
+        output.len(),
+        output[skip..].join("\n")
+    );
+    for (extra, text) in extras {
+        let lines: Vec<&str> = text.lines().collect();
+        let skip = lines.len().saturating_sub(MAX_DUMPED_LINES);
+        eprintln!(
+            "--- {extra} ({} lines, {skip} skipped) ---\n{}\n--- end of {extra} ---",
+            lines.len(),
+            lines[skip..].join("\n")
+        );
+    }
+}
+
+/// Appends every line of `stream` to `output`.
+pub(crate) async fn collect_lines(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    output: Arc<Mutex<Vec<String>>>,
+) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        output
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(line);
+    }
+}
+
+/// A one-shot HTTP/1.1 request (`Connection: close`) to a loopback server;
+/// returns the status code and the body. Enough for the fleet server's API
+/// and for poking a Collector's OTLP receiver; not a general client (no
+/// chunked bodies).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(EVENT_TIMEOUT, exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .ok_or_else(|| invalid("no end of headers"))?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| invalid("no status code"))?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Err(invalid("chunked responses are not supported here"));
+    }
+    Ok((status, response[split + 4..].to_vec()))
+}
