@@ -13,7 +13,11 @@
 //! **Health.** With `--health-url` (an HTTP GET that must answer 2xx, such
 //! as a Collector's `health_check` extension) or `--health-command` (exit
 //! status 0), the child is healthy while the check passes; it is probed
-//! every `--health-interval`. Without either, the child counts as healthy
+//! every `--health-interval`; the check should answer for the child itself
+//! (its own endpoint), since a probe that passes before the new child has
+//! even read its config would let a bad config through. A child failing
+//! its check later is reported unhealthy, not restarted. Without either
+//! check, the child counts as healthy
 //! once it has been running for `--ready-after`: a plain process gives no
 //! better signal, so a child that dies later is caught by its exit instead.
 //!
