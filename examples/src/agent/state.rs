@@ -395,4 +395,20 @@ mod tests {
         state.save_remote_config_status(&status).unwrap();
         assert_eq!(state.remote_config_status(), Some(status));
     }
+
+    #[test]
+    fn empty_configs_are_recognised() {
+        assert!(is_empty_config(&AgentConfigMap::default()));
+        assert!(is_empty_config(&map(&[("", ""), ("b.yaml", "")])));
+        assert!(!is_empty_config(&map(&[("", ""), ("b.yaml", "x: 1")])));
+
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert!(!state.has_config().unwrap());
+        // The placeholder made for a child without config does not count.
+        state.primary_config_file().unwrap();
+        assert!(!state.has_config().unwrap());
+        state.write_config(&map(&[("", "a: 1\n")])).unwrap();
+        assert!(state.has_config().unwrap());
+    }
 }

@@ -1258,4 +1258,89 @@ mod tests {
         assert_eq!(health.status, "crash loop: next start in 4s");
         assert!(!health.attributes.iter().any(|kv| kv.key == "process.pid"));
     }
+
+    #[test]
+    fn health_waits_for_readiness_and_names_the_failed_probe() {
+        let mut status = ChildStatus {
+            name: "process/otelcol".into(),
+            program: "/bin/otelcol".into(),
+            state: ChildState::Running { pid: 7 },
+            since: SystemTime::now(),
+            started_at: Some(SystemTime::now()),
+            restarts: 0,
+            last_exit: None,
+            last_error: None,
+            crash_looping: false,
+            ready: false,
+            probe_error: None,
+            config_file: None,
+        };
+        assert!(!status.healthy());
+        assert_eq!(status.health().status, "starting");
+        status.probe_error = Some("http://127.0.0.1:13133/ answered 503".into());
+        assert_eq!(
+            status.health().status,
+            "not healthy: http://127.0.0.1:13133/ answered 503"
+        );
+        status.ready = true;
+        status.probe_error = None;
+        assert!(status.health().healthy);
+    }
+
+    #[test]
+    fn stderr_tail_keeps_the_last_lines_bounded() {
+        let mut tail = Tail::default();
+        for line in 0..(TAIL_LINES + 5) {
+            tail.push(&format!("line {line}"));
+        }
+        let lines = tail.lines();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines[0], "line 5");
+        assert_eq!(lines[TAIL_LINES - 1], format!("line {}", TAIL_LINES + 4));
+        tail.push(&"x".repeat(10 * TAIL_LINE_CHARS));
+        assert_eq!(tail.lines().last().unwrap().len(), TAIL_LINE_CHARS);
+
+        assert_eq!(with_stderr("exited".into(), &[]), "exited");
+        assert_eq!(
+            with_stderr("exited".into(), &["a".into(), "b".into()]),
+            "exited; last stderr lines:\na\nb"
+        );
+    }
+
+    #[test]
+    fn commands_split_at_whitespace_and_take_the_config_path() {
+        let argv = split_command("  /bin/otelcol   validate --config={config} ").unwrap();
+        assert_eq!(argv, ["/bin/otelcol", "validate", "--config={config}"]);
+        assert_eq!(
+            substitute(&argv, Path::new("/state/config-candidate/_default")),
+            [
+                "/bin/otelcol",
+                "validate",
+                "--config=/state/config-candidate/_default"
+            ]
+        );
+        assert_eq!(split_command("   "), None);
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_reports_its_status_and_output() {
+        let argv = split_command("sh -c 'x'").unwrap();
+        assert!(
+            run_command(&argv, &[], Duration::from_secs(30))
+                .await
+                .is_err()
+        );
+        let argv: Vec<String> = ["sh", "-c", "echo out; echo err >&2; exit 3"]
+            .map(str::to_owned)
+            .to_vec();
+        let error = run_command(&argv, &[], Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(error, "exit status: 3:\nout\nerr");
+        let argv: Vec<String> = ["sh", "-c", "echo fine"].map(str::to_owned).to_vec();
+        assert_eq!(
+            run_command(&argv, &[], Duration::from_secs(30)).await,
+            Ok("fine".to_owned())
+        );
+    }
 }
