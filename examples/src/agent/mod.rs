@@ -21,7 +21,8 @@
 //!   with its own state directory `STATE/agent-N` (so uids survive
 //!   restarts) and its own connection. Only the first reports own metrics,
 //!   since they all share one process.
-//! - **Supervisor**: see `supervisor.rs` and `packages.rs`.
+//! - **Supervisor**: see `supervisor.rs`, `packages.rs` and
+//!   `examples/SUPERVISOR.md`.
 //! - **Shutdown**: on SIGTERM or SIGINT a supervisor sends the same signal
 //!   to its child and waits for it (SIGKILL after `--stop-timeout`), then
 //!   the client says goodbye (`agent_disconnect`) and the process exits 0.
