@@ -216,4 +216,43 @@ mod tests {
         );
         assert!(AgentArgs::try_parse_from(["agent", "--attribute", "novalue"]).is_err());
     }
+
+    #[test]
+    fn supervisor_checks_are_flags() {
+        let args = AgentArgs::try_parse_from([
+            "agent",
+            "--supervise",
+            "--fallback-config",
+            "/etc/otelcol/fallback.yaml",
+            "--validate-command",
+            "/bin/otelcol validate --config={config}",
+            "--health-url",
+            "http://127.0.0.1:13133/",
+            "--apply-timeout",
+            "1m",
+            "--",
+            "/bin/otelcol",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.validate_command.as_deref(),
+            Some("/bin/otelcol validate --config={config}")
+        );
+        assert_eq!(args.apply_timeout, Duration::from_secs(60));
+        assert_eq!(args.ready_after, Duration::from_secs(3));
+        // One health check at a time.
+        assert!(
+            AgentArgs::try_parse_from([
+                "agent",
+                "--supervise",
+                "--health-url",
+                "http://127.0.0.1:13133/",
+                "--health-command",
+                "true",
+                "--",
+                "/bin/otelcol",
+            ])
+            .is_err()
+        );
+    }
 }

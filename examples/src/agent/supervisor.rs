@@ -838,7 +838,16 @@ impl Actor {
         };
         let error = match outcome {
             Ok(()) => return Ok(()),
-            Err(error) if *self.stopping.borrow() => return Err(error),
+            Err(error) if *self.stopping.borrow() => {
+                // No restart while shutting down, but the next start runs
+                // the config that was known to work, not the unproven one.
+                return Err(match state.write_config(&rollback_to) {
+                    Ok(()) => format!("{error}; the last good config is kept for the next start"),
+                    Err(write_error) => {
+                        format!("{error}; cannot restore the last good config: {write_error}")
+                    }
+                });
+            }
             Err(error) => error,
         };
         tracing::warn!(%error, "the new config failed; rolling back");
