@@ -3,8 +3,9 @@
 //! unreachable at start, rollback to the last config the child was healthy
 //! with, a validation command that fails a config without touching the
 //! running child, an empty remote config that changes nothing, error
-//! messages with the child's last stderr lines, and APPLIED as soon as the
-//! child is healthy on the new config (RCFG-09).
+//! messages with the child's last stderr lines, APPLIED as soon as the
+//! child is healthy on the new config (RCFG-09), and a shutdown in the
+//! middle of an apply that neither hangs nor keeps the unproven config.
 //!
 //! The supervised child is the reporting script of `agent_support::child`.
 
@@ -507,4 +508,67 @@ async fn applied_is_reported_when_the_health_endpoint_says_healthy() {
         .await;
     assert!(agent.terminate().await.success());
     started.exited().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_a_config_waits_for_health_keeps_the_last_good_one() {
+    let mut setup = Setup::new().await;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let answer = Arc::clone(&healthy);
+    let (health_addr, _health_task) = agent_support::serve_http(move |_| {
+        let status = if answer.load(Ordering::SeqCst) {
+            200
+        } else {
+            503
+        };
+        http::Response::builder()
+            .status(status)
+            .body(Bytes::new())
+            .unwrap()
+    })
+    .await;
+    let health_url = format!("http://{health_addr}/");
+    let flags = [
+        "--health-url",
+        health_url.as_str(),
+        "--apply-timeout",
+        "10m",
+    ];
+    let endpoint = setup.server.endpoint("ws");
+    let agent = setup.agent(&endpoint, &flags, "agent-1.log");
+    let first = next_child(&setup.reports).await;
+    let (uid, _) = setup.server.next_connected().await;
+    let state = setup.push(uid, config("", "mode: proven\n")).await;
+    assert_eq!(state, RemoteConfigState::Applied);
+    let proven = next_child(&setup.reports).await;
+    first.exited().await;
+
+    // The next config never gets healthy; SIGTERM comes while the agent
+    // waits for it (ten minutes at most), and it still stops at once.
+    healthy.store(false, Ordering::SeqCst);
+    setup
+        .server
+        .registry
+        .set_remote_config(uid, config("", "mode: unproven\n"))
+        .await
+        .unwrap();
+    let unproven = next_child(&setup.reports).await;
+    assert_eq!(unproven.config, "mode: unproven");
+    proven.exited().await;
+    setup
+        .server
+        .wait_for(uid, "the new config APPLYING", |record| {
+            record.remote_config_state() == Some(RemoteConfigState::Applying)
+        })
+        .await;
+    assert!(agent.terminate().await.success());
+    assert_eq!(unproven.exited().await, ["signal TERM"]);
+
+    // The next start (server unreachable) runs the proven config.
+    healthy.store(true, Ordering::SeqCst);
+    let agent = setup.agent(&unreachable_endpoint().await, &flags, "agent-2.log");
+    let child = next_child(&setup.reports).await;
+    assert_eq!(child.config, "mode: proven");
+    assert!(agent.terminate().await.success());
+    child.exited().await;
 }
