@@ -33,14 +33,18 @@ if grep -q '^crash' "$1"; then
   exit 2
 fi
 exec 3<>/dev/tcp/127.0.0.1/{port}
-stop() {{ echo "signal $1" >&3; [ -n "$reader" ] && kill "$reader" 2>/dev/null; exit 0; }}
+# The background reader must not outlive the script, or it would keep the
+# connection open: the stop signal may reach it while it is being forked,
+# before it drops the trap it inherits, so it is killed explicitly.
+stop() {{ echo "signal $1" >&3; kill $(jobs -p) 2>/dev/null; exit 0; }}
 trap 'stop TERM' TERM
 trap 'stop INT' INT
-printf '%s %s\n' "$$" "$(tr '\n' ' ' < "$1")" >&3
 # Reads in the background: a trapped signal ends `wait` at once, while it
-# would wait for a foreground `read` to finish.
+# would wait for a foreground `read` to finish. Started before the report,
+# so that it exists when the test reacts to the report.
 read -r -u 3 _ &
 reader=$!
+printf '%s %s\n' "$$" "$(tr '\n' ' ' < "$1")" >&3
 wait "$reader"
 "#
     );
