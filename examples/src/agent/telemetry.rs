@@ -104,10 +104,11 @@ thread_local! {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct LogBridge;
 
-/// Targets whose events are never exported: the export's own machinery.
+/// Whether events of `target` are exported: not those of the export's own
+/// machinery (this module, the SDK, the HTTP stack), which would feed back.
 fn exported_target(target: &str) -> bool {
-    const SKIPPED: [&str; 5] = ["opentelemetry", "hyper", "h2", "tokio", "agent::telemetry"];
-    !SKIPPED.iter().any(|skipped| target.starts_with(skipped))
+    const SKIPPED: [&str; 4] = ["opentelemetry", "hyper", "h2", "tokio"];
+    target != module_path!() && !SKIPPED.iter().any(|skipped| target.starts_with(skipped))
 }
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogBridge {
@@ -717,6 +718,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exports_own_events_are_not_exported() {
+        assert!(!exported_target(module_path!().trim_end_matches("::tests")));
+        assert!(!exported_target("opentelemetry_sdk::logs"));
+        assert!(!exported_target("hyper_util::client"));
+        assert!(exported_target("supervised"));
+        assert!(exported_target("agent::agent::runner"));
+    }
 
     #[test]
     fn proc_status_fields_are_read() {
