@@ -19,8 +19,8 @@
 //!   and start time change). A supervisor restarts its child.
 //! - **Scale mode** (`--count N`, N > 1): N agents in one process, each
 //!   with its own state directory `STATE/agent-N` (so uids survive
-//!   restarts) and its own connection. Only the first reports own metrics,
-//!   since they all share one process.
+//!   restarts) and its own connection. Only the first reports own
+//!   telemetry, since they all share one process.
 //! - **Supervisor**: see `supervisor.rs`, `packages.rs` and
 //!   `examples/SUPERVISOR.md`.
 //! - **Shutdown**: on SIGTERM or SIGINT a supervisor sends the same signal
@@ -96,14 +96,14 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), AgentError> {
         vec![AgentSetup {
             args: Arc::clone(&args),
             state_dir: args.state_dir.clone(),
-            own_metrics: true,
+            own_telemetry: true,
         }]
     } else {
         (0..args.count)
             .map(|index| AgentSetup {
                 args: Arc::clone(&args),
                 state_dir: args.state_dir.join(format!("agent-{index}")),
-                own_metrics: index == 0,
+                own_telemetry: index == 0,
             })
             .collect()
     };

@@ -2,7 +2,6 @@
 //! work (simulated, or a supervised child), packages, certificates and own
 //! telemetry.
 
-use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -11,6 +10,7 @@ use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, header::AUTHORIZATION};
+use nix::sys::signal::Signal;
 use opamp_client::proto::{
     AgentConfigMap, AgentRemoteConfig, AvailableComponents, CommandType, ComponentDetails,
     ConnectionSettingsOffers, CustomCapabilities, CustomMessage, EffectiveConfig, KeyValue,
@@ -50,8 +50,8 @@ pub(crate) const CSR_PENDING: &str = "CSR sent; waiting for a certificate";
 pub(crate) struct AgentSetup {
     pub(crate) args: Arc<AgentArgs>,
     pub(crate) state_dir: PathBuf,
-    /// Whether this agent exports own metrics (the first of a scale run).
-    pub(crate) own_metrics: bool,
+    /// Whether this agent exports own telemetry (the first of a scale run).
+    pub(crate) own_telemetry: bool,
 }
 
 /// A running agent.
@@ -139,7 +139,7 @@ impl Agent {
             .await
             .map_err(|error| AgentError::Packages(error.to_string()))?;
         let description = describe(&args, uid);
-        let telemetry = setup.own_metrics.then(|| {
+        let telemetry = setup.own_telemetry.then(|| {
             let resource = description
                 .identifying_attributes
                 .iter()
