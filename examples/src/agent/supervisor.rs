@@ -13,13 +13,13 @@
 //! **Health.** With `--health-url` (an HTTP GET that must answer 2xx, such
 //! as a Collector's `health_check` extension) or `--health-command` (exit
 //! status 0), the child is healthy while the check passes; it is probed
-//! every `--health-interval`; the check should answer for the child itself
-//! (its own endpoint), since a probe that passes before the new child has
-//! even read its config would let a bad config through. A child failing
-//! its check later is reported unhealthy, not restarted. Without either
-//! check, the child counts as healthy
-//! once it has been running for `--ready-after`: a plain process gives no
-//! better signal, so a child that dies later is caught by its exit instead.
+//! every `--health-interval`. The check should answer for the child itself
+//! (its own endpoint): one that passes before the new child has read its
+//! config would let a bad config through. A child failing its check later
+//! is reported unhealthy, not restarted. Without either check, the child
+//! counts as healthy once it has been running for `--ready-after`: a plain
+//! process gives no better signal, so a child that dies later is caught by
+//! its exit instead.
 //!
 //! **A new remote config** goes through these steps:
 //! 1. With `--validate-command`, the config is staged in
@@ -32,7 +32,8 @@
 //! 4. If the child exits first, or is not healthy within `--apply-timeout`,
 //!    the config is FAILED, with the last lines of the child's stderr, and
 //!    the last config under which the child was healthy is written back and
-//!    the child restarted on it.
+//!    the child restarted on it. A shutdown in the middle writes it back too,
+//!    without the restart, so the next start runs it.
 //!
 //! **An empty remote config** (no files, or only empty ones) changes
 //! nothing: the child keeps running on the config it has and the offer is
