@@ -1,6 +1,7 @@
 //! A supervised child that crashes right after starting is restarted with
-//! backoff and reported unhealthy (crash loop, with its exit status); a
-//! good config brings it back to healthy.
+//! backoff and reported unhealthy (crash loop, with its exit status and its
+//! last stderr line); a new config restarts it at once and, once it starts
+//! fine again, it is healthy.
 
 mod agent_support;
 
@@ -40,15 +41,19 @@ async fn crash_looping_child_backs_off_and_is_reported_unhealthy() {
     let port = reports.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("crashy.sh");
+    // It crashes while the marker exists, unless its config says "fixed",
+    // and exits (status 0) when the test closes its connection.
+    let marker = dir.path().join("crash");
     std::fs::write(
         &script,
         format!(
             r#"#!/bin/bash
-if grep -q crash "$1"; then echo "boom: bad config" >&2; exit 1; fi
+if [ -e '{marker}' ] && ! grep -q fixed "$1"; then echo "boom: cannot start" >&2; exit 1; fi
 exec 3<>/dev/tcp/127.0.0.1/{port}
 printf 'up %s\n' "$$" >&3
 read -r -u 3 _
-"#
+"#,
+            marker = marker.display()
         ),
     )
     .unwrap();
@@ -67,6 +72,8 @@ read -r -u 3 _
             "60s",
             "--max-backoff",
             "1s",
+            "--ready-after",
+            "1s",
             "--supervise",
             "--",
             script.to_str().unwrap(),
@@ -84,22 +91,23 @@ read -r -u 3 _
         })
         .await;
 
-    // A config the child cannot run with: it exits at once, again and again.
-    server
-        .registry
-        .set_remote_config(uid, config("", "crash: yes\n"))
-        .await
-        .unwrap();
+    // From now on the child exits at once, again and again.
+    std::fs::write(&marker, "").unwrap();
+    drop(first);
     let record = server
         .wait_for(uid, "a crash loop", |record| {
             child(record)
                 .is_some_and(|health| !health.healthy && health.status.starts_with("crash loop"))
         })
         .await;
-    drop(first);
     let health = child(&record).unwrap();
     assert!(
         health.last_error.contains("exit status: 1"),
+        "{}",
+        health.last_error
+    );
+    assert!(
+        health.last_error.contains("boom: cannot start"),
         "{}",
         health.last_error
     );
@@ -109,10 +117,10 @@ read -r -u 3 _
     );
     assert!(!record.status.health.as_ref().unwrap().healthy);
 
-    // A good config: restarted at once and healthy again.
+    // A config it starts fine with: restarted on it and healthy again.
     server
         .registry
-        .set_remote_config(uid, config("", "mode: fine\n"))
+        .set_remote_config(uid, config("", "mode: fixed\n"))
         .await
         .unwrap();
     let (pid, _running) = next_start(&reports).await;

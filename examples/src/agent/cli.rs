@@ -87,8 +87,8 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "OPAMP_AGENT_PACKAGE_KEY")]
     pub(crate) package_key: Option<String>,
 
-    /// How often own metrics are exported once the server offers a
-    /// destination.
+    /// How often own metrics (and batches of own spans and log records) are
+    /// exported once the server offers a destination.
     #[arg(long, env = "OPAMP_AGENT_OWN_METRICS_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) own_metrics_interval: Duration,
 
@@ -97,8 +97,8 @@ pub(crate) struct AgentArgs {
     #[arg(long, requires = "command")]
     pub(crate) supervise: bool,
 
-    /// Supervisor: how long the child may take to exit after SIGTERM before
-    /// it is killed.
+    /// Supervisor: how long the child may take to exit after SIGTERM (or
+    /// the SIGINT the agent got) before it is killed.
     #[arg(long, env = "OPAMP_AGENT_STOP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) stop_timeout: Duration,
 
@@ -115,6 +115,51 @@ pub(crate) struct AgentArgs {
     /// long, or the previous one is restored.
     #[arg(long, env = "OPAMP_AGENT_UPDATE_PROBATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) update_probation: Duration,
+
+    /// Supervisor: the config file the child runs while there is no remote
+    /// config yet (first start, server unreachable). A config received
+    /// earlier is kept in the state directory and preferred.
+    #[arg(long, env = "OPAMP_AGENT_FALLBACK_CONFIG", value_name = "FILE")]
+    pub(crate) fallback_config: Option<PathBuf>,
+
+    /// Supervisor: a command that checks a new config before the child is
+    /// restarted on it, e.g. `/bin/otelcol validate --config={config}`.
+    /// Split at whitespace (no shell); `{config}` is the staged config file.
+    /// A non-zero exit fails the config (with the command's output) and
+    /// leaves the running child alone.
+    #[arg(long, env = "OPAMP_AGENT_VALIDATE_COMMAND", value_name = "COMMAND")]
+    pub(crate) validate_command: Option<String>,
+
+    /// Supervisor: the child's health endpoint (`http://`, 2xx = healthy),
+    /// e.g. a Collector's health_check extension `http://127.0.0.1:13133/`.
+    #[arg(
+        long,
+        env = "OPAMP_AGENT_HEALTH_URL",
+        value_name = "URL",
+        conflicts_with = "health_command"
+    )]
+    pub(crate) health_url: Option<String>,
+
+    /// Supervisor: a command that tells whether the child is healthy (exit
+    /// status 0). Split at whitespace (no shell).
+    #[arg(long, env = "OPAMP_AGENT_HEALTH_COMMAND", value_name = "COMMAND")]
+    pub(crate) health_command: Option<String>,
+
+    /// Supervisor: time between health probes (with --health-url or
+    /// --health-command).
+    #[arg(long, env = "OPAMP_AGENT_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub(crate) health_interval: Duration,
+
+    /// Supervisor, without a health check: a child still running this long
+    /// after starting counts as healthy (a new config is APPLIED then).
+    #[arg(long, env = "OPAMP_AGENT_READY_AFTER", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub(crate) ready_after: Duration,
+
+    /// Supervisor, with a health check: how long a child restarted on a new
+    /// config may take to become healthy before the config is FAILED and
+    /// the last good one restored. Also bounds --validate-command.
+    #[arg(long, env = "OPAMP_AGENT_APPLY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) apply_timeout: Duration,
 
     /// The supervised command and its arguments (after `--`). `{config}` in
     /// an argument is replaced by the path of the config file.
@@ -170,5 +215,44 @@ mod tests {
             [("a".into(), "b=c".into()), ("x".into(), String::new())]
         );
         assert!(AgentArgs::try_parse_from(["agent", "--attribute", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn supervisor_checks_are_flags() {
+        let args = AgentArgs::try_parse_from([
+            "agent",
+            "--supervise",
+            "--fallback-config",
+            "/etc/otelcol/fallback.yaml",
+            "--validate-command",
+            "/bin/otelcol validate --config={config}",
+            "--health-url",
+            "http://127.0.0.1:13133/",
+            "--apply-timeout",
+            "1m",
+            "--",
+            "/bin/otelcol",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.validate_command.as_deref(),
+            Some("/bin/otelcol validate --config={config}")
+        );
+        assert_eq!(args.apply_timeout, Duration::from_secs(60));
+        assert_eq!(args.ready_after, Duration::from_secs(3));
+        // One health check at a time.
+        assert!(
+            AgentArgs::try_parse_from([
+                "agent",
+                "--supervise",
+                "--health-url",
+                "http://127.0.0.1:13133/",
+                "--health-command",
+                "true",
+                "--",
+                "/bin/otelcol",
+            ])
+            .is_err()
+        );
     }
 }

@@ -9,16 +9,24 @@
 //!   and reported, and the status goes APPLYING → APPLIED. A config fails
 //!   (FAILED, old files kept) when a name is not a plain file name or a
 //!   body contains `invalid:` — the example's stand-in for "does not
-//!   parse".
+//!   parse". A supervisor also validates, waits for health and rolls back
+//!   (see `supervisor.rs`).
+//! - **An empty remote config** (no files, or only empty ones) changes
+//!   nothing: the files on disk and the work (or child) stay as they are,
+//!   the effective config keeps reporting them, and the offer is APPLIED.
 //! - **Restart command**: the simulated agent restarts its simulated work
 //!   (the process and its connection stay; the health's `restart_count`
 //!   and start time change). A supervisor restarts its child.
 //! - **Scale mode** (`--count N`, N > 1): N agents in one process, each
 //!   with its own state directory `STATE/agent-N` (so uids survive
-//!   restarts) and its own connection. Only the first reports own metrics,
-//!   since they all share one process.
-//! - **Supervisor**: see `supervisor.rs` and `packages.rs`.
-//! - **Own metrics**: see `telemetry.rs`. **Certificates**: see `tls.rs`.
+//!   restarts) and its own connection. Only the first reports own
+//!   telemetry, since they all share one process.
+//! - **Supervisor**: see `supervisor.rs`, `packages.rs` and
+//!   `examples/SUPERVISOR.md`.
+//! - **Shutdown**: on SIGTERM or SIGINT a supervisor sends the same signal
+//!   to its child and waits for it (SIGKILL after `--stop-timeout`), then
+//!   the client says goodbye (`agent_disconnect`) and the process exits 0.
+//! - **Own metrics, traces and logs**: see `telemetry.rs`. **Certificates**: see `tls.rs`.
 
 mod cli;
 mod packages;
@@ -31,10 +39,12 @@ mod tls;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use nix::sys::signal::Signal as StopSignal;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 pub(crate) use cli::AgentArgs;
 use runner::{Agent, AgentSetup};
+pub(crate) use telemetry::LogBridge;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +74,9 @@ pub(crate) enum AgentError {
     /// `--supervise` without a command.
     #[error("--supervise needs a command after `--`")]
     NoCommand,
+    /// A supervisor flag is unusable.
+    #[error("{0}")]
+    SupervisorFlag(String),
     /// `--supervise` with `--count` above 1.
     #[error("--supervise runs one agent; it cannot be combined with --count")]
     SuperviseScale,
@@ -83,14 +96,14 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), AgentError> {
         vec![AgentSetup {
             args: Arc::clone(&args),
             state_dir: args.state_dir.clone(),
-            own_metrics: true,
+            own_telemetry: true,
         }]
     } else {
         (0..args.count)
             .map(|index| AgentSetup {
                 args: Arc::clone(&args),
                 state_dir: args.state_dir.join(format!("agent-{index}")),
-                own_metrics: index == 0,
+                own_telemetry: index == 0,
             })
             .collect()
     };
@@ -99,7 +112,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), AgentError> {
         match Agent::start(setup).await {
             Ok(agent) => agents.push(agent),
             Err(error) => {
-                stop_all(agents).await;
+                stop_all(agents, StopSignal::SIGTERM).await;
                 return Err(error);
             }
         }
@@ -107,17 +120,17 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), AgentError> {
     if agents.len() > 1 {
         tracing::info!(count = agents.len(), "all agents started");
     }
-    signals.recv().await;
-    tracing::info!("shutting down");
-    stop_all(agents).await;
+    let signal = signals.recv().await;
+    tracing::info!(%signal, "shutting down");
+    stop_all(agents, signal).await;
     Ok(())
 }
 
-async fn stop_all(agents: Vec<Agent>) {
+async fn stop_all(agents: Vec<Agent>, signal: StopSignal) {
     futures_util::future::join_all(agents.into_iter().map(|agent| {
         let uid = agent.instance_uid();
         async move {
-            agent.stop().await;
+            agent.stop(signal).await;
             tracing::debug!(%uid, "agent stopped");
         }
     }))
@@ -146,8 +159,8 @@ impl ShutdownSignals {
         }
     }
 
-    /// Waits for either signal.
-    async fn recv(&mut self) {
+    /// Waits for either signal; says which.
+    async fn recv(&mut self) -> StopSignal {
         async fn one(signal: &mut Option<Signal>) {
             match signal {
                 Some(signal) => {
@@ -157,8 +170,8 @@ impl ShutdownSignals {
             }
         }
         tokio::select! {
-            () = one(&mut self.interrupt) => {}
-            () = one(&mut self.terminate) => {}
+            () = one(&mut self.interrupt) => StopSignal::SIGINT,
+            () = one(&mut self.terminate) => StopSignal::SIGTERM,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use futures_util::future::BoxFuture;
 use http::{HeaderValue, header::AUTHORIZATION};
+use nix::sys::signal::Signal;
 use opamp_client::proto::{
     AgentConfigMap, AgentRemoteConfig, AvailableComponents, CommandType, ComponentDetails,
     ConnectionSettingsOffers, CustomCapabilities, CustomMessage, EffectiveConfig, KeyValue,
@@ -27,9 +28,11 @@ use tokio::task::JoinHandle;
 use super::AgentError;
 use super::cli::AgentArgs;
 use super::packages::{Ed25519Verifier, SupervisedStore};
-use super::state::{StateDir, validate};
-use super::supervisor::{ChildStatus, Supervisor, SupervisorOptions, unix_nanos};
-use super::telemetry::{AgentStats, OwnTelemetry};
+use super::state::{StateDir, is_empty_config, validate};
+use super::supervisor::{
+    ChildStatus, HealthCheck, Supervisor, SupervisorOptions, split_command, unix_nanos,
+};
+use super::telemetry::{AgentStats, OwnSpan, OwnTelemetry, TelemetryKind};
 use super::tls::{Credentials, client_tls};
 
 /// The custom capability whose messages the agent sends straight back.
@@ -47,8 +50,8 @@ pub(crate) const CSR_PENDING: &str = "CSR sent; waiting for a certificate";
 pub(crate) struct AgentSetup {
     pub(crate) args: Arc<AgentArgs>,
     pub(crate) state_dir: PathBuf,
-    /// Whether this agent exports own metrics (the first of a scale run).
-    pub(crate) own_metrics: bool,
+    /// Whether this agent exports own telemetry (the first of a scale run).
+    pub(crate) own_telemetry: bool,
 }
 
 /// A running agent.
@@ -79,7 +82,8 @@ struct HealthState {
     work_started: SystemTime,
     restarts: u64,
     config_error: Option<String>,
-    telemetry_error: Option<String>,
+    /// Own-telemetry offers that failed, by health component name.
+    telemetry_errors: BTreeMap<&'static str, String>,
     /// Where the client certificate stands, when one is involved.
     certificate: Option<String>,
     child: Option<ChildStatus>,
@@ -93,7 +97,7 @@ struct Shared {
     work: Work,
     store: FsPackageStore,
     credentials: Credentials,
-    telemetry: Option<OwnTelemetry>,
+    telemetry: Option<Arc<OwnTelemetry>>,
     stats: Arc<AgentStats>,
     health: Mutex<HealthState>,
     started: SystemTime,
@@ -134,31 +138,8 @@ impl Agent {
         let store = FsPackageStore::open(state.packages_dir())
             .await
             .map_err(|error| AgentError::Packages(error.to_string()))?;
-        let (work, package_store): (Work, Arc<dyn PackageStore>) = if args.supervise {
-            let (program, command_args) =
-                args.command.split_first().ok_or(AgentError::NoCommand)?;
-            let supervisor = Supervisor::start(SupervisorOptions {
-                program: PathBuf::from(program),
-                args: command_args.to_vec(),
-                state: state.clone(),
-                instance_uid: uid,
-                stop_timeout: args.stop_timeout,
-                min_uptime: args.min_uptime,
-                max_backoff: args.max_backoff,
-                update_probation: args.update_probation,
-            });
-            let wrapped = SupervisedStore::new(
-                store.clone(),
-                supervisor.clone(),
-                state.supervised_dir().join("bin"),
-            );
-            (Work::Supervised(supervisor), Arc::new(wrapped))
-        } else {
-            (Work::Simulated, Arc::new(store.clone()))
-        };
-
         let description = describe(&args, uid);
-        let telemetry = setup.own_metrics.then(|| {
+        let telemetry = setup.own_telemetry.then(|| {
             let resource = description
                 .identifying_attributes
                 .iter()
@@ -171,14 +152,47 @@ impl Agent {
                     (kv.key.clone(), value)
                 })
                 .collect();
-            OwnTelemetry::new(
+            Arc::new(OwnTelemetry::new(
                 runtime.clone(),
                 resource,
                 args.own_metrics_interval,
                 args.insecure,
                 Arc::clone(&stats),
-            )
+            ))
         });
+        let (work, package_store): (Work, Arc<dyn PackageStore>) = if args.supervise {
+            let (program, command_args) =
+                args.command.split_first().ok_or(AgentError::NoCommand)?;
+            let supervisor = Supervisor::start(SupervisorOptions {
+                program: PathBuf::from(program),
+                args: command_args.to_vec(),
+                state: state.clone(),
+                instance_uid: uid,
+                stop_timeout: args.stop_timeout,
+                min_uptime: args.min_uptime,
+                max_backoff: args.max_backoff,
+                update_probation: args.update_probation,
+                fallback_config: args.fallback_config.clone(),
+                validate_command: supervisor_command(
+                    "--validate-command",
+                    args.validate_command.as_deref(),
+                )?,
+                health_check: health_check(&args)?,
+                health_interval: args.health_interval,
+                ready_after: args.ready_after,
+                apply_timeout: args.apply_timeout,
+                telemetry: telemetry.clone(),
+            });
+            let wrapped = SupervisedStore::new(
+                store.clone(),
+                supervisor.clone(),
+                state.supervised_dir().join("bin"),
+            );
+            (Work::Supervised(supervisor), Arc::new(wrapped))
+        } else {
+            (Work::Simulated, Arc::new(store.clone()))
+        };
+
         let shared = Arc::new(Shared {
             args: Arc::clone(&args),
             state: state.clone(),
@@ -193,7 +207,7 @@ impl Agent {
                 work_started: SystemTime::now(),
                 restarts: 0,
                 config_error: None,
-                telemetry_error: None,
+                telemetry_errors: BTreeMap::new(),
                 certificate: None,
                 child: None,
             }),
@@ -212,7 +226,9 @@ impl Agent {
             | AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS
             | AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS;
         if shared.telemetry.is_some() {
-            capabilities |= AgentCapabilities::REPORTS_OWN_METRICS;
+            capabilities |= AgentCapabilities::REPORTS_OWN_METRICS
+                | AgentCapabilities::REPORTS_OWN_TRACES
+                | AgentCapabilities::REPORTS_OWN_LOGS;
         }
         let mut builder = OpampClient::builder(args.endpoint.clone())
             .instance_uid(uid)
@@ -292,11 +308,11 @@ impl Agent {
         self.client.instance_uid()
     }
 
-    /// Stops the child (supervisor mode), says goodbye to the server and
-    /// stops the own-metrics export.
-    pub(crate) async fn stop(self) {
+    /// Stops the child (supervisor mode) with `signal`, says goodbye to the
+    /// server (`agent_disconnect`) and stops the own-telemetry export.
+    pub(crate) async fn stop(self, signal: Signal) {
         if let Work::Supervised(supervisor) = &self.shared.work {
-            self.shared.stop_work().await;
+            supervisor.shutdown(signal).await;
             // Report the stopped child with the goodbye.
             let status = supervisor.status().borrow().clone();
             self.shared.lock_health().child = Some(status);
@@ -345,6 +361,35 @@ fn describe(args: &AgentArgs, uid: InstanceUid) -> AgentDescription {
     description
 }
 
+/// A `--validate-command`/`--health-command` flag as program and arguments.
+fn supervisor_command(flag: &str, text: Option<&str>) -> Result<Option<Vec<String>>, AgentError> {
+    match text {
+        None => Ok(None),
+        Some(text) => split_command(text)
+            .map(Some)
+            .ok_or_else(|| AgentError::SupervisorFlag(format!("{flag} is empty"))),
+    }
+}
+
+/// The child's health check from `--health-url` or `--health-command`.
+fn health_check(args: &AgentArgs) -> Result<Option<HealthCheck>, AgentError> {
+    if let Some(url) = &args.health_url {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|error| AgentError::SupervisorFlag(format!("--health-url: {error}")))?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(AgentError::SupervisorFlag(
+                "--health-url must be an http:// URL".into(),
+            ));
+        }
+        return Ok(Some(HealthCheck::Url(uri)));
+    }
+    Ok(
+        supervisor_command("--health-command", args.health_command.as_deref())?
+            .map(HealthCheck::Command),
+    )
+}
+
 fn component(healthy: bool, status: &str, last_error: Option<&str>) -> ComponentHealth {
     ComponentHealth {
         healthy,
@@ -358,8 +403,40 @@ impl Shared {
     /// Stops the supervised child, if any.
     async fn stop_work(&self) {
         if let Work::Supervised(supervisor) = &self.work {
-            supervisor.shutdown().await;
+            supervisor.shutdown(Signal::SIGTERM).await;
         }
+    }
+
+    fn span(&self, name: &'static str) -> OwnSpan {
+        OwnSpan::start(self.telemetry.as_deref(), name)
+    }
+
+    /// The effective config: the files on disk, or the fallback config
+    /// while a supervised child runs on it.
+    fn effective_config(&self) -> EffectiveConfig {
+        if let Work::Supervised(supervisor) = &self.work
+            && let Some(fallback) = supervisor.fallback_in_use(&self.state)
+        {
+            match std::fs::read(fallback) {
+                Ok(body) => {
+                    let mut config = AgentConfigMap::default();
+                    config.config_map.insert(
+                        String::new(),
+                        opamp_client::proto::AgentConfigFile {
+                            body: body.into(),
+                            content_type: String::new(),
+                        },
+                    );
+                    return EffectiveConfig {
+                        config_map: Some(config),
+                    };
+                }
+                Err(error) => {
+                    tracing::warn!(%error, path = %fallback.display(), "cannot read the fallback config");
+                }
+            }
+        }
+        self.state.effective_config()
     }
 
     fn client(&self) -> Option<&OpampClient> {
@@ -403,17 +480,23 @@ impl Shared {
             );
         }
         if let Some(telemetry) = &self.telemetry {
-            let own = match (&state.telemetry_error, telemetry.destination()) {
-                (Some(error), _) => Some(component(false, "failed", Some(error))),
-                (None, Some(destination)) => Some(component(
-                    true,
-                    &format!("exporting to {destination}"),
-                    None,
-                )),
-                (None, None) => None,
-            };
-            if let Some(own) = own {
-                components.insert("own-metrics".to_owned(), own);
+            for kind in TelemetryKind::ALL {
+                let name = kind.component();
+                let own = match (
+                    state.telemetry_errors.get(name),
+                    telemetry.destination(kind),
+                ) {
+                    (Some(error), _) => Some(component(false, "failed", Some(error))),
+                    (None, Some(destination)) => Some(component(
+                        true,
+                        &format!("exporting to {destination}"),
+                        None,
+                    )),
+                    (None, None) => None,
+                };
+                if let Some(own) = own {
+                    components.insert(name.to_owned(), own);
+                }
             }
         }
         let healthy = components.values().all(|c| c.healthy);
@@ -559,16 +642,31 @@ impl Shared {
         };
         report(RemoteConfigStatuses::Applying, String::new());
         let config = offer.config.clone().unwrap_or_default();
-        match self.write_and_reload(&config) {
+        let mut span = self.span("agent.apply_remote_config");
+        span.attribute("config.hash", hex::encode(&hash));
+        span.attribute("config.files", config.config_map.len() as i64);
+        if is_empty_config(&config) {
+            // "No config for you": keep what runs (see the module docs).
+            tracing::info!(hash = %hex::encode(&hash), "empty remote config: keeping the current config");
+            span.attribute("config.empty", true);
+            self.lock_health().config_error = None;
+            report(RemoteConfigStatuses::Applied, String::new());
+            self.report_health();
+            return;
+        }
+        let outcome = self.write_and_reload(&config);
+        // A supervisor may have restored the previous files.
+        client.update_effective_config();
+        match outcome {
             Ok(()) => {
                 self.stats.configs_applied.fetch_add(1, Ordering::Relaxed);
                 self.lock_health().config_error = None;
-                client.update_effective_config();
                 report(RemoteConfigStatuses::Applied, String::new());
                 tracing::info!(hash = %hex::encode(&hash), files = config.config_map.len(), "remote config applied");
             }
             Err(error) => {
                 tracing::warn!(%error, "remote config failed");
+                span.fail(&error);
                 self.lock_health().config_error = Some(error.clone());
                 report(RemoteConfigStatuses::Failed, error);
             }
@@ -578,18 +676,15 @@ impl Shared {
 
     fn write_and_reload(&self, config: &AgentConfigMap) -> Result<(), String> {
         validate(config)?;
-        self.state
-            .write_config(config)
-            .map_err(|error| format!("cannot write the config: {error}"))?;
         match &self.work {
             Work::Simulated => {
+                self.state
+                    .write_config(config)
+                    .map_err(|error| format!("cannot write the config: {error}"))?;
                 tracing::info!("simulated pipeline reloaded its config");
                 Ok(())
             }
-            Work::Supervised(supervisor) => self
-                .runtime
-                .block_on(supervisor.restart("new remote config"))
-                .map_err(|error| format!("config written, but the child did not start: {error}")),
+            Work::Supervised(supervisor) => self.runtime.block_on(supervisor.apply(config.clone())),
         }
     }
 
@@ -711,15 +806,36 @@ impl Callbacks for AgentCallbacks {
     }
 
     fn on_other_connection_settings(&self, offers: &ConnectionSettingsOffers) -> SettingsOutcome {
-        let (Some(telemetry), Some(own_metrics)) = (&self.0.telemetry, &offers.own_metrics) else {
+        let Some(telemetry) = &self.0.telemetry else {
             return SettingsOutcome::Applied;
         };
-        let result = telemetry.apply(own_metrics);
-        self.0.lock_health().telemetry_error = result.as_ref().err().cloned();
+        let offered = [
+            (TelemetryKind::Metrics, &offers.own_metrics),
+            (TelemetryKind::Traces, &offers.own_traces),
+            (TelemetryKind::Logs, &offers.own_logs),
+        ];
+        let mut errors = Vec::new();
+        for (kind, offer) in offered {
+            let Some(offer) = offer else { continue };
+            let result = telemetry.apply(kind, offer);
+            let mut health = self.0.lock_health();
+            match result {
+                Ok(()) => {
+                    health.telemetry_errors.remove(kind.component());
+                }
+                Err(error) => {
+                    health
+                        .telemetry_errors
+                        .insert(kind.component(), error.clone());
+                    errors.push(format!("{}: {error}", kind.component()));
+                }
+            }
+        }
         self.0.report_health();
-        match result {
-            Ok(()) => SettingsOutcome::Applied,
-            Err(error) => SettingsOutcome::Failed(error),
+        if errors.is_empty() {
+            SettingsOutcome::Applied
+        } else {
+            SettingsOutcome::Failed(errors.join("; "))
         }
     }
 
@@ -744,18 +860,28 @@ impl Callbacks for AgentCallbacks {
     }
 
     fn effective_config(&self) -> Option<EffectiveConfig> {
-        Some(self.0.state.effective_config())
+        Some(self.0.effective_config())
     }
 
     fn on_package_event(&self, event: &PackageEvent) {
         match event {
             PackageEvent::Installed(package) => {
                 tracing::info!(name = %package.info.name, version = %package.info.version, "package installed");
+                let mut span = self.0.span("agent.package_install");
+                span.attribute("package.name", package.info.name.clone());
+                span.attribute("package.version", package.info.version.clone());
             }
             PackageEvent::Failed { name, error } => {
                 tracing::warn!(%name, %error, "package failed");
+                let mut span = self.0.span("agent.package_install");
+                span.attribute("package.name", name.clone());
+                span.fail(&error.to_string());
             }
-            PackageEvent::Removed { name } => tracing::info!(%name, "package removed"),
+            PackageEvent::Removed { name } => {
+                tracing::info!(%name, "package removed");
+                let mut span = self.0.span("agent.package_remove");
+                span.attribute("package.name", name.clone());
+            }
             _ => {}
         }
         self.0.refresh_available_components();

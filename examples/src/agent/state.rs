@@ -8,6 +8,8 @@
 //! - `config/`: the applied remote config, one file per config map entry;
 //! - `packages/`: the package store;
 //! - `tls/`: a client certificate issued by the server, and a CSR key;
+//! - `config-candidate/`: a new config staged for the supervisor's
+//!   validation command (supervisor mode);
 //! - `supervised/`: the supervisor's executables (supervisor mode).
 
 use std::io::{self, Write};
@@ -64,6 +66,12 @@ impl StateDir {
         self.root.join("supervised")
     }
 
+    /// Where a supervisor stages a new config for its validation command,
+    /// away from the files the running child reads.
+    pub(crate) fn candidate_dir(&self) -> PathBuf {
+        self.root.join("config-candidate")
+    }
+
     /// The persisted instance uid, or a fresh UUIDv7 that is persisted now.
     pub(crate) fn instance_uid(&self) -> io::Result<InstanceUid> {
         let path = self.root.join("instance_uid");
@@ -104,55 +112,19 @@ impl StateDir {
     /// Replaces the files in `config/` with the entries of `config`
     /// (call [`validate`] first). Files not in the map are removed.
     pub(crate) fn write_config(&self, config: &AgentConfigMap) -> io::Result<()> {
-        let dir = self.config_dir();
-        std::fs::create_dir_all(&dir)?;
-        let mut keep = Vec::new();
-        for (name, file) in &config.config_map {
-            let file_name = file_name_for(name).ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("bad name {name:?}"))
-            })?;
-            write_atomically(&dir.join(&file_name), &file.body)?;
-            keep.push(file_name);
-        }
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if entry_name_for(name).is_some() && !keep.iter().any(|kept| kept == name) {
-                std::fs::remove_file(entry.path())?;
-            }
-        }
-        Ok(())
+        write_config_in(&self.config_dir(), config)
     }
 
     /// The config as it is on disk: every file of `config/`, named as the
     /// server named it.
     pub(crate) fn read_config(&self) -> io::Result<AgentConfigMap> {
-        let mut config = AgentConfigMap::default();
-        let entries = match std::fs::read_dir(self.config_dir()) {
-            Ok(entries) => entries,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(config),
-            Err(error) => return Err(error),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let file_name = entry.file_name();
-            let Some(name) = file_name.to_str().and_then(entry_name_for) else {
-                continue;
-            };
-            if !entry.file_type()?.is_file() {
-                continue;
-            }
-            let body = std::fs::read(entry.path())?;
-            config.config_map.insert(
-                name,
-                AgentConfigFile {
-                    content_type: content_type_for(file_name.to_str().unwrap_or_default()),
-                    body: body.into(),
-                },
-            );
-        }
-        Ok(config)
+        read_config_in(&self.config_dir())
+    }
+
+    /// Whether `config/` holds a config worth running: at least one file
+    /// with content (an empty `_default` is only a placeholder).
+    pub(crate) fn has_config(&self) -> io::Result<bool> {
+        Ok(!is_empty_config(&self.read_config()?))
     }
 
     /// The effective config to report: the files on disk.
@@ -172,19 +144,82 @@ impl StateDir {
     /// there is one, else the first by name; `_default` (created empty)
     /// when there is no config at all.
     pub(crate) fn primary_config_file(&self) -> io::Result<PathBuf> {
-        let config = self.read_config()?;
-        let name = if config.config_map.contains_key("") {
-            Some(String::new())
-        } else {
-            config.config_map.keys().next().cloned()
+        primary_config_file_in(&self.config_dir())
+    }
+}
+
+/// Whether a config map has nothing to run: no files, or only empty ones.
+pub(crate) fn is_empty_config(config: &AgentConfigMap) -> bool {
+    config.config_map.values().all(|file| file.body.is_empty())
+}
+
+/// Replaces the config entry files in `dir` with the entries of `config`;
+/// entry files not in the map are removed, other files left alone.
+pub(crate) fn write_config_in(dir: &Path, config: &AgentConfigMap) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut keep = Vec::new();
+    for (name, file) in &config.config_map {
+        let file_name = file_name_for(name).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("bad name {name:?}"))
+        })?;
+        write_atomically(&dir.join(&file_name), &file.body)?;
+        keep.push(file_name);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if entry_name_for(name).is_some() && !keep.iter().any(|kept| kept == name) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The config entry files of `dir`, named as the server named them.
+pub(crate) fn read_config_in(dir: &Path) -> io::Result<AgentConfigMap> {
+    let mut config = AgentConfigMap::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(config),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(entry_name_for) else {
+            continue;
         };
-        match name.as_deref().and_then(file_name_for) {
-            Some(file_name) => Ok(self.config_dir().join(file_name)),
-            None => {
-                let path = self.config_dir().join(UNNAMED_FILE);
-                write_atomically(&path, b"")?;
-                Ok(path)
-            }
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let body = std::fs::read(entry.path())?;
+        config.config_map.insert(
+            name,
+            AgentConfigFile {
+                content_type: content_type_for(file_name.to_str().unwrap_or_default()),
+                body: body.into(),
+            },
+        );
+    }
+    Ok(config)
+}
+
+/// The main config file of `dir`: the entry named `""` if there is one,
+/// else the first by name; `_default` (created empty) when there is none.
+pub(crate) fn primary_config_file_in(dir: &Path) -> io::Result<PathBuf> {
+    let config = read_config_in(dir)?;
+    let name = if config.config_map.contains_key("") {
+        Some(String::new())
+    } else {
+        config.config_map.keys().next().cloned()
+    };
+    match name.as_deref().and_then(file_name_for) {
+        Some(file_name) => Ok(dir.join(file_name)),
+        None => {
+            let path = dir.join(UNNAMED_FILE);
+            write_atomically(&path, b"")?;
+            Ok(path)
         }
     }
 }
@@ -359,5 +394,21 @@ mod tests {
         };
         state.save_remote_config_status(&status).unwrap();
         assert_eq!(state.remote_config_status(), Some(status));
+    }
+
+    #[test]
+    fn empty_configs_are_recognised() {
+        assert!(is_empty_config(&AgentConfigMap::default()));
+        assert!(is_empty_config(&map(&[("", ""), ("b.yaml", "")])));
+        assert!(!is_empty_config(&map(&[("", ""), ("b.yaml", "x: 1")])));
+
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert!(!state.has_config().unwrap());
+        // The placeholder made for a child without config does not count.
+        state.primary_config_file().unwrap();
+        assert!(!state.has_config().unwrap());
+        state.write_config(&map(&[("", "a: 1\n")])).unwrap();
+        assert!(state.has_config().unwrap());
     }
 }

@@ -1,23 +1,30 @@
-//! Own telemetry (CS-43..46): when the server offers an `own_metrics`
-//! destination, the agent exports its own process metrics there over
-//! OTLP/HTTP (protobuf) with the OpenTelemetry SDK, every
-//! `--own-metrics-interval`.
+//! Own telemetry (CS-43..46): when the server offers an `own_metrics`,
+//! `own_traces` or `own_logs` destination, the agent exports that signal
+//! there over OTLP/HTTP (protobuf) with the OpenTelemetry SDK, every
+//! `--own-metrics-interval`:
+//! - **metrics**: the agent's process metrics and its own counters;
+//! - **traces**: a span per remote config apply, restart, executable update
+//!   and package install or removal, with an error status when it failed;
+//! - **logs**: the agent's own log events (its `tracing` events at the
+//!   level `RUST_LOG` lets through, including the supervised child's output
+//!   lines), bridged by [`LogBridge`].
 //!
-//! A new offer with another destination re-targets the export (the old
-//! exporter is flushed and shut down); an offer with an empty
-//! `destination_endpoint` stops it; no `own_metrics` in an offer leaves it
-//! as it is (CS-04, CS-41).
+//! Each signal is handled on its own: a new offer with another destination
+//! re-targets that export (the old exporter is flushed and shut down); an
+//! offer with an empty `destination_endpoint` stops it; an offer without
+//! that signal leaves it as it is (CS-04, CS-41).
 //!
-//! The SDK's periodic reader runs on its own thread and drives the exporter
-//! with a plain executor, so the HTTP client here hands each request to the
-//! agent's tokio runtime and waits for the task.
+//! The SDK's readers and batch processors run on their own threads and
+//! drive the exporters with a plain executor, so the HTTP client here hands
+//! each request to the agent's tokio runtime and waits for the task.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -26,11 +33,17 @@ use hyper_util::rt::TokioIo;
 use opamp_client::proto::TelemetryConnectionSettings;
 use opamp_transport::ClientTlsConfig;
 use opentelemetry::KeyValue;
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry::metrics::MeterProvider;
+use opentelemetry::trace::{Span as _, Status, Tracer as _, TracerProvider as _};
 use opentelemetry_http::{HttpClient, HttpError};
-use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_otlp::{
+    LogExporter, MetricExporter, Protocol, SpanExporter, WithExportConfig, WithHttpConfig,
+};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::{BatchLogProcessor, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracer, SdkTracerProvider};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -38,6 +51,8 @@ use tokio::net::TcpStream;
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest OTLP response body read (they are tiny).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// The instrumentation scope of everything the agent exports about itself.
+const SCOPE: &str = "opamp-rs-example-agent";
 
 /// Counters about the agent's own work, exported next to the process metrics.
 #[derive(Debug, Default)]
@@ -48,27 +63,205 @@ pub(crate) struct AgentStats {
     pub(crate) restarts: AtomicU64,
 }
 
-/// The own-metrics exporter of one agent.
+/// One of the three own-telemetry signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum TelemetryKind {
+    Metrics,
+    Traces,
+    Logs,
+}
+
+impl TelemetryKind {
+    pub(crate) const ALL: [Self; 3] = [Self::Metrics, Self::Traces, Self::Logs];
+
+    /// The health component reporting this export.
+    pub(crate) fn component(self) -> &'static str {
+        match self {
+            Self::Metrics => "own-metrics",
+            Self::Traces => "own-traces",
+            Self::Logs => "own-logs",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The logger the [`LogBridge`] writes to while own logs are exported.
+/// One per process: only one agent of a process exports own telemetry.
+static LOG_SINK: RwLock<Option<SdkLogger>> = RwLock::new(None);
+
+thread_local! {
+    /// Set while the bridge emits, so that events raised by exporting (the
+    /// HTTP stack, the SDK) do not feed back into the export.
+    static IN_BRIDGE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A `tracing` layer that turns the agent's log events into OpenTelemetry
+/// log records while the server has an `own_logs` destination; a no-op
+/// otherwise. The binary installs it next to its stderr output.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LogBridge;
+
+/// Whether events of `target` are exported: not those of the export's own
+/// machinery (this module, the SDK, the HTTP stack), which would feed back.
+fn exported_target(target: &str) -> bool {
+    const SKIPPED: [&str; 4] = ["opentelemetry", "hyper", "h2", "tokio"];
+    target != module_path!() && !SKIPPED.iter().any(|skipped| target.starts_with(skipped))
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogBridge {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _context: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let metadata = event.metadata();
+        if !exported_target(metadata.target()) || IN_BRIDGE.with(Cell::get) {
+            return;
+        }
+        let sink = LOG_SINK
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(logger) = sink.as_ref() else { return };
+        IN_BRIDGE.with(|flag| flag.set(true));
+        let mut fields = FieldCollector::default();
+        event.record(&mut fields);
+        let mut record = logger.create_log_record();
+        let (number, text) = severity(metadata.level());
+        record.set_severity_number(number);
+        record.set_severity_text(text);
+        record.set_target(metadata.target().to_owned());
+        record.set_timestamp(SystemTime::now());
+        record.set_observed_timestamp(SystemTime::now());
+        record.set_body(AnyValue::from(fields.message));
+        for (key, value) in fields.attributes {
+            record.add_attribute(key, AnyValue::from(value));
+        }
+        logger.emit(record);
+        IN_BRIDGE.with(|flag| flag.set(false));
+    }
+}
+
+fn severity(level: &tracing::Level) -> (Severity, &'static str) {
+    match *level {
+        tracing::Level::ERROR => (Severity::Error, "ERROR"),
+        tracing::Level::WARN => (Severity::Warn, "WARN"),
+        tracing::Level::INFO => (Severity::Info, "INFO"),
+        tracing::Level::DEBUG => (Severity::Debug, "DEBUG"),
+        tracing::Level::TRACE => (Severity::Trace, "TRACE"),
+    }
+}
+
+/// The message and the other fields of an event, as text.
+#[derive(Default)]
+struct FieldCollector {
+    message: String,
+    attributes: Vec<(&'static str, String)>,
+}
+
+impl tracing::field::Visit for FieldCollector {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.message = value.to_owned();
+        } else {
+            self.attributes.push((field.name(), value.to_owned()));
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        } else {
+            self.attributes.push((field.name(), format!("{value:?}")));
+        }
+    }
+}
+
+/// A span of the agent's own traces; a no-op while traces are not
+/// exported. Ends when dropped.
+pub(crate) struct OwnSpan(Option<opentelemetry_sdk::trace::Span>);
+
+impl std::fmt::Debug for OwnSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("OwnSpan").field(&self.0.is_some()).finish()
+    }
+}
+
+impl OwnSpan {
+    /// Starts a span named `name` if `telemetry` exports traces now.
+    pub(crate) fn start(telemetry: Option<&OwnTelemetry>, name: &'static str) -> Self {
+        Self(telemetry.and_then(|telemetry| {
+            let tracer = telemetry
+                .tracer
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tracer.as_ref().map(|tracer| tracer.start(name))
+        }))
+    }
+
+    /// Adds an attribute.
+    pub(crate) fn attribute(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        if let Some(span) = &mut self.0 {
+            span.set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// Marks the span failed with `message`.
+    pub(crate) fn fail(&mut self, message: &str) {
+        if let Some(span) = &mut self.0 {
+            span.set_status(Status::error(message.to_owned()));
+        }
+    }
+}
+
+/// An exporter's provider, one per signal.
+enum Provider {
+    Metrics(SdkMeterProvider),
+    Traces(SdkTracerProvider),
+    Logs(SdkLoggerProvider),
+}
+
+impl Provider {
+    /// Flushes and stops. Blocks.
+    fn shutdown(self) {
+        let result = match self {
+            Self::Metrics(provider) => provider.shutdown(),
+            Self::Traces(provider) => provider.shutdown(),
+            Self::Logs(provider) => provider.shutdown(),
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "own telemetry exporter shut down with an error");
+        }
+    }
+}
+
+/// The own-telemetry exporters of one agent.
 pub(crate) struct OwnTelemetry {
     runtime: tokio::runtime::Handle,
     resource: Vec<KeyValue>,
     interval: Duration,
     insecure: bool,
     stats: Arc<AgentStats>,
-    active: Mutex<Option<Active>>,
+    /// Indexed by [`TelemetryKind::index`].
+    active: Mutex<[Option<Active>; 3]>,
+    tracer: RwLock<Option<SdkTracer>>,
 }
 
 struct Active {
     destination: String,
     offer: TelemetryConnectionSettings,
-    provider: SdkMeterProvider,
+    provider: Provider,
 }
 
 impl std::fmt::Debug for OwnTelemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OwnTelemetry")
             .field("interval", &self.interval)
-            .field("destination", &self.destination())
+            .field("metrics", &self.destination(TelemetryKind::Metrics))
+            .field("traces", &self.destination(TelemetryKind::Traces))
+            .field("logs", &self.destination(TelemetryKind::Logs))
             .finish_non_exhaustive()
     }
 }
@@ -91,46 +284,52 @@ impl OwnTelemetry {
             interval,
             insecure,
             stats,
-            active: Mutex::new(None),
+            active: Mutex::new([None, None, None]),
+            tracer: RwLock::new(None),
         }
     }
 
-    /// Where metrics go now, if anywhere.
-    pub(crate) fn destination(&self) -> Option<String> {
-        self.lock()
+    /// Where `kind` goes now, if anywhere.
+    pub(crate) fn destination(&self, kind: TelemetryKind) -> Option<String> {
+        self.lock()[kind.index()]
             .as_ref()
             .map(|active| active.destination.clone())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Active>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, [Option<Active>; 3]> {
         self.active
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Applies an `own_metrics` offer. Blocks while an old exporter flushes:
+    /// Applies an offer for `kind`. Blocks while an old exporter flushes:
     /// call it from a blocking context.
-    pub(crate) fn apply(&self, offer: &TelemetryConnectionSettings) -> Result<(), String> {
+    pub(crate) fn apply(
+        &self,
+        kind: TelemetryKind,
+        offer: &TelemetryConnectionSettings,
+    ) -> Result<(), String> {
         let mut active = self.lock();
-        if active
-            .as_ref()
-            .is_some_and(|current| current.offer == *offer)
-        {
+        let slot = &mut active[kind.index()];
+        if slot.as_ref().is_some_and(|current| current.offer == *offer) {
             return Ok(());
         }
         if offer.destination_endpoint.is_empty() {
-            if let Some(old) = active.take() {
-                tracing::info!(destination = %old.destination, "own metrics stopped");
-                shutdown(old.provider);
+            if let Some(old) = slot.take() {
+                tracing::info!(destination = %old.destination, ?kind, "own telemetry stopped");
+                self.unhook(kind);
+                old.provider.shutdown();
             }
             return Ok(());
         }
-        let provider = self.build(offer)?;
-        if let Some(old) = active.take() {
-            shutdown(old.provider);
+        let provider = self.build(kind, offer)?;
+        if let Some(old) = slot.take() {
+            self.unhook(kind);
+            old.provider.shutdown();
         }
-        tracing::info!(destination = %offer.destination_endpoint, interval = ?self.interval, "exporting own metrics");
-        *active = Some(Active {
+        self.hook(&provider);
+        tracing::info!(destination = %offer.destination_endpoint, ?kind, interval = ?self.interval, "exporting own telemetry");
+        *slot = Some(Active {
             destination: offer.destination_endpoint.clone(),
             offer: offer.clone(),
             provider,
@@ -138,22 +337,71 @@ impl OwnTelemetry {
         Ok(())
     }
 
-    /// Flushes and stops the export. Blocks: call it from a blocking context.
+    /// Flushes and stops every export. Blocks: call it from a blocking
+    /// context.
     pub(crate) fn stop(&self) {
-        if let Some(old) = self.lock().take() {
-            shutdown(old.provider);
+        let mut active = self.lock();
+        for kind in TelemetryKind::ALL {
+            if let Some(old) = active[kind.index()].take() {
+                self.unhook(kind);
+                old.provider.shutdown();
+            }
         }
     }
 
-    fn build(&self, offer: &TelemetryConnectionSettings) -> Result<SdkMeterProvider, String> {
+    /// Makes a new traces or logs provider the one spans and log records
+    /// go to.
+    fn hook(&self, provider: &Provider) {
+        match provider {
+            Provider::Metrics(_) => {}
+            Provider::Traces(provider) => {
+                *self
+                    .tracer
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(provider.tracer(SCOPE));
+            }
+            Provider::Logs(provider) => {
+                *LOG_SINK
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(provider.logger(SCOPE));
+            }
+        }
+    }
+
+    fn unhook(&self, kind: TelemetryKind) {
+        match kind {
+            TelemetryKind::Metrics => {}
+            TelemetryKind::Traces => {
+                self.tracer
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+            }
+            TelemetryKind::Logs => {
+                LOG_SINK
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+            }
+        }
+    }
+
+    fn build(
+        &self,
+        kind: TelemetryKind,
+        offer: &TelemetryConnectionSettings,
+    ) -> Result<Provider, String> {
+        let name = kind.component();
         let endpoint: http::Uri = offer
             .destination_endpoint
             .parse()
-            .map_err(|error| format!("invalid own_metrics endpoint: {error}"))?;
+            .map_err(|error| format!("invalid {name} endpoint: {error}"))?;
         let tls = match endpoint.scheme_str() {
             Some("http") => None,
             Some("https") => Some(self.tls_for(offer)?),
-            _ => return Err("own_metrics endpoint must be http:// or https://".into()),
+            _ => return Err(format!("the {name} endpoint must be http:// or https://")),
         };
         let headers: HashMap<String, String> = offer
             .headers
@@ -165,28 +413,83 @@ impl OwnTelemetry {
             runtime: self.runtime.clone(),
             tls,
         };
-        let exporter = MetricExporter::builder()
-            .with_http()
-            .with_endpoint(offer.destination_endpoint.clone())
-            .with_protocol(Protocol::HttpBinary)
-            .with_timeout(EXPORT_TIMEOUT)
-            .with_headers(headers)
-            .with_http_client(client)
-            .build()
-            .map_err(|error| format!("cannot build the OTLP exporter: {error}"))?;
-        let reader = PeriodicReader::builder(exporter)
-            .with_interval(self.interval)
+        let resource = Resource::builder_empty()
+            .with_attributes(self.resource.clone())
             .build();
-        let provider = SdkMeterProvider::builder()
-            .with_resource(
-                Resource::builder_empty()
-                    .with_attributes(self.resource.clone())
-                    .build(),
-            )
-            .with_reader(reader)
-            .build();
-        register_instruments(&provider, Arc::clone(&self.stats));
-        Ok(provider)
+        let built = |error: opentelemetry_otlp::ExporterBuildError| {
+            format!("cannot build the OTLP exporter: {error}")
+        };
+        let endpoint = offer.destination_endpoint.clone();
+        Ok(match kind {
+            TelemetryKind::Metrics => {
+                let exporter = MetricExporter::builder()
+                    .with_http()
+                    .with_endpoint(endpoint)
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .with_headers(headers)
+                    .with_http_client(client)
+                    .build()
+                    .map_err(built)?;
+                let reader = PeriodicReader::builder(exporter)
+                    .with_interval(self.interval)
+                    .build();
+                let provider = SdkMeterProvider::builder()
+                    .with_resource(resource)
+                    .with_reader(reader)
+                    .build();
+                register_instruments(&provider, Arc::clone(&self.stats));
+                Provider::Metrics(provider)
+            }
+            TelemetryKind::Traces => {
+                let exporter = SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(endpoint)
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .with_headers(headers)
+                    .with_http_client(client)
+                    .build()
+                    .map_err(built)?;
+                let processor = BatchSpanProcessor::builder(exporter)
+                    .with_batch_config(
+                        opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                            .with_scheduled_delay(self.interval)
+                            .build(),
+                    )
+                    .build();
+                Provider::Traces(
+                    SdkTracerProvider::builder()
+                        .with_resource(resource)
+                        .with_span_processor(processor)
+                        .build(),
+                )
+            }
+            TelemetryKind::Logs => {
+                let exporter = LogExporter::builder()
+                    .with_http()
+                    .with_endpoint(endpoint)
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_timeout(EXPORT_TIMEOUT)
+                    .with_headers(headers)
+                    .with_http_client(client)
+                    .build()
+                    .map_err(built)?;
+                let processor = BatchLogProcessor::builder(exporter)
+                    .with_batch_config(
+                        opentelemetry_sdk::logs::BatchConfigBuilder::default()
+                            .with_scheduled_delay(self.interval)
+                            .build(),
+                    )
+                    .build();
+                Provider::Logs(
+                    SdkLoggerProvider::builder()
+                        .with_resource(resource)
+                        .with_log_processor(processor)
+                        .build(),
+                )
+            }
+        })
     }
 
     fn tls_for(
@@ -208,20 +511,14 @@ impl OwnTelemetry {
             );
         }
         tls.build()
-            .map_err(|error| format!("own_metrics TLS settings: {error}"))
-    }
-}
-
-fn shutdown(provider: SdkMeterProvider) {
-    if let Err(error) = provider.shutdown() {
-        tracing::debug!(%error, "own metrics exporter shut down with an error");
+            .map_err(|error| format!("own telemetry TLS settings: {error}"))
     }
 }
 
 /// Process metrics after the OpenTelemetry semantic conventions (CS-44),
 /// plus the agent's own counters.
 fn register_instruments(provider: &SdkMeterProvider, stats: Arc<AgentStats>) {
-    let meter = provider.meter("opamp-rs-example-agent");
+    let meter = provider.meter(SCOPE);
     let started = Instant::now();
     meter
         .f64_observable_counter("process.cpu.time")
@@ -421,6 +718,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exports_own_events_are_not_exported() {
+        assert!(!exported_target(module_path!().trim_end_matches("::tests")));
+        assert!(!exported_target("opentelemetry_sdk::logs"));
+        assert!(!exported_target("hyper_util::client"));
+        assert!(exported_target("supervised"));
+        assert!(exported_target("agent::agent::runner"));
+    }
 
     #[test]
     fn proc_status_fields_are_read() {

@@ -3,6 +3,8 @@
 //! generous timeout, woken by registry events, never by fixed sleeps).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod child;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -27,6 +29,7 @@ pub struct Recorder {
     csr: mpsc::UnboundedSender<(InstanceUid, Option<Bytes>)>,
     token: Option<String>,
     refused: mpsc::UnboundedSender<String>,
+    goodbyes: mpsc::UnboundedSender<InstanceUid>,
 }
 
 impl Callbacks for Recorder {
@@ -55,6 +58,9 @@ impl Callbacks for Recorder {
         message: &AgentToServer,
     ) -> Option<opamp_proto::ServerToAgent> {
         let Ok(uid) = message.uid() else { return None };
+        if message.agent_disconnect.is_some() {
+            let _ = self.goodbyes.send(uid);
+        }
         if let Some(custom) = &message.custom_message {
             let _ = self.custom.send((uid, custom.clone()));
         }
@@ -80,6 +86,8 @@ pub struct TestServer {
     pub csr: mpsc::UnboundedReceiver<(InstanceUid, Option<Bytes>)>,
     /// The `Authorization` values of refused requests.
     pub refused: mpsc::UnboundedReceiver<String>,
+    /// Agents that sent `agent_disconnect`, in order.
+    pub goodbyes: mpsc::UnboundedReceiver<InstanceUid>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -93,6 +101,7 @@ impl TestServer {
         let (custom_tx, custom) = mpsc::unbounded_channel();
         let (csr_tx, csr) = mpsc::unbounded_channel();
         let (refused_tx, refused) = mpsc::unbounded_channel();
+        let (goodbyes_tx, goodbyes) = mpsc::unbounded_channel();
         let mut builder = OpampServer::builder();
         if let Some(tls) = tls {
             builder = builder.tls(tls);
@@ -107,6 +116,7 @@ impl TestServer {
                 csr: csr_tx,
                 token: token.map(str::to_owned),
                 refused: refused_tx,
+                goodbyes: goodbyes_tx,
             })
             .build();
         let registry = server.registry().clone();
@@ -123,6 +133,7 @@ impl TestServer {
             custom,
             csr,
             refused,
+            goodbyes,
             task,
         }
     }
@@ -230,16 +241,21 @@ impl AgentProcess {
     }
 
     /// SIGTERM, then waits for the process to exit.
-    pub async fn terminate(mut self) -> ExitStatus {
+    pub async fn terminate(self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM).await
+    }
+
+    /// Sends `signal`, then waits for the process to exit.
+    pub async fn signal(mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
         let pid = self.child.id().expect("agent already reaped");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
-            nix::sys::signal::Signal::SIGTERM,
+            signal,
         )
         .unwrap();
         tokio::time::timeout(PATIENCE, self.child.wait())
             .await
-            .expect("agent did not exit after SIGTERM")
+            .unwrap_or_else(|_| panic!("agent did not exit after {signal}"))
             .unwrap()
     }
 
