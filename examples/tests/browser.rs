@@ -13,7 +13,7 @@ use std::time::Duration;
 use fantoccini::wd::TimeoutConfiguration;
 use fantoccini::{ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use opamp_proto::{AgentConfigFile, AgentConfigMap, config_hash};
+use opamp_proto::{AgentConfigMap, AgentConfigObject, config_hash};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -232,9 +232,10 @@ async fn browser_pushes_a_config_and_sees_applied() {
         let mut pushed = AgentConfigMap::default();
         pushed.config_map.insert(
             "collector.yaml".into(),
-            AgentConfigFile {
+            AgentConfigObject {
                 body: body.as_bytes().to_vec().into(),
                 content_type: "text/yaml".into(),
+                ..Default::default()
             },
         );
         let short = hex::encode(config_hash(&pushed))[..12].to_owned();

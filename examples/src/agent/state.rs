@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use opamp_client::InstanceUid;
 use opamp_client::proto::{
-    AgentConfigFile, AgentConfigMap, EffectiveConfig, Message, RemoteConfigStatus,
+    AgentConfigMap, AgentConfigObject, EffectiveConfig, Message, RemoteConfigStatus,
 };
 
 /// The text that makes a config file fail validation (see [`validate`]).
@@ -146,9 +146,10 @@ impl StateDir {
             let body = std::fs::read(entry.path())?;
             config.config_map.insert(
                 name,
-                AgentConfigFile {
+                AgentConfigObject {
                     content_type: content_type_for(file_name.to_str().unwrap_or_default()),
                     body: body.into(),
+                    ..Default::default()
                 },
             );
         }
@@ -275,9 +276,10 @@ mod tests {
                 .map(|(name, body)| {
                     (
                         (*name).to_owned(),
-                        AgentConfigFile {
+                        AgentConfigObject {
                             body: Bytes::copy_from_slice(body.as_bytes()),
                             content_type: "text/yaml".into(),
+                            ..Default::default()
                         },
                     )
                 })
