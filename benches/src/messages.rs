@@ -2,7 +2,7 @@
 //! another language: every string, number and byte below is fixed.
 
 use opamp_proto::{
-    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentRemoteConfig,
+    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentRemoteConfig,
     AgentToServer, AnyValue, AvailableComponents, ComponentDetails, ComponentHealth,
     DownloadableFile, EffectiveConfig, Header, Headers, KeyValue, PackageAvailable, PackageStatus,
     PackageStatusEnum, PackageStatuses, PackageType, PackagesAvailable, RemoteConfigStatus,
@@ -115,9 +115,10 @@ pub fn full_status() -> AgentToServer {
     let effective = AgentConfigMap {
         config_map: [(
             "collector.yaml".to_owned(),
-            AgentConfigFile {
+            AgentConfigObject {
                 body: filler(2048).into(),
                 content_type: "text/yaml".into(),
+                ..Default::default()
             },
         )]
         .into(),
@@ -207,9 +208,10 @@ pub fn big_remote_config() -> ServerToAgent {
             config: Some(AgentConfigMap {
                 config_map: [(
                     "big.yaml".to_owned(),
-                    AgentConfigFile {
+                    AgentConfigObject {
                         body: filler(1024 * 1024).into(),
                         content_type: "text/yaml".into(),
+                        ..Default::default()
                     },
                 )]
                 .into(),

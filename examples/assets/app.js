@@ -233,13 +233,67 @@ function healthTree(name, health) {
     children.length ? el('ul', {}, children.map(([child, h]) => healthTree(child, h))) : null);
 }
 
-function fileBlocks(bodies) {
+// The key "" is common (a lone config, or the Collector's expanded config),
+// so it gets a readable label instead of an empty one.
+function keyLabel(name) {
+  return name === '' ? '(empty key)' : name;
+}
+
+function fileFigure(name, file) {
+  return el('figure', { class: 'file' },
+    el('figcaption', {},
+      el('span', { class: 'mono', title: `key ${JSON.stringify(name)}` }, keyLabel(name)), ' ',
+      el('small', { class: 'muted' }, file.content_type || 'no content type'), ' ',
+      file.role
+        ? el('span', { class: 'role', 'data-role': file.role }, 'role ', el('strong', {}, file.role))
+        : el('small', { class: 'muted' }, 'no role')),
+    el('pre', { class: 'mono' }, file.encoding === 'base64' ? `(binary, base64) ${file.body}` : file.body));
+}
+
+const selectedKeys = new Map(); // tab group -> key shown, kept across refreshes
+
+// One file as a figure; several as tabs labelled by key, since the keys of one
+// map may be alternative views of the same configuration (spec v0.20.0).
+function fileBlocks(bodies, group) {
   const entries = Object.entries(bodies || {});
   if (!entries.length) return el('p', { class: 'muted' }, 'No files.');
-  return entries.map(([name, file]) => el('figure', { class: 'file' },
-    el('figcaption', {}, el('span', { class: 'mono' }, name || '(unnamed)'), ' ',
-      el('small', { class: 'muted' }, file.content_type || 'no content type')),
-    el('pre', { class: 'mono' }, file.encoding === 'base64' ? `(binary, base64) ${file.body}` : file.body)));
+  if (entries.length === 1) return [fileFigure(...entries[0])];
+  let selected = selectedKeys.get(group);
+  if (!entries.some(([name]) => name === selected)) selected = entries[0][0];
+  const tabs = el('div', { role: 'tablist', class: 'tabs', 'aria-label': 'Keys of this configuration' });
+  const panels = [];
+  const select = (name, focus) => {
+    selectedKeys.set(group, name);
+    for (const tab of tabs.children) {
+      const on = tab.dataset.key === name;
+      tab.setAttribute('aria-selected', on ? 'true' : 'false');
+      tab.tabIndex = on ? 0 : -1;
+      if (on && focus) tab.focus();
+    }
+    for (const panel of panels) panel.hidden = panel.dataset.key !== name;
+  };
+  entries.forEach(([name, file], index) => {
+    const tabId = `${group}-tab-${index}`;
+    const panelId = `${group}-panel-${index}`;
+    const tab = el('button', { type: 'button', role: 'tab', class: 'tab', id: tabId, 'aria-controls': panelId },
+      el('span', { class: 'mono' }, keyLabel(name)), file.role ? el('small', {}, ` · ${file.role}`) : null);
+    tab.dataset.key = name;
+    tab.addEventListener('click', () => select(name, false));
+    tab.addEventListener('keydown', (event) => {
+      const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+      if (!step) return;
+      event.preventDefault();
+      select(entries[(index + step + entries.length) % entries.length][0], true);
+    });
+    tabs.append(tab);
+    const panel = el('div', { role: 'tabpanel', id: panelId, 'aria-labelledby': tabId }, fileFigure(name, file));
+    panel.dataset.key = name;
+    panels.push(panel);
+  });
+  select(selected, false);
+  return [el('p', { class: 'muted small' },
+    `${entries.length} keys. The agent defines what each holds; several may be views of one configuration.`),
+  tabs, ...panels];
 }
 
 function renderDetail(view, agent) {
@@ -264,7 +318,7 @@ function renderDetail(view, agent) {
 
   const eff = agent.effective_config;
   field(view, 'effective').replaceChildren(...(eff
-    ? [el('p', { class: 'muted' }, `hash ${shortHash(eff.hash)}`), ...[fileBlocks(eff.bodies)].flat()]
+    ? [el('p', { class: 'muted' }, `hash ${shortHash(eff.hash)}`), ...[fileBlocks(eff.bodies, 'effective')].flat()]
     : [el('p', { class: 'muted' }, 'No effective config reported.')]));
 
   renderPushStatus(field(view, 'push-status'), agent);
@@ -279,6 +333,7 @@ function renderDetail(view, agent) {
         form.content_type.append(el('option', {}, file.content_type));
       }
       form.content_type.value = file.content_type || 'text/yaml';
+      form.role.value = file.role || '';
       form.body.value = file.encoding === 'base64' ? '' : file.body;
     }
   }
@@ -382,7 +437,7 @@ function wireDetail(view, uid) {
   configForm.addEventListener('submit', (event) => {
     event.preventDefault();
     const button = $('button[type="submit"]', configForm);
-    const query = configForm.file.value ? `?file=${encodeURIComponent(configForm.file.value)}` : '';
+    const query = fileQuery(configForm);
     run(button, () => api('PUT', `${base}/config${query}`, configForm.body.value, configForm.content_type.value),
       (result) => `config ${shortHash(result.config_hash)} offered`).then((ok) => {
       if (ok) delete configForm.dataset.touched;
@@ -429,12 +484,22 @@ function wireDetail(view, uid) {
 
 // ---- fleet config ----
 
+// `?file=…&role=…` for the single-file PUT endpoints.
+function fileQuery(form) {
+  const params = new URLSearchParams();
+  if (form.file.value) params.set('file', form.file.value);
+  if (form.role.value) params.set('role', form.role.value);
+  const text = params.toString();
+  return text ? `?${text}` : '';
+}
+
 function fillFileForm(form, config) {
   const entries = Object.entries((config && config.files) || {});
   if (!entries.length || form.dataset.touched) return;
   const [name, file] = entries[0];
   form.file.value = name;
   form.content_type.value = file.content_type;
+  form.role.value = file.role || '';
   form.body.value = file.encoding === 'base64' ? '' : file.body;
 }
 
@@ -482,7 +547,7 @@ function wireConfig(view) {
   defaults.addEventListener('input', () => { defaults.dataset.touched = '1'; });
   defaults.addEventListener('submit', (event) => {
     event.preventDefault();
-    const query = defaults.file.value ? `?file=${encodeURIComponent(defaults.file.value)}` : '';
+    const query = fileQuery(defaults);
     run($('button', defaults), () => api('PUT', `/api/config/default${query}`, defaults.body.value, defaults.content_type.value),
       (result) => `default config ${shortHash(result.config_hash)} saved`).then((ok) => { if (ok) delete defaults.dataset.touched; });
   });
@@ -493,7 +558,7 @@ function wireConfig(view) {
     run($('button', group), async () => {
       const body = {
         selector: parseSelector(group.selector.value),
-        config: { files: { [group.file.value]: { content_type: group.content_type.value, body: group.body.value } } },
+        config: { files: { [group.file.value]: { content_type: group.content_type.value, role: group.role.value, body: group.body.value } } },
       };
       return api('PUT', `/api/config/groups/${encodeURIComponent(group.name.value)}`, body);
     }, (result) => `group saved (${shortHash(result.config_hash)})`).then((ok) => {

@@ -50,11 +50,17 @@ async fn config_round_trip(scheme: &str, expected_transport: TransportKind) {
     );
 
     // RCFG-06: pushed config → written to disk → APPLIED with its hash,
-    // and the effective config read back from disk is reported.
+    // and the effective config read back from disk is reported. Two keys,
+    // "" among them, with roles (spec v0.20.0): the report carries them.
     let body = "receivers:\n  otlp: {}\n";
+    let mut pushed = config("collector.yaml", body);
+    pushed.config_map.get_mut("collector.yaml").unwrap().role = "main".into();
+    let mut expanded = config("", "receivers: {otlp: {}}\n");
+    expanded.config_map.get_mut("").unwrap().role = "expanded".into();
+    pushed.config_map.extend(expanded.config_map);
     let offer = server
         .registry
-        .set_remote_config(uid, config("collector.yaml", body))
+        .set_remote_config(uid, pushed.clone())
         .await
         .unwrap();
     let state_of_offer = tokio::time::timeout(
@@ -69,11 +75,18 @@ async fn config_round_trip(scheme: &str, expected_transport: TransportKind) {
         std::fs::read_to_string(state.join("config").join("collector.yaml")).unwrap(),
         body
     );
-    server
+    let record = server
         .wait_for(uid, "the new effective config", |record| {
             effective_body(record, "collector.yaml").as_deref() == Some(body.as_bytes())
         })
         .await;
+    let effective = record.status.effective_config.unwrap().config_map;
+    assert_eq!(
+        effective.as_ref(),
+        Some(&pushed),
+        "keys, content types and roles"
+    );
+    assert_eq!(opamp_proto::config_hash(&pushed), offer.hash);
 
     // A config that fails validation: FAILED with a reason; disk and
     // effective config keep the applied one; health shows the failure.
@@ -226,8 +239,9 @@ async fn config_round_trip(scheme: &str, expected_transport: TransportKind) {
     assert_eq!(status.last_remote_config_hash, bad.hash);
     assert_eq!(status.status(), RemoteConfigStatuses::Failed);
     assert_eq!(
-        effective_body(&record, "collector.yaml").as_deref(),
-        Some(body.as_bytes())
+        record.status.effective_config.unwrap().config_map,
+        Some(pushed),
+        "roles survive an agent restart"
     );
     assert!(agent.terminate().await.success());
 }

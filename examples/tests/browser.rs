@@ -1,5 +1,6 @@
 //! A real browser against the `server` binary: open the agent list, open an
-//! agent, push a config from the page and see APPLIED.
+//! agent, see the keys and roles of a two-key config as tabs, push a config
+//! with a role from the page and see APPLIED.
 //!
 //! Needs Debian's `chromium` and `chromedriver` (package `chromium-driver`)
 //! on PATH. Without them the test fails when `CI=true` and is skipped with a
@@ -13,7 +14,7 @@ use std::time::Duration;
 use fantoccini::wd::TimeoutConfiguration;
 use fantoccini::{ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use opamp_proto::{AgentConfigFile, AgentConfigMap, config_hash};
+use opamp_proto::{AgentConfigMap, AgentConfigObject, config_hash};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -93,6 +94,29 @@ fn save_screenshot(png: &[u8], name: &str) {
         }
     }
 }
+
+/// Puts a group config with two keys, "" (with a role) and `collector.yaml`,
+/// for the demo agent's service, through the page's own origin.
+const PUT_TWO_KEY_GROUP: &str = r#"
+const [done] = arguments;
+const body = {
+  selector: { 'service.name': 'checkout' },
+  config: { files: {
+    '': { content_type: 'text/yaml', role: 'expanded', body: 'exporters:\n  debug: {}\n' },
+    'collector.yaml': { content_type: 'text/yaml', body: 'exporters: ${env:EXPORTERS}\n' },
+  } },
+};
+fetch('/api/config/groups/two-views', {
+  method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+}).then((response) => done(response.status), (error) => done(String(error)));
+"#;
+
+/// The key of the effective config's visible tab panel, and how many tabs.
+const VISIBLE_TAB: &str = r#"
+const root = document.querySelector('#detail-view [data-field="effective"]');
+const panel = root && root.querySelector('[role="tabpanel"]:not([hidden])');
+return [panel ? panel.dataset.key : null, root ? root.querySelectorAll('[role="tab"]').length : 0];
+"#;
 
 /// Resolves once `selector`'s text contains `needle`, watching the DOM
 /// instead of polling.
@@ -192,6 +216,8 @@ async fn browser_pushes_a_config_and_sees_applied() {
             .for_element(Locator::Css("#agent-rows a"))
             .await?;
         save_screenshot(&browser.screenshot().await?, "list.png");
+        let status = browser.execute_async(PUT_TWO_KEY_GROUP, vec![]).await?;
+        assert_eq!(status, json!(200), "group PUT");
         // Live updates re-render the rows, so a found link may be replaced
         // before the click lands: find it again then.
         let mut attempts = 0;
@@ -213,12 +239,53 @@ async fn browser_pushes_a_config_and_sees_applied() {
                 ],
             )
             .await?;
+
+        // The group's two keys are tabs of one configuration: "" under a
+        // readable label, with its role; switching shows the other key.
+        for needle in ["(empty key)", "role expanded", "env:EXPORTERS"] {
+            browser
+                .execute_async(
+                    WAIT_FOR_TEXT,
+                    vec![
+                        json!("#detail-view [data-field=\"effective\"]"),
+                        json!(needle),
+                    ],
+                )
+                .await?;
+        }
+        assert_eq!(
+            browser.execute(VISIBLE_TAB, vec![]).await?,
+            json!(["", 2]),
+            "the first key is shown first"
+        );
+        let mut attempts = 0;
+        loop {
+            let tab = browser
+                .find(Locator::Css(
+                    "#detail-view [data-field=\"effective\"] [role=\"tab\"][data-key=\"collector.yaml\"]",
+                ))
+                .await?;
+            match tab.click().await {
+                Err(error) if is_stale(&error) && attempts < 10 => attempts += 1,
+                other => break other?,
+            }
+        }
+        // The chosen tab's panel is the one shown (the page also keeps the
+        // choice when it re-renders the view).
+        assert_eq!(
+            browser.execute(VISIBLE_TAB, vec![]).await?,
+            json!(["collector.yaml", 2])
+        );
+        save_screenshot(&browser.screenshot().await?, "two-keys.png");
         let form = browser
             .find(Locator::Css("#detail-view form[data-form=\"config\"]"))
             .await?;
         let file = form.find(Locator::Css("input[name=\"file\"]")).await?;
         file.clear().await?;
         file.send_keys("collector.yaml").await?;
+        let role = form.find(Locator::Css("input[name=\"role\"]")).await?;
+        role.clear().await?;
+        role.send_keys("main").await?;
         let body = "receivers:\n  otlp: {}\nexporters:\n  debug: {}\n# pushed from the browser\n";
         let editor = form.find(Locator::Css("textarea[name=\"body\"]")).await?;
         editor.clear().await?;
@@ -232,9 +299,10 @@ async fn browser_pushes_a_config_and_sees_applied() {
         let mut pushed = AgentConfigMap::default();
         pushed.config_map.insert(
             "collector.yaml".into(),
-            AgentConfigFile {
+            AgentConfigObject {
                 body: body.as_bytes().to_vec().into(),
                 content_type: "text/yaml".into(),
+                role: "main".into(),
             },
         );
         let short = hex::encode(config_hash(&pushed))[..12].to_owned();
@@ -256,16 +324,23 @@ async fn browser_pushes_a_config_and_sees_applied() {
                 ],
             )
             .await?;
-        // The effective config the agent reports is the pushed one.
-        browser
-            .execute_async(
-                WAIT_FOR_TEXT,
-                vec![
-                    json!("#detail-view [data-field=\"effective\"]"),
-                    json!("pushed from the browser"),
-                ],
-            )
-            .await?;
+        // The effective config the agent reports is the pushed one, role
+        // included, and a single key needs no tabs.
+        for needle in ["pushed from the browser", "role main"] {
+            browser
+                .execute_async(
+                    WAIT_FOR_TEXT,
+                    vec![
+                        json!("#detail-view [data-field=\"effective\"]"),
+                        json!(needle),
+                    ],
+                )
+                .await?;
+        }
+        assert_eq!(
+            browser.execute(VISIBLE_TAB, vec![]).await?,
+            json!([null, 0])
+        );
         let status = browser
             .find(Locator::Css("#detail-view [data-field=\"push-status\"]"))
             .await?

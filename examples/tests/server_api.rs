@@ -196,6 +196,110 @@ async fn rcfg_pushed_config_is_applied_and_recorded() {
     assert_eq!(detail["config_history"][1]["outcome"], "APPLIED");
 }
 
+/// Spec v0.20.0: configuration objects carry a role, and any key, "" included,
+/// may sit beside others (several keys can be views of one configuration).
+/// Roles go in through the API (`?role=` and group files), out to the agent
+/// in the offer and in the hash, and back out of the JSON from what the agent
+/// reports.
+#[tokio::test]
+async fn rcfg_roles_and_several_keys_round_trip_through_the_json_api() {
+    let h = harness(|_| {}).await;
+    let mut agent = TestAgent::new(uid(3), "inventory", FULL_CAPABILITIES);
+    h.poll(&agent.hello()).await;
+
+    // One object with a role through PUT.
+    let (status, reply) = h
+        .call(
+            Method::PUT,
+            &format!("/api/agents/{}/config?file=main.yaml&role=main", uid(3)),
+            Some("text/yaml"),
+            "a: 1\n",
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let mut single = config("main.yaml", "text/yaml", "a: 1\n");
+    single.config_map.get_mut("main.yaml").unwrap().role = "main".into();
+    assert_eq!(reply["config_hash"], hex::encode(config_hash(&single)));
+    assert_ne!(
+        reply["config_hash"],
+        hex::encode(config_hash(&config("main.yaml", "text/yaml", "a: 1\n"))),
+        "the role is part of the hash"
+    );
+    let offer = h
+        .poll(&agent.heartbeat())
+        .await
+        .remote_config
+        .expect("offered");
+    assert_eq!(offer.config, Some(single));
+
+    // Two views of one configuration, "" among them, through a group.
+    let (status, reply) = h
+        .json(
+            Method::PUT,
+            "/api/config/groups/inventory",
+            json!({
+                "selector": { "service.name": "inventory" },
+                "config": { "files": {
+                    "": { "content_type": "text/yaml", "body": "x: 2\n", "role": "expanded" },
+                    "collector.yaml": { "content_type": "text/yaml", "body": "x: ${X}\n" }
+                } }
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let mut views = config("", "text/yaml", "x: 2\n");
+    views.config_map.get_mut("").unwrap().role = "expanded".into();
+    views
+        .config_map
+        .extend(config("collector.yaml", "text/yaml", "x: ${X}\n").config_map);
+    let hash = config_hash(&views);
+    assert_eq!(reply["config_hash"], hex::encode(&hash));
+    let (_, all) = h.get("/api/config").await;
+    let files = &all["groups"]["inventory"]["config"]["files"];
+    assert_eq!(files[""]["role"], "expanded");
+    assert_eq!(files["collector.yaml"]["role"], "");
+    assert_eq!(files[""]["body"], "x: 2\n");
+
+    // The agent's own config still wins; dropping it lets the group's through.
+    let (status, _) = h
+        .call(
+            Method::DELETE,
+            &format!("/api/agents/{}/config", uid(3)),
+            None,
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let offer = h
+        .poll(&agent.heartbeat())
+        .await
+        .remote_config
+        .expect("group config offered");
+    assert_eq!(offer.config_hash, hash);
+    assert_eq!(offer.config, Some(views.clone()));
+
+    let mut events = h.events().await;
+    h.poll(&agent.report(&hash, RemoteConfigStatuses::Applied, Some(views)))
+        .await;
+    let path = format!("/api/agents/{}", uid(3));
+    until(&mut events, "APPLIED", || async {
+        h.get(&path).await.1["desired_config"]["state"] == "APPLIED"
+    })
+    .await;
+    let (_, detail) = h.get(&path).await;
+    assert_eq!(detail["effective_config"]["hash"], hex::encode(&hash));
+    assert_eq!(
+        detail["effective_config"]["files"],
+        json!(["", "collector.yaml"])
+    );
+    for view in ["effective_config", "desired_config"] {
+        let bodies = &detail[view]["bodies"];
+        assert_eq!(bodies[""]["role"], "expanded", "{view}");
+        assert_eq!(bodies["collector.yaml"]["role"], "", "{view}");
+        assert_eq!(bodies["collector.yaml"]["body"], "x: ${X}\n", "{view}");
+    }
+}
+
 /// RCFG-02, CMD-01, PKG-01, CS-01, CUS-04: offers the agent did not declare
 /// it accepts are refused with 409.
 #[tokio::test]

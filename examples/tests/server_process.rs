@@ -257,9 +257,10 @@ async fn rcfg_configs_apply_over_both_transports_and_survive_a_restart() {
         let mut expected = AgentConfigMap::default();
         expected.config_map.insert(
             "collector.yaml".into(),
-            opamp_client::proto::AgentConfigFile {
+            opamp_client::proto::AgentConfigObject {
                 body: body.clone().into(),
                 content_type: "text/yaml".into(),
+                ..Default::default()
             },
         );
         let hash = hex::encode(config_hash(&expected));

@@ -63,7 +63,17 @@ async fn fleet_state_survives_a_restart_in_process() {
         http_endpoint: "http://127.0.0.1:4320/v1/opamp".into(),
         ..Default::default()
     };
-    let expected = config("", "text/yaml", "group: 1");
+    // Two keys with roles (spec v0.20.0) must survive the store as well.
+    let mut expected = config("", "text/yaml", "group: 1");
+    expected.config_map.get_mut("").unwrap().role = "expanded".into();
+    expected.config_map.insert(
+        "group.yaml".into(),
+        opamp_proto::AgentConfigObject {
+            body: "group: ${G}".into(),
+            content_type: "text/yaml".into(),
+            role: "source".into(),
+        },
+    );
     let hash = config_hash(&expected);
     {
         let fleet = FleetServer::new(
@@ -84,7 +94,10 @@ async fn fleet_state_survives_a_restart_in_process() {
                 "/api/config/groups/all-carts",
                 serde_json::json!({
                     "selector": { "service.name": "cart" },
-                    "config": { "files": { "": { "content_type": "text/yaml", "body": "group: 1" } } }
+                    "config": { "files": {
+                        "": { "content_type": "text/yaml", "body": "group: 1", "role": "expanded" },
+                        "group.yaml": { "content_type": "text/yaml", "body": "group: ${G}", "role": "source" }
+                    } }
                 }),
             )
             .await;
@@ -96,6 +109,7 @@ async fn fleet_state_survives_a_restart_in_process() {
             .remote_config
             .expect("group config");
         assert_eq!(offer.config_hash, hash);
+        assert_eq!(offer.config.as_ref(), Some(&expected));
         let mut events = h.events().await;
         h.poll(&agent.report(&hash, RemoteConfigStatuses::Applied, Some(expected.clone())))
             .await;
@@ -127,6 +141,13 @@ async fn fleet_state_survives_a_restart_in_process() {
     assert_eq!(detail["desired_config"]["state"], "APPLIED");
     assert_eq!(detail["desired_config"]["source"]["name"], "all-carts");
     assert_eq!(detail["config_history"][0]["outcome"], "APPLIED");
+    for view in ["desired_config", "effective_config"] {
+        assert_eq!(detail[view]["bodies"][""]["role"], "expanded", "{view}");
+        assert_eq!(
+            detail[view]["bodies"]["group.yaml"]["role"], "source",
+            "{view}"
+        );
+    }
     assert!(!detail["events"].as_array().unwrap().is_empty());
     let request = http::Request::get("/api/config")
         .body(Body::empty())
@@ -140,6 +161,10 @@ async fn fleet_state_survives_a_restart_in_process() {
     assert_eq!(
         config["groups"]["all-carts"]["selector"]["service.name"],
         "cart"
+    );
+    assert_eq!(
+        config["groups"]["all-carts"]["config"]["files"]["group.yaml"]["role"],
+        "source"
     );
     fleet.stop().await;
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use opamp_proto::{
-    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDisconnect, AgentIdentification,
+    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDisconnect, AgentIdentification,
     AgentRemoteConfig, AgentToServer, ConnectionSettingsOffers, Message, OpAmpConnectionSettings,
     RetryInfo, ServerErrorResponse, ServerErrorResponseType, ServerToAgent, ServerToAgentFlags,
     server_error_response,
@@ -21,7 +21,7 @@ use opamp_proto::{
 mod messages {
     use bytes::Bytes;
     use opamp_proto::{
-        AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentToServer,
+        AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentToServer,
         AnyValue, AvailableComponents, ComponentDetails, ComponentHealth, DownloadableFile,
         EffectiveConfig, Header, Headers, KeyValue, PackageAvailable, PackageStatus,
         PackageStatusEnum, PackageStatuses, PackageType, PackagesAvailable, RemoteConfigStatus,
@@ -77,9 +77,10 @@ mod messages {
         let effective = AgentConfigMap {
             config_map: [(
                 "collector.yaml".to_owned(),
-                AgentConfigFile {
+                AgentConfigObject {
                     body: Bytes::from_static(b"receivers: {otlp: {}}\n"),
                     content_type: "text/yaml".into(),
+                    ..Default::default()
                 },
             )]
             .into(),
@@ -221,9 +222,10 @@ fn small_server_messages() -> Vec<(&'static str, ServerToAgent)> {
     let config = AgentConfigMap {
         config_map: [(
             "agent.yaml".to_owned(),
-            AgentConfigFile {
+            AgentConfigObject {
                 body: Bytes::from_static(b"log_level: debug\n"),
                 content_type: "text/yaml".into(),
+                ..Default::default()
             },
         )]
         .into(),

@@ -19,8 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use opamp_client::proto::{
-    AgentConfigFile, AgentConfigMap, AgentRemoteConfig, AgentToServer, Message, RemoteConfigStatus,
-    RemoteConfigStatuses, ServerCapabilities, ServerToAgent,
+    AgentConfigMap, AgentConfigObject, AgentRemoteConfig, AgentToServer, Message,
+    RemoteConfigStatus, RemoteConfigStatuses, ServerCapabilities, ServerToAgent,
 };
 use opamp_client::{
     AgentCapabilities, AgentDescription, ClientCore, CoreConfig, Event, ExponentialBackoff,
@@ -61,9 +61,10 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
             "server: sequence {}, config status {status:?}, goodbye {goodbye}",
             message.sequence_num
         );
-        let file = AgentConfigFile {
+        let file = AgentConfigObject {
             body: "log_level: debug\n".into(),
             content_type: "text/yaml".into(),
+            role: String::new(),
         };
         let offer = AgentRemoteConfig {
             config: Some(AgentConfigMap {

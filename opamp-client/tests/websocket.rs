@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::{Recorder, Reply, Seen, TestServer, ack, expect_seen, quick_retry};
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{
-    AgentConfigFile, AgentConfigMap, AgentIdentification, AgentRemoteConfig, CommandType,
+    AgentConfigMap, AgentConfigObject, AgentIdentification, AgentRemoteConfig, CommandType,
     ConnectionSettingsOffers, ConnectionSettingsStatuses, CustomCapabilities, CustomMessage,
     InstanceUid, OpAmpConnectionSettings, RemoteConfigStatus, RemoteConfigStatuses, RetryInfo,
     ServerErrorResponse, ServerErrorResponseType, ServerToAgent, ServerToAgentCommand,
@@ -25,9 +25,10 @@ fn remote_config(hash: &'static [u8]) -> AgentRemoteConfig {
         config: Some(AgentConfigMap {
             config_map: [(
                 String::new(),
-                AgentConfigFile {
+                AgentConfigObject {
                     body: Bytes::from_static(b"a: 1"),
                     content_type: "text/yaml".into(),
+                    ..Default::default()
                 },
             )]
             .into(),

@@ -1,7 +1,12 @@
 //! Cross-checks the `.proto` files against `shared/opamp/proto-facts.md`, the
-//! mechanically generated list of every message, field and enum value of the
-//! spec commit we target. The facts file lives outside this repository (next
-//! to the checkout); without it the test says so and checks nothing else.
+//! mechanically generated list of every message, field and enum value of
+//! opamp-spec commit f56c7ae. We target release v0.20.0, which differs from
+//! that commit in exactly two documented ways (`shared/opamp/spec-v0.20-changes.md`):
+//! `AgentConfigFile` is renamed `AgentConfigObject`, and that message gains
+//! `role = 3` (string). The test applies those two changes to the facts and
+//! then demands equality, so any other difference still fails. The facts file
+//! lives outside this repository (next to the checkout); without it the test
+//! says so and checks nothing else.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -63,6 +68,48 @@ fn facts(text: &str) -> BTreeSet<(String, String, i32, String)> {
         }
     }
     out
+}
+
+/// The spec commit the facts file describes, from its "Source" section.
+const FACTS_COMMIT: &str = "f56c7ae587e53e99f809f8d95ac5cc58cb7bb8dc";
+
+/// Turns the facts of commit f56c7ae into those of release v0.20.0. Each
+/// change must find what it replaces, so a facts file describing some other
+/// version fails here instead of being patched into agreement.
+fn apply_v0_20_changes(facts: &mut BTreeSet<(String, String, i32, String)>) {
+    const OLD: &str = "AgentConfigFile";
+    const NEW: &str = "AgentConfigObject";
+    let renamed: Vec<_> = facts
+        .iter()
+        .filter(|(owner, _, _, ty)| owner == OLD || ty.contains(OLD))
+        .cloned()
+        .collect();
+    let names: BTreeSet<_> = renamed
+        .iter()
+        .map(|(o, f, _, _)| format!("{o}.{f}"))
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "AgentConfigFile.body".to_owned(),
+            "AgentConfigFile.content_type".to_owned(),
+            "AgentConfigMap.config_map".to_owned(),
+        ]),
+        "the facts no longer mention {OLD} where f56c7ae did"
+    );
+    for fact in renamed {
+        facts.remove(&fact);
+        let (owner, field, number, ty) = fact;
+        let owner = if owner == OLD { NEW.to_owned() } else { owner };
+        facts.insert((owner, field, number, ty.replace(OLD, NEW)));
+    }
+    assert!(
+        !facts
+            .iter()
+            .any(|(owner, _, number, _)| owner == NEW && *number == 3),
+        "field 3 of {NEW} is already in the facts"
+    );
+    facts.insert((NEW.into(), "role".into(), 3, "singular string".into()));
 }
 
 fn label_word(label: &str) -> &'static str {
@@ -150,7 +197,13 @@ fn proto_files_match_the_facts_field_for_field() {
         eprintln!("note: proto-facts.md not found beside the checkout; cross-check skipped");
         return;
     };
-    let expected = facts(&std::fs::read_to_string(path).unwrap());
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.contains(&format!("HEAD `{FACTS_COMMIT}`")),
+        "proto-facts.md no longer describes commit {FACTS_COMMIT}; revise apply_v0_20_changes"
+    );
+    let mut expected = facts(&text);
+    apply_v0_20_changes(&mut expected);
     // 184 field and enum numbers per the facts file's own count (plus the
     // 0-valued enum entries and map fields it lists the same way).
     assert!(expected.len() > 150, "parsed only {} facts", expected.len());

@@ -148,9 +148,17 @@ fn connection_offers() -> impl Strategy<Value = ConnectionSettingsOffers> {
 }
 
 fn config_map() -> impl Strategy<Value = AgentConfigMap> {
+    // Any key is valid in a map of any size, "" included (spec v0.20.0); the
+    // role is optional.
+    let key = prop_oneof![Just(String::new()), text()];
+    let role = prop_oneof![Just(String::new()), text()];
     btree_map(
-        text(),
-        (blob(), text()).prop_map(|(body, content_type)| AgentConfigFile { body, content_type }),
+        key,
+        (blob(), text(), role).prop_map(|(body, content_type, role)| AgentConfigObject {
+            body,
+            content_type,
+            role,
+        }),
         1..4,
     )
     .prop_map(|config_map| AgentConfigMap { config_map })

@@ -169,9 +169,10 @@ fn byte_fields_share_the_input_buffer() {
         config: Some(AgentConfigMap {
             config_map: [(
                 String::new(),
-                AgentConfigFile {
+                AgentConfigObject {
                     body: body.clone(),
                     content_type: "text/plain".into(),
+                    role: "main".into(),
                 },
             )]
             .into(),
@@ -185,4 +186,53 @@ fn byte_fields_share_the_input_buffer() {
     let wire_range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
     assert!(wire_range.contains(&(decoded_body.as_ptr() as usize)));
     assert_eq!(decoded_body, &body);
+}
+
+#[test]
+fn rcfg_config_object_role_is_field_3_and_the_empty_key_sits_beside_others() {
+    // spec v0.20.0: AgentConfigObject.role = 3 (tag byte 0x1a), and "" is a
+    // valid key in a map of any size.
+    let map = AgentConfigMap {
+        config_map: [
+            (
+                String::new(),
+                AgentConfigObject {
+                    body: Bytes::from_static(b"a"),
+                    content_type: "t".into(),
+                    role: "r".into(),
+                },
+            ),
+            (
+                "c".to_owned(),
+                AgentConfigObject {
+                    body: Bytes::from_static(b"b"),
+                    ..Default::default()
+                },
+            ),
+        ]
+        .into(),
+    };
+    // Entry "": key omitted (default), value = body "a", content_type "t", role "r".
+    // Entry "c": key "c", value = body "b".
+    let wire = unhex("0a 0b 12 09 0a 01 61 12 01 74 1a 01 72 0a 08 0a 01 63 12 03 0a 01 62");
+    check(&wire, &map);
+    // Encoders that write the empty key explicitly decode to the same map.
+    let explicit_key =
+        unhex("0a 0d 0a 00 12 09 0a 01 61 12 01 74 1a 01 72 0a 08 0a 01 63 12 03 0a 01 62");
+    assert_eq!(
+        AgentConfigMap::decode(explicit_key.as_slice()).unwrap(),
+        map
+    );
+}
+
+#[test]
+#[allow(deprecated)]
+fn the_old_name_agent_config_file_still_builds_the_same_message() {
+    let old = AgentConfigFile {
+        body: Bytes::from_static(b"x: 1"),
+        content_type: "text/yaml".into(),
+        role: String::new(),
+    };
+    let new: AgentConfigObject = old.clone();
+    assert_eq!(old.encode_to_vec(), new.encode_to_vec());
 }

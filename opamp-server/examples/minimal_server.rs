@@ -13,7 +13,7 @@
 //! once; plain-HTTP agents with the reply to their next poll (every 30 s by
 //! default), since a server cannot push over plain HTTP.
 
-use opamp_proto::{AgentConfigFile, AgentConfigMap, AgentToServer, ServerToAgent};
+use opamp_proto::{AgentConfigMap, AgentConfigObject, AgentToServer, ServerToAgent};
 use opamp_server::{AgentEvent, Callbacks, Connection, OpampServer, Registry};
 
 /// Sees every agent message after the registry has merged it.
@@ -42,9 +42,10 @@ impl Callbacks for Fleet {
 
 /// The configuration every agent is offered.
 fn config() -> AgentConfigMap {
-    let file = AgentConfigFile {
+    let file = AgentConfigObject {
         body: "log_level: debug\nexporters: [otlp]\n".into(),
         content_type: "text/yaml".into(),
+        role: String::new(),
     };
     AgentConfigMap {
         config_map: [("agent.yaml".to_owned(), file)].into(),

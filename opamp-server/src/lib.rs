@@ -5,7 +5,7 @@
 //! A fleet server that pushes a configuration to every agent that connects:
 //!
 //! ```no_run
-//! use opamp_proto::{AgentConfigFile, AgentConfigMap, AgentToServer, ServerToAgent};
+//! use opamp_proto::{AgentConfigMap, AgentConfigObject, AgentToServer, ServerToAgent};
 //! use opamp_server::{AgentEvent, Callbacks, Connection, DEFAULT_PORT, OpampServer};
 //!
 //! struct Fleet;
@@ -26,8 +26,12 @@
 //!         while let Ok(event) = events.recv().await {
 //!             let AgentEvent::Connected { uid, .. } = event else { continue };
 //!             let mut config = AgentConfigMap::default();
-//!             let file = AgentConfigFile { body: "log_level: debug\n".into(), content_type: "text/yaml".into() };
-//!             config.config_map.insert("agent.yaml".into(), file);
+//!             let object = AgentConfigObject {
+//!                 body: "log_level: debug\n".into(),
+//!                 content_type: "text/yaml".into(),
+//!                 ..Default::default()
+//!             };
+//!             config.config_map.insert("agent.yaml".into(), object);
 //!             // Refused unless the agent accepts remote config (RCFG-02).
 //!             match registry.set_remote_config(uid, config).await {
 //!                 Ok(offer) => println!("{uid}: config {:x?} offered", &offer.hash[..4]),

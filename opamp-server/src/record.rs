@@ -330,7 +330,7 @@ struct StoredConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opamp_proto::{AgentConfigMap, KeyValue};
+    use opamp_proto::{AgentConfigMap, AgentConfigObject, KeyValue};
 
     #[test]
     fn record_round_trips_through_its_storage_encoding() {
@@ -362,6 +362,38 @@ mod tests {
             AgentRecord::decode(&[0xff, 0xff]),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn config_roles_and_the_empty_key_survive_the_storage_encoding() {
+        // spec v0.20.0: entries carry a role, and "" may sit beside other keys.
+        let object = |body: &'static str, role: &str| AgentConfigObject {
+            body: body.into(),
+            content_type: "text/yaml".into(),
+            role: role.into(),
+        };
+        let config = AgentConfigMap {
+            config_map: [
+                (String::new(), object("a: 1\n", "expanded")),
+                ("collector.yaml".to_owned(), object("a: ${A}\n", "")),
+                ("rules.yaml".to_owned(), object("r: 1\n", "rules")),
+            ]
+            .into(),
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut record = AgentRecord::new(InstanceUid::from_array([4; 16]), now);
+        record.status.effective_config = Some(EffectiveConfig {
+            config_map: Some(config.clone()),
+        });
+        record.desired.remote_config = Some(AgentRemoteConfig {
+            config_hash: opamp_proto::config_hash(&config),
+            config: Some(config.clone()),
+        });
+        let decoded = AgentRecord::decode(&record.encode()).unwrap();
+        assert_eq!(decoded, record);
+        let stored = decoded.desired.remote_config.unwrap().config.unwrap();
+        assert_eq!(stored.config_map[""].role, "expanded");
+        assert_eq!(stored.config_map["rules.yaml"].role, "rules");
     }
 
     #[test]

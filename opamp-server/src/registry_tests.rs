@@ -5,7 +5,7 @@ use std::sync::Mutex as StdMutex;
 
 use bytes::Bytes;
 use opamp_proto::{
-    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentDisconnect,
+    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentDisconnect,
     AgentToServer, AgentToServerFlags, AvailableComponents, ComponentDetails, ComponentHealth,
     ConnectionSettingsOffers, CustomCapabilities, CustomMessage, InstanceUid,
     OpAmpConnectionSettings, PackageStatuses, PackagesAvailable, RemoteConfigStatus,
@@ -363,9 +363,10 @@ fn yaml(body: &str) -> AgentConfigMap {
     let mut config = AgentConfigMap::default();
     config.config_map.insert(
         String::new(),
-        AgentConfigFile {
+        AgentConfigObject {
             body: Bytes::from(body.to_owned()),
             content_type: "text/yaml".into(),
+            ..Default::default()
         },
     );
     config

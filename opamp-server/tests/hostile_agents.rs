@@ -16,7 +16,7 @@ use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use opamp_proto::{
-    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentRemoteConfig,
+    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentRemoteConfig,
     AgentToServer, InstanceUid, Message, ServerErrorResponseType, ServerToAgent,
     ServerToAgentFlags,
 };
@@ -780,9 +780,10 @@ fn big_config(bytes: usize) -> ServerToAgent {
     let mut config = AgentConfigMap::default();
     config.config_map.insert(
         String::new(),
-        AgentConfigFile {
+        AgentConfigObject {
             body: Bytes::from(vec![b'x'; bytes]),
             content_type: String::new(),
+            ..Default::default()
         },
     );
     ServerToAgent {

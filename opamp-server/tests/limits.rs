@@ -12,7 +12,7 @@ use futures_util::SinkExt;
 use http::{StatusCode, header};
 use http_body_util::Full;
 use opamp_proto::{
-    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentRemoteConfig, Message, ServerToAgent,
+    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentRemoteConfig, Message, ServerToAgent,
 };
 use opamp_server::{AgentEvent, DisconnectReason, Keepalive, OpampServer, SendError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,9 +24,10 @@ fn big_config(bytes: usize) -> ServerToAgent {
     let mut config = AgentConfigMap::default();
     config.config_map.insert(
         String::new(),
-        AgentConfigFile {
+        AgentConfigObject {
             body: Bytes::from(vec![b'x'; bytes]),
             content_type: String::new(),
+            ..Default::default()
         },
     );
     ServerToAgent {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use common::*;
 use futures_util::SinkExt;
 use opamp_proto::{
-    AgentConfigFile, AgentConfigMap, AgentDisconnect, RemoteConfigStatus, RemoteConfigStatuses,
+    AgentConfigMap, AgentConfigObject, AgentDisconnect, RemoteConfigStatus, RemoteConfigStatuses,
     ServerCapabilities, ServerErrorResponseType, ServerToAgent, server_error_response,
 };
 use opamp_server::{
@@ -137,9 +137,10 @@ fn config(body: &str) -> AgentConfigMap {
     let mut config = AgentConfigMap::default();
     config.config_map.insert(
         "agent.yaml".into(),
-        AgentConfigFile {
+        AgentConfigObject {
             body: Bytes::from(body.to_owned()),
             content_type: "text/yaml".into(),
+            ..Default::default()
         },
     );
     config

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use common::{Recorder, Running, Seen, next_seen};
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{
-    AgentConfigFile, AgentConfigMap, InstanceUid, RemoteConfigStatus, RemoteConfigStatuses,
+    AgentConfigMap, AgentConfigObject, InstanceUid, RemoteConfigStatus, RemoteConfigStatuses,
     ServerErrorResponse, ServerToAgentCommand,
 };
 use opamp_server::{
@@ -77,9 +77,10 @@ fn config() -> AgentConfigMap {
     let mut config = AgentConfigMap::default();
     config.config_map.insert(
         "agent.yaml".into(),
-        AgentConfigFile {
+        AgentConfigObject {
             body: Bytes::from_static(b"level: info\n"),
             content_type: "text/yaml".into(),
+            ..Default::default()
         },
     );
     config

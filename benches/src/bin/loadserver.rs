@@ -14,7 +14,9 @@ use std::process::ExitCode;
 
 use bytes::Bytes;
 use clap::Parser;
-use opamp_proto::{AgentConfigFile, AgentConfigMap, AgentRemoteConfig, ServerToAgent, config_hash};
+use opamp_proto::{
+    AgentConfigMap, AgentConfigObject, AgentRemoteConfig, ServerToAgent, config_hash,
+};
 use opamp_server::{OpampServer, Registry};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -117,9 +119,10 @@ async fn offer_to_all(registry: &Registry, command: &Value, track_state: bool) -
     let mut config = AgentConfigMap::default();
     config.config_map.insert(
         text("name", "config.yaml"),
-        AgentConfigFile {
+        AgentConfigObject {
             body: Bytes::from(text("body", "")),
             content_type: text("content_type", "text/yaml"),
+            ..Default::default()
         },
     );
     let hash = config_hash(&config);

@@ -151,9 +151,10 @@ impl AgentState {
                 let mut config = AgentConfigMap::default();
                 config.config_map.insert(
                     "config.yaml".into(),
-                    opamp_proto::AgentConfigFile {
+                    opamp_proto::AgentConfigObject {
                         body: Bytes::from_static(INITIAL_CONFIG.as_bytes()),
                         content_type: "text/yaml".into(),
+                        ..Default::default()
                     },
                 );
                 config
@@ -480,15 +481,16 @@ fn http_error_kind(error: &HttpError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opamp_proto::{AgentConfigFile, AgentIdentification, AgentRemoteConfig, config_hash};
+    use opamp_proto::{AgentConfigObject, AgentIdentification, AgentRemoteConfig, config_hash};
 
     fn offer(body: &'static str) -> ServerToAgent {
         let mut config = AgentConfigMap::default();
         config.config_map.insert(
             "config.yaml".into(),
-            AgentConfigFile {
+            AgentConfigObject {
                 body: Bytes::from_static(body.as_bytes()),
                 content_type: "text/yaml".into(),
+                ..Default::default()
             },
         );
         ServerToAgent {

@@ -422,9 +422,10 @@ impl Shared {
                     let mut config = AgentConfigMap::default();
                     config.config_map.insert(
                         String::new(),
-                        opamp_client::proto::AgentConfigFile {
+                        opamp_client::proto::AgentConfigObject {
                             body: body.into(),
                             content_type: String::new(),
+                            role: String::new(),
                         },
                     );
                     return EffectiveConfig {

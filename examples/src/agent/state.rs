@@ -6,6 +6,9 @@
 //! - `remote_config_status.pb`: the last reported status, so an applied
 //!   config is not applied again after a restart;
 //! - `config/`: the applied remote config, one file per config map entry;
+//! - `config_meta.pb`: that config without its bodies, so the content type
+//!   and role of each entry (spec v0.20.0) survive into the effective config
+//!   the agent reports;
 //! - `packages/`: the package store;
 //! - `tls/`: a client certificate issued by the server, and a CSR key;
 //! - `config-candidate/`: a new config staged for the supervisor's
@@ -18,7 +21,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use opamp_client::InstanceUid;
 use opamp_client::proto::{
-    AgentConfigFile, AgentConfigMap, EffectiveConfig, Message, RemoteConfigStatus,
+    AgentConfigMap, AgentConfigObject, EffectiveConfig, Message, RemoteConfigStatus,
 };
 
 /// The text that makes a config file fail validation (see [`validate`]).
@@ -28,6 +31,9 @@ pub(crate) const INVALID_MARKER: &str = "invalid:";
 /// of a lone config file). Valid entry names never start with `_`, so the
 /// mapping goes both ways.
 const UNNAMED_FILE: &str = "_default";
+
+/// The applied config's entries without bodies (see the module docs).
+const CONFIG_META_FILE: &str = "config_meta.pb";
 
 /// Longest config file name accepted.
 const MAX_NAME_LEN: usize = 128;
@@ -110,21 +116,51 @@ impl StateDir {
     }
 
     /// Replaces the files in `config/` with the entries of `config`
-    /// (call [`validate`] first). Files not in the map are removed.
+    /// (call [`validate`] first). Files not in the map are removed. Each
+    /// entry's content type and role are kept beside the files.
     pub(crate) fn write_config(&self, config: &AgentConfigMap) -> io::Result<()> {
+        let mut meta = config.clone();
+        for object in meta.config_map.values_mut() {
+            object.body = Bytes::new();
+        }
+        std::fs::create_dir_all(&self.root)?;
+        write_atomically(&self.root.join(CONFIG_META_FILE), &meta.encode_to_vec())?;
         write_config_in(&self.config_dir(), config)
     }
 
     /// The config as it is on disk: every file of `config/`, named as the
-    /// server named it.
+    /// server named it, with the content type and role the server gave it
+    /// (for files the server did not send, a content type guessed from the
+    /// extension and no role).
     pub(crate) fn read_config(&self) -> io::Result<AgentConfigMap> {
-        read_config_in(&self.config_dir())
+        let mut config = read_config_in(&self.config_dir())?;
+        let meta = self.config_meta();
+        for (name, object) in &mut config.config_map {
+            if let Some(sent) = meta.config_map.get(name) {
+                object.content_type = sent.content_type.clone();
+                object.role = sent.role.clone();
+            }
+        }
+        Ok(config)
     }
 
     /// Whether `config/` holds a config worth running: at least one file
     /// with content (an empty `_default` is only a placeholder).
     pub(crate) fn has_config(&self) -> io::Result<bool> {
         Ok(!is_empty_config(&self.read_config()?))
+    }
+
+    /// The applied config's entries without bodies; empty if there is none
+    /// or it cannot be read.
+    fn config_meta(&self) -> AgentConfigMap {
+        let path = self.root.join(CONFIG_META_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => AgentConfigMap::decode(Bytes::from(bytes)).unwrap_or_else(|error| {
+                tracing::warn!(path = %path.display(), %error, "unreadable config metadata");
+                AgentConfigMap::default()
+            }),
+            Err(_) => AgentConfigMap::default(),
+        }
     }
 
     /// The effective config to report: the files on disk.
@@ -196,9 +232,10 @@ pub(crate) fn read_config_in(dir: &Path) -> io::Result<AgentConfigMap> {
         let body = std::fs::read(entry.path())?;
         config.config_map.insert(
             name,
-            AgentConfigFile {
+            AgentConfigObject {
                 content_type: content_type_for(file_name.to_str().unwrap_or_default()),
                 body: body.into(),
+                role: String::new(),
             },
         );
     }
@@ -310,9 +347,10 @@ mod tests {
                 .map(|(name, body)| {
                     (
                         (*name).to_owned(),
-                        AgentConfigFile {
+                        AgentConfigObject {
                             body: Bytes::copy_from_slice(body.as_bytes()),
                             content_type: "text/yaml".into(),
+                            ..Default::default()
                         },
                     )
                 })
@@ -358,6 +396,33 @@ mod tests {
             state.primary_config_file().unwrap(),
             state.config_dir().join("b.json")
         );
+    }
+
+    #[test]
+    fn roles_content_types_and_the_empty_key_survive_into_the_effective_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut sent = map(&[("", "a: 1\n"), ("as-written.txt", "a: ${A}\n")]);
+        sent.config_map.get_mut("").unwrap().role = "expanded".into();
+        sent.config_map.get_mut("as-written.txt").unwrap().role = "source".into();
+        state.write_config(&sent).unwrap();
+        // Content types come from the server, not from the file extension.
+        assert_eq!(state.read_config().unwrap(), sent);
+        assert_eq!(
+            state.effective_config().config_map,
+            Some(sent),
+            "the agent reports what it was sent"
+        );
+
+        // A file placed by hand has no role and a guessed content type.
+        std::fs::write(state.config_dir().join("extra.json"), "{}").unwrap();
+        let read = state.read_config().unwrap();
+        assert_eq!(
+            read.config_map["extra.json"].content_type,
+            "application/json"
+        );
+        assert_eq!(read.config_map["extra.json"].role, "");
+        assert_eq!(read.config_map[""].role, "expanded");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::Stream;
 use opamp_proto::{
-    AgentConfigFile, AgentConfigMap, CustomMessage, DownloadableFile, InstanceUid,
+    AgentConfigMap, AgentConfigObject, CustomMessage, DownloadableFile, InstanceUid,
     PackageAvailable, PackageType, config_hash, message_hash,
 };
 use serde::Deserialize;
@@ -132,20 +132,28 @@ async fn forget_agent(State(fleet): Shared, Path(uid): Path<String>) -> Result<R
 struct FileQuery {
     #[serde(default)]
     file: String,
+    /// The object's role (spec v0.20.0), empty when not given.
+    #[serde(default)]
+    role: String,
 }
 
-/// One config file from a request body; the `Content-Type` header becomes
-/// its content type.
-fn single_file_config(file: String, headers: &HeaderMap, body: Bytes) -> AgentConfigMap {
+/// One config object from a request body; the `Content-Type` header becomes
+/// its content type, the `file` and `role` query parameters its key and role.
+fn single_file_config(query: FileQuery, headers: &HeaderMap, body: Bytes) -> AgentConfigMap {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default()
         .to_owned();
     let mut config = AgentConfigMap::default();
-    config
-        .config_map
-        .insert(file, AgentConfigFile { body, content_type });
+    config.config_map.insert(
+        query.file,
+        AgentConfigObject {
+            body,
+            content_type,
+            role: query.role,
+        },
+    );
     config
 }
 
@@ -157,7 +165,7 @@ async fn put_agent_config(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let uid = parse_uid(&uid)?;
-    let config = single_file_config(query.file, &headers, body);
+    let config = single_file_config(query, &headers, body);
     let hash = config_hash(&config);
     fleet.set_agent_config(uid, Some(config)).await?;
     Ok((
@@ -570,7 +578,7 @@ async fn put_default_config(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let config = single_file_config(query.file, &headers, body);
+    let config = single_file_config(query, &headers, body);
     let hash = config_hash(&config);
     fleet.set_default_config(Some(config)).await?;
     Ok((
@@ -604,6 +612,9 @@ struct FileRequest {
     /// `utf-8` (default) or `base64`.
     #[serde(default)]
     encoding: String,
+    /// What the object is for the agent; empty when not given.
+    #[serde(default)]
+    role: String,
 }
 
 fn valid_group_name(name: &str) -> bool {
@@ -648,9 +659,10 @@ async fn put_group(
         };
         config.config_map.insert(
             file,
-            AgentConfigFile {
+            AgentConfigObject {
                 body,
                 content_type: content.content_type,
+                role: content.role,
             },
         );
     }

@@ -145,12 +145,13 @@ fn starting_config(service: &str) -> AgentConfigMap {
     let mut config = AgentConfigMap::default();
     config.config_map.insert(
         "collector.yaml".into(),
-        opamp_client::proto::AgentConfigFile {
+        opamp_client::proto::AgentConfigObject {
             body: format!(
                 "receivers:\n  otlp: {{}}\nexporters:\n  debug: {{}}\n# service {service}\n"
             )
             .into(),
             content_type: "text/yaml".into(),
+            ..Default::default()
         },
     );
     config

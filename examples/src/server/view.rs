@@ -72,6 +72,8 @@ pub(crate) struct ConfigView {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct FileView {
     pub(crate) content_type: String,
+    /// What the object is for the agent (spec v0.20.0); empty when unset.
+    pub(crate) role: String,
     /// The body as text, or base64 when it is not UTF-8.
     pub(crate) body: String,
     pub(crate) encoding: &'static str,
@@ -368,6 +370,7 @@ pub(crate) fn file_views(config: &AgentConfigMap) -> BTreeMap<String, FileView> 
             let view = match std::str::from_utf8(&file.body) {
                 Ok(text) => FileView {
                     content_type: file.content_type.clone(),
+                    role: file.role.clone(),
                     body: text.to_owned(),
                     encoding: "utf-8",
                 },
@@ -375,6 +378,7 @@ pub(crate) fn file_views(config: &AgentConfigMap) -> BTreeMap<String, FileView> 
                     use base64::Engine as _;
                     FileView {
                         content_type: file.content_type.clone(),
+                        role: file.role.clone(),
                         body: base64::engine::general_purpose::STANDARD.encode(&file.body),
                         encoding: "base64",
                     }
@@ -483,13 +487,15 @@ mod tests {
         let mut config = AgentConfigMap::default();
         config.config_map.insert(
             "bin".into(),
-            opamp_proto::AgentConfigFile {
+            opamp_proto::AgentConfigObject {
                 body: vec![0xff, 0x00].into(),
                 content_type: String::new(),
+                role: "certificate".into(),
             },
         );
         let files = file_views(&config);
         assert_eq!(files["bin"].encoding, "base64");
         assert_eq!(files["bin"].body, "/wA=");
+        assert_eq!(files["bin"].role, "certificate");
     }
 }

@@ -11,7 +11,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use opamp_proto::{AgentConfigFile, AgentConfigMap, AgentToServer, CustomMessage, InstanceUid};
+use opamp_proto::{AgentConfigMap, AgentConfigObject, AgentToServer, CustomMessage, InstanceUid};
 use opamp_server::{
     AgentEvent, AgentRecord, Callbacks, ConnectDecision, ConnectRequest, Connection, OpampServer,
     Refusal, Registry, ServerTlsConfig, TransportKind,
@@ -281,9 +281,10 @@ pub fn config(name: &str, body: &str) -> AgentConfigMap {
     let mut map = AgentConfigMap::default();
     map.config_map.insert(
         name.to_owned(),
-        AgentConfigFile {
+        AgentConfigObject {
             body: Bytes::copy_from_slice(body.as_bytes()),
             content_type: "text/yaml".into(),
+            ..Default::default()
         },
     );
     map

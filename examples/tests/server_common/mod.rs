@@ -12,7 +12,7 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use opamp_examples::{FleetOptions, FleetServer, FleetStore};
 use opamp_proto::{
-    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentToServer,
+    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentToServer,
     ComponentHealth, EffectiveConfig, InstanceUid, Message, RemoteConfigStatus,
     RemoteConfigStatuses, ServerToAgent,
 };
@@ -230,9 +230,10 @@ pub fn config(name: &str, content_type: &str, body: &str) -> AgentConfigMap {
     let mut config = AgentConfigMap::default();
     config.config_map.insert(
         name.into(),
-        AgentConfigFile {
+        AgentConfigObject {
             body: Bytes::copy_from_slice(body.as_bytes()),
             content_type: content_type.into(),
+            ..Default::default()
         },
     );
     config

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opamp_client::proto::{
-    AgentConfigFile, AgentConfigMap, AgentRemoteConfig, CustomCapabilities, CustomMessage,
+    AgentConfigMap, AgentConfigObject, AgentRemoteConfig, CustomCapabilities, CustomMessage,
     EffectiveConfig, OpAmpConnectionSettings, RemoteConfigStatus, RemoteConfigStatuses,
     ServerErrorResponse, ServerToAgentCommand,
 };
@@ -239,9 +239,10 @@ impl OurAgent {
         let mut initial = AgentConfigMap::default();
         initial.config_map.insert(
             "agent.yaml".into(),
-            AgentConfigFile {
+            AgentConfigObject {
                 body: "receivers: {}\n".into(),
                 content_type: "text/yaml".into(),
+                ..Default::default()
             },
         );
         let recorder = AgentRecorder {

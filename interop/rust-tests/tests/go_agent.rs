@@ -12,7 +12,7 @@ use opamp_interop_tests::{
     Transport, go_programs, hex,
 };
 use opamp_proto::{
-    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentToServer, ConnectionSettingsOffers,
+    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentToServer, ConnectionSettingsOffers,
     ConnectionSettingsStatuses, CustomMessage, DownloadableFile, InstanceUid,
     OpAmpConnectionSettings, PackageAvailable, PackageStatusEnum, PackageType, PackagesAvailable,
     ServerToAgentFlags,
@@ -68,9 +68,10 @@ fn config(name: &str, body: &str) -> AgentConfigMap {
     let mut config = AgentConfigMap::default();
     config.config_map.insert(
         name.into(),
-        AgentConfigFile {
+        AgentConfigObject {
             body: body.to_owned().into(),
             content_type: "text/yaml".into(),
+            ..Default::default()
         },
     );
     config

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use opamp_proto::{
-    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentIdentification,
+    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentIdentification,
     AgentRemoteConfig, AgentToServer, AgentToServerFlags, AvailableComponents, CertificateRequest,
     CommandType, ComponentDetails, ComponentHealth, ConnectionSettingsOffers,
     ConnectionSettingsRequest, ConnectionSettingsStatus, ConnectionSettingsStatuses,
@@ -122,9 +122,10 @@ fn config_map(body: &'static str) -> AgentConfigMap {
     AgentConfigMap {
         config_map: BTreeMap::from([(
             String::new(),
-            AgentConfigFile {
+            AgentConfigObject {
                 body: Bytes::from_static(body.as_bytes()),
                 content_type: "text/yaml".into(),
+                ..Default::default()
             },
         )]),
     }
@@ -1088,6 +1089,80 @@ fn rcfg_06_remote_config_offered_then_status_reported_with_hash() {
     assert_eq!(
         core.poll_transmit(t0).unwrap().remote_config_status,
         Some(failed)
+    );
+}
+
+/// Two views of one configuration (spec v0.20.0: any key, "" included, in a
+/// map of any size) with roles on the entries.
+fn two_views_with_roles() -> AgentConfigMap {
+    let object = |body: &'static str, role: &str| AgentConfigObject {
+        body: Bytes::from_static(body.as_bytes()),
+        content_type: "text/yaml".into(),
+        role: role.into(),
+    };
+    AgentConfigMap {
+        config_map: BTreeMap::from([
+            (
+                String::new(),
+                object("exporters: {debug: {}}\n", "expanded"),
+            ),
+            (
+                "collector.yaml".to_owned(),
+                object("exporters: ${env:X}\n", ""),
+            ),
+        ]),
+    }
+}
+
+#[test]
+fn rcfg_ecfg_roles_and_the_empty_key_beside_others_pass_through_unchanged() {
+    let t0 = Instant::now();
+    let caps =
+        AgentCapabilities::ACCEPTS_REMOTE_CONFIG | AgentCapabilities::REPORTS_EFFECTIVE_CONFIG;
+    let (mut core, _) = ws_connected(caps, t0);
+
+    // Received: the offer reaches the agent with every entry and role.
+    core.handle_message(
+        ServerToAgent {
+            remote_config: Some(AgentRemoteConfig {
+                config: Some(two_views_with_roles()),
+                config_hash: Bytes::from_static(b"h"),
+            }),
+            ..reply()
+        },
+        t0,
+    );
+    let [Event::Message(data)] = [one_event(&mut core)] else {
+        panic!()
+    };
+    assert_eq!(
+        data.remote_config.unwrap().config,
+        Some(two_views_with_roles())
+    );
+
+    // Reported: the effective config goes out as given, and a change of role
+    // alone is a change (ECFG-03).
+    let effective = EffectiveConfig {
+        config_map: Some(two_views_with_roles()),
+    };
+    core.set_effective_config(effective.clone());
+    let sent = core.poll_transmit(t0).unwrap();
+    let wire = AgentToServer::decode(Bytes::from(sent.encode_to_vec())).unwrap();
+    assert_eq!(wire.effective_config, Some(effective.clone()));
+
+    let mut new_role = effective;
+    new_role
+        .config_map
+        .as_mut()
+        .unwrap()
+        .config_map
+        .get_mut("collector.yaml")
+        .unwrap()
+        .role = "as-written".into();
+    core.set_effective_config(new_role.clone());
+    assert_eq!(
+        core.poll_transmit(t0).unwrap().effective_config,
+        Some(new_role)
     );
 }
 

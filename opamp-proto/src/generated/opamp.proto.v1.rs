@@ -511,23 +511,33 @@ pub struct AgentRemoteConfig {
     #[prost(bytes = "bytes", tag = "2")]
     pub config_hash: ::prost::bytes::Bytes,
 }
-/// Configuration files keyed by name; a single-file agent may use "".
+/// Named configuration objects. The agent type decides what the keys mean;
+/// every key is allowed, "" included, whatever the number of entries. Two
+/// keys may describe the same configuration in different forms (for example
+/// the OpenTelemetry Collector reports its expanded configuration under ""
+/// next to the configuration as written).
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct AgentConfigMap {
     #[prost(btree_map = "string, message", tag = "1")]
     pub config_map: ::prost::alloc::collections::BTreeMap<
         ::prost::alloc::string::String,
-        AgentConfigFile,
+        AgentConfigObject,
     >,
 }
-/// One configuration file.
+/// One configuration object (called AgentConfigFile before spec v0.20.0; the
+/// wire format did not change with the name).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct AgentConfigFile {
+pub struct AgentConfigObject {
     #[prost(bytes = "bytes", tag = "1")]
     pub body: ::prost::bytes::Bytes,
     /// MIME type of body, e.g. "text/yaml".
     #[prost(string, tag = "2")]
     pub content_type: ::prost::alloc::string::String,
+    /// Optional: what this object is for the agent, e.g. its main configuration
+    /// or a fragment, rule file or certificate that configuration refers to.
+    /// Each agent type defines the values; OpAMP gives them no meaning.
+    #[prost(string, tag = "3")]
+    pub role: ::prost::alloc::string::String,
 }
 /// \[Development\] Names of custom capabilities, reverse-DNS style.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use opamp_proto::{
-    AgentCapabilities, AgentConfigFile, AgentConfigMap, AgentDescription, AgentToServer,
+    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentToServer,
     InstanceUid, ServerToAgent,
 };
 use opamp_server_postgres::{Config, PgBackend};
@@ -188,9 +188,10 @@ pub fn config_map(body: &str) -> AgentConfigMap {
     let mut config = AgentConfigMap::default();
     config.config_map.insert(
         "agent.yaml".into(),
-        AgentConfigFile {
+        AgentConfigObject {
             body: body.as_bytes().to_vec().into(),
             content_type: "text/yaml".into(),
+            role: String::new(),
         },
     );
     config

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use opamp_proto::{AgentConfigFile, AgentConfigMap, InstanceUid};
+use opamp_proto::{AgentConfigMap, AgentConfigObject, InstanceUid};
 use opamp_server::{AgentRecord, Callbacks, OpampServer, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -75,9 +75,10 @@ pub fn config(version: &str) -> AgentConfigMap {
     let mut config = AgentConfigMap::default();
     config.config_map.insert(
         "agent.yaml".into(),
-        AgentConfigFile {
+        AgentConfigObject {
             body: format!("version: {version}\n").into(),
             content_type: "text/yaml".into(),
+            ..Default::default()
         },
     );
     config
