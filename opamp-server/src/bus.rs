@@ -6,7 +6,6 @@ use opamp_proto::{InstanceUid, ServerToAgent};
 
 use crate::connection::{Delivery, TransportKind};
 use crate::error::{BusError, SendError};
-use crate::registry::RegistryInner;
 use crate::store::BoxFuture;
 
 /// Carries messages to agents whose connection lives on another server
@@ -65,10 +64,29 @@ pub trait MessageBus: Send + Sync + 'static {
     }
 }
 
+/// Hands a forwarded message to an agent connected to this instance; the
+/// registry implements it.
+pub(crate) trait LocalDelivery: Send + Sync {
+    /// `None` when the agent is not connected here.
+    fn deliver_locally(
+        &self,
+        uid: InstanceUid,
+        message: ServerToAgent,
+    ) -> Option<Result<Delivery, SendError>>;
+}
+
 /// The receiving end of a [`MessageBus`] on one instance.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BusInbox {
-    pub(crate) registry: Weak<RegistryInner>,
+    pub(crate) registry: Weak<dyn LocalDelivery>,
+}
+
+impl std::fmt::Debug for BusInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusInbox")
+            .field("attached", &(self.registry.strong_count() > 0))
+            .finish()
+    }
 }
 
 impl BusInbox {

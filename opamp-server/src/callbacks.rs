@@ -169,7 +169,7 @@ impl Refusal {
     }
 }
 
-pub use crate::protocol::DisconnectReason;
+pub use crate::vocab::DisconnectReason;
 
 /// A message from an agent that could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::error::SendError;
 use crate::messages::{self, Requirement};
 
-pub use crate::protocol::TransportKind;
+pub use crate::vocab::TransportKind;
 
 /// Who is on the other end of a request: socket address and, over TLS with
 /// client authentication, the client's certificate chain (leaf first).
@@ -150,6 +150,12 @@ impl Connection {
             ),
             outgoing,
         )
+    }
+
+    /// Plain HTTP: a new session with the same peer and settings, for a
+    /// second agent that turned out to share this session's uid.
+    pub(crate) fn sibling_session(&self) -> Self {
+        Self::plain_http(self.inner.peer.clone(), Arc::clone(&self.inner.config))
     }
 
     /// A plain-HTTP session.

@@ -2,7 +2,7 @@
 
 use opamp_proto::InstanceUid;
 
-use crate::protocol::{DisconnectReason, TransportKind};
+use crate::vocab::{DisconnectReason, TransportKind};
 
 bitflags::bitflags! {
     /// Which parts of an agent's status changed with one message.

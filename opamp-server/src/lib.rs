@@ -190,7 +190,9 @@ mod record;
 mod registry;
 mod serve;
 mod server;
+mod shared;
 mod store;
+mod vocab;
 mod ws;
 
 pub use bus::{BusInbox, LocalBus, MessageBus};

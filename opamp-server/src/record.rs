@@ -12,7 +12,7 @@ use opamp_proto::{
 };
 
 use crate::error::StoreError;
-use crate::protocol::TransportKind;
+use crate::vocab::TransportKind;
 
 /// The merged, full status of an agent: every sub-message at its latest
 /// reported value. Agents omit unchanged sub-messages (status compression,

@@ -17,7 +17,7 @@ use opamp_proto::{
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::bus::{BusInbox, LocalBus, MessageBus};
+use crate::bus::{BusInbox, LocalBus, LocalDelivery, MessageBus};
 use crate::callbacks::DisconnectReason;
 use crate::connection::{Connection, ConnectionConfig, Delivery, PeerInfo, TransportKind};
 use crate::error::{BusError, SendError, StoreError};
@@ -123,6 +123,9 @@ pub(crate) struct Received {
     /// AMB-15).
     pub(crate) response: ServerToAgent,
     pub(crate) disposition: Disposition,
+    /// Plain HTTP: the session that holds the agent now, when it is not the
+    /// one the message arrived on (a second agent on a shared uid, UID-09).
+    pub(crate) moved_to: Option<Connection>,
 }
 
 /// A plain-HTTP message after the session lookup.
@@ -261,8 +264,9 @@ impl RegistryBuilder {
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             reconnects: Mutex::new(ReconnectBook::default()),
         });
+        let delivery: Arc<dyn LocalDelivery> = inner.clone();
         inner.bus.attach(BusInbox {
-            registry: Arc::downgrade(&inner),
+            registry: Arc::downgrade(&delivery),
         });
         Registry { inner }
     }
@@ -610,11 +614,18 @@ impl Registry {
                 true,
             ),
         };
-        let received = self.inner.exchange(&connection, message, uid).await;
-        HttpReceived {
-            connection,
-            new_session,
-            received,
+        let mut received = self.inner.exchange(&connection, message, uid).await;
+        match received.moved_to.take() {
+            Some(own) => HttpReceived {
+                connection: own,
+                new_session: true,
+                received,
+            },
+            None => HttpReceived {
+                connection,
+                new_session,
+                received,
+            },
         }
     }
 
@@ -741,6 +752,16 @@ fn check_requirement(record: &AgentRecord, message: &ServerToAgent) -> Result<()
     }
 }
 
+impl LocalDelivery for RegistryInner {
+    fn deliver_locally(
+        &self,
+        uid: InstanceUid,
+        message: ServerToAgent,
+    ) -> Option<Result<Delivery, SendError>> {
+        RegistryInner::deliver_locally(self, uid, message)
+    }
+}
+
 impl RegistryInner {
     fn stripe(&self, uid: InstanceUid) -> &tokio::sync::Mutex<()> {
         // UUIDv7 ends in random bits; any byte spreads well enough.
@@ -799,6 +820,16 @@ impl RegistryInner {
         let new_uid = InstanceUid::new_v7;
         let inbound = Inbound::new(uid, message, this, now, SystemTime::now(), &new_uid);
         let (mut holder, other) = self.holder(uid, connection);
+        if let Holder::This(session) = &mut holder {
+            // SEQ-07: a record lost behind the registry's back (deleted from
+            // a shared store, say) is noticed at the next heartbeat. Stores
+            // answer `contains` from memory (see `AgentStore::contains`).
+            if session.in_sync() && self.core.settings().track_state {
+                if !matches!(self.store.contains(uid).await, Ok(true)) {
+                    session.invalidate();
+                }
+            }
+        }
         let mut history = match holder {
             Holder::This(_) => None,
             _ => Some(self.reconnect_history(uid, now)),
@@ -890,11 +921,16 @@ impl RegistryInner {
             release,
             replaced,
             refused_duplicate,
+            detached,
             save,
             events,
             disposition,
             ..
         } = exchange;
+        // A second agent on a shared plain-HTTP uid gets a session of its own.
+        let moved_to = (detached && disposition == Disposition::Continue)
+            .then(|| connection.sibling_session());
+        let connection = moved_to.as_ref().unwrap_or(connection);
         match disposition {
             Disposition::Refused => {
                 tracing::warn!(%uid, connection = connection.id(), "duplicate instance uid refused (UID-10)");
@@ -982,6 +1018,7 @@ impl RegistryInner {
             uid: key,
             response: reply,
             disposition,
+            moved_to,
         }
     }
 

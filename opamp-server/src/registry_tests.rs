@@ -985,7 +985,7 @@ async fn bare_heartbeats_skip_the_store_and_status_changes_do_not() {
         (1, 1),
         "heartbeats stay in memory"
     );
-    assert_eq!(store.checks(), 0, "a heartbeat does not even ask the store");
+    assert_eq!(store.checks(), 3, "each checks the record still exists");
     assert_eq!(store.stored(agent).await.last_sequence_num, Some(0));
     let live_view = registry.agent(agent).await.unwrap().unwrap();
     assert_eq!(
@@ -1048,18 +1048,15 @@ async fn bare_heartbeats_skip_the_store_and_status_changes_do_not() {
     assert_eq!(stored.last_sequence_num, Some(11));
     assert!(stored.connection.is_none());
 
-    // SEQ-07: a record removed through the registry is noticed at the next
-    // bare heartbeat, which then goes through the store. (A record deleted
-    // from the store behind the registry's back is noticed with the agent's
-    // next status change or reconnect: asking the store on every heartbeat
-    // would cost a database round trip per heartbeat.)
+    // SEQ-07: a record lost behind the registry's back is noticed at the
+    // next bare heartbeat (stores answer `contains` from memory).
     let (other, _outbox) = websocket();
     let lost = uid(26);
     registry.receive(&other, &full(lost, 0), lost).await;
     assert!(!asks_full_state(
         &registry.receive(&other, &compressed(lost, 1), lost).await
     ));
-    registry.remove(lost).await.unwrap();
+    store.records.remove(lost).await.unwrap();
     assert!(asks_full_state(
         &registry.receive(&other, &compressed(lost, 2), lost).await
     ));
@@ -1357,4 +1354,56 @@ async fn http_13_a_fast_poller_goes_stale_within_a_few_of_its_intervals() {
     tokio::time::advance(Duration::from_secs(10)).await;
     assert_eq!(registry.stale_sessions(Instant::now()).len(), 2);
     assert!(registry.stale_sweep_interval() <= Duration::from_secs(1));
+}
+
+/// UID-09 over plain HTTP, through the registry: the second agent gets a new
+/// uid and a session of its own, so pushes for the first never reach it.
+#[tokio::test]
+async fn uid_09_two_http_agents_sharing_a_uid_get_separate_sessions() {
+    let registry = Registry::new();
+    let (config, peer) = (config(), PeerInfo::default());
+    let agent = uid(62);
+    let with_host = |sequence: u64, host: &str| {
+        let mut message = full(agent, sequence);
+        message
+            .agent_description
+            .as_mut()
+            .unwrap()
+            .identifying_attributes
+            .push(opamp_proto::KeyValue::new("host.name", host));
+        message
+    };
+    let first = registry
+        .receive_http(&config, &peer, &with_host(0, "alpha"), agent)
+        .await;
+    registry
+        .receive_http(&config, &peer, &compressed(agent, 1), agent)
+        .await;
+    let second = registry
+        .receive_http(&config, &peer, &with_host(0, "beta"), agent)
+        .await;
+    let new_uid = InstanceUid::try_from(
+        &second
+            .received
+            .response
+            .agent_identification
+            .as_ref()
+            .expect("UID-09: a new uid for the second agent")
+            .new_instance_uid,
+    )
+    .unwrap();
+    assert_eq!(second.received.uid, new_uid);
+    assert!(second.new_session);
+    assert_ne!(second.connection, first.connection, "a session of its own");
+    assert_eq!(registry.connection(agent), Some(first.connection.clone()));
+    assert_eq!(
+        registry.connection(new_uid),
+        Some(second.connection.clone())
+    );
+    // The second agent polls with its new uid from now on: its own session.
+    let again = registry
+        .receive_http(&config, &peer, &compressed(new_uid, 1), new_uid)
+        .await;
+    assert_eq!(again.connection, second.connection);
+    assert!(!again.new_session);
 }

@@ -20,7 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::callbacks::Callbacks;
 use crate::connection::PeerInfo;
 use crate::error::ServeError;
-use crate::server::{OpampServer, ResponseBody, plain_status};
+use crate::server::OpampServer;
+use crate::shared::{ResponseBody, plain_status};
 
 /// The hyper service for one accepted connection: knows its peer, answers
 /// 404 off the endpoint path.

@@ -1,6 +1,7 @@
 //! One task per WebSocket: reads, replies, idles out, closes.
 
 use std::future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -17,7 +18,7 @@ use crate::connection::{Connection, PeerInfo};
 use crate::error::SendError;
 use crate::messages;
 use crate::protocol::Disposition;
-use crate::server::{AdmissionGuard, OpampServer, ResponseBody};
+use crate::shared::{AdmissionGuard, ResponseBody, ServerInner};
 
 /// Close code 1008, policy violation: duplicate uid refused, agent not reading.
 const CLOSE_POLICY_VIOLATION: u16 = 1008;
@@ -27,12 +28,12 @@ const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// Validates the upgrade request and spawns the connection's task; returns
 /// the 101 response (or the handshake error).
 pub(crate) fn accept<C: Callbacks, B>(
-    server: OpampServer<C>,
+    server: Arc<ServerInner<C>>,
     mut request: Request<B>,
     peer: PeerInfo,
     admission: AdmissionGuard,
 ) -> Response<ResponseBody> {
-    let settings = &server.inner.settings;
+    let settings = &server.settings;
     let config = WsServerConfig::default()
         .with_max_message_size(settings.max_message_size)
         .with_close_timeout(settings.close_timeout);
@@ -45,19 +46,19 @@ pub(crate) fn accept<C: Callbacks, B>(
             }
         };
     let (connection, outbox) =
-        Connection::websocket(peer, std::sync::Arc::clone(&server.inner.connection_config));
+        Connection::websocket(peer, std::sync::Arc::clone(&server.connection_config));
     tokio::spawn(drive(server, connection, pending, outbox, admission));
     response
 }
 
 async fn drive<C: Callbacks>(
-    server: OpampServer<C>,
+    server: Arc<ServerInner<C>>,
     connection: Connection,
     pending: PendingWsConnection,
     outbox: mpsc::Receiver<Box<ServerToAgent>>,
     admission: AdmissionGuard,
 ) {
-    let inner = &server.inner;
+    let inner = &*server;
     let mut shutdown = inner.admission.shutdown.subscribe();
     let upgraded = tokio::select! {
         upgraded = pending => upgraded,
@@ -282,11 +283,11 @@ async fn write(sender: &WsSender<ServerToAgent>, message: &ServerToAgent) -> Res
 
 /// Handles one message; `Some` ends the connection.
 async fn process<C: Callbacks>(
-    server: &OpampServer<C>,
+    server: &ServerInner<C>,
     connection: &Connection,
     message: AgentToServer,
 ) -> Option<DisconnectReason> {
-    let inner = &server.inner;
+    let inner = &*server;
     let uid = match message.uid() {
         Ok(uid) => uid,
         Err(error) => {
@@ -333,11 +334,11 @@ fn send(connection: &Connection, reply: ServerToAgent) -> Option<DisconnectReaso
 /// A receive error: malformed messages get a `BAD_REQUEST` reply and the
 /// connection carries on (ERR-02); anything else ends it.
 fn read_failed<C: Callbacks>(
-    server: &OpampServer<C>,
+    server: &ServerInner<C>,
     connection: &Connection,
     error: WsError,
 ) -> Option<DisconnectReason> {
-    let callbacks = &server.inner.callbacks;
+    let callbacks = &server.callbacks;
     let peer = connection.peer();
     match error {
         WsError::Frame(error) => {

@@ -19,7 +19,6 @@ mod guard;
 mod status;
 #[cfg(test)]
 mod tests;
-mod vocab;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -34,9 +33,9 @@ use crate::events::{AgentEvent, StatusChanges};
 use crate::messages;
 use crate::record::{AgentRecord, ConnectionSummary};
 
+use crate::vocab::{DisconnectReason, TransportKind};
 pub use guard::{ReconnectGuard, ReconnectHistory};
 use status::{FullState, merge_status, needs_full_state, wants_component_list};
-pub use vocab::{DisconnectReason, TransportKind};
 
 /// What to do when an instance uid that is live on one connection shows up
 /// on another (UID-09, UID-10).
@@ -305,6 +304,12 @@ impl AgentSession {
         }
     }
 
+    /// Whether the stored record matches the session (a bare heartbeat may
+    /// then skip the store).
+    pub fn in_sync(&self) -> bool {
+        self.in_sync
+    }
+
     /// The record no longer matches (a new desired state, a removal): the
     /// next message goes through the store.
     pub fn invalidate(&mut self) {
@@ -407,6 +412,10 @@ pub struct Exchange {
     /// A duplicate was refused: mark the holder's session
     /// ([`AgentSession::duplicate_refused`]).
     pub refused_duplicate: bool,
+    /// Plain HTTP: the message came from a second agent using the uid of
+    /// the session it arrived on (UID-09); its new uid needs a session of
+    /// its own, and the existing session stays with the first agent.
+    pub detached: bool,
     /// Records to save, in order.
     pub save: Vec<AgentRecord>,
     /// Events to emit, in order.
@@ -489,6 +498,7 @@ impl ServerCore {
                     release: None,
                     replaced: None,
                     refused_duplicate: false,
+                    detached: false,
                     save: Vec::new(),
                     events: Vec::new(),
                     disposition: Disposition::Continue,
@@ -573,6 +583,7 @@ impl ServerCore {
             release: None,
             replaced: None,
             refused_duplicate: false,
+            detached: false,
             save: Vec::new(),
             events: Vec::new(),
             disposition: Disposition::Continue,
@@ -615,7 +626,18 @@ impl ServerCore {
         let mut key = uid;
         let mut new_session = false;
         let mut session = None;
-        match self.claim(inbound, holder) {
+        let mut claim = self.claim(inbound, holder);
+        if let Claim::Continuing(current) = &claim {
+            if inbound.connection.transport == TransportKind::PlainHttp
+                && shares_the_session(current, message, record.as_ref())
+            {
+                // UID-09 over plain HTTP: there is no connection to tell two
+                // agents apart, only what they say.
+                exchange.detached = true;
+                claim = Claim::Duplicate;
+            }
+        }
+        match claim {
             Claim::Continuing(current) => session = Some(current),
             Claim::New => new_session = true,
             Claim::Replace(old) => {
@@ -742,6 +764,41 @@ impl ServerCore {
         }
         exchange
     }
+}
+
+/// Whether a plain-HTTP message on an agent's session comes from another
+/// agent using the same uid (UID-09): its `sequence_num` does not follow the
+/// session's, and it describes itself with identifying attributes that
+/// differ from the agent's (an agent restarting with the same identity
+/// starts again at 0 with the same attributes; `service.version` may change
+/// with an upgrade and is not compared).
+fn shares_the_session(
+    session: &AgentSession,
+    message: &AgentToServer,
+    record: Option<&AgentRecord>,
+) -> bool {
+    let Some(incoming) = &message.agent_description else {
+        return false;
+    };
+    let Some(known) = record.and_then(|record| record.status.description.as_ref()) else {
+        return false;
+    };
+    let in_order = session.last_sequence_num.is_some_and(|last| {
+        message.sequence_num == last.wrapping_add(1) || message.sequence_num == last
+    });
+    if in_order {
+        return false;
+    }
+    let identity = |attributes: &[opamp_proto::KeyValue]| {
+        let mut identity: Vec<_> = attributes
+            .iter()
+            .filter(|attribute| attribute.key != "service.version")
+            .cloned()
+            .collect();
+        identity.sort_by(|a, b| a.key.cmp(&b.key));
+        identity
+    };
+    identity(&incoming.identifying_attributes) != identity(&known.identifying_attributes)
 }
 
 /// An empty reply carrying the received uid (UID-06).

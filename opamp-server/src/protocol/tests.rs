@@ -505,3 +505,83 @@ fn untracked_core_never_asks_for_the_record() {
     assert!(world.records.is_empty());
     assert!(world.live.contains_key(&agent));
 }
+
+fn described(uid: InstanceUid, sequence_num: u64, host: &str) -> AgentToServer {
+    let mut message = full(uid, sequence_num);
+    let description = message.agent_description.as_mut().unwrap();
+    description
+        .identifying_attributes
+        .push(opamp_proto::KeyValue::new("host.name", host));
+    message
+}
+
+/// UID-09 over plain HTTP: two agents (a cloned VM, a copied state
+/// directory) poll with the same uid. Their sequence numbers diverge and
+/// they describe different hosts: the second gets a uid of its own, the
+/// first keeps its session and record.
+#[test]
+fn uid_09_two_http_agents_sharing_a_uid_are_told_apart() {
+    let mut world = World::default_settings();
+    let agent = uid(30);
+    world.send(http(1), &described(agent, 0, "alpha"), S);
+    for n in 1..=3 {
+        world.send(http(1), &compressed(agent, n), S * (n as u32 + 1));
+    }
+    // The clone starts at 0 with its own description.
+    let clone = world.send(http(1), &described(agent, 0, "beta"), 10 * S);
+    assert!(clone.detached);
+    assert_ne!(clone.uid, agent);
+    assert!(clone.reply.agent_identification.is_some());
+    let host = |uid: InstanceUid| {
+        world.records[&uid]
+            .status
+            .description
+            .as_ref()
+            .unwrap()
+            .identifying_attributes
+            .iter()
+            .find(|attribute| attribute.key == "host.name")
+            .cloned()
+    };
+    assert_eq!(
+        host(agent),
+        Some(opamp_proto::KeyValue::new("host.name", "alpha"))
+    );
+    assert_eq!(
+        host(clone.uid),
+        Some(opamp_proto::KeyValue::new("host.name", "beta"))
+    );
+    // The first agent carries on undisturbed.
+    let next = world.send(http(1), &compressed(agent, 4), 11 * S);
+    assert!(!next.detached && next.reply.agent_identification.is_none());
+}
+
+/// Not duplicates: the same agent restarting (0 again, same identity) or
+/// upgraded (a new `service.version`), and any agent whose numbers follow.
+#[test]
+fn uid_09_a_restarted_or_upgraded_http_agent_is_not_a_duplicate() {
+    let mut world = World::default_settings();
+    let agent = uid(31);
+    world.send(http(1), &described(agent, 0, "alpha"), S);
+    world.send(http(1), &compressed(agent, 1), 2 * S);
+    let restarted = world.send(http(1), &described(agent, 0, "alpha"), 3 * S);
+    assert!(!restarted.detached && restarted.uid == agent);
+    let mut upgraded = described(agent, 0, "alpha");
+    for attribute in &mut upgraded
+        .agent_description
+        .as_mut()
+        .unwrap()
+        .identifying_attributes
+    {
+        if attribute.key == "service.version" {
+            *attribute = opamp_proto::KeyValue::new("service.version", "2.0");
+        }
+    }
+    let upgraded = world.send(http(1), &upgraded, 4 * S);
+    assert!(!upgraded.detached && upgraded.uid == agent);
+    let renamed_in_order = world.send(http(1), &described(agent, 1, "gamma"), 5 * S);
+    assert!(
+        !renamed_in_order.detached,
+        "numbers follow: the same agent, renamed"
+    );
+}
