@@ -824,10 +824,11 @@ impl RegistryInner {
             // SEQ-07: a record lost behind the registry's back (deleted from
             // a shared store, say) is noticed at the next heartbeat. Stores
             // answer `contains` from memory (see `AgentStore::contains`).
-            if session.in_sync() && self.core.settings().track_state {
-                if !matches!(self.store.contains(uid).await, Ok(true)) {
-                    session.invalidate();
-                }
+            if session.in_sync()
+                && self.core.settings().track_state
+                && !matches!(self.store.contains(uid).await, Ok(true))
+            {
+                session.invalidate();
             }
         }
         let mut history = match holder {

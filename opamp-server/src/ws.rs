@@ -287,7 +287,7 @@ async fn process<C: Callbacks>(
     connection: &Connection,
     message: AgentToServer,
 ) -> Option<DisconnectReason> {
-    let inner = &*server;
+    let inner = server;
     let uid = match message.uid() {
         Ok(uid) => uid,
         Err(error) => {
