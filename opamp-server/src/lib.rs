@@ -204,6 +204,9 @@ pub use connection::{Connection, Delivery, PeerInfo, TransportKind};
 pub use error::{BusError, SendError, ServeError, StoreError};
 pub use events::{AgentEvent, StatusChanges};
 pub use messages::{bad_request_response, unavailable_response};
+/// The protocol's message types, re-exported so that users of this crate
+/// need not depend on `opamp-proto` themselves.
+pub use opamp_proto as proto;
 pub use opamp_transport::{ClientAuth, ServerTlsConfig};
 pub use protocol::{
     AgentSession, ConnectionRef, CoreSettings, Disposition, DuplicateUidPolicy, Exchange, Holder,
