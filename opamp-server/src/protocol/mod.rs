@@ -424,6 +424,24 @@ pub struct Exchange {
     pub disposition: Disposition,
 }
 
+impl Exchange {
+    /// Nothing but `reply` to the agent `uid`; the connection carries on.
+    fn reply(uid: InstanceUid, reply: ServerToAgent) -> Self {
+        Self {
+            uid,
+            reply,
+            session: None,
+            release: None,
+            replaced: None,
+            refused_duplicate: false,
+            detached: false,
+            save: Vec::new(),
+            events: Vec::new(),
+            disposition: Disposition::Continue,
+        }
+    }
+}
+
 /// What happens to the connection a message arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -491,18 +509,9 @@ impl ServerCore {
                 session.last_sequence_num = Some(message.sequence_num);
                 session.heard(inbound.now, inbound.wall, inbound.connection.transport);
                 session.unsaved = true;
-                return Step::Done(Box::new(Exchange {
-                    uid: inbound.uid,
-                    reply: reply_to(message),
-                    session: Some(session),
-                    release: None,
-                    replaced: None,
-                    refused_duplicate: false,
-                    detached: false,
-                    save: Vec::new(),
-                    events: Vec::new(),
-                    disposition: Disposition::Continue,
-                }));
+                let mut exchange = Exchange::reply(inbound.uid, reply_to(message));
+                exchange.session = Some(session);
+                return Step::Done(Box::new(exchange));
             }
         }
         if let Holder::Other {
@@ -576,18 +585,7 @@ impl ServerCore {
     ) -> Exchange {
         let message = inbound.message;
         let uid = inbound.uid;
-        let mut exchange = Exchange {
-            uid,
-            reply: reply_to(message),
-            session: None,
-            release: None,
-            replaced: None,
-            refused_duplicate: false,
-            detached: false,
-            save: Vec::new(),
-            events: Vec::new(),
-            disposition: Disposition::Continue,
-        };
+        let mut exchange = Exchange::reply(uid, reply_to(message));
         let starts_connection = !matches!(holder, Holder::This(_));
         if starts_connection {
             if let (Some(guard), Some(history)) = (&self.settings.reconnect_guard, reconnects) {
@@ -801,6 +799,21 @@ fn shares_the_session(
     identity(&incoming.identifying_attributes) != identity(&known.identifying_attributes)
 }
 
+/// Puts `offer` into `slot` unless the agent cannot take it, already reports
+/// its hash, or had it offered on this connection; notes the offer.
+fn offer_once<T: Clone>(
+    accepted: bool,
+    reported: Option<&Bytes>,
+    (hash, offered): (&Bytes, &mut Option<Bytes>),
+    offer: &T,
+    slot: &mut Option<T>,
+) {
+    if accepted && reported != Some(hash) && offered.as_ref() != Some(hash) {
+        *slot = Some(offer.clone());
+        *offered = Some(hash.clone());
+    }
+}
+
 /// An empty reply carrying the received uid (UID-06).
 fn reply_to(message: &AgentToServer) -> ServerToAgent {
     ServerToAgent {
@@ -823,30 +836,28 @@ pub(crate) fn add_offers(
     let desired = &record.desired;
     let status = &record.status;
     if let Some(offer) = &desired.remote_config {
-        let reported = status
-            .remote_config_status
-            .as_ref()
-            .map(|s| &s.last_remote_config_hash);
-        if capabilities.contains(AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
-            && reported != Some(&offer.config_hash)
-            && offered.remote_config.as_ref() != Some(&offer.config_hash)
-        {
-            response.remote_config = Some(offer.clone());
-            offered.remote_config = Some(offer.config_hash.clone());
-        }
+        offer_once(
+            capabilities.contains(AgentCapabilities::ACCEPTS_REMOTE_CONFIG),
+            status
+                .remote_config_status
+                .as_ref()
+                .map(|s| &s.last_remote_config_hash),
+            (&offer.config_hash, &mut offered.remote_config),
+            offer,
+            &mut response.remote_config,
+        );
     }
     if let Some(offer) = &desired.packages {
-        let reported = status
-            .package_statuses
-            .as_ref()
-            .map(|s| &s.server_provided_all_packages_hash);
-        if capabilities.contains(AgentCapabilities::ACCEPTS_PACKAGES)
-            && reported != Some(&offer.all_packages_hash)
-            && offered.packages.as_ref() != Some(&offer.all_packages_hash)
-        {
-            response.packages_available = Some(offer.clone());
-            offered.packages = Some(offer.all_packages_hash.clone());
-        }
+        offer_once(
+            capabilities.contains(AgentCapabilities::ACCEPTS_PACKAGES),
+            status
+                .package_statuses
+                .as_ref()
+                .map(|s| &s.server_provided_all_packages_hash),
+            (&offer.all_packages_hash, &mut offered.packages),
+            offer,
+            &mut response.packages_available,
+        );
     }
     let mut sent_settings = None;
     if let Some(offer) = &desired.connection_settings {
