@@ -106,15 +106,17 @@
 mod callbacks;
 mod client;
 mod driver;
+mod endpoint;
 mod error;
 mod http_driver;
+mod lifecycle;
 mod packages;
 mod protocol;
 mod settings;
+mod shared;
 mod ws_driver;
 
-pub use callbacks::{Callbacks, NoopCallbacks, SettingsOutcome, TransportError};
-pub use client::OpampClient;
+pub use client::{Callbacks, NoopCallbacks, OpampClient};
 pub use error::ClientError;
 pub use packages::{
     Download, DownloadError, Downloader, FsPackageStore, IgnoreSignatures, InstalledPackage,
@@ -124,9 +126,10 @@ pub use packages::{
 };
 pub use protocol::{
     ClientCore, CoreConfig, DEFAULT_HEARTBEAT_INTERVAL, Event, MessageData, ProtocolError,
-    SendFailure, TransportKind,
+    SendFailure, SettingsCommand, SettingsOutcome, TransportKind,
 };
 pub use settings::{ClientBuilder, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use shared::TransportError;
 
 /// The OpAMP protocol types ([`opamp_proto`]), so agents need no direct
 /// dependency.
