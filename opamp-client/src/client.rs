@@ -221,7 +221,9 @@ impl OpampClient {
 
     /// Sets the agent description (DESC-*).
     pub fn set_agent_description(&self, description: AgentDescription) {
-        self.inner.shared.update(|core| core.set_agent_description(description));
+        self.inner
+            .shared
+            .update(|core| core.set_agent_description(description));
     }
 
     /// Sets the health tree (HLT-*); reported when it changed.
@@ -231,7 +233,9 @@ impl OpampClient {
 
     /// Sets the effective configuration (ECFG-*); reported when it changed.
     pub fn set_effective_config(&self, config: EffectiveConfig) {
-        self.inner.shared.update(|core| core.set_effective_config(config));
+        self.inner
+            .shared
+            .update(|core| core.set_effective_config(config));
     }
 
     /// Asks [`Callbacks::effective_config`] for the effective configuration
@@ -246,23 +250,31 @@ impl OpampClient {
     /// offered hash (RCFG-06, RCFG-09). Persist the last one and pass it to
     /// [`ClientBuilder::remote_config_status`](crate::ClientBuilder::remote_config_status) on the next start.
     pub fn set_remote_config_status(&self, status: RemoteConfigStatus) {
-        self.inner.shared.update(|core| core.set_remote_config_status(status));
+        self.inner
+            .shared
+            .update(|core| core.set_remote_config_status(status));
     }
 
     /// Sets the package statuses (PKG-16). With a package store configured,
     /// the package syncer sets them itself.
     pub fn set_package_statuses(&self, statuses: PackageStatuses) {
-        self.inner.shared.update(|core| core.set_package_statuses(statuses));
+        self.inner
+            .shared
+            .update(|core| core.set_package_statuses(statuses));
     }
 
     /// Sets the agent's custom capabilities (CUS-01, CUS-02).
     pub fn set_custom_capabilities(&self, capabilities: CustomCapabilities) {
-        self.inner.shared.update(|core| core.set_custom_capabilities(capabilities));
+        self.inner
+            .shared
+            .update(|core| core.set_custom_capabilities(capabilities));
     }
 
     /// Sets the available components (AC-*).
     pub fn set_available_components(&self, components: AvailableComponents) {
-        self.inner.shared.update(|core| core.set_available_components(components));
+        self.inner
+            .shared
+            .update(|core| core.set_available_components(components));
     }
 
     /// Sets `AgentToServer.flags`, e.g. `RequestInstanceUid` (UID-05).
@@ -272,7 +284,9 @@ impl OpampClient {
 
     /// Changes the capabilities (CAP-04); `ReportsStatus` is always kept.
     pub fn set_capabilities(&self, capabilities: AgentCapabilities) {
-        self.inner.shared.update(|core| core.set_capabilities(capabilities));
+        self.inner
+            .shared
+            .update(|core| core.set_capabilities(capabilities));
     }
 
     /// Asks the server for connection settings, e.g. a client certificate
@@ -282,14 +296,18 @@ impl OpampClient {
         &self,
         request: ConnectionSettingsRequest,
     ) -> Result<(), ClientError> {
-        self.inner.shared.update(|core| core.request_connection_settings(request))
+        self.inner
+            .shared
+            .update(|core| core.request_connection_settings(request))
     }
 
     /// Reports the connection settings status, e.g. the outcome of settings
     /// applied in the background (CS-08). Persist the last one and pass it
     /// to [`ClientBuilder::connection_settings_status`](crate::ClientBuilder::connection_settings_status) on the next start.
     pub fn set_connection_settings_status(&self, status: ConnectionSettingsStatus) {
-        self.inner.shared.update(|core| core.set_connection_settings_status(status));
+        self.inner
+            .shared
+            .update(|core| core.set_connection_settings_status(status));
     }
 
     /// Queues a custom message (CUS-05). At most one can be pending: until
@@ -298,7 +316,9 @@ impl OpampClient {
     /// [`custom_message_sent`](Self::custom_message_sent). Its capability
     /// must be one of the agent's custom capabilities.
     pub fn send_custom_message(&self, message: CustomMessage) -> Result<(), ClientError> {
-        self.inner.shared.update(|core| core.send_custom_message(message))
+        self.inner
+            .shared
+            .update(|core| core.send_custom_message(message))
     }
 
     /// Waits until no custom message is pending.

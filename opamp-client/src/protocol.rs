@@ -710,6 +710,8 @@ impl ClientCore {
             TransportKind::WebSocket => Link::Down { connect_at: now },
             TransportKind::Http => Link::Up,
         };
+        // A candidate saved before a crash is tried first (CS-06).
+        self.switch_to_candidate();
         Ok(())
     }
 
@@ -792,7 +794,7 @@ impl ClientCore {
             return;
         }
         if self.trying_candidate() {
-            self.candidate_failed(now, "could not connect with the new settings".into());
+            self.candidate_failed("could not connect with the new settings".into());
             return;
         }
         self.failures = self.failures.saturating_add(1);
@@ -856,10 +858,7 @@ impl ClientCore {
             // CS-06 step 9: the first request with the candidate failed;
             // its content goes to the previous server instead, at once.
             self.merge_back(message);
-            self.candidate_failed(
-                now,
-                "could not reach the server with the new settings".into(),
-            );
+            self.candidate_failed("could not reach the server with the new settings".into());
             return;
         }
         match failure {
@@ -1313,14 +1312,32 @@ impl ClientCore {
     /// `reason` is reported, the driver is told to drop the candidate
     /// ([`SettingsCommand::DropCandidate`]) and the client reconnects at
     /// once with the previous settings, sending the full state.
-    pub fn handle_candidate_failed(&mut self, now: Instant, reason: String) {
+    pub fn handle_candidate_failed(&mut self, _now: Instant, reason: String) {
         if !self.trying_candidate() {
             return;
         }
         if let Some(message) = self.in_flight.take() {
             self.merge_back(message);
         }
-        self.candidate_failed(now, reason);
+        self.candidate_failed(reason);
+    }
+
+    /// Before [`start`](Self::start): OpAMP settings that the agent had
+    /// accepted (with the offer's `hash`) but that were not verified yet
+    /// when it last ran, e.g. because it crashed mid-switch. CS-06: after a
+    /// crash the client retries the candidate from step 5, so the first
+    /// connection (or request) uses them; success keeps them and reports
+    /// APPLIED, failure goes back to the configured settings and reports
+    /// FAILED, as for a fresh offer.
+    pub fn resume_candidate(&mut self, hash: Bytes, settings: OpAmpConnectionSettings) {
+        if self.link != Link::Idle {
+            return;
+        }
+        self.last_connection_settings_hash = hash.clone();
+        self.opamp_offer = Some(OpampOffer {
+            hash,
+            stage: OfferStage::Disconnecting(Box::new(settings)),
+        });
     }
 
     /// The next change of connection settings the driver must carry out
@@ -1392,14 +1409,15 @@ impl ClientCore {
             _ => (ConnectionSettingsStatuses::Applied, String::new()),
         };
         self.report_settings_status(hash, status, error);
-        self.events.push_back(Event::OpampConnectionSettingsOutcome {
-            settings,
-            result: Ok(()),
-        });
+        self.events
+            .push_back(Event::OpampConnectionSettingsOutcome {
+                settings,
+                result: Ok(()),
+            });
     }
 
     /// CS-06 step 9: back to the previous settings, at once.
-    fn candidate_failed(&mut self, now: Instant, reason: String) {
+    fn candidate_failed(&mut self, reason: String) {
         let Some(OpampOffer {
             hash,
             stage: OfferStage::Trying(settings),
@@ -1410,17 +1428,15 @@ impl ClientCore {
         tracing::warn!(%reason, "new OpAMP connection settings failed; going back to the previous ones");
         self.commands.push_back(SettingsCommand::DropCandidate);
         self.report_settings_status(hash, ConnectionSettingsStatuses::Failed, reason.clone());
-        self.events.push_back(Event::OpampConnectionSettingsOutcome {
-            settings,
-            result: Err(reason),
-        });
+        self.events
+            .push_back(Event::OpampConnectionSettingsOutcome {
+                settings,
+                result: Err(reason),
+            });
         match self.config.transport {
-            TransportKind::WebSocket => {
-                if let Link::Down { .. } = self.link {
-                    self.link = Link::Down { connect_at: now };
-                }
-                self.full_state_on_connect = true;
-            }
+            // The link is down since the attempt with the candidate: the
+            // next connection, with the previous settings, is due already.
+            TransportKind::WebSocket => self.full_state_on_connect = true,
             TransportKind::Http => {
                 // The previous server saw the goodbye: it gets everything.
                 self.full_state_due = true;
