@@ -98,7 +98,10 @@
 //!   one is skipped; with `ReportsConnectionSettingsStatus` the client
 //!   reports APPLYING, then APPLIED or FAILED (CS-07, CS-08). New OpAMP
 //!   settings are verified by connecting with them first; on failure the
-//!   client goes back to the old ones (CS-05, CS-06).
+//!   client goes back to the old ones (CS-05, CS-06). Every step of that
+//!   flow is the core's decision: it tells the driver which settings to
+//!   connect with ([`SettingsCommand`]), and a candidate saved before a
+//!   crash can be tried again with [`ClientCore::resume_candidate`].
 //! - **Custom messages**: one pending at a time
 //!   ([`ClientError::CustomMessagePending`]), only for declared capabilities.
 #![forbid(unsafe_code)]

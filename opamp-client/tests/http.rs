@@ -260,7 +260,10 @@ async fn cs_06_cs_08_http_failed_switch_goes_back_to_the_old_server() {
         })
         .await
         .message;
-    assert!(back.agent_description.is_some(), "full state after rollback");
+    assert!(
+        back.agent_description.is_some(),
+        "full state after rollback"
+    );
     let status = back.connection_settings_status.unwrap();
     assert_eq!(
         status.last_connection_settings_hash,
