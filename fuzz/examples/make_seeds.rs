@@ -398,6 +398,64 @@ fn client_core(dir: &Path) {
         ops.extend([3, 1, 2, 40, 4, 7, 5, 2, 0, 1, 2, 6, 7, 2, 200]);
         write(dir, name, &ops);
     }
+    settings_switches(dir);
+}
+
+/// CS-06: an offer of OpAMP settings that is accepted and verified, one
+/// whose candidate fails (after op 7 with 2 toggles failing candidates),
+/// and one that is refused (op 7 with 1).
+fn settings_switches(dir: &Path) {
+    let offer = |hash: &'static [u8], endpoint: &str| {
+        ServerToAgent {
+            connection_settings: Some(ConnectionSettingsOffers {
+                hash: Bytes::from_static(hash),
+                opamp: Some(OpAmpConnectionSettings {
+                    destination_endpoint: endpoint.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let tick = [2, 1];
+    let receive = |ops: &mut Vec<u8>, message: &[u8]| {
+        ops.push(0);
+        ops.extend(item(message));
+    };
+    // WebSocket with AcceptsOpAMPConnectionSettings and
+    // ReportsConnectionSettingsStatus: each step's drain connects, says
+    // goodbye, tries the candidate.
+    let mut ws = vec![0x20];
+    ws.extend(tick);
+    receive(&mut ws, &offer(b"h1", "wss://a.example.com/v1/opamp"));
+    ws.extend(tick.repeat(3));
+    ws.extend([7, 2]);
+    receive(&mut ws, &offer(b"h2", "wss://b.example.com/v1/opamp"));
+    ws.extend(tick.repeat(3));
+    ws.extend([7, 1]);
+    receive(&mut ws, &offer(b"h3", "wss://c.example.com/v1/opamp"));
+    ws.extend(tick.repeat(2));
+    write(dir, "websocket-settings-switch", &ws);
+    // Plain HTTP: every received message answers the request in flight.
+    let mut http = vec![0x21];
+    http.extend(tick);
+    receive(&mut http, &offer(b"h1", "https://a.example.com/v1/opamp"));
+    http.extend(tick);
+    receive(&mut http, &[]);
+    receive(&mut http, &[]);
+    http.extend(tick);
+    http.extend([7, 2]);
+    receive(&mut http, &offer(b"h2", "https://b.example.com/v1/opamp"));
+    http.extend(tick);
+    receive(&mut http, &[]);
+    receive(&mut http, &[]);
+    http.extend(tick);
+    http.extend([3, 1]);
+    http.extend(tick.repeat(2));
+    receive(&mut http, &[]);
+    write(dir, "http-settings-switch", &http);
 }
 
 fn package_syncer(dir: &Path) {

@@ -1,11 +1,16 @@
 //! `ClientCore`, the sans-IO client state machine, fed arbitrary
 //! `ServerToAgent` messages interleaved with clock advances, connection
-//! events, HTTP failures and setter calls, the way a driver would.
+//! events, HTTP failures and setter calls, the way a driver would; offered
+//! connection settings are accepted or refused, and the candidate settings
+//! the core asks for reach their server or not.
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use opamp_client::{ClientCore, CoreConfig, Event, ProtocolError, SendFailure, TransportKind};
+use opamp_client::{
+    ClientCore, CoreConfig, Event, ProtocolError, SendFailure, SettingsCommand, SettingsOutcome,
+    TransportKind,
+};
 use opamp_proto::{
     AgentCapabilities, AgentDescription, AgentToServer, ComponentHealth, InstanceUid, Message,
     RemoteConfigStatus, RemoteConfigStatuses, ServerToAgent,
@@ -79,6 +84,13 @@ struct Harness {
     /// HTTP: the last request failed and its content was merged back; the
     /// core reuses its sequence number, since the server never took it.
     may_repeat: bool,
+    /// The core asked to try candidate settings and has not yet said to
+    /// keep or drop them.
+    trying_candidate: bool,
+    /// Offered OpAMP settings are refused rather than accepted.
+    refuse_offers: bool,
+    /// Candidate settings turn out unusable.
+    candidates_fail: bool,
 }
 
 impl Harness {
@@ -130,6 +142,9 @@ impl Harness {
             in_flight: false,
             last_sequence_num: None,
             may_repeat: false,
+            trying_candidate: false,
+            refuse_offers: false,
+            candidates_fail: false,
         }
     }
 
@@ -202,8 +217,12 @@ impl Harness {
                 });
             }
             6 => self.core.report_full_state(),
-            // A deliberate reconnect, as after verified connection settings.
-            _ => self.core.begin_reconnect(self.now),
+            _ => match input.byte().unwrap_or(0) % 3 {
+                // A deliberate reconnect.
+                0 => self.core.begin_reconnect(self.now),
+                1 => self.refuse_offers = !self.refuse_offers,
+                _ => self.candidates_fail = !self.candidates_fail,
+            },
         }
     }
 
@@ -245,6 +264,7 @@ impl Harness {
     /// Does what a driver does at `now`: connect if asked, send what is due,
     /// close if asked, hand out events.
     fn drain(&mut self) {
+        self.carry_out_commands();
         if self.transport == TransportKind::WebSocket
             && !self.connected
             && self.core.wants_connect(self.now)
@@ -293,6 +313,48 @@ impl Harness {
                 }
                 Event::ProtocolError(ProtocolError::InvalidNewInstanceUid { len }) => {
                     assert_ne!(len, 16);
+                }
+                Event::OpampConnectionSettings { hash, settings } => {
+                    if self.refuse_offers {
+                        self.core
+                            .refuse_opamp_connection_settings(&hash, "fuzz: refused".into());
+                    } else {
+                        self.core
+                            .accept_opamp_connection_settings(&hash, *settings, self.now);
+                    }
+                }
+                Event::OtherConnectionSettings { hash, .. } => {
+                    let outcome = if self.refuse_offers {
+                        SettingsOutcome::Failed("fuzz: refused".into())
+                    } else {
+                        SettingsOutcome::Applied
+                    };
+                    self.core.handle_other_settings_outcome(&hash, outcome);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Carries out the core's connection settings commands, checking that
+    /// a candidate is tried, then kept or dropped, one at a time (CS-06).
+    fn carry_out_commands(&mut self) {
+        while let Some(command) = self.core.poll_settings_command() {
+            match command {
+                SettingsCommand::TryCandidate(_) => {
+                    assert!(!self.trying_candidate, "CS-06: two candidates at once");
+                    self.trying_candidate = true;
+                    if self.candidates_fail {
+                        self.core
+                            .handle_candidate_failed(self.now, "fuzz: unusable".into());
+                    }
+                }
+                SettingsCommand::KeepCandidate | SettingsCommand::DropCandidate => {
+                    assert!(
+                        self.trying_candidate,
+                        "CS-06: {command:?} without a candidate"
+                    );
+                    self.trying_candidate = false;
                 }
                 _ => {}
             }

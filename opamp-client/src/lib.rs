@@ -98,7 +98,10 @@
 //!   one is skipped; with `ReportsConnectionSettingsStatus` the client
 //!   reports APPLYING, then APPLIED or FAILED (CS-07, CS-08). New OpAMP
 //!   settings are verified by connecting with them first; on failure the
-//!   client goes back to the old ones (CS-05, CS-06).
+//!   client goes back to the old ones (CS-05, CS-06). Every step of that
+//!   flow is the core's decision: it tells the driver which settings to
+//!   connect with ([`SettingsCommand`]), and a candidate saved before a
+//!   crash can be tried again with [`ClientCore::resume_candidate`].
 //! - **Custom messages**: one pending at a time
 //!   ([`ClientError::CustomMessagePending`]), only for declared capabilities.
 #![forbid(unsafe_code)]
@@ -106,15 +109,17 @@
 mod callbacks;
 mod client;
 mod driver;
+mod endpoint;
 mod error;
 mod http_driver;
+mod lifecycle;
 mod packages;
 mod protocol;
 mod settings;
+mod shared;
 mod ws_driver;
 
-pub use callbacks::{Callbacks, NoopCallbacks, SettingsOutcome, TransportError};
-pub use client::OpampClient;
+pub use client::{Callbacks, NoopCallbacks, OpampClient};
 pub use error::ClientError;
 pub use packages::{
     Download, DownloadError, Downloader, FsPackageStore, IgnoreSignatures, InstalledPackage,
@@ -124,9 +129,10 @@ pub use packages::{
 };
 pub use protocol::{
     ClientCore, CoreConfig, DEFAULT_HEARTBEAT_INTERVAL, Event, MessageData, ProtocolError,
-    SendFailure, TransportKind,
+    SendFailure, SettingsCommand, SettingsOutcome, TransportKind,
 };
 pub use settings::{ClientBuilder, DEFAULT_SHUTDOWN_TIMEOUT};
+pub use shared::TransportError;
 
 /// The OpAMP protocol types ([`opamp_proto`]), so agents need no direct
 /// dependency.

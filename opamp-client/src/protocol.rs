@@ -115,13 +115,26 @@ pub enum Event {
     /// The server answered with `error_response` (ERR-01).
     ErrorResponse(ServerErrorResponse),
     /// New OpAMP connection settings were offered (only with
-    /// `AcceptsOpAMPConnectionSettings`). They must be verified by
-    /// connecting with them before they are accepted (CS-05).
+    /// `AcceptsOpAMPConnectionSettings`). Answer with
+    /// [`ClientCore::accept_opamp_connection_settings`] (the settings to try,
+    /// e.g. with a private key filled in) or
+    /// [`ClientCore::refuse_opamp_connection_settings`]. Accepted settings
+    /// are verified by connecting with them (CS-05): the core then asks for
+    /// the switch with [`SettingsCommand`]s.
     OpampConnectionSettings {
         /// `ConnectionSettingsOffers.hash` of the offer.
         hash: Bytes,
         /// The offered settings.
         settings: Box<OpAmpConnectionSettings>,
+    },
+    /// Verifying accepted OpAMP settings ended (CS-06 steps 6–9): `Ok` means
+    /// the client now uses them (persist them), `Err` that it went back to
+    /// the previous ones. The status is already reported (CS-08).
+    OpampConnectionSettingsOutcome {
+        /// The settings that were tried.
+        settings: Box<OpAmpConnectionSettings>,
+        /// Why they were not kept, if they were not.
+        result: Result<(), String>,
     },
     /// Own-telemetry or other connection settings were offered. Only the
     /// classes the agent has capabilities for are kept (CS-01); `opamp` is
@@ -133,6 +146,8 @@ pub enum Event {
         offers: Box<ConnectionSettingsOffers>,
         /// Whether the same offer also carries OpAMP settings (then reported
         /// as [`Event::OpampConnectionSettings`] right after this event).
+        /// Hand the outcome back with
+        /// [`ClientCore::handle_other_settings_outcome`].
         opamp_offered: bool,
     },
     /// Packages were offered (only with `AcceptsPackages`).
@@ -145,6 +160,42 @@ pub enum Event {
     NewInstanceUid(InstanceUid),
     /// A protocol problem that was handled locally.
     ProtocolError(ProtocolError),
+}
+
+/// What became of an offer of own-telemetry or other connection settings
+/// (CS-08, CS-42), as the agent says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SettingsOutcome {
+    /// Applied: the client reports APPLIED.
+    Applied,
+    /// Could not be applied: the client reports FAILED with this message.
+    Failed(String),
+    /// Being applied in the background: the agent reports the outcome later
+    /// with `set_connection_settings_status`. The client has already
+    /// reported APPLYING.
+    Later,
+}
+
+/// What the driver must do with its connection settings while offered
+/// OpAMP settings are verified (CS-05, CS-06). The driver decides nothing:
+/// it turns the settings into its own options and connects with whatever
+/// it was last told.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SettingsCommand {
+    /// CS-06 step 5: make these settings (over the current ones, CS-04) the
+    /// candidate and use them for the next connection (WebSocket) or
+    /// request (plain HTTP). Report how that went with
+    /// [`ClientCore::handle_connected`] or, if they cannot be used or
+    /// reached, [`ClientCore::handle_candidate_failed`].
+    TryCandidate(Box<OpAmpConnectionSettings>),
+    /// CS-06 step 8: the candidate worked; it replaces the previous
+    /// settings.
+    KeepCandidate,
+    /// CS-06 step 9: the candidate failed; forget it and go back to the
+    /// previous settings.
+    DropCandidate,
 }
 
 /// A problem the core handled on its own and reports for visibility.
@@ -246,6 +297,26 @@ enum AfterClose {
     Stop,
 }
 
+/// The OpAMP part of a connection settings offer on its way through the
+/// offer flow (CS-06).
+#[derive(Debug, Clone)]
+struct OpampOffer {
+    /// `ConnectionSettingsOffers.hash`, for the status reports.
+    hash: Bytes,
+    stage: OfferStage,
+}
+
+#[derive(Debug, Clone)]
+enum OfferStage {
+    /// Handed to the agent, which accepts or refuses it.
+    WithAgent,
+    /// Accepted as the candidate (step 3); the current connection is being
+    /// closed (step 4).
+    Disconnecting(Box<OpAmpConnectionSettings>),
+    /// The driver connects (or sends) with the candidate (step 5).
+    Trying(Box<OpAmpConnectionSettings>),
+}
+
 /// The OpAMP client protocol as a sans-IO state machine.
 ///
 /// A driver loop, for either transport:
@@ -254,8 +325,10 @@ enum AfterClose {
 ///    [`handle_disconnected`](Self::handle_disconnected) (WebSocket),
 ///    [`handle_message`](Self::handle_message),
 ///    [`handle_send_failed`](Self::handle_send_failed) (HTTP),
-///    [`handle_timeout`](Self::handle_timeout) and the setters;
-/// 2. send every message [`poll_transmit`](Self::poll_transmit) yields,
+///    [`handle_timeout`](Self::handle_timeout), the setters and the agent's
+///    answers to connection settings offers;
+/// 2. carry out every [`poll_settings_command`](Self::poll_settings_command),
+///    send every message [`poll_transmit`](Self::poll_transmit) yields,
 ///    deliver every [`poll_event`](Self::poll_event), connect when
 ///    [`wants_connect`](Self::wants_connect), close when
 ///    [`wants_close`](Self::wants_close);
@@ -325,6 +398,13 @@ pub struct ClientCore {
     retry: Box<dyn RetryPolicy>,
     server_capabilities: Option<ServerCapabilities>,
     last_connection_settings_hash: Bytes,
+    /// The OpAMP part of the last offer, until it is refused, kept or
+    /// dropped.
+    opamp_offer: Option<OpampOffer>,
+    /// The "other" part of an offer that failed (hash, error), so that a
+    /// verified OpAMP part of the same offer does not report APPLIED over it.
+    other_failed: Option<(Bytes, String)>,
+    commands: VecDeque<SettingsCommand>,
     events: VecDeque<Event>,
 }
 
@@ -378,6 +458,9 @@ impl ClientCore {
             retry,
             server_capabilities: None,
             last_connection_settings_hash: Bytes::new(),
+            opamp_offer: None,
+            other_failed: None,
+            commands: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
@@ -627,6 +710,8 @@ impl ClientCore {
             TransportKind::WebSocket => Link::Down { connect_at: now },
             TransportKind::Http => Link::Up,
         };
+        // A candidate saved before a crash is tried first (CS-06).
+        self.switch_to_candidate();
         Ok(())
     }
 
@@ -690,6 +775,7 @@ impl ClientCore {
             if std::mem::take(&mut self.full_state_on_connect) {
                 self.full_state_due = true;
             }
+            self.candidate_reached();
         }
     }
 
@@ -705,6 +791,10 @@ impl ClientCore {
         } = self.link
         {
             self.link = Link::Stopped;
+            return;
+        }
+        if self.trying_candidate() {
+            self.candidate_failed("could not connect with the new settings".into());
             return;
         }
         self.failures = self.failures.saturating_add(1);
@@ -747,6 +837,9 @@ impl ClientCore {
             // Plain HTTP has no connection to wait for.
             self.link = Link::Up;
         }
+        if self.link != Link::Stopped {
+            self.switch_to_candidate();
+        }
     }
 
     /// HTTP: the request for the last transmitted message failed. Retryable
@@ -759,6 +852,13 @@ impl ClientCore {
         if message.agent_disconnect.is_some() {
             // The goodbye message is not retried.
             self.finish_http_close();
+            return;
+        }
+        if self.trying_candidate() {
+            // CS-06 step 9: the first request with the candidate failed;
+            // its content goes to the previous server instead, at once.
+            self.merge_back(message);
+            self.candidate_failed("could not reach the server with the new settings".into());
             return;
         }
         match failure {
@@ -833,6 +933,9 @@ impl ClientCore {
             } => Link::Up,
             _ => Link::Stopped,
         };
+        if self.link == Link::Up {
+            self.switch_to_candidate();
+        }
     }
 
     /// Processes a message from the server (MSG-02).
@@ -850,6 +953,10 @@ impl ClientCore {
             // The answer to the goodbye message: nothing more to do with it.
             self.finish_http_close();
             return;
+        }
+        if answered.is_some() {
+            // HTTP: an answer to the first request with the candidate.
+            self.candidate_reached();
         }
         if matches!(
             self.link,
@@ -1091,11 +1198,264 @@ impl ClientCore {
             });
         }
         if let Some(settings) = opamp {
+            if self.trying_candidate() {
+                // Only reachable by an embedder that feeds messages while a
+                // candidate is being tried; one switch at a time.
+                self.report_settings_status(
+                    offers.hash,
+                    ConnectionSettingsStatuses::Failed,
+                    "another switch of connection settings is in progress".into(),
+                );
+                return;
+            }
+            // A switch not yet under way gives way to the newer offer.
+            self.opamp_offer = Some(OpampOffer {
+                hash: offers.hash.clone(),
+                stage: OfferStage::WithAgent,
+            });
             self.events.push_back(Event::OpampConnectionSettings {
                 hash: offers.hash,
                 settings: Box::new(settings),
             });
         }
+    }
+
+    // ------------------------------------------------ connection settings offer flow
+
+    /// The agent accepts offered OpAMP settings (CS-06 step 3) as
+    /// `settings`: the offer, or the offer completed (e.g. with the private
+    /// key of a CSR-issued certificate, CS-31). `hash` is the offer's. The
+    /// core says goodbye on the current connection (step 4, WS-21, HTTP-24),
+    /// then asks the driver to connect with the candidate
+    /// ([`SettingsCommand::TryCandidate`]). An answer to an offer that a
+    /// newer one replaced is ignored.
+    pub fn accept_opamp_connection_settings(
+        &mut self,
+        hash: &Bytes,
+        settings: OpAmpConnectionSettings,
+        now: Instant,
+    ) {
+        if !self.offer_with_agent(hash) {
+            return;
+        }
+        let settings = Box::new(settings);
+        match self.link {
+            Link::Up => {
+                self.begin_reconnect(now);
+                self.set_offer_stage(OfferStage::Disconnecting(settings));
+            }
+            Link::Closing {
+                then: AfterClose::Reconnect { .. },
+            } => self.set_offer_stage(OfferStage::Disconnecting(settings)),
+            // Between two connections: the next one uses the candidate.
+            Link::Down { .. } => {
+                self.set_offer_stage(OfferStage::Disconnecting(settings));
+                self.switch_to_candidate();
+            }
+            Link::Idle
+            | Link::Stopped
+            | Link::Closing {
+                then: AfterClose::Stop,
+            } => self.opamp_offer = None,
+        }
+    }
+
+    /// The agent refuses offered OpAMP settings: FAILED with `reason` is
+    /// reported (CS-08) and the connection stays as it is.
+    pub fn refuse_opamp_connection_settings(&mut self, hash: &Bytes, reason: String) {
+        if !self.offer_with_agent(hash) {
+            return;
+        }
+        self.opamp_offer = None;
+        self.report_settings_status(hash.clone(), ConnectionSettingsStatuses::Failed, reason);
+    }
+
+    /// What the agent made of own-telemetry or other connection settings
+    /// ([`Event::OtherConnectionSettings`]): APPLIED or FAILED is reported
+    /// (CS-08, CS-42). When the same offer carries OpAMP settings, their
+    /// verification reports the final status, FAILED if this part failed.
+    /// Hand this in before answering the OpAMP part. The outcome of an offer
+    /// that a newer one replaced is ignored.
+    pub fn handle_other_settings_outcome(&mut self, hash: &Bytes, outcome: SettingsOutcome) {
+        if *hash != self.last_connection_settings_hash {
+            return;
+        }
+        match outcome {
+            SettingsOutcome::Applied => {
+                self.other_failed = None;
+                let opamp_part = self
+                    .opamp_offer
+                    .as_ref()
+                    .is_some_and(|offer| offer.hash == *hash);
+                if !opamp_part {
+                    self.report_settings_status(
+                        hash.clone(),
+                        ConnectionSettingsStatuses::Applied,
+                        String::new(),
+                    );
+                }
+            }
+            SettingsOutcome::Failed(error) => {
+                self.other_failed = Some((hash.clone(), error.clone()));
+                self.report_settings_status(
+                    hash.clone(),
+                    ConnectionSettingsStatuses::Failed,
+                    error,
+                );
+            }
+            SettingsOutcome::Later => self.other_failed = None,
+        }
+    }
+
+    /// The driver cannot use the candidate settings (they make no valid
+    /// options) or could not connect with them (CS-06 step 9): FAILED with
+    /// `reason` is reported, the driver is told to drop the candidate
+    /// ([`SettingsCommand::DropCandidate`]) and the client reconnects at
+    /// once with the previous settings, sending the full state.
+    pub fn handle_candidate_failed(&mut self, _now: Instant, reason: String) {
+        if !self.trying_candidate() {
+            return;
+        }
+        if let Some(message) = self.in_flight.take() {
+            self.merge_back(message);
+        }
+        self.candidate_failed(reason);
+    }
+
+    /// Before [`start`](Self::start): OpAMP settings that the agent had
+    /// accepted (with the offer's `hash`) but that were not verified yet
+    /// when it last ran, e.g. because it crashed mid-switch. CS-06: after a
+    /// crash the client retries the candidate from step 5, so the first
+    /// connection (or request) uses them; success keeps them and reports
+    /// APPLIED, failure goes back to the configured settings and reports
+    /// FAILED, as for a fresh offer.
+    pub fn resume_candidate(&mut self, hash: Bytes, settings: OpAmpConnectionSettings) {
+        if self.link != Link::Idle {
+            return;
+        }
+        self.last_connection_settings_hash = hash.clone();
+        self.opamp_offer = Some(OpampOffer {
+            hash,
+            stage: OfferStage::Disconnecting(Box::new(settings)),
+        });
+    }
+
+    /// The next change of connection settings the driver must carry out
+    /// (CS-06). Poll it before connecting or sending.
+    pub fn poll_settings_command(&mut self) -> Option<SettingsCommand> {
+        self.commands.pop_front()
+    }
+
+    fn offer_with_agent(&self, hash: &Bytes) -> bool {
+        matches!(
+            &self.opamp_offer,
+            Some(OpampOffer { hash: offered, stage: OfferStage::WithAgent }) if offered == hash
+        )
+    }
+
+    fn trying_candidate(&self) -> bool {
+        matches!(
+            self.opamp_offer,
+            Some(OpampOffer {
+                stage: OfferStage::Trying(_),
+                ..
+            })
+        )
+    }
+
+    fn set_offer_stage(&mut self, stage: OfferStage) {
+        if let Some(offer) = &mut self.opamp_offer {
+            offer.stage = stage;
+        }
+    }
+
+    /// CS-06 step 5, once the old connection is closed: the driver uses the
+    /// candidate from now on. The server behind it may never have seen this
+    /// agent, so the full state goes first.
+    fn switch_to_candidate(&mut self) {
+        let Some(offer) = &mut self.opamp_offer else {
+            return;
+        };
+        let OfferStage::Disconnecting(settings) = &offer.stage else {
+            return;
+        };
+        let settings = settings.clone();
+        self.commands
+            .push_back(SettingsCommand::TryCandidate(settings.clone()));
+        offer.stage = OfferStage::Trying(settings);
+        match self.config.transport {
+            TransportKind::WebSocket => self.full_state_on_connect = true,
+            TransportKind::Http => self.full_state_due = true,
+        }
+    }
+
+    /// CS-06 steps 6 and 8: a connection (or an answer) with the candidate.
+    fn candidate_reached(&mut self) {
+        if !self.trying_candidate() {
+            return;
+        }
+        let Some(OpampOffer {
+            hash,
+            stage: OfferStage::Trying(settings),
+        }) = self.opamp_offer.take()
+        else {
+            return;
+        };
+        self.commands.push_back(SettingsCommand::KeepCandidate);
+        let (status, error) = match &self.other_failed {
+            Some((failed, error)) if *failed == hash => {
+                (ConnectionSettingsStatuses::Failed, error.clone())
+            }
+            _ => (ConnectionSettingsStatuses::Applied, String::new()),
+        };
+        self.report_settings_status(hash, status, error);
+        self.events
+            .push_back(Event::OpampConnectionSettingsOutcome {
+                settings,
+                result: Ok(()),
+            });
+    }
+
+    /// CS-06 step 9: back to the previous settings, at once.
+    fn candidate_failed(&mut self, reason: String) {
+        let Some(OpampOffer {
+            hash,
+            stage: OfferStage::Trying(settings),
+        }) = self.opamp_offer.take()
+        else {
+            return;
+        };
+        tracing::warn!(%reason, "new OpAMP connection settings failed; going back to the previous ones");
+        self.commands.push_back(SettingsCommand::DropCandidate);
+        self.report_settings_status(hash, ConnectionSettingsStatuses::Failed, reason.clone());
+        self.events
+            .push_back(Event::OpampConnectionSettingsOutcome {
+                settings,
+                result: Err(reason),
+            });
+        match self.config.transport {
+            // The link is down since the attempt with the candidate: the
+            // next connection, with the previous settings, is due already.
+            TransportKind::WebSocket => self.full_state_on_connect = true,
+            TransportKind::Http => {
+                // The previous server saw the goodbye: it gets everything.
+                self.full_state_due = true;
+                self.not_before = None;
+            }
+        }
+    }
+
+    fn report_settings_status(
+        &mut self,
+        hash: Bytes,
+        status: ConnectionSettingsStatuses,
+        error_message: String,
+    ) {
+        self.set_connection_settings_status(ConnectionSettingsStatus {
+            last_connection_settings_hash: hash,
+            status: status as i32,
+            error_message,
+        });
     }
 
     /// AMB-01: an offered 0 disables WebSocket heartbeats; over HTTP it is
@@ -1149,7 +1509,10 @@ impl ClientCore {
                     (heartbeat, deadline) => heartbeat.or(deadline),
                 }
             }
-            (Link::Closing { .. }, _) if self.disconnect_queued => immediately,
+            // HTTP-10: a goodbye waits for the request in flight.
+            (Link::Closing { .. }, _) if self.disconnect_queued && self.in_flight.is_none() => {
+                immediately
+            }
             (Link::Up, TransportKind::Http) => {
                 if self.in_flight.is_some() {
                     return None;
@@ -1192,7 +1555,7 @@ impl ClientCore {
     pub fn poll_transmit(&mut self, now: Instant) -> Option<AgentToServer> {
         let due = match (self.link, self.config.transport) {
             (Link::Up, TransportKind::WebSocket) => self.has_pending() || self.heartbeat_due(now),
-            (Link::Closing { .. }, _) => self.disconnect_queued,
+            (Link::Closing { .. }, _) => self.disconnect_queued && self.in_flight.is_none(),
             (Link::Up, TransportKind::Http) => {
                 self.in_flight.is_none()
                     && (self.disconnect_queued || self.not_before.is_none_or(|at| at <= now))

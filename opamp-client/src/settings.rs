@@ -1,4 +1,4 @@
-//! The client builder.
+//! Configuring a client: [`OpampClient::builder`] and [`ClientBuilder`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,14 +13,21 @@ use opamp_transport::{
 };
 use url::Url;
 
-use crate::callbacks::{Callbacks, NoopCallbacks};
-use crate::client::OpampClient;
+use crate::client::{Callbacks, NoopCallbacks, OpampClient, StartParts};
+use crate::endpoint::transport_for;
 use crate::error::ClientError;
 use crate::packages::{PackageStore, PackageVerifier};
-use crate::protocol::{DEFAULT_HEARTBEAT_INTERVAL, TransportKind};
+use crate::protocol::{ClientCore, CoreConfig, DEFAULT_HEARTBEAT_INTERVAL, TransportKind};
 
 /// Default bound on the goodbye exchange when stopping (WS-17, HTTP-24).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl OpampClient {
+    /// Starts configuring a client for `endpoint`; see [`ClientBuilder`].
+    pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(endpoint)
+    }
+}
 
 /// Configures an [`OpampClient`].
 ///
@@ -79,7 +86,7 @@ impl fmt::Debug for ClientBuilder {
 }
 
 impl ClientBuilder {
-    pub(crate) fn new(endpoint: impl Into<String>) -> Self {
+    fn new(endpoint: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
             headers: HeaderMap::new(),
@@ -288,15 +295,41 @@ impl ClientBuilder {
         if let Some(timeout) = self.request_timeout {
             options = options.with_request_timeout(timeout);
         }
-        Ok(OpampClient::from_builder(self, options, transport))
+        Ok(self.into_client(options, transport))
     }
-}
 
-/// The transport an endpoint URL asks for.
-pub(crate) fn transport_for(endpoint: &Url) -> Result<TransportKind, ClientError> {
-    match endpoint.scheme() {
-        "ws" | "wss" => Ok(TransportKind::WebSocket),
-        "http" | "https" => Ok(TransportKind::Http),
-        other => Err(ClientError::UnsupportedScheme(other.to_owned())),
+    fn into_client(self, options: ClientOptions, transport: TransportKind) -> OpampClient {
+        let uid = self.instance_uid.unwrap_or_else(InstanceUid::new_v7);
+        let mut config = CoreConfig::new(transport, uid);
+        config.heartbeat_interval = self.heartbeat_interval;
+        config.polling_interval = self.polling_interval.unwrap_or(self.heartbeat_interval);
+        config.max_message_size = self.max_message_size;
+        config.packages_supported = self.package_store.is_some();
+        config.reply_timeout = options.request_timeout;
+        let mut core = ClientCore::new(config, (self.retry_policy)());
+        core.set_capabilities(self.capabilities);
+        if let Some(description) = self.description {
+            core.set_agent_description(description);
+        }
+        if let Some(status) = self.remote_config_status {
+            core.set_remote_config_status(status);
+        }
+        if let Some(status) = self.connection_settings_status {
+            core.set_connection_settings_status(status);
+        }
+        let parts = StartParts {
+            options,
+            compression: self.compression,
+            package_store: self.package_store,
+            package_verifier: self.package_verifier,
+            allow_insecure_offers: self.allow_insecure_offers,
+        };
+        OpampClient::new(
+            core,
+            transport,
+            self.callbacks,
+            parts,
+            self.shutdown_timeout,
+        )
     }
 }

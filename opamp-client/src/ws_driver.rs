@@ -1,107 +1,75 @@
-//! The WebSocket driver: connects, pumps messages between the socket and
-//! the core, reconnects as the core says.
+//! The WebSocket driver: connects with the settings the core says, pumps
+//! messages between the socket and the core, reconnects as the core says.
 
 use opamp_proto::AgentToServer;
 use opamp_proto::ServerToAgent;
-use opamp_transport::{WsClientConnection, WsError, WsReceiver, WsSender};
+use opamp_transport::{ClientOptions, WsClientConnection, WsError, WsReceiver, WsSender};
 
-use crate::driver::{DriverContext, Notice, SwitchRequest, apply_opamp_settings, now, sleep_until};
+use crate::driver::{DriverContext, Endpoint, sleep_until};
+use crate::shared::{Notice, now};
 
-pub(crate) async fn run(mut ctx: DriverContext) {
-    let mut pending_switch: Option<SwitchRequest> = None;
+/// WebSocket needs nothing built from its options ahead of connecting.
+fn nothing_to_build(_: &ClientOptions) -> Result<(), String> {
+    Ok(())
+}
+
+pub(crate) async fn run(mut ctx: DriverContext, options: ClientOptions) {
+    let mut endpoint = Endpoint::new(options, ());
     loop {
-        ctx.forward_events();
+        ctx.pump(&mut endpoint, nothing_to_build);
         if ctx.is_stopped() {
             break;
         }
-        if let Some(request) = pending_switch.take() {
-            if let Some(connection) = try_switch(&mut ctx, request).await {
-                pending_switch = serve(&mut ctx, connection).await;
-            }
-            continue;
-        }
-        let wants_connect = ctx.inner.core().wants_connect(now());
+        let wants_connect = ctx.shared.core().wants_connect(now());
         if !wants_connect {
-            let deadline = ctx.inner.core().poll_timeout();
+            let deadline = ctx.shared.core().poll_timeout();
             tokio::select! {
-                _ = sleep_until(deadline) => ctx.inner.core().handle_timeout(now()),
-                _ = ctx.inner.wake.notified() => {}
+                _ = sleep_until(deadline) => ctx.shared.core().handle_timeout(now()),
+                _ = ctx.shared.wake.notified() => {}
                 _ = ctx.outbox.flush_one(), if ctx.outbox.has_backlog() => {}
-                Some(request) = ctx.switches.recv() => pending_switch = Some(request),
             }
             continue;
         }
         let Some(attempt) = ctx
-            .unless_stopped(WsClientConnection::connect(&ctx.options))
+            .unless_stopped(WsClientConnection::connect(endpoint.options()))
             .await
         else {
             break;
         };
         match attempt {
             Ok(connection) => {
-                ctx.inner.core().handle_connected(now());
+                ctx.shared.core().handle_connected(now());
                 ctx.outbox.push(Notice::Connected);
-                pending_switch = serve(&mut ctx, connection).await;
+                serve(&mut ctx, &mut endpoint, connection).await;
             }
+            // CS-06 step 9: the core goes back to the previous settings.
+            Err(error) if endpoint.is_candidate() => ctx.shared.core().handle_candidate_failed(
+                now(),
+                format!("could not connect with the new settings: {error}"),
+            ),
             Err(error) => {
                 tracing::debug!(%error, "OpAMP WebSocket connect failed");
                 // CONN-04, WS-24: a 429/503 refusal may say when to retry.
-                ctx.inner
+                ctx.shared
                     .core()
                     .handle_connect_failed(now(), error.retry_after());
                 ctx.outbox.push(Notice::ConnectFailed(Box::new(error)));
             }
         }
     }
-    ctx.forward_events();
+    ctx.pump(&mut endpoint, nothing_to_build);
     ctx.outbox.drain(ctx.shutdown_timeout).await;
-}
-
-/// CS-05: connects with the new settings; on success they replace the old
-/// ones, otherwise the old ones stay and the caller reconnects with them.
-async fn try_switch(ctx: &mut DriverContext, request: SwitchRequest) -> Option<WsClientConnection> {
-    let options =
-        match apply_opamp_settings(&ctx.options, &request.settings, ctx.allow_insecure_offers) {
-            Ok(options) => options,
-            Err(error) => {
-                ctx.report_switch(request, Err(error));
-                return None;
-            }
-        };
-    let attempt = ctx
-        .unless_stopped(WsClientConnection::connect(&options))
-        .await?;
-    match attempt {
-        Ok(connection) => {
-            ctx.options = options;
-            let mut core = ctx.inner.core();
-            core.handle_connected(now());
-            // A new server has never seen this agent.
-            core.report_full_state();
-            drop(core);
-            ctx.report_switch(request, Ok(()));
-            ctx.outbox.push(Notice::Connected);
-            Some(connection)
-        }
-        Err(error) => {
-            ctx.report_switch(
-                request,
-                Err(format!("could not connect with the new settings: {error}")),
-            );
-            None
-        }
-    }
 }
 
 /// Sends what the core has to send. `false` if the connection broke.
 async fn transmit(ctx: &mut DriverContext, sender: &WsSender<AgentToServer>) -> bool {
     loop {
-        let message = ctx.inner.core().poll_transmit(now());
+        let message = ctx.shared.core().poll_transmit(now());
         let Some(message) = message else { return true };
         let had_custom = message.custom_message.is_some();
-        let sent = tokio::time::timeout(ctx.options.request_timeout, sender.send(&message)).await;
+        let sent = tokio::time::timeout(ctx.request_timeout, sender.send(&message)).await;
         if had_custom {
-            ctx.inner.custom_sent.notify_waiters();
+            ctx.shared.custom_sent.notify_waiters();
         }
         match sent {
             Ok(Ok(())) => {}
@@ -123,24 +91,27 @@ async fn transmit(ctx: &mut DriverContext, sender: &WsSender<AgentToServer>) -> 
 }
 
 /// Runs one connection until it ends.
-async fn serve(ctx: &mut DriverContext, connection: WsClientConnection) -> Option<SwitchRequest> {
+async fn serve(
+    ctx: &mut DriverContext,
+    endpoint: &mut Endpoint<()>,
+    connection: WsClientConnection,
+) {
     connection.set_close_timeout(ctx.shutdown_timeout);
     let (sender, mut receiver) = connection.split();
-    let mut switch: Option<SwitchRequest> = None;
     loop {
         if !transmit(ctx, &sender).await {
             break;
         }
-        ctx.forward_events();
-        if ctx.inner.core().wants_close() {
+        ctx.pump(endpoint, nothing_to_build);
+        if ctx.shared.core().wants_close() {
             close(sender, receiver).await;
-            ctx.inner.core().handle_disconnected(now());
-            return switch;
+            ctx.shared.core().handle_disconnected(now());
+            return;
         }
-        let deadline = ctx.inner.core().poll_timeout();
+        let deadline = ctx.shared.core().poll_timeout();
         tokio::select! {
             received = receiver.recv(), if !ctx.outbox.is_congested() => match received {
-                Ok(Some(message)) => ctx.inner.core().handle_message(message, now()),
+                Ok(Some(message)) => ctx.shared.core().handle_message(message, now()),
                 Ok(None) => {
                     tracing::debug!(close = ?receiver.peer_close(), "server closed the OpAMP WebSocket");
                     break;
@@ -152,19 +123,12 @@ async fn serve(ctx: &mut DriverContext, connection: WsClientConnection) -> Optio
                     break;
                 }
             },
-            _ = sleep_until(deadline) => ctx.inner.core().handle_timeout(now()),
-            _ = ctx.inner.wake.notified() => {}
+            _ = sleep_until(deadline) => ctx.shared.core().handle_timeout(now()),
+            _ = ctx.shared.wake.notified() => {}
             _ = ctx.outbox.flush_one(), if ctx.outbox.has_backlog() => {}
-            Some(request) = ctx.switches.recv(), if switch.is_none() => {
-                // WS-21: goodbye and close first, then connect anew.
-                ctx.inner.core().begin_reconnect(now());
-                switch = Some(request);
-            }
         }
     }
-    // A switch asked for before the loss still happens (CS-05).
-    ctx.inner.core().handle_disconnected(now());
-    switch
+    ctx.shared.core().handle_disconnected(now());
 }
 
 /// WS-17: the Close frame and the closing handshake, bounded by the close

@@ -219,6 +219,64 @@ async fn cs_05_http_switch_to_verified_new_server() {
 }
 
 #[tokio::test]
+async fn cs_06_cs_08_http_failed_switch_goes_back_to_the_old_server() {
+    // A port nobody listens on.
+    let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}/v1/opamp", unused.local_addr().unwrap());
+    drop(unused);
+    let mut old = offering_server(ServerToAgent {
+        connection_settings: Some(ConnectionSettingsOffers {
+            hash: Bytes::from_static(b"h-dead"),
+            opamp: Some(OpAmpConnectionSettings {
+                destination_endpoint: dead,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let (recorder, mut seen) = Recorder::new();
+    let client = OpampClient::builder(old.http_url())
+        .agent_description(description())
+        .capabilities(
+            AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS
+                | AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS,
+        )
+        .callbacks(recorder)
+        .build()
+        .unwrap();
+    client.start().await.unwrap();
+    old.next().await;
+    old.next_matching(|r| r.message.agent_disconnect.is_some())
+        .await;
+    // CS-06 step 9: back on the old server, with the full state and FAILED.
+    let back = old
+        .next_matching(|r| {
+            r.message
+                .connection_settings_status
+                .as_ref()
+                .is_some_and(|s| s.status == ConnectionSettingsStatuses::Failed as i32)
+        })
+        .await
+        .message;
+    assert!(
+        back.agent_description.is_some(),
+        "full state after rollback"
+    );
+    let status = back.connection_settings_status.unwrap();
+    assert_eq!(
+        status.last_connection_settings_hash,
+        Bytes::from_static(b"h-dead")
+    );
+    assert!(!status.error_message.is_empty());
+    expect_seen(&mut seen, |s| matches!(s, Seen::OpampOutcome(_, Err(_)))).await;
+    client.stop().await;
+    old.next_matching(|r| r.message.agent_disconnect.is_some())
+        .await;
+}
+
+#[tokio::test]
 async fn pkg_06_pkg_08_pkg_13_packages_are_downloaded_verified_and_reported() {
     let content = Bytes::from_static(b"#!/bin/sh\necho addon\n");
     // The download URL needs the server's address, so the offer is pushed

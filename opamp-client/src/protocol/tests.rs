@@ -1391,6 +1391,368 @@ fn cs_28_cs_35_csr_request_then_certificate_offer() {
     ));
 }
 
+// ------------------------------------------------------------ OpAMP settings offer flow (CS-05..08)
+
+fn switch_caps() -> AgentCapabilities {
+    AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS
+        | AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS
+}
+
+fn new_server() -> OpAmpConnectionSettings {
+    OpAmpConnectionSettings {
+        destination_endpoint: "wss://new.example.com/v1/opamp".into(),
+        ..Default::default()
+    }
+}
+
+fn opamp_offer(hash: &'static [u8]) -> ServerToAgent {
+    offer_message(ConnectionSettingsOffers {
+        hash: Bytes::from_static(hash),
+        opamp: Some(new_server()),
+        ..Default::default()
+    })
+}
+
+fn commands(core: &mut ClientCore) -> Vec<SettingsCommand> {
+    std::iter::from_fn(|| core.poll_settings_command()).collect()
+}
+
+fn status_of(message: &AgentToServer) -> (ConnectionSettingsStatuses, Bytes, String) {
+    let status = message
+        .connection_settings_status
+        .clone()
+        .expect("a connection settings status");
+    (
+        ConnectionSettingsStatuses::try_from(status.status).unwrap(),
+        status.last_connection_settings_hash,
+        status.error_message,
+    )
+}
+
+/// A WebSocket core at `t0` that received an OpAMP offer `h1`, reported
+/// APPLYING, and handed the offer to the agent.
+fn ws_offered(t0: Instant) -> ClientCore {
+    let (mut core, _) = ws_connected(switch_caps(), t0);
+    core.handle_message(opamp_offer(b"h1"), t0);
+    let Event::OpampConnectionSettings { hash, settings } = one_event(&mut core) else {
+        panic!("the offer goes to the agent")
+    };
+    assert_eq!((hash, *settings), (Bytes::from_static(b"h1"), new_server()));
+    let (status, hash, _) = status_of(&core.poll_transmit(t0).unwrap());
+    assert_eq!(status, ConnectionSettingsStatuses::Applying);
+    assert_eq!(hash, Bytes::from_static(b"h1"));
+    core
+}
+
+/// Accepts the offer at `t1` and walks the WebSocket core through the
+/// goodbye (CS-06 step 4) to the point where the driver is told to try the
+/// candidate (step 5).
+fn ws_switching(t0: Instant, t1: Instant) -> ClientCore {
+    let mut core = ws_offered(t0);
+    core.accept_opamp_connection_settings(&Bytes::from_static(b"h1"), new_server(), t1);
+    // Step 4 first: goodbye on the old connection, candidate not used yet.
+    assert!(commands(&mut core).is_empty());
+    let goodbye = core.poll_transmit(t1).expect("goodbye");
+    assert!(goodbye.agent_disconnect.is_some());
+    assert!(core.wants_close());
+    core.handle_disconnected(t1);
+    assert_eq!(
+        commands(&mut core),
+        [SettingsCommand::TryCandidate(Box::new(new_server()))]
+    );
+    assert!(core.wants_connect(t1));
+    core
+}
+
+#[test]
+fn cs_07_applying_is_reported_before_the_switch_disconnects() {
+    let t0 = Instant::now();
+    // `ws_offered` checks APPLYING went out; the goodbye follows it and
+    // does not repeat it.
+    let mut core = ws_offered(t0);
+    core.accept_opamp_connection_settings(&Bytes::from_static(b"h1"), new_server(), t0 + SEC);
+    let goodbye = core.poll_transmit(t0 + SEC).unwrap();
+    assert!(goodbye.agent_disconnect.is_some());
+    assert!(goodbye.connection_settings_status.is_none());
+    assert_eq!(
+        core.connection_settings_status().unwrap().status,
+        ConnectionSettingsStatuses::Applying as i32
+    );
+}
+
+#[test]
+fn cs_05_cs_08_connected_with_the_candidate_keeps_it_and_reports_applied() {
+    let t0 = Instant::now();
+    let t1 = t0 + SEC;
+    let mut core = ws_switching(t0, t1);
+    core.handle_connected(t1);
+    assert_eq!(commands(&mut core), [SettingsCommand::KeepCandidate]);
+    // The new server has never seen the agent: full state, with APPLIED.
+    let first = core.poll_transmit(t1).unwrap();
+    assert!(first.agent_description.is_some());
+    let (status, hash, error) = status_of(&first);
+    assert_eq!(status, ConnectionSettingsStatuses::Applied);
+    assert_eq!(hash, Bytes::from_static(b"h1"));
+    assert!(error.is_empty());
+    assert_eq!(
+        one_event(&mut core),
+        Event::OpampConnectionSettingsOutcome {
+            settings: Box::new(new_server()),
+            result: Ok(()),
+        }
+    );
+    // The switch is over: losing this connection is an ordinary loss.
+    core.handle_disconnected(t1 + SEC);
+    assert!(commands(&mut core).is_empty());
+}
+
+#[test]
+fn cs_05_cs_06_cs_08_failed_candidate_rolls_back_and_reports_failed() {
+    let t0 = Instant::now();
+    let t1 = t0 + SEC;
+    let mut core = ws_switching(t0, t1);
+    core.handle_candidate_failed(t1, "connection refused".into());
+    // Step 9: back to the previous settings, reconnecting at once.
+    assert_eq!(commands(&mut core), [SettingsCommand::DropCandidate]);
+    assert!(core.wants_connect(t1));
+    assert_eq!(
+        one_event(&mut core),
+        Event::OpampConnectionSettingsOutcome {
+            settings: Box::new(new_server()),
+            result: Err("connection refused".into()),
+        }
+    );
+    core.handle_connected(t1);
+    assert!(commands(&mut core).is_empty());
+    // The old server saw the goodbye: full state, with FAILED.
+    let first = core.poll_transmit(t1).unwrap();
+    assert!(first.agent_description.is_some());
+    let (status, hash, error) = status_of(&first);
+    assert_eq!(status, ConnectionSettingsStatuses::Failed);
+    assert_eq!(hash, Bytes::from_static(b"h1"));
+    assert_eq!(error, "connection refused");
+}
+
+#[test]
+fn cs_06_connect_failure_with_the_candidate_is_no_backoff_but_a_rollback() {
+    let t0 = Instant::now();
+    let t1 = t0 + SEC;
+    let mut core = ws_switching(t0, t1);
+    core.handle_connect_failed(t1, Some(Duration::from_secs(600)));
+    assert_eq!(commands(&mut core), [SettingsCommand::DropCandidate]);
+    // The old settings are tried at once, not after the refusal's hint.
+    assert!(core.wants_connect(t1));
+    assert_eq!(
+        core.connection_settings_status().unwrap().status,
+        ConnectionSettingsStatuses::Failed as i32
+    );
+}
+
+#[test]
+fn cs_05_cs_06_cs_08_http_goodbye_to_the_old_server_then_the_candidate() {
+    let t0 = Instant::now();
+    let (mut core, _) = http_started(switch_caps(), t0);
+    let t1 = t0 + SEC;
+    core.handle_timeout(t1);
+    let poll = core.poll_transmit(t1 + 30 * SEC).unwrap();
+    assert!(is_minimal(&poll));
+    core.handle_message(opamp_offer(b"h1"), t1 + 30 * SEC);
+    let t2 = t1 + 30 * SEC;
+    assert!(matches!(
+        one_event(&mut core),
+        Event::OpampConnectionSettings { .. }
+    ));
+    core.accept_opamp_connection_settings(&Bytes::from_static(b"h1"), new_server(), t2);
+    // HTTP-24: the goodbye (carrying APPLYING, CS-07) goes with the old settings.
+    let goodbye = core.poll_transmit(t2).unwrap();
+    assert!(goodbye.agent_disconnect.is_some());
+    assert_eq!(status_of(&goodbye).0, ConnectionSettingsStatuses::Applying);
+    assert!(commands(&mut core).is_empty());
+    core.handle_message(reply(), t2);
+    assert_eq!(
+        commands(&mut core),
+        [SettingsCommand::TryCandidate(Box::new(new_server()))]
+    );
+    // The first request with the candidate carries the full state.
+    let first = core.poll_transmit(t2).unwrap();
+    assert!(first.agent_description.is_some());
+
+    // Failure: back to the old server at once, full state, FAILED.
+    let mut failing = ClientCore::new(CoreConfig::new(TransportKind::Http, uid()), backoff());
+    std::mem::swap(&mut failing, &mut core);
+    failing.handle_send_failed(t2, SendFailure::Retryable { retry_after: None });
+    assert_eq!(commands(&mut failing), [SettingsCommand::DropCandidate]);
+    let retry = failing
+        .poll_transmit(t2)
+        .expect("no backoff after a failed candidate");
+    assert!(retry.agent_description.is_some());
+    assert_eq!(status_of(&retry).0, ConnectionSettingsStatuses::Failed);
+    assert!(matches!(
+        one_event(&mut failing),
+        Event::OpampConnectionSettingsOutcome { result: Err(_), .. }
+    ));
+}
+
+#[test]
+fn cs_05_cs_08_http_answer_with_the_candidate_keeps_it() {
+    let t0 = Instant::now();
+    let (mut core, _) = http_started(switch_caps(), t0);
+    let poll = core.poll_transmit(t0 + 30 * SEC).unwrap();
+    assert!(is_minimal(&poll));
+    let t1 = t0 + 30 * SEC;
+    core.handle_message(opamp_offer(b"h1"), t1);
+    events(&mut core);
+    core.accept_opamp_connection_settings(&Bytes::from_static(b"h1"), new_server(), t1);
+    core.poll_transmit(t1).unwrap();
+    core.handle_message(reply(), t1);
+    commands(&mut core);
+    core.poll_transmit(t1).unwrap();
+    core.handle_message(reply(), t1);
+    assert_eq!(commands(&mut core), [SettingsCommand::KeepCandidate]);
+    let next = core.poll_transmit(t1).unwrap();
+    let (status, hash, _) = status_of(&next);
+    assert_eq!(status, ConnectionSettingsStatuses::Applied);
+    assert_eq!(hash, Bytes::from_static(b"h1"));
+}
+
+#[test]
+fn cs_08_refused_offer_reports_failed_and_keeps_the_connection() {
+    let t0 = Instant::now();
+    let mut core = ws_offered(t0);
+    core.refuse_opamp_connection_settings(&Bytes::from_static(b"h1"), "no key".into());
+    assert!(commands(&mut core).is_empty());
+    let report = core.poll_transmit(t0).unwrap();
+    assert!(report.agent_disconnect.is_none());
+    assert!(!core.wants_close());
+    let (status, _, error) = status_of(&report);
+    assert_eq!(status, ConnectionSettingsStatuses::Failed);
+    assert_eq!(error, "no key");
+}
+
+#[test]
+fn cs_06_answer_to_a_replaced_offer_is_ignored() {
+    let t0 = Instant::now();
+    let mut core = ws_offered(t0);
+    core.handle_message(opamp_offer(b"h2"), t0);
+    events(&mut core);
+    core.accept_opamp_connection_settings(&Bytes::from_static(b"h1"), new_server(), t0);
+    core.refuse_opamp_connection_settings(&Bytes::from_static(b"h1"), "late".into());
+    let report = core.poll_transmit(t0).unwrap();
+    assert!(report.agent_disconnect.is_none());
+    let (status, hash, _) = status_of(&report);
+    assert_eq!(status, ConnectionSettingsStatuses::Applying);
+    assert_eq!(hash, Bytes::from_static(b"h2"));
+    // The newer one goes ahead.
+    core.accept_opamp_connection_settings(&Bytes::from_static(b"h2"), new_server(), t0);
+    assert!(core.poll_transmit(t0).unwrap().agent_disconnect.is_some());
+}
+
+#[test]
+fn cs_08_cs_42_other_part_outcome_and_the_opamp_part_share_one_status() {
+    let t0 = Instant::now();
+    let caps = switch_caps() | AgentCapabilities::REPORTS_OWN_METRICS;
+    for (other, expected) in [
+        (
+            SettingsOutcome::Applied,
+            ConnectionSettingsStatuses::Applied,
+        ),
+        (
+            SettingsOutcome::Failed("bad metrics endpoint".into()),
+            ConnectionSettingsStatuses::Failed,
+        ),
+    ] {
+        let (mut core, _) = ws_connected(caps, t0);
+        core.handle_message(offer_message(full_offer(b"h1")), t0);
+        let both: [Event; 2] = events(&mut core).try_into().unwrap();
+        let [
+            Event::OtherConnectionSettings {
+                opamp_offered: true,
+                ..
+            },
+            Event::OpampConnectionSettings { settings, .. },
+        ] = both
+        else {
+            panic!("other part first, then the OpAMP part")
+        };
+        core.poll_transmit(t0).unwrap();
+        let hash = Bytes::from_static(b"h1");
+        core.handle_other_settings_outcome(&hash, other.clone());
+        if other == SettingsOutcome::Applied {
+            // Not APPLIED yet: the OpAMP part is still to be verified.
+            assert_eq!(
+                core.connection_settings_status().unwrap().status,
+                ConnectionSettingsStatuses::Applying as i32
+            );
+        }
+        core.accept_opamp_connection_settings(&hash, *settings, t0);
+        core.poll_transmit(t0).unwrap();
+        core.handle_disconnected(t0);
+        core.handle_connected(t0);
+        let (status, _, _) = status_of(&core.poll_transmit(t0).unwrap());
+        assert_eq!(status, expected, "other part: {other:?}");
+    }
+}
+
+#[test]
+fn cs_42_other_settings_alone_report_their_outcome() {
+    let t0 = Instant::now();
+    let caps = AgentCapabilities::REPORTS_OWN_METRICS
+        | AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS;
+    let (mut core, _) = ws_connected(caps, t0);
+    core.handle_message(offer_message(full_offer(b"h1")), t0);
+    events(&mut core);
+    core.poll_transmit(t0).unwrap();
+    core.handle_other_settings_outcome(&Bytes::from_static(b"h1"), SettingsOutcome::Later);
+    assert!(core.poll_transmit(t0).is_none(), "Later: the agent reports");
+    core.handle_other_settings_outcome(&Bytes::from_static(b"h1"), SettingsOutcome::Applied);
+    assert_eq!(
+        status_of(&core.poll_transmit(t0).unwrap()).0,
+        ConnectionSettingsStatuses::Applied
+    );
+    // An outcome for an offer that a newer one replaced changes nothing.
+    core.handle_message(offer_message(full_offer(b"h2")), t0);
+    core.poll_transmit(t0).unwrap();
+    core.handle_other_settings_outcome(&Bytes::from_static(b"h1"), SettingsOutcome::Applied);
+    assert!(core.poll_transmit(t0).is_none());
+}
+
+#[test]
+fn cs_06_after_a_crash_the_saved_candidate_is_tried_first() {
+    let t0 = Instant::now();
+    for connects in [true, false] {
+        let mut core = new_core(TransportKind::WebSocket, switch_caps());
+        core.resume_candidate(Bytes::from_static(b"h1"), new_server());
+        core.start(t0).unwrap();
+        assert_eq!(
+            commands(&mut core),
+            [SettingsCommand::TryCandidate(Box::new(new_server()))]
+        );
+        assert!(core.wants_connect(t0));
+        let expected = if connects {
+            core.handle_connected(t0);
+            assert_eq!(commands(&mut core), [SettingsCommand::KeepCandidate]);
+            ConnectionSettingsStatuses::Applied
+        } else {
+            core.handle_candidate_failed(t0, "unreachable".into());
+            assert_eq!(commands(&mut core), [SettingsCommand::DropCandidate]);
+            assert!(core.wants_connect(t0));
+            core.handle_connected(t0);
+            ConnectionSettingsStatuses::Failed
+        };
+        let first = core.poll_transmit(t0).unwrap();
+        assert!(first.agent_description.is_some());
+        let (status, hash, _) = status_of(&first);
+        assert_eq!((status, hash), (expected, Bytes::from_static(b"h1")));
+        // The same offer, sent again by the server, is not processed again.
+        core.handle_message(opamp_offer(b"h1"), t0);
+        assert!(
+            !events(&mut core)
+                .iter()
+                .any(|event| matches!(event, Event::OpampConnectionSettings { .. }))
+        );
+    }
+}
+
 #[test]
 fn deliberate_reconnect_sends_goodbye_then_full_state() {
     let t0 = Instant::now();
