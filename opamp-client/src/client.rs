@@ -138,9 +138,16 @@ pub trait Callbacks: Send + Sync + 'static {
 
 /// Callbacks that do nothing (and accept every offer).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct NoopCallbacks;
+pub struct NoCallbacks;
 
-impl Callbacks for NoopCallbacks {}
+impl Callbacks for NoCallbacks {}
+
+/// The old name of [`NoCallbacks`], which the server crate uses too.
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed to `NoCallbacks`, the name both sides use"
+)]
+pub type NoopCallbacks = NoCallbacks;
 
 /// A cloneable, `Send + Sync` handle to one OpAMP client.
 ///

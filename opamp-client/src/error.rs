@@ -50,7 +50,7 @@ pub enum ClientError {
     CustomMessagePending,
     /// The package store could not be read at start.
     #[error("package store: {0}")]
-    PackageStore(#[source] crate::packages::StoreError),
+    PackageStore(#[source] crate::packages::PackageStoreError),
     /// `start` must be called inside a tokio runtime.
     #[error("start must be called within a tokio runtime")]
     NoRuntime,

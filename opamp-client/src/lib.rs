@@ -119,13 +119,17 @@ mod settings;
 mod shared;
 mod ws_driver;
 
-pub use client::{Callbacks, NoopCallbacks, OpampClient};
+#[allow(deprecated)]
+pub use client::NoopCallbacks;
+pub use client::{Callbacks, NoCallbacks, OpampClient};
 pub use error::ClientError;
+#[allow(deprecated)]
+pub use packages::StoreError;
 pub use packages::{
     Download, DownloadError, Downloader, FsPackageStore, IgnoreSignatures, InstalledPackage,
-    MemoryPackageStore, PackageEvent, PackageInfo, PackageStore, PackageSyncError, PackageSyncer,
-    PackageSyncerBuilder, PackageToVerify, PackageVerifier, PackageWriter, RejectSignedPackages,
-    SignatureCheck, StoreError, VerifyError,
+    MemoryPackageStore, PackageEvent, PackageInfo, PackageStore, PackageStoreError,
+    PackageSyncError, PackageSyncer, PackageSyncerBuilder, PackageToVerify, PackageVerifier,
+    PackageWriter, RejectSignedPackages, SignatureCheck, VerifyError,
 };
 pub use protocol::{
     ClientCore, CoreConfig, DEFAULT_HEARTBEAT_INTERVAL, Event, MessageData, ProtocolError,

@@ -24,7 +24,9 @@ mod verify;
 pub use download::{Download, DownloadError, Downloader};
 pub use fs_store::FsPackageStore;
 pub use memory_store::MemoryPackageStore;
-pub use store::{InstalledPackage, PackageInfo, PackageStore, PackageWriter, StoreError};
+#[allow(deprecated)]
+pub use store::StoreError;
+pub use store::{InstalledPackage, PackageInfo, PackageStore, PackageStoreError, PackageWriter};
 pub use syncer::{PackageEvent, PackageSyncError, PackageSyncer, PackageSyncerBuilder};
 pub use verify::{
     IgnoreSignatures, PackageToVerify, PackageVerifier, RejectSignedPackages, SignatureCheck,

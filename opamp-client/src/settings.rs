@@ -13,7 +13,7 @@ use opamp_transport::{
 };
 use url::Url;
 
-use crate::client::{Callbacks, NoopCallbacks, OpampClient, StartParts};
+use crate::client::{Callbacks, NoCallbacks, OpampClient, StartParts};
 use crate::endpoint::transport_for;
 use crate::error::ClientError;
 use crate::packages::{PackageStore, PackageVerifier};
@@ -105,7 +105,7 @@ impl ClientBuilder {
             retry_policy: ExponentialBackoff::default_factory(),
             remote_config_status: None,
             connection_settings_status: None,
-            callbacks: Arc::new(NoopCallbacks),
+            callbacks: Arc::new(NoCallbacks),
             package_store: None,
             package_verifier: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -232,7 +232,7 @@ impl ClientBuilder {
         self
     }
 
-    /// The callbacks (default: [`NoopCallbacks`]).
+    /// The callbacks (default: [`NoCallbacks`]).
     pub fn callbacks(mut self, callbacks: impl Callbacks) -> Self {
         self.callbacks = Arc::new(callbacks);
         self

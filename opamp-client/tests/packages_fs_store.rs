@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use opamp_client::{FsPackageStore, PackageInfo, PackageStore, PackageSyncer, StoreError};
+use opamp_client::{FsPackageStore, PackageInfo, PackageStore, PackageStoreError, PackageSyncer};
 use opamp_proto::{PackageStatusEnum, PackageType};
 use packages_support::*;
 
@@ -147,7 +147,7 @@ async fn corrupt_state_is_a_typed_error() {
     std::fs::write(dir.path().join("state"), b"not a package store\n").unwrap();
     assert!(matches!(
         FsPackageStore::open(dir.path()).await,
-        Err(StoreError::Corrupt(_))
+        Err(PackageStoreError::Corrupt(_))
     ));
 }
 
@@ -164,11 +164,11 @@ async fn update_info_keeps_the_file_and_needs_the_same_content() {
     assert_eq!(relabelled.info.version, "1.0.1");
     assert!(matches!(
         store.update_info(&info("a", "2", b"different")).await,
-        Err(StoreError::NotInstalled(_))
+        Err(PackageStoreError::NotInstalled(_))
     ));
     assert!(matches!(
         store.update_info(&info("b", "1", b"same")).await,
-        Err(StoreError::NotInstalled(_))
+        Err(PackageStoreError::NotInstalled(_))
     ));
 }
 

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use opamp_client::{
     IgnoreSignatures, InstalledPackage, MemoryPackageStore, PackageInfo, PackageStore,
-    PackageSyncer, PackageToVerify, PackageVerifier, PackageWriter, SignatureCheck, StoreError,
-    VerifyError,
+    PackageStoreError, PackageSyncer, PackageToVerify, PackageVerifier, PackageWriter,
+    SignatureCheck, VerifyError,
 };
 use opamp_proto::{PackageStatusEnum, PackageStatuses, PackageType};
 use packages_support::*;
@@ -864,29 +864,29 @@ async fn top_level_package_with_empty_name_is_installed_and_announced() {
 struct StuckStore(MemoryPackageStore);
 
 impl PackageStore for StuckStore {
-    fn installed(&self) -> BoxFuture<'_, Result<Vec<InstalledPackage>, StoreError>> {
+    fn installed(&self) -> BoxFuture<'_, Result<Vec<InstalledPackage>, PackageStoreError>> {
         self.0.installed()
     }
-    fn all_packages_hash(&self) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+    fn all_packages_hash(&self) -> BoxFuture<'_, Result<Bytes, PackageStoreError>> {
         self.0.all_packages_hash()
     }
-    fn set_all_packages_hash(&self, hash: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn set_all_packages_hash(&self, hash: Bytes) -> BoxFuture<'_, Result<(), PackageStoreError>> {
         self.0.set_all_packages_hash(hash)
     }
     fn begin_install<'a>(
         &'a self,
         package: &'a PackageInfo,
-    ) -> BoxFuture<'a, Result<Box<dyn PackageWriter>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Box<dyn PackageWriter>, PackageStoreError>> {
         self.0.begin_install(package)
     }
     fn update_info<'a>(
         &'a self,
         package: &'a PackageInfo,
-    ) -> BoxFuture<'a, Result<InstalledPackage, StoreError>> {
+    ) -> BoxFuture<'a, Result<InstalledPackage, PackageStoreError>> {
         self.0.update_info(package)
     }
-    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move { Err(StoreError::Other(format!("{name} is busy").into())) })
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), PackageStoreError>> {
+        Box::pin(async move { Err(PackageStoreError::Other(format!("{name} is busy").into())) })
     }
 }
 

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use opamp_client::proto::PackageType;
 use opamp_client::{
-    FsPackageStore, InstalledPackage, PackageInfo, PackageStore, PackageToVerify, PackageVerifier,
-    PackageWriter, SignatureCheck, StoreError, VerifyError,
+    FsPackageStore, InstalledPackage, PackageInfo, PackageStore, PackageStoreError,
+    PackageToVerify, PackageVerifier, PackageWriter, SignatureCheck, VerifyError,
 };
 use ring::signature::{ED25519, UnparsedPublicKey};
 use tokio::io::AsyncWriteExt;
@@ -48,22 +48,22 @@ impl SupervisedStore {
 }
 
 impl PackageStore for SupervisedStore {
-    fn installed(&self) -> BoxFuture<'_, Result<Vec<InstalledPackage>, StoreError>> {
+    fn installed(&self) -> BoxFuture<'_, Result<Vec<InstalledPackage>, PackageStoreError>> {
         self.inner.installed()
     }
 
-    fn all_packages_hash(&self) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+    fn all_packages_hash(&self) -> BoxFuture<'_, Result<Bytes, PackageStoreError>> {
         self.inner.all_packages_hash()
     }
 
-    fn set_all_packages_hash(&self, hash: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn set_all_packages_hash(&self, hash: Bytes) -> BoxFuture<'_, Result<(), PackageStoreError>> {
         self.inner.set_all_packages_hash(hash)
     }
 
     fn begin_install<'a>(
         &'a self,
         package: &'a PackageInfo,
-    ) -> BoxFuture<'a, Result<Box<dyn PackageWriter>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Box<dyn PackageWriter>, PackageStoreError>> {
         Box::pin(async move {
             let inner = self.inner.begin_install(package).await?;
             if package.package_type != PackageType::TopLevel {
@@ -105,19 +105,19 @@ impl PackageStore for SupervisedStore {
     fn update_info<'a>(
         &'a self,
         package: &'a PackageInfo,
-    ) -> BoxFuture<'a, Result<InstalledPackage, StoreError>> {
+    ) -> BoxFuture<'a, Result<InstalledPackage, PackageStoreError>> {
         self.inner.update_info(package)
     }
 
-    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), PackageStoreError>> {
         // The running executable is a copy: removing the package from the
         // store leaves it running.
         self.inner.remove(name)
     }
 }
 
-fn io_error(action: &str, source: std::io::Error) -> StoreError {
-    StoreError::Other(format!("{action}: {source}").into())
+fn io_error(action: &str, source: std::io::Error) -> PackageStoreError {
+    PackageStoreError::Other(format!("{action}: {source}").into())
 }
 
 /// Stages a top-level package both in the store and as an executable.
@@ -129,20 +129,20 @@ struct ExecutableWriter {
 }
 
 impl PackageWriter for ExecutableWriter {
-    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), PackageStoreError>> {
         Box::pin(async move {
             self.inner.write(chunk).await?;
             let file = self
                 .file
                 .as_mut()
-                .ok_or_else(|| StoreError::Other("executable already closed".into()))?;
+                .ok_or_else(|| PackageStoreError::Other("executable already closed".into()))?;
             file.write_all(chunk)
                 .await
                 .map_err(|error| io_error("writing the executable", error))
         })
     }
 
-    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<InstalledPackage, StoreError>> {
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<InstalledPackage, PackageStoreError>> {
         Box::pin(async move {
             let Self {
                 inner,
@@ -160,13 +160,13 @@ impl PackageWriter for ExecutableWriter {
                 Err(reason) => {
                     let _ = inner.abort().await;
                     let _ = tokio::fs::remove_file(&path).await;
-                    Err(StoreError::Other(reason.into()))
+                    Err(PackageStoreError::Other(reason.into()))
                 }
             }
         })
     }
 
-    fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), PackageStoreError>> {
         Box::pin(async move {
             let Self {
                 inner, file, path, ..

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use super::store::{InstalledPackage, PackageInfo, PackageStore, PackageWriter, StoreError};
+use super::store::{InstalledPackage, PackageInfo, PackageStore, PackageStoreError, PackageWriter};
 
 const STATE_HEADER: &str = "opamp-rs package store v1";
 const STATE_FILE: &str = "state";
@@ -78,7 +78,7 @@ pub struct FsPackageStore {
 impl FsPackageStore {
     /// Opens (creating if needed) a store in `root`, deleting leftovers of
     /// interrupted installs.
-    pub async fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+    pub async fn open(root: impl Into<PathBuf>) -> Result<Self, PackageStoreError> {
         let root = root.into();
         let files_dir = root.join(FILES_DIR);
         let tmp_dir = root.join(TMP_DIR);
@@ -143,7 +143,7 @@ impl Inner {
     }
 
     /// Persists `state`; the caller holds the state lock.
-    async fn save(&self, state: &State) -> Result<(), StoreError> {
+    async fn save(&self, state: &State) -> Result<(), PackageStoreError> {
         let text = render_state(state);
         let root = self.root.clone();
         run_blocking(move || save_blocking(&root, &text)).await
@@ -151,22 +151,26 @@ impl Inner {
 }
 
 async fn run_blocking<T: Send + 'static>(
-    job: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(job)
-        .await
-        .map_err(|e| StoreError::io("running a blocking file task", std::io::Error::other(e)))?
+    job: impl FnOnce() -> Result<T, PackageStoreError> + Send + 'static,
+) -> Result<T, PackageStoreError> {
+    tokio::task::spawn_blocking(job).await.map_err(|e| {
+        PackageStoreError::io("running a blocking file task", std::io::Error::other(e))
+    })?
 }
 
-fn open_blocking(root: &Path, files_dir: &Path, tmp_dir: &Path) -> Result<State, StoreError> {
+fn open_blocking(
+    root: &Path,
+    files_dir: &Path,
+    tmp_dir: &Path,
+) -> Result<State, PackageStoreError> {
     for dir in [root, files_dir, tmp_dir] {
         std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+            .map_err(|e| PackageStoreError::io(format!("creating {}", dir.display()), e))?;
     }
     let state = match std::fs::read_to_string(root.join(STATE_FILE)) {
         Ok(text) => parse_state(&text)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-        Err(e) => return Err(StoreError::io("reading the state file", e)),
+        Err(e) => return Err(PackageStoreError::io("reading the state file", e)),
     };
     // Interrupted downloads and half-written state.
     remove_all_but(tmp_dir, |_| false)?;
@@ -179,11 +183,12 @@ fn open_blocking(root: &Path, files_dir: &Path, tmp_dir: &Path) -> Result<State,
     Ok(state)
 }
 
-fn remove_all_but(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<(), StoreError> {
+fn remove_all_but(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<(), PackageStoreError> {
     let entries = std::fs::read_dir(dir)
-        .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        .map_err(|e| PackageStoreError::io(format!("listing {}", dir.display()), e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let entry =
+            entry.map_err(|e| PackageStoreError::io(format!("listing {}", dir.display()), e))?;
         let name = entry.file_name();
         if name.to_str().is_some_and(&keep) {
             continue;
@@ -201,17 +206,17 @@ fn remove_all_but(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<(), StoreEr
     Ok(())
 }
 
-fn save_blocking(root: &Path, text: &str) -> Result<(), StoreError> {
+fn save_blocking(root: &Path, text: &str) -> Result<(), PackageStoreError> {
     use std::io::Write as _;
     let temp = root.join(STATE_TEMP_FILE);
-    let mut file =
-        std::fs::File::create(&temp).map_err(|e| StoreError::io("creating the state file", e))?;
+    let mut file = std::fs::File::create(&temp)
+        .map_err(|e| PackageStoreError::io("creating the state file", e))?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| StoreError::io("writing the state file", e))?;
+        .map_err(|e| PackageStoreError::io("writing the state file", e))?;
     drop(file);
     std::fs::rename(&temp, root.join(STATE_FILE))
-        .map_err(|e| StoreError::io("replacing the state file", e))?;
+        .map_err(|e| PackageStoreError::io("replacing the state file", e))?;
     sync_dir(root);
     Ok(())
 }
@@ -233,16 +238,16 @@ fn hex_field(bytes: &[u8]) -> String {
     out
 }
 
-fn parse_hex_field(field: &str) -> Result<Vec<u8>, StoreError> {
+fn parse_hex_field(field: &str) -> Result<Vec<u8>, PackageStoreError> {
     let digits = field
         .strip_prefix('x')
-        .ok_or_else(|| StoreError::Corrupt(format!("field {field:?} lacks its x prefix")))?;
-    hex::decode(digits).map_err(|e| StoreError::Corrupt(format!("field {field:?}: {e}")))
+        .ok_or_else(|| PackageStoreError::Corrupt(format!("field {field:?} lacks its x prefix")))?;
+    hex::decode(digits).map_err(|e| PackageStoreError::Corrupt(format!("field {field:?}: {e}")))
 }
 
-fn parse_text_field(field: &str) -> Result<String, StoreError> {
+fn parse_text_field(field: &str) -> Result<String, PackageStoreError> {
     String::from_utf8(parse_hex_field(field)?)
-        .map_err(|_| StoreError::Corrupt(format!("field {field:?} is not UTF-8")))
+        .map_err(|_| PackageStoreError::Corrupt(format!("field {field:?} is not UTF-8")))
 }
 
 fn render_state(state: &State) -> String {
@@ -270,10 +275,12 @@ fn valid_file_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
-fn parse_state(text: &str) -> Result<State, StoreError> {
+fn parse_state(text: &str) -> Result<State, PackageStoreError> {
     let mut lines = text.lines();
     if lines.next() != Some(STATE_HEADER) {
-        return Err(StoreError::Corrupt("unknown state file header".into()));
+        return Err(PackageStoreError::Corrupt(
+            "unknown state file header".into(),
+        ));
     }
     let mut state = State::default();
     for line in lines {
@@ -283,11 +290,13 @@ fn parse_state(text: &str) -> Result<State, StoreError> {
             ["pkg", name, kind, version, hash, content_hash, file_name] => {
                 let kind: i32 = kind
                     .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("package type {kind:?}")))?;
+                    .map_err(|_| PackageStoreError::Corrupt(format!("package type {kind:?}")))?;
                 let package_type = PackageType::try_from(kind)
-                    .map_err(|_| StoreError::Corrupt(format!("package type {kind}")))?;
+                    .map_err(|_| PackageStoreError::Corrupt(format!("package type {kind}")))?;
                 if !valid_file_name(file_name) {
-                    return Err(StoreError::Corrupt(format!("file name {file_name:?}")));
+                    return Err(PackageStoreError::Corrupt(format!(
+                        "file name {file_name:?}"
+                    )));
                 }
                 let info = PackageInfo {
                     name: parse_text_field(name)?,
@@ -305,7 +314,11 @@ fn parse_state(text: &str) -> Result<State, StoreError> {
                 );
             }
             [""] => {}
-            _ => return Err(StoreError::Corrupt(format!("unexpected line {line:?}"))),
+            _ => {
+                return Err(PackageStoreError::Corrupt(format!(
+                    "unexpected line {line:?}"
+                )));
+            }
         }
     }
     Ok(state)
@@ -324,7 +337,7 @@ fn file_stem(name: &str) -> String {
 }
 
 impl PackageStore for FsPackageStore {
-    fn installed(&self) -> BoxFuture<'_, Result<Vec<InstalledPackage>, StoreError>> {
+    fn installed(&self) -> BoxFuture<'_, Result<Vec<InstalledPackage>, PackageStoreError>> {
         Box::pin(async move {
             let state = self.inner.state.lock().await;
             Ok(state
@@ -335,11 +348,11 @@ impl PackageStore for FsPackageStore {
         })
     }
 
-    fn all_packages_hash(&self) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+    fn all_packages_hash(&self) -> BoxFuture<'_, Result<Bytes, PackageStoreError>> {
         Box::pin(async move { Ok(self.inner.state.lock().await.all_packages_hash.clone()) })
     }
 
-    fn set_all_packages_hash(&self, hash: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn set_all_packages_hash(&self, hash: Bytes) -> BoxFuture<'_, Result<(), PackageStoreError>> {
         Box::pin(async move {
             let mut state = self.inner.state.lock().await;
             let mut next = state.clone();
@@ -353,12 +366,12 @@ impl PackageStore for FsPackageStore {
     fn begin_install<'a>(
         &'a self,
         package: &'a PackageInfo,
-    ) -> BoxFuture<'a, Result<Box<dyn PackageWriter>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Box<dyn PackageWriter>, PackageStoreError>> {
         Box::pin(async move {
             let temp_path = self.inner.unique_name(&self.inner.tmp_dir, "", ".part");
             let file = tokio::fs::File::create(&temp_path)
                 .await
-                .map_err(|e| StoreError::io("creating a download file", e))?;
+                .map_err(|e| PackageStoreError::io("creating a download file", e))?;
             Ok(Box::new(FsWriter {
                 inner: Arc::clone(&self.inner),
                 info: package.clone(),
@@ -371,7 +384,7 @@ impl PackageStore for FsPackageStore {
     fn update_info<'a>(
         &'a self,
         package: &'a PackageInfo,
-    ) -> BoxFuture<'a, Result<InstalledPackage, StoreError>> {
+    ) -> BoxFuture<'a, Result<InstalledPackage, PackageStoreError>> {
         Box::pin(async move {
             let mut state = self.inner.state.lock().await;
             let mut next = state.clone();
@@ -379,7 +392,7 @@ impl PackageStore for FsPackageStore {
                 .packages
                 .get_mut(&package.name)
                 .filter(|entry| entry.info.content_hash == package.content_hash)
-                .ok_or_else(|| StoreError::NotInstalled(package.name.clone()))?;
+                .ok_or_else(|| PackageStoreError::NotInstalled(package.name.clone()))?;
             entry.info = package.clone();
             let installed = self.inner.installed(entry);
             self.inner.save(&next).await?;
@@ -388,7 +401,7 @@ impl PackageStore for FsPackageStore {
         })
     }
 
-    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), PackageStoreError>> {
         Box::pin(async move {
             let mut state = self.inner.state.lock().await;
             let mut next = state.clone();
@@ -417,31 +430,31 @@ struct FsWriter {
 }
 
 impl FsWriter {
-    fn file(&mut self) -> Result<&mut tokio::fs::File, StoreError> {
+    fn file(&mut self) -> Result<&mut tokio::fs::File, PackageStoreError> {
         self.file.as_mut().ok_or_else(|| {
-            StoreError::io(
+            PackageStoreError::io(
                 "writing a download file",
                 std::io::Error::other("writer already finished"),
             )
         })
     }
 
-    async fn commit_inner(&mut self) -> Result<InstalledPackage, StoreError> {
+    async fn commit_inner(&mut self) -> Result<InstalledPackage, PackageStoreError> {
         let mut file = self.file.take().ok_or_else(|| {
-            StoreError::io(
+            PackageStoreError::io(
                 "committing a download file",
                 std::io::Error::other("writer already finished"),
             )
         })?;
         file.flush()
             .await
-            .map_err(|e| StoreError::io("writing a download file", e))?;
+            .map_err(|e| PackageStoreError::io("writing a download file", e))?;
         file.sync_all()
             .await
-            .map_err(|e| StoreError::io("syncing a download file", e))?;
+            .map_err(|e| PackageStoreError::io("syncing a download file", e))?;
         drop(file);
         let temp_path = self.temp_path.clone().ok_or_else(|| {
-            StoreError::io(
+            PackageStoreError::io(
                 "committing a download file",
                 std::io::Error::other("writer already finished"),
             )
@@ -452,7 +465,7 @@ impl FsWriter {
         let final_path = inner.unique_name(&inner.files_dir, &file_stem(&self.info.name), "");
         tokio::fs::rename(&temp_path, &final_path)
             .await
-            .map_err(|e| StoreError::io("moving a download into place", e))?;
+            .map_err(|e| PackageStoreError::io("moving a download into place", e))?;
         self.temp_path = None;
         sync_dir(&inner.files_dir);
 
@@ -500,16 +513,18 @@ impl FsWriter {
 }
 
 impl PackageWriter for FsWriter {
-    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), PackageStoreError>> {
         Box::pin(async move {
             self.file()?
                 .write_all(chunk)
                 .await
-                .map_err(|e| StoreError::io("writing a download file", e))
+                .map_err(|e| PackageStoreError::io("writing a download file", e))
         })
     }
 
-    fn commit(mut self: Box<Self>) -> BoxFuture<'static, Result<InstalledPackage, StoreError>> {
+    fn commit(
+        mut self: Box<Self>,
+    ) -> BoxFuture<'static, Result<InstalledPackage, PackageStoreError>> {
         Box::pin(async move {
             let result = self.commit_inner().await;
             if result.is_err() {
@@ -519,7 +534,7 @@ impl PackageWriter for FsWriter {
         })
     }
 
-    fn abort(mut self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn abort(mut self: Box<Self>) -> BoxFuture<'static, Result<(), PackageStoreError>> {
         Box::pin(async move {
             if let Some(mut file) = self.file.take() {
                 // Let pending writes finish so the delete below is the last word.
@@ -581,7 +596,7 @@ mod tests {
             "opamp-rs package store v1\nbogus\n",
         ] {
             assert!(
-                matches!(parse_state(text), Err(StoreError::Corrupt(_))),
+                matches!(parse_state(text), Err(PackageStoreError::Corrupt(_))),
                 "{text:?}"
             );
         }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
-use super::store::{InstalledPackage, PackageInfo, PackageStore, PackageWriter, StoreError};
+use super::store::{InstalledPackage, PackageInfo, PackageStore, PackageStoreError, PackageWriter};
 
 #[derive(Default)]
 struct MemoryState {
@@ -70,7 +70,7 @@ fn installed(info: &PackageInfo) -> InstalledPackage {
 }
 
 impl PackageStore for MemoryPackageStore {
-    fn installed(&self) -> BoxFuture<'_, Result<Vec<InstalledPackage>, StoreError>> {
+    fn installed(&self) -> BoxFuture<'_, Result<Vec<InstalledPackage>, PackageStoreError>> {
         let list = self
             .lock()
             .packages
@@ -80,12 +80,12 @@ impl PackageStore for MemoryPackageStore {
         Box::pin(async move { Ok(list) })
     }
 
-    fn all_packages_hash(&self) -> BoxFuture<'_, Result<Bytes, StoreError>> {
+    fn all_packages_hash(&self) -> BoxFuture<'_, Result<Bytes, PackageStoreError>> {
         let hash = self.lock().all_packages_hash.clone();
         Box::pin(async move { Ok(hash) })
     }
 
-    fn set_all_packages_hash(&self, hash: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn set_all_packages_hash(&self, hash: Bytes) -> BoxFuture<'_, Result<(), PackageStoreError>> {
         self.lock().all_packages_hash = hash;
         Box::pin(async { Ok(()) })
     }
@@ -93,7 +93,7 @@ impl PackageStore for MemoryPackageStore {
     fn begin_install<'a>(
         &'a self,
         package: &'a PackageInfo,
-    ) -> BoxFuture<'a, Result<Box<dyn PackageWriter>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Box<dyn PackageWriter>, PackageStoreError>> {
         let writer = MemoryWriter {
             store: self.clone(),
             info: package.clone(),
@@ -105,7 +105,7 @@ impl PackageStore for MemoryPackageStore {
     fn update_info<'a>(
         &'a self,
         package: &'a PackageInfo,
-    ) -> BoxFuture<'a, Result<InstalledPackage, StoreError>> {
+    ) -> BoxFuture<'a, Result<InstalledPackage, PackageStoreError>> {
         let result = {
             let mut state = self.lock();
             match state.packages.get_mut(&package.name) {
@@ -113,13 +113,13 @@ impl PackageStore for MemoryPackageStore {
                     *info = package.clone();
                     Ok(installed(info))
                 }
-                _ => Err(StoreError::NotInstalled(package.name.clone())),
+                _ => Err(PackageStoreError::NotInstalled(package.name.clone())),
             }
         };
         Box::pin(async move { result })
     }
 
-    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), PackageStoreError>> {
         self.lock().packages.remove(name);
         Box::pin(async { Ok(()) })
     }
@@ -132,19 +132,19 @@ struct MemoryWriter {
 }
 
 impl PackageWriter for MemoryWriter {
-    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), PackageStoreError>> {
         self.content.extend_from_slice(chunk);
         Box::pin(async { Ok(()) })
     }
 
-    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<InstalledPackage, StoreError>> {
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<InstalledPackage, PackageStoreError>> {
         let this = *self;
         let result = installed(&this.info);
         this.store.insert(this.info, Bytes::from(this.content));
         Box::pin(async move { Ok(result) })
     }
 
-    fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>> {
+    fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), PackageStoreError>> {
         Box::pin(async { Ok(()) })
     }
 }

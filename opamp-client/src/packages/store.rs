@@ -36,7 +36,7 @@ pub struct InstalledPackage {
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum StoreError {
+pub enum PackageStoreError {
     /// A file-system operation failed.
     #[error("package store I/O failed while {action}: {source}")]
     Io {
@@ -57,7 +57,12 @@ pub enum StoreError {
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl StoreError {
+/// The old name of [`PackageStoreError`]; `StoreError` is the server's
+/// agent-store error.
+#[deprecated(since = "0.1.0", note = "renamed to `PackageStoreError`")]
+pub type StoreError = PackageStoreError;
+
+impl PackageStoreError {
     pub(crate) fn io(action: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             action: action.into(),
@@ -78,42 +83,42 @@ impl StoreError {
 /// the store as it was.
 pub trait PackageStore: Send + Sync {
     /// Every installed package.
-    fn installed(&self) -> BoxFuture<'_, Result<Vec<InstalledPackage>, StoreError>>;
+    fn installed(&self) -> BoxFuture<'_, Result<Vec<InstalledPackage>, PackageStoreError>>;
 
     /// The `all_packages_hash` saved by the last fully successful sync; empty
     /// if none was saved.
-    fn all_packages_hash(&self) -> BoxFuture<'_, Result<Bytes, StoreError>>;
+    fn all_packages_hash(&self) -> BoxFuture<'_, Result<Bytes, PackageStoreError>>;
 
     /// Saves the `all_packages_hash` of an offer that is now fully installed.
-    fn set_all_packages_hash(&self, hash: Bytes) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn set_all_packages_hash(&self, hash: Bytes) -> BoxFuture<'_, Result<(), PackageStoreError>>;
 
     /// Starts staging a new file for `package`, replacing any installed
     /// package of the same name once committed.
     fn begin_install<'a>(
         &'a self,
         package: &'a PackageInfo,
-    ) -> BoxFuture<'a, Result<Box<dyn PackageWriter>, StoreError>>;
+    ) -> BoxFuture<'a, Result<Box<dyn PackageWriter>, PackageStoreError>>;
 
     /// Replaces the metadata of an installed package whose file content is
     /// unchanged (same `content_hash`), without downloading again.
     fn update_info<'a>(
         &'a self,
         package: &'a PackageInfo,
-    ) -> BoxFuture<'a, Result<InstalledPackage, StoreError>>;
+    ) -> BoxFuture<'a, Result<InstalledPackage, PackageStoreError>>;
 
     /// Removes a package and its file. Removing a package that is not
     /// installed succeeds.
-    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn remove<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), PackageStoreError>>;
 }
 
 /// A staged install: receives the file, then is committed or aborted.
 pub trait PackageWriter: Send {
     /// Appends one chunk of the file.
-    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), PackageStoreError>>;
 
     /// Makes the staged file the installed package, atomically.
-    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<InstalledPackage, StoreError>>;
+    fn commit(self: Box<Self>) -> BoxFuture<'static, Result<InstalledPackage, PackageStoreError>>;
 
     /// Discards the staged file; the store is left as it was.
-    fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), StoreError>>;
+    fn abort(self: Box<Self>) -> BoxFuture<'static, Result<(), PackageStoreError>>;
 }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
 use super::download::{DownloadError, Downloader};
-use super::store::{InstalledPackage, PackageInfo, PackageStore, PackageWriter, StoreError};
+use super::store::{InstalledPackage, PackageInfo, PackageStore, PackageStoreError, PackageWriter};
 use super::verify::{
     PackageToVerify, PackageVerifier, RejectSignedPackages, SignatureCheck, VerifyError,
 };
@@ -77,7 +77,7 @@ pub enum PackageSyncError {
     Signature(#[source] VerifyError),
     /// The package store failed.
     #[error("package store failed: {0}")]
-    Store(#[source] StoreError),
+    Store(#[source] PackageStoreError),
 }
 
 /// Something that happened to one package, for [`PackageSyncerBuilder::on_event`].
@@ -183,7 +183,7 @@ impl PackageSyncerBuilder {
     /// Reads the store, publishes its statuses as the first snapshot (so a
     /// restarted agent reports what it has without downloading anything), and
     /// spawns the background task. Must be called within a tokio runtime.
-    pub async fn start(self) -> Result<PackageSyncer, StoreError> {
+    pub async fn start(self) -> Result<PackageSyncer, PackageStoreError> {
         let installed = self.store.installed().await?;
         let all_packages_hash = self.store.all_packages_hash().await?;
         let initial = PackageStatuses {
