@@ -11,7 +11,8 @@ use opamp_proto::{
     CustomCapabilities, CustomMessage, EffectiveConfig, InstanceUid, PackageStatuses,
     RemoteConfigStatus, ServerCapabilities,
 };
-use opamp_transport::{ClientOptions, HttpPoster};
+use opamp_transport::ClientOptions;
+use opamp_transport::http::client::HttpPoster;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 

@@ -2,7 +2,7 @@
 //! schedules them.
 
 use opamp_proto::{AgentToServer, InstanceUid};
-use opamp_transport::{HttpError, HttpPoster};
+use opamp_transport::http::client::{HttpError, HttpPoster};
 
 use crate::driver::{DriverContext, Notice, SwitchRequest, apply_opamp_settings, now, sleep_until};
 use crate::protocol::SendFailure;

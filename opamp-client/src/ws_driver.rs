@@ -3,7 +3,8 @@
 
 use opamp_proto::AgentToServer;
 use opamp_proto::ServerToAgent;
-use opamp_transport::{WsClientConnection, WsError, WsReceiver, WsSender};
+use opamp_transport::ws::client::WsClientConnection;
+use opamp_transport::ws::{WsError, WsReceiver, WsSender};
 
 use crate::driver::{DriverContext, Notice, SwitchRequest, apply_opamp_settings, now, sleep_until};
 

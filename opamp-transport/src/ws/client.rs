@@ -14,7 +14,8 @@ use crate::options::{ClientOptions, redacted_url};
 /// `ServerToAgent`.
 ///
 /// ```no_run
-/// use opamp_transport::{ClientOptions, WsClientConnection};
+/// use opamp_transport::ClientOptions;
+/// use opamp_transport::ws::client::WsClientConnection;
 /// use opamp_proto::AgentToServer;
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -164,7 +164,7 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 ///
 /// ```no_run
 /// use http_body_util::Empty;
-/// use opamp_transport::{WsServerConfig, accept_upgrade};
+/// use opamp_transport::ws::server::{WsServerConfig, accept_upgrade};
 ///
 /// async fn handle(
 ///     mut request: http::Request<hyper::body::Incoming>,
