@@ -76,6 +76,7 @@
 //! An agent's WebSocket connection, with the imports each role uses:
 //!
 //! ```no_run
+//! # #[cfg(feature = "client")]
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use opamp_proto::{AgentToServer, InstanceUid};
 //! use opamp_transport::ws::client::WsClientConnection;
@@ -184,6 +185,8 @@
 //! WebSocket upgrades (WS-24).
 //!
 //! ```no_run
+//! # #[cfg(feature = "server")]
+//! # mod example {
 //! use std::time::Duration;
 //! use bytes::Bytes;
 //! use http::{Request, Response};
@@ -209,6 +212,8 @@
 //!     response_for(&reply, &parts.headers, LIMIT)
 //!         .unwrap_or_else(|too_large| too_large.to_response()) // 500, body not sent
 //! }
+//! # }
+//! # fn main() {}
 //! ```
 //!
 //! # Retries
@@ -225,6 +230,7 @@
 //! deterministic tests.
 //!
 //! ```no_run
+//! # #[cfg(feature = "client")]
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use opamp_proto::{AgentToServer, InstanceUid};
 //! use opamp_transport::http::client::HttpPoster;
