@@ -44,10 +44,9 @@
 //!
 //! An agent depends on this crate with `default-features = false,
 //! features = ["client", "tls-ring"]` and compiles no server code; a server
-//! uses `features = ["server", "tls-ring"]` and compiles neither the HTTP
-//! client, the proxy tunnel nor the root stores. Without either role the
-//! crate is the frame codec, the [`ws::WsConnection`] type and the retry
-//! policy.
+//! uses `features = ["server", "tls-ring"]` and compiles no HTTP client,
+//! proxy tunnel, URL parser or root store. Without either role the crate is
+//! the frame codec, the [`ws::WsConnection`] type and the retry policy.
 //!
 //! # Example
 //!
