@@ -9,10 +9,9 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use opamp_benches::messages;
 use opamp_proto::{AgentToServer, Message, ServerToAgent};
-use opamp_transport::{
-    DEFAULT_MAX_MESSAGE_SIZE, HeaderlessFrames, decode_frame, decode_gzip_body, encode_frame,
-    encode_gzip_body,
-};
+use opamp_transport::http::encode_gzip_body;
+use opamp_transport::http::server::decode_gzip_body;
+use opamp_transport::{DEFAULT_MAX_MESSAGE_SIZE, HeaderlessFrames, decode_frame, encode_frame};
 
 fn bench_message<M: Message + Default>(c: &mut Criterion, name: &str, message: &M) {
     let wire = Bytes::from(message.encode_to_vec());

@@ -12,7 +12,7 @@ use flate2::write::GzEncoder;
 use http::header::{CONTENT_ENCODING, HeaderMap, HeaderValue};
 use http_body_util::{Full, StreamBody};
 use opamp_proto::{AgentToServer, Message};
-use opamp_transport::{ReadError, decode_gzip_body, read_agent_message};
+use opamp_transport::http::server::{ReadError, decode_gzip_body, read_agent_message};
 
 use crate::runtime;
 

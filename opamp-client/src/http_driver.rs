@@ -2,7 +2,8 @@
 //! schedules them, with the settings the core says.
 
 use opamp_proto::{AgentToServer, InstanceUid};
-use opamp_transport::{ClientOptions, HttpError, HttpPoster};
+use opamp_transport::ClientOptions;
+use opamp_transport::http::client::{HttpError, HttpPoster};
 
 use crate::driver::{DriverContext, Endpoint, sleep_until};
 use crate::protocol::SendFailure;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use opamp_proto::AgentCapabilities;
-use opamp_transport::HttpPoster;
+use opamp_transport::http::client::HttpPoster;
 use tokio::sync::mpsc;
 
 use crate::callbacks;

@@ -3,7 +3,9 @@
 
 use opamp_proto::AgentToServer;
 use opamp_proto::ServerToAgent;
-use opamp_transport::{ClientOptions, WsClientConnection, WsError, WsReceiver, WsSender};
+use opamp_transport::ClientOptions;
+use opamp_transport::ws::client::WsClientConnection;
+use opamp_transport::ws::{WsError, WsReceiver, WsSender};
 
 use crate::driver::{DriverContext, Endpoint, sleep_until};
 use crate::shared::{Notice, now};

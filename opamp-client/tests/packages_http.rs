@@ -17,7 +17,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use opamp_client::{MemoryPackageStore, PackageSyncer};
 use opamp_proto::PackageStatusEnum;
-use opamp_transport::{ClientOptions, HttpPoster};
+use opamp_transport::ClientOptions;
+use opamp_transport::http::client::HttpPoster;
 use packages_support::*;
 use tokio::net::TcpListener;
 

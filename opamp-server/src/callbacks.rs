@@ -128,21 +128,21 @@ impl Refusal {
     /// (CONN-06, SEC-01).
     pub fn unauthorized(challenge: Option<HeaderValue>) -> Self {
         Self {
-            response: opamp_transport::unauthorized(challenge),
+            response: opamp_transport::http::server::unauthorized(challenge),
         }
     }
 
     /// `429 Too Many Requests`, with `Retry-After` when given (WS-24, HTTP-21).
     pub fn too_many_requests(retry_after: Option<Duration>) -> Self {
         Self {
-            response: opamp_transport::too_many_requests(retry_after),
+            response: opamp_transport::http::server::too_many_requests(retry_after),
         }
     }
 
     /// `503 Service Unavailable`, with `Retry-After` when given (WS-24, HTTP-21).
     pub fn service_unavailable(retry_after: Option<Duration>) -> Self {
         Self {
-            response: opamp_transport::service_unavailable(retry_after),
+            response: opamp_transport::http::server::service_unavailable(retry_after),
         }
     }
 
@@ -184,7 +184,7 @@ pub enum AgentMessageError {
     TextFrame,
     /// A plain-HTTP body that could not be read or decoded.
     #[error("bad plain-HTTP request: {0}")]
-    Http(#[from] opamp_transport::ReadError),
+    Http(#[from] opamp_transport::http::server::ReadError),
     /// `instance_uid` is not 16 bytes (UID-03).
     #[error("invalid instance_uid: {0}")]
     InstanceUid(#[from] InstanceUidError),

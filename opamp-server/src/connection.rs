@@ -11,7 +11,7 @@ use std::time::Duration;
 use opamp_proto::{
     AgentCapabilities, CustomCapabilities, InstanceUid, Message, ServerCapabilities, ServerToAgent,
 };
-use opamp_transport::{WsActivity, WsSender};
+use opamp_transport::ws::{WsActivity, WsSender};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, mpsc};
 

@@ -13,7 +13,8 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use opamp_proto::{CustomCapabilities, ServerCapabilities, ServerToAgent};
-use opamp_transport::{RequestKind, ServerTlsConfig};
+use opamp_transport::ServerTlsConfig;
+use opamp_transport::http::server::RequestKind;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -113,7 +114,7 @@ impl Default for ServerBuilder<NoCallbacks> {
                 keepalive: Some(Keepalive::default()),
                 header_read_timeout: Duration::from_secs(10),
                 body_read_timeout: Duration::from_secs(30),
-                close_timeout: opamp_transport::DEFAULT_CLOSE_TIMEOUT,
+                close_timeout: opamp_transport::ws::DEFAULT_CLOSE_TIMEOUT,
                 shutdown_timeout: Duration::from_secs(10),
                 tls: None,
             },
@@ -357,7 +358,7 @@ impl<C: Callbacks> OpampServer<C> {
     {
         let inner = &self.inner;
         self.ensure_background_task();
-        let kind = match opamp_transport::classify(&request) {
+        let kind = match opamp_transport::http::server::classify(&request) {
             RequestKind::Reject(rejection) => return rejection.to_response(),
             RequestKind::PlainHttp => TransportKind::PlainHttp,
             RequestKind::WebSocket => TransportKind::WebSocket,
@@ -365,14 +366,14 @@ impl<C: Callbacks> OpampServer<C> {
         };
         let busy_retry_after = Some(inner.settings.busy_retry_after);
         if inner.admission.is_shutting_down() {
-            return opamp_transport::service_unavailable(busy_retry_after);
+            return opamp_transport::http::server::service_unavailable(busy_retry_after);
         }
         let Some(guard) = inner.admission.try_admit() else {
             tracing::warn!(
                 limit = inner.settings.max_connections,
                 "connection limit reached: 503"
             );
-            return opamp_transport::service_unavailable(busy_retry_after);
+            return opamp_transport::http::server::service_unavailable(busy_retry_after);
         };
         let peer = request
             .extensions()
@@ -415,7 +416,7 @@ impl<C: Callbacks> OpampServer<C> {
     {
         let inner = &self.inner;
         let settings = &inner.settings;
-        let message = match opamp_transport::read_agent_message(
+        let message = match opamp_transport::http::server::read_agent_message(
             body,
             &parts.headers,
             settings.max_message_size,
@@ -456,7 +457,7 @@ impl<C: Callbacks> OpampServer<C> {
             Disposition::Refused => return self.http_response(&received.response, &parts.headers),
             // HTTP-21: a plain-HTTP agent is throttled with 503 + Retry-After.
             Disposition::Throttled(wait) => {
-                return opamp_transport::service_unavailable(Some(wait));
+                return opamp_transport::http::server::service_unavailable(Some(wait));
             }
             Disposition::Continue | Disposition::Disconnected => {}
         }
@@ -502,7 +503,7 @@ impl<C: Callbacks> OpampServer<C> {
         message: &ServerToAgent,
         request_headers: &http::HeaderMap,
     ) -> Response<ResponseBody> {
-        match opamp_transport::response_for(
+        match opamp_transport::http::server::response_for(
             message,
             request_headers,
             self.inner.settings.max_message_size,

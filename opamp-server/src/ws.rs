@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use opamp_proto::{AgentCapabilities, AgentToServer, ServerToAgent};
-use opamp_transport::{
-    CLOSE_GOING_AWAY, CLOSE_NORMAL, FrameError, PendingWsConnection, WsConnection, WsError,
-    WsReceiver, WsSender, WsServerConfig,
+use opamp_transport::FrameError;
+use opamp_transport::ws::server::{PendingWsConnection, WsServerConfig};
+use opamp_transport::ws::{
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, WsConnection, WsError, WsReceiver, WsSender,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -37,14 +38,16 @@ pub(crate) fn accept<C: Callbacks, B>(
     let config = WsServerConfig::default()
         .with_max_message_size(settings.max_message_size)
         .with_close_timeout(settings.close_timeout);
-    let (response, pending) =
-        match opamp_transport::accept_upgrade::<B, ResponseBody>(&mut request, config) {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::debug!(%error, peer = ?peer.addr, "bad WebSocket upgrade");
-                return error.to_response();
-            }
-        };
+    let (response, pending) = match opamp_transport::ws::server::accept_upgrade::<B, ResponseBody>(
+        &mut request,
+        config,
+    ) {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            tracing::debug!(%error, peer = ?peer.addr, "bad WebSocket upgrade");
+            return error.to_response();
+        }
+    };
     let (connection, outbox) =
         Connection::websocket(peer, std::sync::Arc::clone(&server.connection_config));
     tokio::spawn(drive(server, connection, pending, outbox, admission));

@@ -21,7 +21,8 @@ use opamp_client::{
 };
 use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent};
 use opamp_server::{Callbacks, ConnectDecision, ConnectRequest, Connection, OpampServer, Refusal};
-use opamp_transport::{ConnectError, HttpError};
+use opamp_transport::ConnectError;
+use opamp_transport::http::client::HttpError;
 use tokio::sync::watch;
 use tokio::time::Instant;
 

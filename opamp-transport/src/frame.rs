@@ -19,6 +19,12 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
+/// Default limit for one OpAMP message on the wire: 64 MiB (WS-08, HTTP-16).
+///
+/// For WebSocket it counts the header byte(s) plus the protobuf data; for
+/// plain HTTP it counts the (decompressed) body.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
 /// The header value defined by this protocol version (WS-03).
 const HEADER_V0: u8 = 0x00;
 

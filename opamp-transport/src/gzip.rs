@@ -15,6 +15,9 @@ use http::header::CONTENT_ENCODING;
 use http_body::Body;
 use http_body_util::BodyExt;
 
+#[cfg(feature = "server")]
+use crate::http::server::ReadError;
+
 /// Gzips `data` in memory.
 pub(crate) fn compress(data: &[u8]) -> Vec<u8> {
     // Deflate never expands by more than a few bytes per 64 KiB block.
@@ -278,13 +281,18 @@ where
 ///
 /// ```
 /// use opamp_proto::AgentToServer;
-/// use opamp_transport::{decode_gzip_body, encode_gzip_body};
+/// use opamp_transport::http::encode_gzip_body;
 ///
 /// let message = AgentToServer { sequence_num: 7, ..Default::default() };
 /// let body = encode_gzip_body(&message);
-/// let back: AgentToServer = decode_gzip_body(&body, 1024)?;
+/// assert_eq!(body[..2], [0x1f, 0x8b]); // the gzip magic number
+/// # #[cfg(feature = "server")]
+/// # {
+/// // A server reads it back, the limit applied after decompression.
+/// use opamp_transport::http::server::decode_gzip_body;
+/// let back: AgentToServer = decode_gzip_body(&body, 1024).unwrap();
 /// assert_eq!(back, message);
-/// # Ok::<(), opamp_transport::ReadError>(())
+/// # }
 /// ```
 pub fn encode_gzip_body<M: prost::Message>(message: &M) -> Bytes {
     Bytes::from(compress(&message.encode_to_vec()))
@@ -292,19 +300,20 @@ pub fn encode_gzip_body<M: prost::Message>(message: &M) -> Bytes {
 
 /// Gunzips a plain-HTTP body with the size limit applied to the decompressed
 /// bytes (HTTP-18), then decodes it. Errors are the ones a server answers
-/// with: [`ReadError::TooLarge`](crate::ReadError::TooLarge) (413), [`ReadError::InvalidGzip`](crate::ReadError::InvalidGzip) or
-/// [`ReadError::Decode`](crate::ReadError::Decode) (400).
+/// with: [`ReadError::TooLarge`] (413), [`ReadError::InvalidGzip`] or
+/// [`ReadError::Decode`] (400).
+#[cfg(feature = "server")]
 pub fn decode_gzip_body<M: prost::Message + Default>(
     body: &[u8],
     limit: usize,
-) -> Result<M, crate::ReadError> {
+) -> Result<M, ReadError> {
     let mut decoder = BoundedGunzip::new(limit);
     let inflated = decoder.feed(body).and_then(|()| decoder.finish());
     let plain = inflated.map_err(|error| match error {
-        InflateError::TooLarge { limit } => crate::ReadError::TooLarge { limit },
-        InflateError::Corrupt(io) => crate::ReadError::InvalidGzip(io),
+        InflateError::TooLarge { limit } => ReadError::TooLarge { limit },
+        InflateError::Corrupt(io) => ReadError::InvalidGzip(io),
     })?;
-    M::decode(Bytes::from(plain)).map_err(crate::ReadError::Decode)
+    M::decode(Bytes::from(plain)).map_err(ReadError::Decode)
 }
 
 #[cfg(test)]

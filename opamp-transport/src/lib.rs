@@ -4,17 +4,49 @@
 //! `ServerToAgent` values and typed events; everything about framing, HTTP,
 //! compression, TLS, proxies, size limits and retry timing lives here. Every
 //! failure caused by the peer is a typed, `#[non_exhaustive]` error
-//! ([`FrameError`], [`WsError`], [`ConnectError`], [`HttpError`],
-//! [`ReadError`], [`UpgradeError`], [`TlsError`]) or a close code / HTTP
+//! ([`FrameError`], [`ws::WsError`], [`ConnectError`],
+//! [`http::client::HttpError`], [`http::server::ReadError`],
+//! [`ws::server::UpgradeError`], [`TlsError`]) or a close code / HTTP
 //! status, never a panic; limits apply before memory is spent.
 //!
-//! | piece | agent side | server side |
+//! # Layout
+//!
+//! The crate is arranged by transport, then by role, as hyper is:
+//!
+//! | module | agent side (feature `client`) | server side (feature `server`) |
 //! |---|---|---|
-//! | WebSocket | [`WsClientConnection::connect`] | [`accept_upgrade`] → [`WsServerConnection`] |
-//! | plain HTTP | [`HttpPoster`] | [`classify`], [`read_agent_message`], [`response_for`] |
-//! | TLS | [`ClientTlsConfig`] | [`ServerTlsConfig`] |
-//! | limits | [`ClientOptions::max_message_size`] | [`WsServerConfig`], `max_size` arguments |
-//! | retry | [`ExponentialBackoff`], [`RetryPolicy`], [`parse_retry_after`] | [`too_many_requests`], [`service_unavailable`] |
+//! | [`ws`]: connection, errors, close codes | [`ws::client::WsClientConnection::connect`] | [`ws::server::accept_upgrade`] → [`ws::server::WsServerConnection`] |
+//! | [`http`]: media type, uid header, gzip | [`http::client::HttpPoster`] | [`http::server::classify`], [`http::server::read_agent_message`], [`http::server::response_for`] |
+//! | root: TLS | [`ClientTlsConfig`] | [`ServerTlsConfig`] |
+//! | root: options, limits | [`ClientOptions`], [`ConnectError`] | [`ws::server::WsServerConfig`], `max_size` arguments |
+//! | root: retry | [`ExponentialBackoff`], [`RetryPolicy`], [`parse_retry_after`] | [`http::server::too_many_requests`], [`http::server::service_unavailable`] |
+//!
+//! The root holds only what both roles or both transports share: the frame
+//! codec ([`encode_frame`], [`decode_frame`], [`FrameError`],
+//! [`HeaderlessFrames`], [`DEFAULT_MAX_MESSAGE_SIZE`]), the TLS config types
+//! and [`TlsError`], the retry policy, and the [`ClientOptions`] both client
+//! transports connect with.
+//!
+//! # Features
+//!
+//! - `client` (default): the agent side. [`ws::client`], [`http::client`],
+//!   [`ClientOptions`] with proxies and redirects, [`ClientTlsConfig`] with
+//!   the system (`rustls-native-certs`) and bundled (`webpki-roots`) root
+//!   stores, and hyper's HTTP/1 client.
+//! - `server` (default): the server side. [`ws::server`], [`http::server`]
+//!   and [`ServerTlsConfig`]. It uses hyper's upgrade handle only; the
+//!   embedder brings the hyper server that serves connections.
+//! - `tls-ring` (default): rustls with the *ring* crypto provider.
+//! - `tls-aws-lc`: rustls with *aws-lc-rs*. With both, ring is used. With
+//!   neither, `ws://` and `http://` work and TLS configs fail to build with
+//!   [`TlsError::NoCryptoProvider`]. No process-wide default provider is
+//!   ever installed or relied on.
+//!
+//! An agent depends on this crate with `default-features = false,
+//! features = ["client", "tls-ring"]` and compiles no server code; a server
+//! uses `features = ["server", "tls-ring"]` and compiles no HTTP client,
+//! proxy tunnel, URL parser or root store. Without either role the crate is
+//! the frame codec, the [`ws::WsConnection`] type and the retry policy.
 //!
 //! # Example
 //!
@@ -40,13 +72,23 @@
 //! # Ok::<(), FrameError>(())
 //! ```
 //!
-//! # Features
+//! An agent's WebSocket connection, with the imports each role uses:
 //!
-//! - `tls-ring` (default): rustls with the *ring* crypto provider.
-//! - `tls-aws-lc`: rustls with *aws-lc-rs*. With both, ring is used. With
-//!   neither, `ws://` and `http://` work and TLS configs fail to build with
-//!   [`TlsError::NoCryptoProvider`]. No process-wide default provider is
-//!   ever installed or relied on.
+//! ```no_run
+//! # #[cfg(feature = "client")]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use opamp_proto::{AgentToServer, InstanceUid};
+//! use opamp_transport::ws::client::WsClientConnection;
+//! use opamp_transport::{ClientOptions, ClientTlsConfig, SystemRoots};
+//!
+//! let options = ClientOptions::new("wss://opamp.example.com/v1/opamp".parse()?)
+//!     .with_tls(ClientTlsConfig::new().with_system_roots(SystemRoots::WebPki));
+//! let mut connection = WsClientConnection::connect(&options).await?;
+//! let hello = AgentToServer { instance_uid: InstanceUid::new_v7().to_bytes(), ..Default::default() };
+//! connection.send(&hello).await?;
+//! let reply = connection.recv().await?;
+//! # let _ = reply; Ok(()) }
+//! ```
 //!
 //! # WebSocket
 //!
@@ -142,12 +184,14 @@
 //! WebSocket upgrades (WS-24).
 //!
 //! ```no_run
+//! # #[cfg(feature = "server")]
+//! # mod example {
 //! use std::time::Duration;
 //! use bytes::Bytes;
 //! use http::{Request, Response};
 //! use http_body_util::Full;
 //! use opamp_proto::ServerToAgent;
-//! use opamp_transport::{RequestKind, classify, read_agent_message, response_for};
+//! use opamp_transport::http::server::{RequestKind, classify, read_agent_message, response_for};
 //!
 //! const LIMIT: usize = opamp_transport::DEFAULT_MAX_MESSAGE_SIZE;
 //!
@@ -167,6 +211,8 @@
 //!     response_for(&reply, &parts.headers, LIMIT)
 //!         .unwrap_or_else(|too_large| too_large.to_response()) // 500, body not sent
 //! }
+//! # }
+//! # fn main() {}
 //! ```
 //!
 //! # Retries
@@ -183,9 +229,11 @@
 //! deterministic tests.
 //!
 //! ```no_run
+//! # #[cfg(feature = "client")]
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use opamp_proto::{AgentToServer, InstanceUid};
-//! use opamp_transport::{ClientOptions, ExponentialBackoff, HttpPoster, RetryPolicy};
+//! use opamp_transport::http::client::HttpPoster;
+//! use opamp_transport::{ClientOptions, ExponentialBackoff, RetryPolicy};
 //!
 //! let uid = InstanceUid::new_v7();
 //! let options = ClientOptions::new("https://opamp.example.com/v1/opamp".parse()?);
@@ -204,47 +252,69 @@
 //! backoff.reset();
 //! # let _ = reply; Ok(()) }
 //! ```
+//!
+//! [`WsClientConnection::connect`]: ws::client::WsClientConnection::connect
+//! [`accept_upgrade`]: ws::server::accept_upgrade
+//! [`UpgradeError`]: ws::server::UpgradeError
+//! [`PendingWsConnection`]: ws::server::PendingWsConnection
+//! [`WsServerConnection`]: ws::server::WsServerConnection
+//! [`WsConnection`]: ws::WsConnection
+//! [`WsSender`]: ws::WsSender
+//! [`WsReceiver`]: ws::WsReceiver
+//! [`WsError::IncomingTooLarge`]: ws::WsError::IncomingTooLarge
+//! [`WsError::OutgoingTooLarge`]: ws::WsError::OutgoingTooLarge
+//! [`WsError::TextFrame`]: ws::WsError::TextFrame
+//! [`WsError::Frame`]: ws::WsError::Frame
+//! [`WsError::is_fatal`]: ws::WsError::is_fatal
+//! [`DEFAULT_CLOSE_TIMEOUT`]: ws::DEFAULT_CLOSE_TIMEOUT
+//! [`HttpPoster`]: http::client::HttpPoster
+//! [`HttpPoster::with_gzip_requests`]: http::client::HttpPoster::with_gzip_requests
+//! [`HttpError`]: http::client::HttpError
+//! [`HttpError::is_retryable`]: http::client::HttpError::is_retryable
+//! [`HttpPoster::download`]: http::client::HttpPoster::download
+//! [`classify`]: http::server::classify
+//! [`read_agent_message`]: http::server::read_agent_message
+//! [`ReadError`]: http::server::ReadError
+//! [`response_for`]: http::server::response_for
+//! [`too_many_requests`]: http::server::too_many_requests
+//! [`service_unavailable`]: http::server::service_unavailable
+//! [`unauthorized`]: http::server::unauthorized
+//! [`HttpError::retry_after`]: http::client::HttpError::retry_after
 #![forbid(unsafe_code)]
 
-mod retry_after;
-pub use retry_after::parse_retry_after;
-
-// --- WebSocket, TLS, connect (owned by the WebSocket work) ---
+mod backoff;
+#[cfg(feature = "client")]
 mod connect;
 mod frame;
-mod options;
-mod tls;
-mod ws_client;
-mod ws_conn;
-mod ws_server;
-pub use connect::ConnectError;
-pub use frame::{FrameError, HeaderlessFrames, decode_frame, encode_frame, framed_len};
-pub use options::{
-    ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_REDIRECTS,
-    DEFAULT_REQUEST_TIMEOUT, HeaderHook, ProxyConfig,
-};
-pub use tls::{ClientAuth, ClientTlsConfig, ServerTlsConfig, SystemRoots, TlsError, TlsVersion};
-pub use ws_client::WsClientConnection;
-pub use ws_conn::{
-    CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
-    CLOSE_UNSUPPORTED_DATA, CloseInfo, DEFAULT_CLOSE_TIMEOUT, ReuniteError, WsActivity,
-    WsConnection, WsError, WsReceiver, WsSender,
-};
-pub use ws_server::{
-    PendingWsConnection, UpgradeError, WsServerConfig, WsServerConnection, accept_upgrade,
-    is_websocket_upgrade,
-};
-
-// --- Plain HTTP, retry policy (owned by the HTTP work) ---
-mod backoff;
+#[cfg(any(feature = "client", feature = "server"))]
 mod gzip;
-mod http_client;
-mod http_server;
+#[cfg(any(feature = "client", feature = "server"))]
+pub mod http;
+#[cfg(feature = "client")]
+mod options;
+mod retry_after;
+#[cfg(any(feature = "client", feature = "server"))]
+mod tls;
+pub mod ws;
+
 pub use backoff::{ExponentialBackoff, RetryPolicy, RetryPolicyFactory, retry_info_hint};
-pub use gzip::{decode_gzip_body, encode_gzip_body};
-pub use http_client::{DownloadBody, DownloadResponse, HttpError, HttpPoster};
-pub use http_server::{
-    OPAMP_INSTANCE_UID, PROTOBUF_CONTENT_TYPE, ReadError, Rejection, RequestKind, ResponseTooLarge,
-    classify, classify_parts, instance_uid_header, read_agent_message, response_for,
-    service_unavailable, too_many_requests, unauthorized,
+pub use frame::{
+    DEFAULT_MAX_MESSAGE_SIZE, FrameError, HeaderlessFrames, decode_frame, encode_frame, framed_len,
 };
+pub use retry_after::parse_retry_after;
+#[cfg(any(feature = "client", feature = "server"))]
+pub use tls::{TlsError, TlsVersion};
+
+// Shared by both client transports.
+#[cfg(feature = "client")]
+pub use connect::ConnectError;
+#[cfg(feature = "client")]
+pub use options::{
+    ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_REDIRECTS, DEFAULT_REQUEST_TIMEOUT,
+    HeaderHook, ProxyConfig,
+};
+#[cfg(feature = "client")]
+pub use tls::{ClientTlsConfig, SystemRoots};
+
+#[cfg(feature = "server")]
+pub use tls::{ClientAuth, ServerTlsConfig};

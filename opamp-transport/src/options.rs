@@ -7,13 +7,8 @@ use std::time::Duration;
 use http::HeaderMap;
 use url::Url;
 
+use crate::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::tls::ClientTlsConfig;
-
-/// Default limit for one OpAMP message on the wire: 64 MiB (WS-08, HTTP-16).
-///
-/// For WebSocket it counts the header byte(s) plus the protobuf data; for
-/// plain HTTP it counts the (decompressed) body.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
 /// Default bound for opening a connection (TCP, proxy CONNECT, TLS and the
 /// WebSocket upgrade).
@@ -72,7 +67,7 @@ impl fmt::Debug for ProxyConfig {
 }
 
 /// How a client reaches an OpAMP server. Used by both
-/// [`WsClientConnection`](crate::WsClientConnection) and the plain-HTTP
+/// [`WsClientConnection`](crate::ws::client::WsClientConnection) and the plain-HTTP
 /// client.
 ///
 /// ```

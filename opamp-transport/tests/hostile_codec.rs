@@ -10,7 +10,8 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::Full;
 use opamp_proto::{AgentToServer, AnyValue, Message, ServerToAgent, any_value};
-use opamp_transport::{FrameError, HeaderlessFrames, ReadError, decode_frame, read_agent_message};
+use opamp_transport::http::server::{ReadError, read_agent_message};
+use opamp_transport::{FrameError, HeaderlessFrames, decode_frame};
 
 const LIMIT: usize = 64 << 20;
 

@@ -13,10 +13,10 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use http_support::{Handler, fixed_response, opamp_handler, serve};
 use opamp_proto::{AgentToServer, InstanceUid, Message, ServerErrorResponse, ServerToAgent};
-use opamp_transport::{
-    ClientOptions, ConnectError, HttpError, HttpPoster, OPAMP_INSTANCE_UID, PROTOBUF_CONTENT_TYPE,
-    service_unavailable, too_many_requests, unauthorized,
-};
+use opamp_transport::http::client::{HttpError, HttpPoster};
+use opamp_transport::http::server::{service_unavailable, too_many_requests, unauthorized};
+use opamp_transport::http::{OPAMP_INSTANCE_UID, PROTOBUF_CONTENT_TYPE};
+use opamp_transport::{ClientOptions, ConnectError};
 
 const LIMIT: usize = 1024 * 1024;
 

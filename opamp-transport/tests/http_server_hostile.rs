@@ -16,7 +16,7 @@ use http_body::Frame;
 use http_body_util::{Empty, Full, StreamBody};
 use http_support::{opamp_handler, serve};
 use opamp_proto::{AgentToServer, InstanceUid, Message, ServerToAgent};
-use opamp_transport::{ReadError, read_agent_message};
+use opamp_transport::http::server::{ReadError, read_agent_message};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const LIMIT: usize = 64 * 1024;

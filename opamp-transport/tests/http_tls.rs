@@ -12,9 +12,9 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use http_support::{Handler, opamp_handler, serve, test_pki};
 use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent};
+use opamp_transport::http::client::{HttpError, HttpPoster};
 use opamp_transport::{
-    ClientAuth, ClientOptions, ClientTlsConfig, ConnectError, HttpError, HttpPoster,
-    ServerTlsConfig, SystemRoots,
+    ClientAuth, ClientOptions, ClientTlsConfig, ConnectError, ServerTlsConfig, SystemRoots,
 };
 
 fn uid() -> InstanceUid {

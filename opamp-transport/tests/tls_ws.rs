@@ -7,9 +7,11 @@ mod common;
 use bytes::Bytes;
 use common::{TestPki, opamp_ws_handler, pki, serve};
 use opamp_proto::{AgentToServer, ServerToAgent};
+use opamp_transport::ws::client::WsClientConnection;
+use opamp_transport::ws::server::{WsServerConfig, WsServerConnection};
 use opamp_transport::{
     ClientAuth, ClientOptions, ClientTlsConfig, ConnectError, ProxyConfig, ServerTlsConfig,
-    SystemRoots, TlsError, TlsVersion, WsClientConnection, WsServerConfig, WsServerConnection,
+    SystemRoots, TlsError, TlsVersion,
 };
 use tokio::sync::mpsc;
 

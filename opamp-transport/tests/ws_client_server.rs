@@ -12,11 +12,13 @@ use common::{handler, opamp_ws_handler, raw_ws_client, raw_ws_handler, serve, st
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, StatusCode, header};
 use opamp_proto::{AgentDisconnect, AgentToServer, CustomMessage, Message as _, ServerToAgent};
-use opamp_transport::{
-    CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, ClientOptions,
-    ConnectError, FrameError, WsClientConnection, WsConnection, WsError, WsServerConfig,
-    WsServerConnection,
+use opamp_transport::ws::client::WsClientConnection;
+use opamp_transport::ws::server::{WsServerConfig, WsServerConnection};
+use opamp_transport::ws::{
+    CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, WsConnection,
+    WsError,
 };
+use opamp_transport::{ClientOptions, ConnectError, FrameError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Raw;

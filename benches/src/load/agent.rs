@@ -16,7 +16,8 @@ use opamp_proto::{
     EffectiveConfig, InstanceUid, KeyValue, RemoteConfigStatus, RemoteConfigStatuses,
     ServerToAgent, ServerToAgentFlags,
 };
-use opamp_transport::{ExponentialBackoff, HttpError, HttpPoster, RetryPolicy as _};
+use opamp_transport::http::client::{HttpError, HttpPoster};
+use opamp_transport::{ExponentialBackoff, RetryPolicy as _};
 use tokio::sync::watch;
 use tokio::time::Instant;
 

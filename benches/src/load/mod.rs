@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use opamp_transport::{ClientOptions, HttpPoster};
+use opamp_transport::ClientOptions;
+use opamp_transport::http::client::HttpPoster;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::JoinSet;

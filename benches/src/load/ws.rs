@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use opamp_proto::{AgentToServer, ServerToAgent};
+use opamp_transport::ws::WsError;
+use opamp_transport::ws::client::WsClientConnection;
 use opamp_transport::{
-    ClientOptions, ConnectError, DEFAULT_MAX_MESSAGE_SIZE, HeaderlessFrames, WsClientConnection,
-    WsError, decode_frame, encode_frame,
+    ClientOptions, ConnectError, DEFAULT_MAX_MESSAGE_SIZE, HeaderlessFrames, decode_frame,
+    encode_frame,
 };
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;

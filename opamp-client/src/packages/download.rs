@@ -65,7 +65,7 @@ pub trait Downloader: Send + Sync {
 /// settings as the OpAMP connection, redirects followed, and only the offered
 /// headers sent. Its own request timeout applies in addition to the syncer's
 /// idle timeout.
-impl Downloader for opamp_transport::HttpPoster {
+impl Downloader for opamp_transport::http::client::HttpPoster {
     fn download<'a>(
         &'a self,
         url: &'a str,
@@ -84,9 +84,10 @@ impl Downloader for opamp_transport::HttpPoster {
                     .map_err(|_| DownloadError::InvalidHeader(header.key.clone()))?;
                 header_map.append(name, value);
             }
-            let response = opamp_transport::HttpPoster::download(self, &parsed, &header_map)
-                .await
-                .map_err(|error| from_http_error(error, url))?;
+            let response =
+                opamp_transport::http::client::HttpPoster::download(self, &parsed, &header_map)
+                    .await
+                    .map_err(|error| from_http_error(error, url))?;
             let content_length = response.content_length();
             let body = response
                 .into_body()
@@ -100,12 +101,12 @@ impl Downloader for opamp_transport::HttpPoster {
     }
 }
 
-fn from_http_error(error: opamp_transport::HttpError, url: &str) -> DownloadError {
+fn from_http_error(error: opamp_transport::http::client::HttpError, url: &str) -> DownloadError {
     if let Some(status) = error.status() {
         return DownloadError::Status(status.as_u16());
     }
     match error {
-        opamp_transport::HttpError::InvalidUrl(reason) => DownloadError::InvalidUrl {
+        opamp_transport::http::client::HttpError::InvalidUrl(reason) => DownloadError::InvalidUrl {
             url: url.to_owned(),
             reason,
         },

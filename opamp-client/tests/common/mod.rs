@@ -30,7 +30,8 @@ use opamp_proto::{
     AgentToServer, ConnectionSettingsOffers, InstanceUid, OpAmpConnectionSettings,
     ServerErrorResponse, ServerToAgent, ServerToAgentCommand,
 };
-use opamp_transport::{CloseInfo, WsServerConfig, accept_upgrade, is_websocket_upgrade};
+use opamp_transport::ws::CloseInfo;
+use opamp_transport::ws::server::{WsServerConfig, accept_upgrade, is_websocket_upgrade};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -211,7 +212,7 @@ async fn handle(
     }
     let conn = state.connections.fetch_add(1, Ordering::SeqCst) + 1;
     let (parts, body) = request.into_parts();
-    let message = match opamp_transport::read_agent_message(
+    let message = match opamp_transport::http::server::read_agent_message(
         body,
         &parts.headers,
         64 << 20,
@@ -230,10 +231,11 @@ async fn handle(
     });
     Ok(match reply {
         Reply::Message(answer) => {
-            opamp_transport::response_for(&answer, &parts.headers, 64 << 20).unwrap()
+            opamp_transport::http::server::response_for(&answer, &parts.headers, 64 << 20).unwrap()
         }
         Reply::Nothing | Reply::Drop => {
-            opamp_transport::response_for(&ack(&message), &parts.headers, 64 << 20).unwrap()
+            opamp_transport::http::server::response_for(&ack(&message), &parts.headers, 64 << 20)
+                .unwrap()
         }
         Reply::Status(code, retry_after) => status(code, retry_after),
     })
@@ -254,7 +256,7 @@ async fn serve_ws(
     state: Arc<State>,
     conn: usize,
     headers: HeaderMap,
-    pending: opamp_transport::PendingWsConnection,
+    pending: opamp_transport::ws::server::PendingWsConnection,
 ) {
     let Ok(mut connection) = pending.await else {
         return;

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use opamp_proto::{AgentToServer, ServerToAgent};
-use opamp_transport::{RequestKind, classify, read_agent_message, response_for};
+use opamp_transport::http::server::{RequestKind, classify, read_agent_message, response_for};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -15,7 +15,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use opamp_transport::{WsServerConfig, WsServerConnection, accept_upgrade};
+use opamp_transport::ws::server::{WsServerConfig, WsServerConnection, accept_upgrade};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

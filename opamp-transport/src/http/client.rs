@@ -25,9 +25,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use opamp_proto::{AgentToServer, InstanceUid, Message, ServerToAgent};
 use url::Url;
 
+use super::{OPAMP_INSTANCE_UID, PROTOBUF_CONTENT_TYPE};
 use crate::connect::{ClientStream, ConnectError, open_stream};
 use crate::gzip::{self, CollectError};
-use crate::http_server::{OPAMP_INSTANCE_UID, PROTOBUF_CONTENT_TYPE};
 use crate::options::{ClientOptions, redacted_url};
 
 type BoxError = Box<dyn StdError + Send + Sync>;

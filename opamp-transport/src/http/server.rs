@@ -16,14 +16,10 @@ use http_body::Body;
 use http_body_util::Full;
 use opamp_proto::{AgentToServer, InstanceUid, Message, ServerToAgent};
 
+use super::{OPAMP_INSTANCE_UID, PROTOBUF_CONTENT_TYPE};
 use crate::gzip::{self, CollectError};
 
-/// The media type of every OpAMP plain-HTTP body (HTTP-03).
-pub const PROTOBUF_CONTENT_TYPE: &str = "application/x-protobuf";
-
-/// The request header carrying the agent's instance uid in canonical UUID
-/// form, for load balancers that route on it (HTTP-08).
-pub const OPAMP_INSTANCE_UID: HeaderName = HeaderName::from_static("opamp-instance-uid");
+pub use crate::gzip::decode_gzip_body;
 
 /// Responses smaller than this are not worth gzipping: the gzip framing
 /// alone is 18 bytes and tiny protobufs barely compress.

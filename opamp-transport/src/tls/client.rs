@@ -1,122 +1,19 @@
-//! TLS settings for client connectors and servers, turned into rustls configs.
-//!
-//! Every config is built with an explicit rustls [`CryptoProvider`] picked by
-//! this crate's features: `tls-ring` (preferred when both are on) or
-//! `tls-aws-lc`. The process-wide default provider is never consulted, so an
-//! application that installs a different default is not affected and an
-//! application that installs none still works. With neither feature enabled,
-//! building a TLS config fails with [`TlsError::NoCryptoProvider`]; plain
-//! `ws://` and `http://` keep working.
+//! Client-side TLS: trust anchors (custom CAs, the system store, the bundled
+//! Mozilla roots), an optional client certificate, and the development-only
+//! insecure mode.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-/// The ALPN protocol both sides offer: OpAMP runs WebSocket and plain HTTP
-/// over HTTP/1.1 only.
-const ALPN_HTTP11: &[u8] = b"http/1.1";
-
-/// Errors while building a TLS configuration.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TlsError {
-    /// The crate was built without `tls-ring` and without `tls-aws-lc`, so
-    /// there is no crypto provider to build a TLS config with.
-    #[error("TLS is not available: enable the `tls-ring` or `tls-aws-lc` feature")]
-    NoCryptoProvider,
-    /// PEM text could not be parsed.
-    #[error("invalid PEM in {what}: {source}")]
-    InvalidPem {
-        /// Which input was bad (for example "root CA").
-        what: &'static str,
-        /// The parser's error.
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    /// PEM text parsed but held no certificate.
-    #[error("no certificate found in {what}")]
-    NoCertificates {
-        /// Which input was empty (for example "client certificate").
-        what: &'static str,
-    },
-    /// The private key PEM held no usable key (PKCS#8, PKCS#1 or SEC1).
-    #[error("no private key found in {what}")]
-    NoPrivateKey {
-        /// Which input lacked a key.
-        what: &'static str,
-    },
-    /// A root certificate was rejected as a trust anchor.
-    #[error("invalid root certificate: {0}")]
-    InvalidRootCertificate(#[source] rustls::Error),
-    /// No trust anchors at all: no custom CA and no system roots.
-    #[error("no trusted root certificates configured")]
-    NoRootCertificates,
-    /// The client-certificate verifier for mTLS could not be built.
-    #[error("cannot build client certificate verifier: {0}")]
-    ClientVerifier(#[source] rustls::server::VerifierBuilderError),
-    /// rustls rejected the configuration (bad key, version mismatch, ...).
-    #[error("TLS configuration rejected: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-/// The crypto provider chosen by crate features (ring preferred).
-pub(crate) fn crypto_provider() -> Result<Arc<CryptoProvider>, TlsError> {
-    #[cfg(feature = "tls-ring")]
-    {
-        Ok(Arc::new(rustls::crypto::ring::default_provider()))
-    }
-    #[cfg(all(feature = "tls-aws-lc", not(feature = "tls-ring")))]
-    {
-        Ok(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-    }
-    #[cfg(not(any(feature = "tls-ring", feature = "tls-aws-lc")))]
-    {
-        Err(TlsError::NoCryptoProvider)
-    }
-}
-
-/// A TLS protocol version, for minimum/maximum bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub enum TlsVersion {
-    /// TLS 1.2.
-    Tls12,
-    /// TLS 1.3.
-    Tls13,
-}
-
-impl TlsVersion {
-    /// Parses the OpAMP `TLSConnectionSettings` spelling (`"1.2"`, `"1.3"`).
-    /// Older versions are not supported by rustls and yield `None`.
-    pub fn from_opamp(text: &str) -> Option<Self> {
-        match text.trim() {
-            "1.2" => Some(Self::Tls12),
-            "1.3" => Some(Self::Tls13),
-            _ => None,
-        }
-    }
-}
-
-fn protocol_versions(
-    min: Option<TlsVersion>,
-    max: Option<TlsVersion>,
-) -> Vec<&'static rustls::SupportedProtocolVersion> {
-    let min = min.unwrap_or(TlsVersion::Tls12);
-    let max = max.unwrap_or(TlsVersion::Tls13);
-    let mut versions = Vec::new();
-    if min <= TlsVersion::Tls12 && TlsVersion::Tls12 <= max {
-        versions.push(&rustls::version::TLS12);
-    }
-    if min <= TlsVersion::Tls13 && TlsVersion::Tls13 <= max {
-        versions.push(&rustls::version::TLS13);
-    }
-    versions
-}
+use super::{
+    ALPN_HTTP11, IdentityPem, TlsError, TlsVersion, crypto_provider, parse_certs, parse_key,
+    protocol_versions,
+};
 
 /// Which system trust anchors a client trusts, in addition to any custom CA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,13 +32,6 @@ pub enum SystemRoots {
     /// Always add the bundled Mozilla roots (`webpki-roots`), which do not
     /// depend on the host.
     WebPki,
-}
-
-/// A certificate chain and private key, both PEM.
-#[derive(Clone)]
-struct IdentityPem {
-    cert_chain: Vec<u8>,
-    key: Vec<u8>,
 }
 
 /// Client-side TLS settings for `wss://` and `https://` endpoints.
@@ -346,134 +236,6 @@ fn add_webpki_roots(store: &mut RootCertStore) {
     store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
 }
 
-fn parse_certs(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::InvalidPem { what, source })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificates { what });
-    }
-    Ok(certs)
-}
-
-fn parse_key(pem: &[u8], what: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|source| match source {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey { what },
-        source => TlsError::InvalidPem { what, source },
-    })
-}
-
-/// Whether a server asks for client certificates, and whether it insists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum ClientAuth {
-    /// Clients must present a certificate signed by the client CA.
-    #[default]
-    Required,
-    /// A certificate is requested and verified if presented; clients without
-    /// one are still accepted.
-    Optional,
-}
-
-/// Server-side TLS settings: certificate chain and key, optionally a client
-/// CA for mutual TLS.
-///
-/// ```no_run
-/// use opamp_transport::{ClientAuth, ServerTlsConfig};
-///
-/// # fn demo(cert_pem: Vec<u8>, key_pem: Vec<u8>, client_ca_pem: Vec<u8>) -> Result<(), opamp_transport::TlsError> {
-/// let rustls_config = ServerTlsConfig::new(cert_pem, key_pem)
-///     .with_client_ca_pem(client_ca_pem, ClientAuth::Required)
-///     .build()?;
-/// let acceptor = tokio_rustls::TlsAcceptor::from(rustls_config);
-/// # let _ = acceptor; Ok(()) }
-/// ```
-#[derive(Clone)]
-pub struct ServerTlsConfig {
-    identity: IdentityPem,
-    client_ca: Option<(Vec<u8>, ClientAuth)>,
-    min_version: Option<TlsVersion>,
-    max_version: Option<TlsVersion>,
-}
-
-impl ServerTlsConfig {
-    /// A server certificate chain (leaf first) and its private key, both PEM.
-    pub fn new(cert_chain_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
-        Self {
-            identity: IdentityPem {
-                cert_chain: cert_chain_pem.into(),
-                key: key_pem.into(),
-            },
-            client_ca: None,
-            min_version: None,
-            max_version: None,
-        }
-    }
-
-    /// Verifies client certificates against this CA (PEM) for mutual TLS.
-    pub fn with_client_ca_pem(mut self, ca_pem: impl Into<Vec<u8>>, auth: ClientAuth) -> Self {
-        self.client_ca = Some((ca_pem.into(), auth));
-        self
-    }
-
-    /// Lowest TLS version to accept (default TLS 1.2).
-    pub fn with_min_version(mut self, version: TlsVersion) -> Self {
-        self.min_version = Some(version);
-        self
-    }
-
-    /// Highest TLS version to accept (default TLS 1.3).
-    pub fn with_max_version(mut self, version: TlsVersion) -> Self {
-        self.max_version = Some(version);
-        self
-    }
-
-    /// Builds the rustls server config, with ALPN `http/1.1`.
-    pub fn build(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let provider = crypto_provider()?;
-        let versions = protocol_versions(self.min_version, self.max_version);
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&versions)?;
-        let builder = match &self.client_ca {
-            None => builder.with_no_client_auth(),
-            Some((ca_pem, auth)) => {
-                let mut roots = RootCertStore::empty();
-                for cert in parse_certs(ca_pem, "client CA")? {
-                    roots.add(cert).map_err(TlsError::InvalidRootCertificate)?;
-                }
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                );
-                let verifier = match auth {
-                    ClientAuth::Required => verifier,
-                    ClientAuth::Optional => verifier.allow_unauthenticated(),
-                };
-                builder
-                    .with_client_cert_verifier(verifier.build().map_err(TlsError::ClientVerifier)?)
-            }
-        };
-        let chain = parse_certs(&self.identity.cert_chain, "server certificate")?;
-        let key = parse_key(&self.identity.key, "server private key")?;
-        let mut config = builder.with_single_cert(chain, key)?;
-        config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
-        Ok(Arc::new(config))
-    }
-}
-
-impl fmt::Debug for ServerTlsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTlsConfig")
-            .field(
-                "client_auth",
-                &self.client_ca.as_ref().map(|(_, auth)| auth),
-            )
-            .field("min_version", &self.min_version)
-            .field("max_version", &self.max_version)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Verifier behind `insecure_skip_verify`: trusts any certificate but still
 /// checks that the peer owns the key it presented.
 #[derive(Debug)]
@@ -532,19 +294,6 @@ impl ServerCertVerifier for AcceptAnyServerCert {
 mod tests {
     use super::*;
 
-    #[test]
-    fn versions_follow_bounds() {
-        assert_eq!(protocol_versions(None, None).len(), 2);
-        let only13 = protocol_versions(Some(TlsVersion::Tls13), None);
-        assert_eq!(only13.len(), 1);
-        assert_eq!(only13[0].version, rustls::ProtocolVersion::TLSv1_3);
-        let only12 = protocol_versions(None, Some(TlsVersion::Tls12));
-        assert_eq!(only12[0].version, rustls::ProtocolVersion::TLSv1_2);
-        assert!(protocol_versions(Some(TlsVersion::Tls13), Some(TlsVersion::Tls12)).is_empty());
-        assert_eq!(TlsVersion::from_opamp("1.3"), Some(TlsVersion::Tls13));
-        assert_eq!(TlsVersion::from_opamp("1.0"), None);
-    }
-
     #[cfg(any(feature = "tls-ring", feature = "tls-aws-lc"))]
     #[test]
     fn bad_pem_is_typed() {
@@ -599,10 +348,6 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(matches!(err, TlsError::NoCryptoProvider), "{err:?}");
-        let err = ServerTlsConfig::new(Vec::new(), Vec::new())
-            .build()
-            .unwrap_err();
-        assert!(matches!(err, TlsError::NoCryptoProvider), "{err:?}");
     }
 
     #[test]
@@ -611,7 +356,5 @@ mod tests {
             .with_client_identity_pem(b"CERTDATA".to_vec(), b"SECRETKEY".to_vec());
         let text = format!("{tls:?}");
         assert!(!text.contains("SECRETKEY"), "{text}");
-        let server = ServerTlsConfig::new(b"CERTDATA".to_vec(), b"SECRETKEY".to_vec());
-        assert!(!format!("{server:?}").contains("SECRETKEY"));
     }
 }

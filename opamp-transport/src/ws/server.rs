@@ -15,9 +15,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::frame::HeaderlessFrames;
-use crate::options::DEFAULT_MAX_MESSAGE_SIZE;
-use crate::ws_conn::{BoxedIo, ConnSettings, DEFAULT_CLOSE_TIMEOUT, WsConnection, WsError};
+use crate::{DEFAULT_MAX_MESSAGE_SIZE, HeaderlessFrames};
+
+use super::conn::{BoxedIo, ConnSettings, DEFAULT_CLOSE_TIMEOUT, WsConnection, WsError};
 
 /// A server's OpAMP WebSocket connection: sends `ServerToAgent`, receives
 /// `AgentToServer`. Made by [`accept_upgrade`].
@@ -164,7 +164,7 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 ///
 /// ```no_run
 /// use http_body_util::Empty;
-/// use opamp_transport::{WsServerConfig, accept_upgrade};
+/// use opamp_transport::ws::server::{WsServerConfig, accept_upgrade};
 ///
 /// async fn handle(
 ///     mut request: http::Request<hyper::body::Incoming>,

@@ -2,6 +2,9 @@
 //! roles: it sends `Tx` messages and receives `Rx` messages, each one binary
 //! WebSocket message in the OpAMP framing of [`crate::encode_frame`].
 
+// Without a role feature nothing constructs a connection.
+#![cfg_attr(not(any(feature = "client", feature = "server")), allow(dead_code))]
+
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
@@ -538,8 +541,8 @@ impl<Rx: prost::Message + Default> WsReceiver<Rx> {
 
 /// A full-duplex OpAMP WebSocket connection sending `Tx` and receiving `Rx`.
 ///
-/// Use [`WsClientConnection`](crate::WsClientConnection) (agent side) or
-/// [`WsServerConnection`](crate::WsServerConnection) (server side). Call
+/// Use [`WsClientConnection`](super::client::WsClientConnection) (agent side) or
+/// [`WsServerConnection`](super::server::WsServerConnection) (server side). Call
 /// [`split`](Self::split) to send and receive from different tasks.
 pub struct WsConnection<Tx, Rx> {
     sender: WsSender<Tx>,

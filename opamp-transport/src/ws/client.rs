@@ -5,16 +5,17 @@ use opamp_proto::{AgentToServer, ServerToAgent};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
 use url::Url;
 
+use super::conn::{BoxedIo, ConnSettings, DEFAULT_CLOSE_TIMEOUT, WsConnection};
+use crate::HeaderlessFrames;
 use crate::connect::{ConnectError, basic_auth_from_userinfo, open_stream, scheme_uses_tls};
-use crate::frame::HeaderlessFrames;
 use crate::options::{ClientOptions, redacted_url};
-use crate::ws_conn::{BoxedIo, ConnSettings, DEFAULT_CLOSE_TIMEOUT, WsConnection};
 
 /// An agent's OpAMP WebSocket connection: sends `AgentToServer`, receives
 /// `ServerToAgent`.
 ///
 /// ```no_run
-/// use opamp_transport::{ClientOptions, WsClientConnection};
+/// use opamp_transport::ClientOptions;
+/// use opamp_transport::ws::client::WsClientConnection;
 /// use opamp_proto::AgentToServer;
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
