@@ -98,7 +98,7 @@ impl Harness {
         let transport = if control & 1 == 0 {
             TransportKind::WebSocket
         } else {
-            TransportKind::Http
+            TransportKind::PlainHttp
         };
         let optional = [
             AgentCapabilities::ACCEPTS_REMOTE_CONFIG,
@@ -238,7 +238,7 @@ impl Harness {
             .agent_identification
             .as_ref()
             .map(|identification| identification.new_instance_uid.clone());
-        if self.transport == TransportKind::Http && message.error_response.is_some() {
+        if self.transport == TransportKind::PlainHttp && message.error_response.is_some() {
             // An UNAVAILABLE answer puts the request back, like a failure.
             self.may_repeat = true;
         }
@@ -254,7 +254,7 @@ impl Harness {
 
     /// HTTP: answers the request on the wire with an empty acknowledgement.
     fn answer_http(&mut self, message: Option<ServerToAgent>) {
-        if self.transport == TransportKind::Http && self.in_flight {
+        if self.transport == TransportKind::PlainHttp && self.in_flight {
             self.in_flight = false;
             self.core
                 .handle_message(message.unwrap_or_default(), self.now);
@@ -294,7 +294,7 @@ impl Harness {
                 sent <= MAX_BURST,
                 "send loop: {sent} messages at one instant"
             );
-            if self.transport == TransportKind::Http {
+            if self.transport == TransportKind::PlainHttp {
                 self.in_flight = true;
             }
         }

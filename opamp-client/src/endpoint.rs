@@ -14,7 +14,7 @@ use crate::protocol::TransportKind;
 pub(crate) fn transport_for(endpoint: &Url) -> Result<TransportKind, ClientError> {
     match endpoint.scheme() {
         "ws" | "wss" => Ok(TransportKind::WebSocket),
-        "http" | "https" => Ok(TransportKind::Http),
+        "http" | "https" => Ok(TransportKind::PlainHttp),
         other => Err(ClientError::UnsupportedScheme(other.to_owned())),
     }
 }

@@ -66,7 +66,7 @@ impl OpampClient {
         };
         let handle = match self.inner.transport {
             TransportKind::WebSocket => runtime.spawn(ws_driver::run(context, parts.options)),
-            TransportKind::Http => runtime.spawn(http_driver::run(context, parts.options)),
+            TransportKind::PlainHttp => runtime.spawn(http_driver::run(context, parts.options)),
         };
         *self
             .inner
@@ -166,7 +166,7 @@ mod tests {
         let http = OpampClient::builder("https://example.com/v1/opamp")
             .build()
             .unwrap();
-        assert_eq!(http.transport(), TransportKind::Http);
+        assert_eq!(http.transport(), TransportKind::PlainHttp);
     }
 
     /// An endpoint on a loopback port nobody listens on.

@@ -29,17 +29,7 @@ use crate::error::ClientError;
 /// (HTTP-13): 30 seconds.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Which wire transport a [`ClientCore`] is driven over. The two differ in
-/// timing only: WebSocket is full duplex with heartbeats, plain HTTP is one
-/// request at a time with polls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TransportKind {
-    /// `ws://` or `wss://`.
-    WebSocket,
-    /// `http://` or `https://`.
-    Http,
-}
+pub use opamp_transport::TransportKind;
 
 /// Static configuration of a [`ClientCore`].
 #[derive(Debug, Clone)]
@@ -340,7 +330,7 @@ enum OfferStage {
 ///     AgentDescription, ClientCore, CoreConfig, ExponentialBackoff, InstanceUid, TransportKind,
 /// };
 ///
-/// let config = CoreConfig::new(TransportKind::Http, InstanceUid::new_v7());
+/// let config = CoreConfig::new(TransportKind::PlainHttp, InstanceUid::new_v7());
 /// let mut core = ClientCore::new(config, Box::new(ExponentialBackoff::new()));
 /// core.set_agent_description(AgentDescription::for_service("io.example.agent", "1.0.0"));
 /// let now = Instant::now();
@@ -655,7 +645,7 @@ impl ClientCore {
             }
             // HTTP must keep polling (HTTP-12); a server interval of 0 is not
             // applied (AMB-01), see `apply_heartbeat_offer`.
-            TransportKind::Http => Some(
+            TransportKind::PlainHttp => Some(
                 self.offered_heartbeat
                     .filter(|interval| !interval.is_zero())
                     .unwrap_or(if self.config.polling_interval.is_zero() {
@@ -708,7 +698,7 @@ impl ClientCore {
         self.started_at = Some(now);
         self.link = match self.config.transport {
             TransportKind::WebSocket => Link::Down { connect_at: now },
-            TransportKind::Http => Link::Up,
+            TransportKind::PlainHttp => Link::Up,
         };
         // A candidate saved before a crash is tried first (CS-06).
         self.switch_to_candidate();
@@ -833,7 +823,7 @@ impl ClientCore {
                 }
             }
         };
-        if self.config.transport == TransportKind::Http && self.link != Link::Stopped {
+        if self.config.transport == TransportKind::PlainHttp && self.link != Link::Stopped {
             // Plain HTTP has no connection to wait for.
             self.link = Link::Up;
         }
@@ -941,7 +931,7 @@ impl ClientCore {
     /// Processes a message from the server (MSG-02).
     pub fn handle_message(&mut self, message: ServerToAgent, now: Instant) {
         self.reply_deadline = None;
-        let answered = if self.config.transport == TransportKind::Http {
+        let answered = if self.config.transport == TransportKind::PlainHttp {
             self.in_flight.take()
         } else {
             None
@@ -1115,7 +1105,7 @@ impl ClientCore {
                     self.full_state_on_connect = true;
                 }
             }
-            TransportKind::Http => {
+            TransportKind::PlainHttp => {
                 // ERR-04: resend later, content kept.
                 if let Some(message) = answered {
                     self.merge_back(message);
@@ -1385,7 +1375,7 @@ impl ClientCore {
         offer.stage = OfferStage::Trying(settings);
         match self.config.transport {
             TransportKind::WebSocket => self.full_state_on_connect = true,
-            TransportKind::Http => self.full_state_due = true,
+            TransportKind::PlainHttp => self.full_state_due = true,
         }
     }
 
@@ -1437,7 +1427,7 @@ impl ClientCore {
             // The link is down since the attempt with the candidate: the
             // next connection, with the previous settings, is due already.
             TransportKind::WebSocket => self.full_state_on_connect = true,
-            TransportKind::Http => {
+            TransportKind::PlainHttp => {
                 // The previous server saw the goodbye: it gets everything.
                 self.full_state_due = true;
                 self.not_before = None;
@@ -1462,7 +1452,7 @@ impl ClientCore {
     /// not applied, because polling must go on (HTTP-12).
     fn apply_heartbeat_offer(&mut self, seconds: u64) {
         let interval = Duration::from_secs(seconds);
-        if interval.is_zero() && self.config.transport == TransportKind::Http {
+        if interval.is_zero() && self.config.transport == TransportKind::PlainHttp {
             tracing::debug!("ignoring heartbeat interval 0 over plain HTTP");
             return;
         }
@@ -1513,7 +1503,7 @@ impl ClientCore {
             (Link::Closing { .. }, _) if self.disconnect_queued && self.in_flight.is_none() => {
                 immediately
             }
-            (Link::Up, TransportKind::Http) => {
+            (Link::Up, TransportKind::PlainHttp) => {
                 if self.in_flight.is_some() {
                     return None;
                 }
@@ -1556,7 +1546,7 @@ impl ClientCore {
         let due = match (self.link, self.config.transport) {
             (Link::Up, TransportKind::WebSocket) => self.has_pending() || self.heartbeat_due(now),
             (Link::Closing { .. }, _) => self.disconnect_queued && self.in_flight.is_none(),
-            (Link::Up, TransportKind::Http) => {
+            (Link::Up, TransportKind::PlainHttp) => {
                 self.in_flight.is_none()
                     && (self.disconnect_queued || self.not_before.is_none_or(|at| at <= now))
                     && (self.has_pending() || self.heartbeat_due(now))
@@ -1600,7 +1590,7 @@ impl ClientCore {
                 };
             }
         }
-        if self.config.transport == TransportKind::Http {
+        if self.config.transport == TransportKind::PlainHttp {
             self.in_flight = Some(message.clone());
         }
         Some(message)

@@ -36,7 +36,7 @@ fn events(core: &mut ClientCore) -> Vec<Event> {
 /// ignored and reported; only 16 bytes are adopted.
 #[test]
 fn uid_03_new_instance_uid_of_0_15_17_bytes_is_ignored() {
-    for transport in [TransportKind::WebSocket, TransportKind::Http] {
+    for transport in [TransportKind::WebSocket, TransportKind::PlainHttp] {
         let now = Instant::now();
         let mut core = started(transport, now);
         let original = core.instance_uid();
@@ -59,7 +59,7 @@ fn uid_03_new_instance_uid_of_0_15_17_bytes_is_ignored() {
             );
             assert_eq!(core.instance_uid(), original);
             // HTTP: the next poll goes out under the old uid.
-            if transport == TransportKind::Http {
+            if transport == TransportKind::PlainHttp {
                 let later = now + Duration::from_secs(3600) * (round as u32 + 1);
                 let poll = core.poll_transmit(later).expect("a poll is due");
                 assert_eq!(poll.instance_uid, original.to_bytes());
@@ -88,11 +88,11 @@ fn heartbeat_offer(seconds: u64) -> ServerToAgent {
 /// real changes still go out at once.
 #[test]
 fn hb_03_absurd_heartbeat_interval_offer_does_not_panic() {
-    for transport in [TransportKind::WebSocket, TransportKind::Http] {
+    for transport in [TransportKind::WebSocket, TransportKind::PlainHttp] {
         for seconds in [u64::MAX, u64::MAX / 2, 1 << 40] {
             let now = Instant::now();
             let mut core = started(transport, now);
-            if transport == TransportKind::Http {
+            if transport == TransportKind::PlainHttp {
                 core.handle_message(ServerToAgent::default(), now);
             }
             core.handle_message(heartbeat_offer(seconds), now);
@@ -101,7 +101,7 @@ fn hb_03_absurd_heartbeat_interval_offer_does_not_panic() {
             core.handle_timeout(later);
             let _ = core.poll_transmit(later);
             let _ = core.poll_timeout();
-            if transport == TransportKind::Http {
+            if transport == TransportKind::PlainHttp {
                 // Answer whatever poll went out, so the next can go.
                 core.handle_message(ServerToAgent::default(), later);
             }

@@ -360,8 +360,7 @@ impl<C: Callbacks> OpampServer<C> {
         self.ensure_background_task();
         let kind = match opamp_transport::http::server::classify(&request) {
             RequestKind::Reject(rejection) => return rejection.to_response(),
-            RequestKind::PlainHttp => TransportKind::PlainHttp,
-            RequestKind::WebSocket => TransportKind::WebSocket,
+            RequestKind::Opamp(transport) => transport,
             _ => return plain_status(StatusCode::BAD_REQUEST),
         };
         let busy_retry_after = Some(inner.settings.busy_retry_after);
@@ -393,13 +392,13 @@ impl<C: Callbacks> OpampServer<C> {
             return refusal.into_response();
         }
         match kind {
-            TransportKind::PlainHttp => self.handle_http(parts, body, peer).await,
             TransportKind::WebSocket => crate::ws::accept(
                 Arc::clone(&self.inner),
                 Request::from_parts(parts, body),
                 peer,
                 guard,
             ),
+            TransportKind::PlainHttp => self.handle_http(parts, body, peer).await,
         }
     }
 

@@ -1,15 +1,6 @@
 //! Words the whole server uses: transports and why connections end.
 
-/// The transport an agent connection uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TransportKind {
-    /// A WebSocket: full duplex, the server can push at any time.
-    WebSocket,
-    /// Plain HTTP polling: the "connection" is the agent's session, which
-    /// spans its polls; pushes wait for the next poll (HTTP-15).
-    PlainHttp,
-}
+pub use opamp_transport::TransportKind;
 
 /// Why a connection (or plain-HTTP session) ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

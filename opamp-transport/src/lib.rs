@@ -197,9 +197,9 @@
 //!
 //! async fn handle(request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
 //!     match classify(&request) {
-//!         RequestKind::PlainHttp => {}
+//!         RequestKind::Opamp(TransportKind::PlainHttp) => {}
 //!         RequestKind::Reject(rejection) => return rejection.to_response(),
-//!         _ => todo!("RequestKind::WebSocket: hand over to the WebSocket acceptor"),
+//!         _ => todo!("a WebSocket upgrade: hand over to the WebSocket acceptor"),
 //!     }
 //!     let (parts, body) = request.into_parts();
 //!     let read = read_agent_message(body, &parts.headers, LIMIT, Duration::from_secs(30));
@@ -290,6 +290,7 @@ mod frame;
 mod gzip;
 #[cfg(any(feature = "client", feature = "server"))]
 pub mod http;
+mod kind;
 #[cfg(feature = "client")]
 mod options;
 mod retry_after;
@@ -301,6 +302,7 @@ pub use backoff::{ExponentialBackoff, RetryPolicy, RetryPolicyFactory, retry_inf
 pub use frame::{
     DEFAULT_MAX_MESSAGE_SIZE, FrameError, HeaderlessFrames, decode_frame, encode_frame, framed_len,
 };
+pub use kind::TransportKind;
 pub use retry_after::parse_retry_after;
 #[cfg(any(feature = "client", feature = "server"))]
 pub use tls::{TlsError, TlsVersion};

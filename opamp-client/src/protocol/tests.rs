@@ -82,7 +82,7 @@ fn ws_connected(caps: AgentCapabilities, t0: Instant) -> (ClientCore, AgentToSer
 
 /// A started HTTP core whose first request was answered at `t0`.
 fn http_started(caps: AgentCapabilities, t0: Instant) -> (ClientCore, AgentToServer) {
-    let mut core = new_core(TransportKind::Http, caps);
+    let mut core = new_core(TransportKind::PlainHttp, caps);
     core.start(t0).unwrap();
     let first = core.poll_transmit(t0).expect("first message");
     core.handle_message(reply(), t0);
@@ -171,7 +171,7 @@ fn unavailable(retry_after: Option<Duration>) -> ServerToAgent {
 
 #[test]
 fn start_requires_agent_description() {
-    let mut core = ClientCore::new(CoreConfig::new(TransportKind::Http, uid()), backoff());
+    let mut core = ClientCore::new(CoreConfig::new(TransportKind::PlainHttp, uid()), backoff());
     assert!(matches!(
         core.start(Instant::now()),
         Err(ClientError::MissingAgentDescription)
@@ -180,7 +180,7 @@ fn start_requires_agent_description() {
 
 #[test]
 fn start_requires_health_when_reports_health() {
-    let mut core = new_core(TransportKind::Http, AgentCapabilities::empty());
+    let mut core = new_core(TransportKind::PlainHttp, AgentCapabilities::empty());
     core.set_capabilities(AgentCapabilities::REPORTS_HEALTH);
     assert!(matches!(
         core.start(Instant::now()),
@@ -192,7 +192,7 @@ fn start_requires_health_when_reports_health() {
 
 #[test]
 fn start_requires_components_when_reports_available_components() {
-    let mut core = new_core(TransportKind::Http, AgentCapabilities::empty());
+    let mut core = new_core(TransportKind::PlainHttp, AgentCapabilities::empty());
     core.set_capabilities(AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS);
     assert!(matches!(
         core.start(Instant::now()),
@@ -203,7 +203,7 @@ fn start_requires_components_when_reports_available_components() {
 #[test]
 fn start_requires_package_capabilities_to_match_the_store() {
     // AcceptsPackages without a package store.
-    let mut core = ClientCore::new(CoreConfig::new(TransportKind::Http, uid()), backoff());
+    let mut core = ClientCore::new(CoreConfig::new(TransportKind::PlainHttp, uid()), backoff());
     core.set_agent_description(description());
     core.set_capabilities(AgentCapabilities::ACCEPTS_PACKAGES);
     assert!(matches!(
@@ -212,7 +212,7 @@ fn start_requires_package_capabilities_to_match_the_store() {
     ));
 
     // A package store without AcceptsPackages.
-    let mut config = CoreConfig::new(TransportKind::Http, uid());
+    let mut config = CoreConfig::new(TransportKind::PlainHttp, uid());
     config.packages_supported = true;
     let mut core = ClientCore::new(config, backoff());
     core.set_agent_description(description());
@@ -223,7 +223,7 @@ fn start_requires_package_capabilities_to_match_the_store() {
 
     // ReportsPackageStatuses with nothing to report.
     let mut core = new_core(
-        TransportKind::Http,
+        TransportKind::PlainHttp,
         AgentCapabilities::REPORTS_PACKAGE_STATUSES,
     );
     assert!(matches!(
@@ -237,7 +237,7 @@ fn start_requires_package_capabilities_to_match_the_store() {
 #[test]
 fn start_rejects_nil_uid_and_double_start() {
     let mut core = ClientCore::new(
-        CoreConfig::new(TransportKind::Http, InstanceUid::from([0; 16])),
+        CoreConfig::new(TransportKind::PlainHttp, InstanceUid::from([0; 16])),
         backoff(),
     );
     core.set_agent_description(description());
@@ -246,7 +246,7 @@ fn start_rejects_nil_uid_and_double_start() {
         Err(ClientError::NilInstanceUid)
     ));
 
-    let mut core = new_core(TransportKind::Http, AgentCapabilities::empty());
+    let mut core = new_core(TransportKind::PlainHttp, AgentCapabilities::empty());
     core.start(Instant::now()).unwrap();
     assert!(matches!(
         core.start(Instant::now()),
@@ -257,7 +257,7 @@ fn start_rejects_nil_uid_and_double_start() {
 #[test]
 fn cap_03_reports_status_is_always_set() {
     let mut core = new_core(
-        TransportKind::Http,
+        TransportKind::PlainHttp,
         AgentCapabilities::ACCEPTS_REMOTE_CONFIG,
     );
     core.set_capabilities(AgentCapabilities::empty());
@@ -666,7 +666,7 @@ fn http_12_http_13_polls_every_30_s_with_a_minimal_message() {
 #[test]
 fn http_10_one_request_in_flight() {
     let t0 = Instant::now();
-    let mut core = new_core(TransportKind::Http, AgentCapabilities::REPORTS_HEALTH);
+    let mut core = new_core(TransportKind::PlainHttp, AgentCapabilities::REPORTS_HEALTH);
     core.start(t0).unwrap();
     core.poll_transmit(t0).unwrap();
     core.set_health(health(false));
@@ -707,7 +707,7 @@ fn http_14_hb_07_offered_heartbeat_is_the_polling_interval() {
 #[test]
 fn http_polling_interval_is_configurable() {
     let t0 = Instant::now();
-    let mut config = CoreConfig::new(TransportKind::Http, uid());
+    let mut config = CoreConfig::new(TransportKind::PlainHttp, uid());
     config.polling_interval = SEC * 7;
     let mut core = ClientCore::new(config, backoff());
     core.set_agent_description(description());
@@ -772,7 +772,7 @@ fn http_17_rejected_request_is_not_resent() {
 #[test]
 fn first_http_request_failing_resends_full_state() {
     let t0 = Instant::now();
-    let mut core = new_core(TransportKind::Http, AgentCapabilities::REPORTS_HEALTH);
+    let mut core = new_core(TransportKind::PlainHttp, AgentCapabilities::REPORTS_HEALTH);
     core.start(t0).unwrap();
     let first = core.poll_transmit(t0).unwrap();
     core.handle_send_failed(t0, SendFailure::Retryable { retry_after: None });
@@ -1578,7 +1578,7 @@ fn cs_05_cs_06_cs_08_http_goodbye_to_the_old_server_then_the_candidate() {
     assert!(first.agent_description.is_some());
 
     // Failure: back to the old server at once, full state, FAILED.
-    let mut failing = ClientCore::new(CoreConfig::new(TransportKind::Http, uid()), backoff());
+    let mut failing = ClientCore::new(CoreConfig::new(TransportKind::PlainHttp, uid()), backoff());
     std::mem::swap(&mut failing, &mut core);
     failing.handle_send_failed(t2, SendFailure::Retryable { retry_after: None });
     assert_eq!(commands(&mut failing), [SettingsCommand::DropCandidate]);

@@ -17,6 +17,7 @@ use http_body_util::Full;
 use opamp_proto::{AgentToServer, InstanceUid, Message, ServerToAgent};
 
 use super::{OPAMP_INSTANCE_UID, PROTOBUF_CONTENT_TYPE};
+use crate::TransportKind;
 use crate::gzip::{self, CollectError};
 
 pub use crate::gzip::decode_gzip_body;
@@ -29,12 +30,11 @@ const GZIP_MIN_SIZE: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RequestKind {
-    /// A plain-HTTP exchange: `POST` with `Content-Type:
-    /// application/x-protobuf`. Read it with [`read_agent_message`].
-    PlainHttp,
-    /// A WebSocket upgrade request (`GET` with `Connection: upgrade` and
-    /// `Upgrade: websocket`).
-    WebSocket,
+    /// An OpAMP request: a plain-HTTP exchange (`POST` with `Content-Type:
+    /// application/x-protobuf`; read it with [`read_agent_message`]) or a
+    /// WebSocket upgrade (`GET` with `Connection: upgrade` and `Upgrade:
+    /// websocket`).
+    Opamp(TransportKind),
     /// Neither: answer with [`Rejection::to_response`] instead of hanging.
     Reject(Rejection),
 }
@@ -73,13 +73,13 @@ impl Rejection {
 
 /// Classifies a request on the OpAMP endpoint (HTTP-04, WS-16).
 ///
-/// - `Content-Type: application/x-protobuf` → [`RequestKind::PlainHttp`] if the
+/// - `Content-Type: application/x-protobuf` → `RequestKind::Opamp(TransportKind::PlainHttp)` if the
 ///   method is `POST`, else 405. The media type is compared case-insensitively
 ///   and parameters (`; charset=...`) are ignored, as HTTP defines media-type
 ///   equality; opamp-go compares the whole header string, and both accept
 ///   what OpAMP clients actually send.
 /// - A WebSocket upgrade (`GET`, `Connection` has the `upgrade` token,
-///   `Upgrade` has `websocket`) → [`RequestKind::WebSocket`]. The handshake
+///   `Upgrade` has `websocket`) → `RequestKind::Opamp(TransportKind::WebSocket)`. The handshake
 ///   itself (key, version) is checked by the WebSocket acceptor.
 /// - Otherwise a rejection: `POST` with another or no content type → 415, a
 ///   plain `GET` → 400, any other method → 405. The spec treats "not
@@ -97,7 +97,7 @@ pub fn classify_parts(parts: &http::request::Parts) -> RequestKind {
 fn classify_head(method: &Method, headers: &HeaderMap) -> RequestKind {
     if is_protobuf(headers) {
         if method == Method::POST {
-            return RequestKind::PlainHttp;
+            return RequestKind::Opamp(TransportKind::PlainHttp);
         }
         return RequestKind::Reject(Rejection {
             status: StatusCode::METHOD_NOT_ALLOWED,
@@ -107,7 +107,7 @@ fn classify_head(method: &Method, headers: &HeaderMap) -> RequestKind {
     }
     if method == Method::GET && has_token(headers, &CONNECTION, "upgrade") {
         if has_token(headers, &UPGRADE, "websocket") {
-            return RequestKind::WebSocket;
+            return RequestKind::Opamp(TransportKind::WebSocket);
         }
         return RequestKind::Reject(Rejection {
             status: StatusCode::BAD_REQUEST,
@@ -254,7 +254,7 @@ impl ReadError {
 /// - The whole body must arrive within `read_timeout`, which stops clients
 ///   that trickle bytes.
 ///
-/// Call it after [`classify`] returned [`RequestKind::PlainHttp`].
+/// Call it after [`classify`] returned `RequestKind::Opamp(TransportKind::PlainHttp)`.
 pub async fn read_agent_message<B>(
     body: B,
     headers: &HeaderMap,
@@ -480,12 +480,18 @@ mod tests {
     #[test]
     fn http_04_ws_16_classification() {
         let post = request(Method::POST, &[("content-type", "application/x-protobuf")]);
-        assert_eq!(classify(&post), RequestKind::PlainHttp);
+        assert_eq!(
+            classify(&post),
+            RequestKind::Opamp(TransportKind::PlainHttp)
+        );
         let post = request(
             Method::POST,
             &[("content-type", "Application/X-Protobuf; v=1")],
         );
-        assert_eq!(classify(&post), RequestKind::PlainHttp);
+        assert_eq!(
+            classify(&post),
+            RequestKind::Opamp(TransportKind::PlainHttp)
+        );
 
         let upgrade = request(
             Method::GET,
@@ -494,9 +500,15 @@ mod tests {
                 ("upgrade", "WebSocket"),
             ],
         );
-        assert_eq!(classify(&upgrade), RequestKind::WebSocket);
+        assert_eq!(
+            classify(&upgrade),
+            RequestKind::Opamp(TransportKind::WebSocket)
+        );
         let (parts, ()) = upgrade.into_parts();
-        assert_eq!(classify_parts(&parts), RequestKind::WebSocket);
+        assert_eq!(
+            classify_parts(&parts),
+            RequestKind::Opamp(TransportKind::WebSocket)
+        );
     }
 
     /// HTTP-04, WS-16: anything else gets a prompt 400/405/415.
