@@ -355,6 +355,12 @@ impl Harness {
                         "CS-06: {command:?} without a candidate"
                     );
                     self.trying_candidate = false;
+                    if matches!(command, SettingsCommand::DropCandidate) {
+                        // The message the candidate never took goes to the
+                        // old server with its number, which that server has
+                        // not seen (SEQ-01 holds per server).
+                        self.may_repeat = true;
+                    }
                 }
                 _ => {}
             }
