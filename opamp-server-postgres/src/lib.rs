@@ -110,6 +110,9 @@ mod store;
 pub use backend::{DEFAULT_LEASE, DEFAULT_PENDING_TTL, PgBackend, PgBackendBuilder};
 pub use bus::PgBus;
 pub use error::{PgError, SaveConflict};
+/// The protocol's message types, re-exported so that users of this crate
+/// need not depend on `opamp-proto` themselves.
+pub use opamp_proto as proto;
 pub use store::PgStore;
 /// Connection settings (`host=... user=... dbname=...` or a
 /// `postgresql://` URL), re-exported from [`tokio_postgres`].

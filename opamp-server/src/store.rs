@@ -12,6 +12,17 @@ use crate::record::AgentRecord;
 
 /// The future returned by [`AgentStore`] and [`MessageBus`](crate::MessageBus)
 /// methods.
+///
+/// The workspace's one convention for async extension points: a trait the
+/// library keeps as a trait object (`Arc<dyn AgentStore>`,
+/// `Arc<dyn MessageBus>`, the client's `Arc<dyn Callbacks>` and its
+/// `PackageStore`) returns this boxed future (the same type as
+/// `futures_util::future::BoxFuture`), because `async fn` in traits is not
+/// object-safe. The one trait taken as a generic type parameter and called
+/// on every message, the server's [`Callbacks`](crate::Callbacks), uses
+/// `async fn` (`impl Future + Send`), so the hot path allocates nothing.
+/// Work that never waits (the client's `PackageVerifier`, which hashes
+/// chunks) is synchronous. All are `Send + Sync + 'static`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Persistent storage of [`AgentRecord`]s, keyed by instance uid.

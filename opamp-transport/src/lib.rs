@@ -303,6 +303,9 @@ pub use frame::{
     DEFAULT_MAX_MESSAGE_SIZE, FrameError, HeaderlessFrames, decode_frame, encode_frame, framed_len,
 };
 pub use kind::TransportKind;
+/// The protocol's message types, re-exported so that users of this crate
+/// need not depend on `opamp-proto` themselves.
+pub use opamp_proto as proto;
 pub use retry_after::parse_retry_after;
 #[cfg(any(feature = "client", feature = "server"))]
 pub use tls::{TlsError, TlsVersion};
