@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use super::certs::ClientCa;
 use super::error::ApiError;
 use super::store::{AgentEvent, ConfigSource, FleetStore, Group, HistoryEntry, unix_ms};
+use super::store_pg::FleetChange;
 use super::view::{self, AgentDetail, AgentSummary, LiveFacts};
 
 /// Settings of the fleet logic that come from the command line.
@@ -108,12 +109,22 @@ impl Fleet {
 
     // ---- views ----
 
-    fn live_facts(&self, uid: InstanceUid, source: Option<ConfigSource>) -> LiveFacts {
+    fn live_facts(&self, record: &AgentRecord, source: Option<ConfigSource>) -> LiveFacts {
+        let uid = record.uid;
+        // With a shared store the connection may be held by another
+        // instance; its record says so until the connection ends.
+        let elsewhere = || {
+            self.store
+                .pg_backend()
+                .and(record.connection.as_ref())
+                .map(|connection| connection.transport)
+        };
         LiveFacts {
             transport: self
                 .registry
                 .connection(uid)
-                .map(|connection| connection.transport()),
+                .map(|connection| connection.transport())
+                .or_else(elsewhere),
             sequence_num: lock(&self.sequence).get(&uid).copied(),
             source,
         }
@@ -136,7 +147,7 @@ impl Fleet {
 
     async fn summary_of(&self, record: &AgentRecord) -> AgentSummary {
         let source = self.source_of(record).await;
-        view::summary(record, &self.live_facts(record.uid, source), false)
+        view::summary(record, &self.live_facts(record, source), false)
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<AgentSummary>, ApiError> {
@@ -169,7 +180,7 @@ impl Fleet {
         });
         Ok(view::detail(
             &record,
-            &self.live_facts(uid, source),
+            &self.live_facts(&record, source),
             history,
             events,
         ))
@@ -689,10 +700,27 @@ impl Fleet {
     pub(crate) async fn follow(self: Arc<Self>) {
         let mut events = self.registry.subscribe();
         let mut shutdown = self.shutdown_signal();
+        let mut changes = self.store.subscribe_changes();
         loop {
             let next = tokio::select! {
                 next = events.recv() => next,
-                _ = shutdown.wait_for(|stopping| *stopping) => return,
+                change = async {
+                    match changes.as_mut() {
+                        Some(changes) => changes.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match change {
+                        Ok(FleetChange::Agent(uid)) => self.publish(uid).await,
+                        Ok(FleetChange::Config) => self.notify(UiEvent::Config),
+                        Ok(FleetChange::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            self.notify(UiEvent::Resync);
+                        }
+                        Err(broadcast::error::RecvError::Closed) => changes = None,
+                    }
+                    continue;
+                }
+                () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => return,
             };
             let event = match next {
                 Ok(event) => event,
