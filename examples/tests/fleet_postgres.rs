@@ -627,11 +627,35 @@ async fn three_instances_on_one_database_share_the_fleet_and_survive_a_kill() {
     .await;
     let (process_uid, _) = find_process_agent(get(c.1, "/api/agents").await).unwrap();
     let held_by = balancer.connections()[0];
-    let before = push_config(c.1, process_uid, "# before the kill\n").await;
-    eventually("the agent applied the first config", || {
-        applied(c.1, process_uid, &before)
+    // A group set through C: whichever instance holds the agent offers it.
+    let group = serde_json::json!({
+        "selector": { "service.name": "fleet-pg-proc" },
+        "config": { "files": { "collector.yaml": {
+            "content_type": "text/yaml", "body": "# group, before the kill\n" } } }
+    });
+    let (status, reply) = call(
+        c.1,
+        Method::PUT,
+        "/api/config/groups/proc",
+        "application/json",
+        &group.to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["matching_agents"], 1);
+    let before = reply["config_hash"].as_str().unwrap().to_owned();
+    eventually("the agent applied the group's config", || {
+        applied(a.1, process_uid, &before)
     })
     .await;
+    let detail = get(b.1, &format!("/api/agents/{process_uid}")).await;
+    assert_eq!(detail["config_history"][0]["source"]["kind"], "group");
+    assert_eq!(detail["config_history"][0]["source"]["name"], "proc");
+    let config_on_b = get(b.1, "/api/config").await;
+    assert_eq!(
+        config_on_b["groups"]["proc"]["config"]["config_hash"],
+        before.as_str()
+    );
 
     let survivor = servers[(held_by + 1) % 3].web;
     servers.remove(held_by).kill().await;
