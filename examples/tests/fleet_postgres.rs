@@ -546,6 +546,10 @@ async fn three_instances_on_one_database_share_the_fleet_and_survive_a_kill() {
     })
     .await;
     ws_agent.stop().await;
+    eventually("B shows the WebSocket agent gone from A", || async {
+        get(b.1, &format!("/api/agents/{ws_uid}")).await["connected"] == false
+    })
+    .await;
 
     // -- a plain-HTTP agent whose polls go to A, B, C in turn --
     let http_uid = InstanceUid::new_v7();

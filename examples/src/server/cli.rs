@@ -266,7 +266,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error + Sen
         client_ca: client_ca.clone(),
     };
     let fleet_client_ca = client_ca;
-    let fleet = FleetServer::new(store, options);
+    let fleet = FleetServer::new(store.clone(), options);
 
     let mut builder = fleet
         .opamp_builder()
@@ -318,6 +318,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error + Sen
     stop_tx.send_replace(true);
     opamp_task.await??;
     web_task.await??;
+    store.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -109,22 +109,25 @@ impl Fleet {
 
     // ---- views ----
 
-    fn live_facts(&self, record: &AgentRecord, source: Option<ConfigSource>) -> LiveFacts {
+    async fn live_facts(&self, record: &AgentRecord, source: Option<ConfigSource>) -> LiveFacts {
         let uid = record.uid;
-        // With a shared store the connection may be held by another
-        // instance; its record says so until the connection ends.
-        let elsewhere = || {
-            self.store
-                .pg_backend()
-                .and(record.connection.as_ref())
-                .map(|connection| connection.transport)
-        };
+        let mut transport = self
+            .registry
+            .connection(uid)
+            .map(|connection| connection.transport());
+        // With a shared store another instance may hold the connection: its
+        // record says which transport, the owner's lease that it is alive.
+        if transport.is_none()
+            && let Some(connection) = &record.connection
+        {
+            match self.store.held_elsewhere(uid).await {
+                Ok(true) => transport = Some(connection.transport),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, %uid, "cannot tell who holds the agent"),
+            }
+        }
         LiveFacts {
-            transport: self
-                .registry
-                .connection(uid)
-                .map(|connection| connection.transport())
-                .or_else(elsewhere),
+            transport,
             sequence_num: lock(&self.sequence).get(&uid).copied(),
             source,
         }
@@ -147,7 +150,7 @@ impl Fleet {
 
     async fn summary_of(&self, record: &AgentRecord) -> AgentSummary {
         let source = self.source_of(record).await;
-        view::summary(record, &self.live_facts(record, source), false)
+        view::summary(record, &self.live_facts(record, source).await, false)
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<AgentSummary>, ApiError> {
@@ -180,7 +183,7 @@ impl Fleet {
         });
         Ok(view::detail(
             &record,
-            &self.live_facts(&record, source),
+            &self.live_facts(&record, source).await,
             history,
             events,
         ))
@@ -396,7 +399,7 @@ impl Fleet {
     /// Forgets an agent that is not connected: record, configs, history, events.
     pub(crate) async fn forget(&self, uid: InstanceUid) -> Result<(), ApiError> {
         self.record(uid).await?;
-        if self.registry.connection(uid).is_some() {
+        if self.registry.connection(uid).is_some() || self.store.held_elsewhere(uid).await? {
             return Err(ApiError::Connected(uid));
         }
         self.store.forget_agent(uid).await?;

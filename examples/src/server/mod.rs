@@ -101,10 +101,5 @@ impl FleetServer {
         {
             tracing::warn!(%error, "fleet event follower failed");
         }
-        if let Some(backend) = self.fleet.store.pg_backend()
-            && let Err(error) = backend.shutdown().await
-        {
-            tracing::warn!(%error, "cannot leave the PostgreSQL fleet cleanly");
-        }
     }
 }

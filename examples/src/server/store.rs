@@ -275,6 +275,27 @@ impl FleetStore {
         }
     }
 
+    /// Whether another instance sharing the store holds `uid`'s connection
+    /// (always false for redb).
+    pub(crate) async fn held_elsewhere(&self, uid: InstanceUid) -> Result<bool, FleetStoreError> {
+        match self.pg() {
+            Some(pg) => pg.held_by_live_instance(uid).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Leaves a shared store once the OpAMP server has stopped: stops
+    /// following other instances' changes and ends this instance's lease
+    /// and WebSocket claims. Nothing to do for redb.
+    pub async fn shutdown(&self) {
+        if let Backend::Postgres { backend, fleet, .. } = &self.backend {
+            fleet.stop();
+            if let Err(error) = backend.shutdown().await {
+                tracing::warn!(%error, "cannot leave the PostgreSQL fleet cleanly");
+            }
+        }
+    }
+
     fn pg(&self) -> Option<&PgFleetData> {
         match &self.backend {
             Backend::Postgres { fleet, .. } => Some(fleet),

@@ -81,6 +81,7 @@ pub(crate) struct PgFleetData {
     pool: Pool,
     instance: String,
     changes: broadcast::Sender<FleetChange>,
+    listener: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 fn pg_error(error: impl std::error::Error + Send + Sync + 'static) -> FleetStoreError {
@@ -119,7 +120,7 @@ impl PgFleetData {
         txn.commit().await.map_err(pg_error)?;
         let (changes, _) = broadcast::channel(1024);
         let (listening_tx, mut listening) = tokio::sync::watch::channel(false);
-        tokio::spawn(listen_forever(
+        let listener = tokio::spawn(listen_forever(
             config,
             instance.clone(),
             changes.clone(),
@@ -136,7 +137,20 @@ impl PgFleetData {
             pool,
             instance,
             changes,
+            listener: std::sync::Arc::new(std::sync::Mutex::new(Some(listener))),
         })
+    }
+
+    /// Stops listening for changes (at shutdown).
+    pub(crate) fn stop(&self) {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(listener) = listener {
+            listener.abort();
+        }
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<FleetChange> {
@@ -153,6 +167,26 @@ impl PgFleetData {
 
     fn config_payload(&self) -> String {
         format!("config {}", self.instance)
+    }
+
+    /// Whether an instance with a live lease holds `uid`'s connection (an
+    /// instance killed without a goodbye holds nothing once its lease ran
+    /// out).
+    pub(crate) async fn held_by_live_instance(
+        &self,
+        uid: InstanceUid,
+    ) -> Result<bool, FleetStoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM opamp_agent_owner o
+                   JOIN opamp_instances i ON i.name = o.instance
+                  WHERE o.uid = $1 AND i.lease_expires > now())",
+                &[&uuid(uid)],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(row.get(0))
     }
 
     pub(crate) async fn agent_config(
