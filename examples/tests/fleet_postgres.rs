@@ -567,9 +567,12 @@ async fn three_instances_on_one_database_share_the_fleet_and_survive_a_kill() {
         let sequence_num = u64::try_from(index).unwrap() + 1;
         let mut message = http_agent_message(http_uid, sequence_num);
         if full_state_wanted {
-            // SEQ-05: an instance whose view of the sequence is behind (bare
-            // heartbeats are not saved) asks for everything; answer as a real
-            // agent does.
+            // An instance that still has a session for the agent from an
+            // earlier poll does not claim it again, so its save is refused
+            // as a stale owner (another instance claimed since) and it asks
+            // for everything (a known limit of opamp-server with
+            // opamp-server-postgres for plain HTTP); answer as a real agent
+            // does.
             message.agent_description = first.agent_description.clone();
         }
         message.remote_config_status = Some(if offers.is_empty() {
