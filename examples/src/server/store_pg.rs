@@ -647,7 +647,186 @@ async fn listen_forever(
 
 #[cfg(test)]
 mod tests {
+    use super::super::store::{ConfigSource, FleetStore};
     use super::*;
+
+    /// A fresh database's URL (`OPAMP_TEST_DATABASE_URL`, or a throw-away
+    /// cluster through `.ci/postgres.sh`); `None` after a notice outside CI.
+    async fn fresh_database() -> Option<tokio_postgres::Config> {
+        static SERVER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let server = SERVER
+            .get_or_init(|| {
+                if let Ok(url) = std::env::var("OPAMP_TEST_DATABASE_URL") {
+                    return Some(url);
+                }
+                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/postgres.sh");
+                let dir = format!("/tmp/opamp-pg-test-{}-fleetlib", std::process::id());
+                let output = std::process::Command::new("bash")
+                    .args([script, "start", &dir, &std::process::id().to_string()])
+                    .output();
+                let failure = match output {
+                    Ok(output) if output.status.success() => {
+                        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+                        if let Some(url) = stdout
+                            .lines()
+                            .find_map(|line| line.strip_prefix("OPAMP_TEST_DATABASE_URL="))
+                        {
+                            return Some(url.to_owned());
+                        }
+                        stdout
+                    }
+                    Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
+                    Err(error) => error.to_string(),
+                };
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true and no PostgreSQL could be started: {failure}"
+                );
+                eprintln!("notice: skipping a PostgreSQL test: {}", failure.trim());
+                None
+            })
+            .clone()?;
+        let mut config: tokio_postgres::Config = server.parse().expect("URL parses");
+        let (client, connection) = config.connect(NoTls).await.expect("connect");
+        let driver = tokio::spawn(connection);
+        let name = format!(
+            "opamp_fleetlib_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        drop(client);
+        let _ = driver.await;
+        config.dbname(&name);
+        Some(config)
+    }
+
+    fn event(kind: &str, message: &str, at_ms: u64) -> AgentEvent {
+        AgentEvent {
+            at_ms,
+            kind: kind.into(),
+            message: message.into(),
+            repeats: 0,
+        }
+    }
+
+    fn entry(hash: &str, at_ms: u64) -> HistoryEntry {
+        HistoryEntry {
+            config_hash: hash.into(),
+            source: ConfigSource::Default,
+            files: vec!["a.yaml".into()],
+            offered_at_ms: at_ms,
+            outcome: "PENDING".into(),
+            error_message: String::new(),
+            updated_at_ms: at_ms,
+        }
+    }
+
+    /// Two instances on one database: what one writes the other reads, one
+    /// agent's events appended from both at once are all kept (coalesced
+    /// the same way as in redb), and each hears of the other's changes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_share_history_events_and_changes() {
+        let Some(config) = fresh_database().await else {
+            return;
+        };
+        let one = FleetStore::postgres(config.clone(), "lib-one")
+            .await
+            .unwrap();
+        let two = FleetStore::postgres(config, "lib-two").await.unwrap();
+        let mut heard_by_two = two.subscribe_changes().expect("a shared store");
+        let uid = InstanceUid::from_array([9; 16]);
+
+        one.push_history(uid, entry("aa", 1)).await.unwrap();
+        assert_eq!(
+            heard_by_two.recv().await.unwrap(),
+            FleetChange::Agent(uid),
+            "NOTIFY reaches the other instance"
+        );
+        two.push_history(uid, entry("bb", 2)).await.unwrap();
+        let settled = one
+            .settle_history(uid, "bb".into(), "APPLIED".into(), String::new(), 3)
+            .await
+            .unwrap();
+        assert_eq!(settled.map(|e| e.outcome), Some("APPLIED".into()));
+        let history = two.history(uid).await.unwrap();
+        let outcomes: Vec<_> = history
+            .iter()
+            .map(|e| (e.config_hash.as_str(), e.outcome.as_str()))
+            .collect();
+        assert_eq!(outcomes, [("bb", "APPLIED"), ("aa", "SUPERSEDED")]);
+
+        // 40 distinct events from each instance at the same time: all kept.
+        let append = |store: FleetStore, name: &'static str| async move {
+            for n in 0..40u64 {
+                store
+                    .push_event(uid, event("config", &format!("{name} {n}"), n))
+                    .await
+                    .unwrap();
+            }
+        };
+        tokio::join!(append(one.clone(), "one"), append(two.clone(), "two"));
+        let events = one.events(uid).await.unwrap();
+        assert_eq!(events.len(), 80);
+        // A connect/disconnect loop from either instance is two entries.
+        for round in 0..10u64 {
+            let store = if round % 2 == 0 { &one } else { &two };
+            store
+                .push_event(uid, event("connected", "over WebSocket", 100 + round))
+                .await
+                .unwrap();
+            store
+                .push_event(uid, event("disconnected", "closed by agent", 100 + round))
+                .await
+                .unwrap();
+        }
+        let events = two.events(uid).await.unwrap();
+        assert_eq!(events.len(), 82);
+        assert_eq!(
+            (events[0].kind.as_str(), events[0].repeats),
+            ("disconnected", 9)
+        );
+        assert_eq!(
+            (events[1].kind.as_str(), events[1].repeats),
+            ("connected", 9)
+        );
+        // Past the limit, churn goes first, then the oldest.
+        for n in 0..30u64 {
+            one.push_event(uid, event("health", &format!("h{n}"), 200 + n))
+                .await
+                .unwrap();
+        }
+        let events = two.events(uid).await.unwrap();
+        assert_eq!(events.len() as u64, EVENT_LIMIT);
+        assert!(events.iter().all(|e| !e.is_churn()), "churn dropped first");
+
+        // Fleet-wide config: the other instance hears of it and reads it.
+        let mut heard_by_one = one.subscribe_changes().unwrap();
+        let mut config_map = AgentConfigMap::default();
+        config_map
+            .config_map
+            .insert("a.yaml".into(), Default::default());
+        two.set_default_config(Some(config_map.clone()))
+            .await
+            .unwrap();
+        loop {
+            match heard_by_one.recv().await.unwrap() {
+                FleetChange::Config => break,
+                FleetChange::Agent(_) | FleetChange::Resync => {}
+            }
+        }
+        assert_eq!(one.default_config().await.unwrap(), Some(config_map));
+
+        two.forget_agent(uid).await.unwrap();
+        assert!(one.events(uid).await.unwrap().is_empty());
+        assert!(one.history(uid).await.unwrap().is_empty());
+        one.shutdown().await;
+        two.shutdown().await;
+    }
 
     #[test]
     fn payloads_from_other_instances_become_changes() {
