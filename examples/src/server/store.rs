@@ -39,7 +39,7 @@ pub(crate) const HISTORY_LIMIT: u64 = 50;
 /// How many events are kept per agent.
 pub(crate) const EVENT_LIMIT: u64 = 100;
 
-/// A failure of the embedded store.
+/// A failure of the fleet store (redb or PostgreSQL).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FleetStoreError {
