@@ -3,7 +3,9 @@
 //! Two binaries:
 //! - `server`: a small fleet manager. OpAMP (WebSocket and plain HTTP) on
 //!   `0.0.0.0:4320/v1/opamp`, a live web page and a JSON API on
-//!   `127.0.0.1:4321`, state in an embedded redb store (`--data-dir`), TLS and
+//!   `127.0.0.1:4321`, state in an embedded redb store (`--data-dir`) or, for
+//!   several instances sharing one fleet, PostgreSQL (`--store
+//!   postgres://...`, see `docs/postgres.md`), TLS and
 //!   mutual TLS, a bearer token for agents, remote config per agent, per group
 //!   of agents and by default, packages, restart, custom messages, heartbeat
 //!   offers, certificate rotation and own-telemetry offers. The JSON API is

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use opamp_transport::{ClientAuth, ServerTlsConfig};
 use tokio::net::TcpListener;
 
@@ -15,12 +15,65 @@ use super::fleet::FleetOptions;
 use super::store::FleetStore;
 
 /// Where the fleet server keeps its state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoreKind {
     /// A redb file in the data directory; survives restarts.
     Redb,
     /// Memory only; everything is lost on exit.
     Memory,
+    /// A PostgreSQL database (`postgres://` or `postgresql://` URL), which
+    /// several server instances can share.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Redb => f.write_str("Redb"),
+            Self::Memory => f.write_str("Memory"),
+            // The URL may hold a password.
+            Self::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "redb" => Ok(Self::Redb),
+            "memory" => Ok(Self::Memory),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                url.parse::<opamp_server_postgres::Config>()
+                    .map_err(|error| format!("not a usable PostgreSQL URL: {error}"))?;
+                Ok(Self::Postgres(url.to_owned()))
+            }
+            _ => Err("expected redb, memory or a postgres:// URL".to_owned()),
+        }
+    }
+}
+
+/// The default instance name: host name and OpAMP port, reduced to what
+/// `opamp-server-postgres` accepts (letters, digits, `_`, `-`; at most 48).
+fn default_instance_name(port: u16) -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "opamp".to_owned());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{host}-{port}")
 }
 
 /// Flags of the example fleet server. Every flag can also be set with the
@@ -80,9 +133,22 @@ pub struct ServerArgs {
     #[arg(long, env = "OPAMP_SERVER_DATA_DIR", default_value = "./opamp-data")]
     pub data_dir: PathBuf,
 
-    /// Where state lives.
-    #[arg(long, env = "OPAMP_SERVER_STORE", value_enum, default_value = "redb")]
+    /// Where state lives: `redb` (a file in DATA_DIR), `memory`, or a
+    /// PostgreSQL URL (`postgres://user:password@host/db`) that several
+    /// server instances can share.
+    #[arg(
+        long,
+        env = "OPAMP_SERVER_STORE",
+        default_value = "redb",
+        hide_env_values = true
+    )]
     pub store: StoreKind,
+
+    /// This instance's name among the instances sharing a PostgreSQL store
+    /// (letters, digits, `_`, `-`; unique among running instances)
+    /// [default: host name and OpAMP port].
+    #[arg(long, env = "OPAMP_SERVER_INSTANCE_NAME")]
+    pub instance_name: Option<String>,
 
     /// Directory of the files that can be offered as packages
     /// [default: DATA_DIR/packages].
@@ -130,14 +196,22 @@ fn connect_host(address: SocketAddr) -> IpAddr {
 
 /// Runs the server until Ctrl-C (or SIGTERM), then shuts down gracefully.
 pub async fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let store = match args.store {
-        StoreKind::Redb => FleetStore::open(&args.data_dir)?,
-        StoreKind::Memory => FleetStore::in_memory()?,
-    };
     let opamp_listener = TcpListener::bind(args.listen).await?;
     let web_listener = TcpListener::bind(args.web_listen).await?;
     let opamp_address = opamp_listener.local_addr()?;
     let web_address = web_listener.local_addr()?;
+    let store = match &args.store {
+        StoreKind::Redb => FleetStore::open(&args.data_dir)?,
+        StoreKind::Memory => FleetStore::in_memory()?,
+        StoreKind::Postgres(url) => {
+            let instance = args
+                .instance_name
+                .clone()
+                .unwrap_or_else(|| default_instance_name(opamp_address.port()));
+            tracing::info!(%instance, "connecting to the PostgreSQL store");
+            FleetStore::postgres(url.parse()?, &instance).await?
+        }
+    };
 
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -192,7 +266,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error + Sen
         client_ca: client_ca.clone(),
     };
     let fleet_client_ca = client_ca;
-    let fleet = FleetServer::new(store, options);
+    let fleet = FleetServer::new(store.clone(), options);
 
     let mut builder = fleet
         .opamp_builder()
@@ -244,6 +318,7 @@ pub async fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error + Sen
     stop_tx.send_replace(true);
     opamp_task.await??;
     web_task.await??;
+    store.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 use super::certs::ClientCa;
 use super::error::ApiError;
 use super::store::{AgentEvent, ConfigSource, FleetStore, Group, HistoryEntry, unix_ms};
+use super::store_pg::FleetChange;
 use super::view::{self, AgentDetail, AgentSummary, LiveFacts};
 
 /// Settings of the fleet logic that come from the command line.
@@ -108,12 +109,25 @@ impl Fleet {
 
     // ---- views ----
 
-    fn live_facts(&self, uid: InstanceUid, source: Option<ConfigSource>) -> LiveFacts {
+    async fn live_facts(&self, record: &AgentRecord, source: Option<ConfigSource>) -> LiveFacts {
+        let uid = record.uid;
+        let mut transport = self
+            .registry
+            .connection(uid)
+            .map(|connection| connection.transport());
+        // With a shared store another instance may hold the connection: its
+        // record says which transport, the owner's lease that it is alive.
+        if transport.is_none()
+            && let Some(connection) = &record.connection
+        {
+            match self.store.held_elsewhere(uid).await {
+                Ok(true) => transport = Some(connection.transport),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, %uid, "cannot tell who holds the agent"),
+            }
+        }
         LiveFacts {
-            transport: self
-                .registry
-                .connection(uid)
-                .map(|connection| connection.transport()),
+            transport,
             sequence_num: lock(&self.sequence).get(&uid).copied(),
             source,
         }
@@ -136,7 +150,7 @@ impl Fleet {
 
     async fn summary_of(&self, record: &AgentRecord) -> AgentSummary {
         let source = self.source_of(record).await;
-        view::summary(record, &self.live_facts(record.uid, source), false)
+        view::summary(record, &self.live_facts(record, source).await, false)
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<AgentSummary>, ApiError> {
@@ -169,7 +183,7 @@ impl Fleet {
         });
         Ok(view::detail(
             &record,
-            &self.live_facts(uid, source),
+            &self.live_facts(&record, source).await,
             history,
             events,
         ))
@@ -385,7 +399,7 @@ impl Fleet {
     /// Forgets an agent that is not connected: record, configs, history, events.
     pub(crate) async fn forget(&self, uid: InstanceUid) -> Result<(), ApiError> {
         self.record(uid).await?;
-        if self.registry.connection(uid).is_some() {
+        if self.registry.connection(uid).is_some() || self.store.held_elsewhere(uid).await? {
             return Err(ApiError::Connected(uid));
         }
         self.store.forget_agent(uid).await?;
@@ -689,10 +703,27 @@ impl Fleet {
     pub(crate) async fn follow(self: Arc<Self>) {
         let mut events = self.registry.subscribe();
         let mut shutdown = self.shutdown_signal();
+        let mut changes = self.store.subscribe_changes();
         loop {
             let next = tokio::select! {
                 next = events.recv() => next,
-                _ = shutdown.wait_for(|stopping| *stopping) => return,
+                change = async {
+                    match changes.as_mut() {
+                        Some(changes) => changes.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match change {
+                        Ok(FleetChange::Agent(uid)) => self.publish(uid).await,
+                        Ok(FleetChange::Config) => self.notify(UiEvent::Config),
+                        Ok(FleetChange::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            self.notify(UiEvent::Resync);
+                        }
+                        Err(broadcast::error::RecvError::Closed) => changes = None,
+                    }
+                    continue;
+                }
+                () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => return,
             };
             let event = match next {
                 Ok(event) => event,

@@ -10,6 +10,7 @@ mod demo;
 mod error;
 mod fleet;
 mod store;
+mod store_pg;
 mod view;
 
 use std::sync::Arc;
@@ -37,10 +38,17 @@ impl std::fmt::Debug for FleetServer {
 }
 
 impl FleetServer {
-    /// Builds the fleet over `store` (which also backs the registry) and
-    /// starts following registry events. Call inside a Tokio runtime.
+    /// Builds the fleet over `store` (which also backs the registry, and on
+    /// PostgreSQL its message bus) and starts following registry events.
+    /// Call inside a Tokio runtime.
     pub fn new(store: FleetStore, options: FleetOptions) -> Self {
-        let registry = Registry::builder().store(store.clone()).build();
+        let registry = match store.pg_backend() {
+            Some(backend) => Registry::builder()
+                .store(backend.store())
+                .bus(backend.bus())
+                .build(),
+            None => Registry::builder().store(store.clone()).build(),
+        };
         let fleet = fleet::Fleet::new(registry, store, options);
         let follower = tokio::spawn(Arc::clone(&fleet).follow());
         Self {

@@ -1,6 +1,8 @@
-//! The embedded store: one redb database (a file, or memory for tests)
-//! holding the registry's agent records and what the fleet server keeps on
-//! top of them (configs, groups, config history, events).
+//! The fleet store: by default one redb database (a file, or memory for
+//! tests) holding the registry's agent records and what the fleet server
+//! keeps on top of them (configs, groups, config history, events); or
+//! PostgreSQL (`opamp-server-postgres` for the agents, `store_pg` for the
+//! rest), shared by several fleet server instances.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +16,8 @@ use redb::{
     backends::InMemoryBackend,
 };
 use serde::{Deserialize, Serialize};
+
+use super::store_pg::PgFleetData;
 
 /// `uid bytes → AgentRecord::encode()`: the registry's merged agent state.
 const AGENTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("agents");
@@ -31,11 +35,11 @@ const EVENTS: TableDefinition<'_, ([u8; 16], u64), &[u8]> = TableDefinition::new
 const DEFAULT_CONFIG_KEY: &str = "default_config";
 
 /// How many config history entries are kept per agent.
-const HISTORY_LIMIT: u64 = 50;
+pub(crate) const HISTORY_LIMIT: u64 = 50;
 /// How many events are kept per agent.
-const EVENT_LIMIT: u64 = 100;
+pub(crate) const EVENT_LIMIT: u64 = 100;
 
-/// A failure of the embedded store.
+/// A failure of the fleet store (redb or PostgreSQL).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FleetStoreError {
@@ -54,6 +58,9 @@ pub enum FleetStoreError {
     /// The blocking task running the operation was lost.
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A PostgreSQL connection or query failed.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<redb::TransactionError> for FleetStoreError {
@@ -91,10 +98,28 @@ pub(crate) struct Group {
 }
 
 #[derive(Serialize, Deserialize)]
-struct StoredGroup {
+pub(crate) struct StoredGroup {
     selector: BTreeMap<String, String>,
     /// Protobuf-encoded `AgentConfigMap`, hex.
     config: String,
+}
+
+impl StoredGroup {
+    pub(crate) fn from_group(group: Group) -> Self {
+        Self {
+            selector: group.selector,
+            config: hex::encode(group.config.encode_to_vec()),
+        }
+    }
+
+    pub(crate) fn into_group(self) -> Result<Group, FleetStoreError> {
+        let bytes = hex::decode(&self.config)
+            .map_err(|error| FleetStoreError::Corrupt(error.to_string()))?;
+        Ok(Group {
+            selector: self.selector,
+            config: decode_config(&bytes)?,
+        })
+    }
 }
 
 /// Where the config offered to an agent came from.
@@ -146,7 +171,7 @@ impl AgentEvent {
     /// Connection churn: coalesced when repeated, and the first to go when
     /// the history is full, so the offer or command that started a loop
     /// stays visible.
-    fn is_churn(&self) -> bool {
+    pub(crate) fn is_churn(&self) -> bool {
         matches!(
             self.kind.as_str(),
             "connected" | "disconnected" | "throttled" | "identity"
@@ -154,13 +179,24 @@ impl AgentEvent {
     }
 }
 
-/// The fleet server's embedded store: a redb database in a file, or in
-/// memory. Cheap to clone. It is the registry's [`AgentStore`], so agents
-/// and their last full state survive a restart, and it keeps configs,
-/// groups, config history and recent events beside them.
+/// The fleet server's store: a redb database in a file or in memory, or a
+/// PostgreSQL database shared by several instances. Cheap to clone. It is
+/// the registry's [`AgentStore`], so agents and their last full state
+/// survive a restart, and it keeps configs, groups, config history and
+/// recent events beside them.
 #[derive(Clone)]
 pub struct FleetStore {
-    db: Arc<Database>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Redb(Arc<Database>),
+    Postgres {
+        backend: opamp_server_postgres::PgBackend,
+        agents: opamp_server_postgres::PgStore,
+        fleet: PgFleetData,
+    },
 }
 
 impl std::fmt::Debug for FleetStore {
@@ -194,7 +230,77 @@ impl FleetStore {
         txn.open_table(HISTORY)?;
         txn.open_table(EVENTS)?;
         txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            backend: Backend::Redb(Arc::new(db)),
+        })
+    }
+
+    /// Connects to PostgreSQL as server instance `instance` (unique among
+    /// running instances): agent records and their routing through
+    /// `opamp-server-postgres`, the fleet's own data in `fleet_*` tables
+    /// (created if missing). Call inside a Tokio runtime.
+    pub async fn postgres(
+        config: opamp_server_postgres::Config,
+        instance: &str,
+    ) -> Result<Self, FleetStoreError> {
+        let backend = opamp_server_postgres::PgBackend::connect(config.clone(), instance)
+            .await
+            .map_err(|error| FleetStoreError::Postgres(Box::new(error)))?;
+        let fleet = PgFleetData::start(backend.pool().clone(), config, instance.to_owned()).await?;
+        Ok(Self {
+            backend: Backend::Postgres {
+                agents: backend.store(),
+                backend,
+                fleet,
+            },
+        })
+    }
+
+    /// The PostgreSQL backend, when the store is on PostgreSQL: its bus
+    /// must back the registry too.
+    pub(crate) fn pg_backend(&self) -> Option<&opamp_server_postgres::PgBackend> {
+        match &self.backend {
+            Backend::Postgres { backend, .. } => Some(backend),
+            Backend::Redb(_) => None,
+        }
+    }
+
+    /// Changes made by other instances, when the store is shared.
+    pub(crate) fn subscribe_changes(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<super::store_pg::FleetChange>> {
+        match &self.backend {
+            Backend::Postgres { fleet, .. } => Some(fleet.subscribe()),
+            Backend::Redb(_) => None,
+        }
+    }
+
+    /// Whether another instance sharing the store holds `uid`'s connection
+    /// (always false for redb).
+    pub(crate) async fn held_elsewhere(&self, uid: InstanceUid) -> Result<bool, FleetStoreError> {
+        match self.pg() {
+            Some(pg) => pg.held_by_live_instance(uid).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Leaves a shared store once the OpAMP server has stopped: stops
+    /// following other instances' changes and ends this instance's lease
+    /// and WebSocket claims. Nothing to do for redb.
+    pub async fn shutdown(&self) {
+        if let Backend::Postgres { backend, fleet, .. } = &self.backend {
+            fleet.stop();
+            if let Err(error) = backend.shutdown().await {
+                tracing::warn!(%error, "cannot leave the PostgreSQL fleet cleanly");
+            }
+        }
+    }
+
+    fn pg(&self) -> Option<&PgFleetData> {
+        match &self.backend {
+            Backend::Postgres { fleet, .. } => Some(fleet),
+            Backend::Redb(_) => None,
+        }
     }
 
     /// Runs a database operation off the async threads: commits wait for
@@ -204,7 +310,12 @@ impl FleetStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, FleetStoreError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
+        let Backend::Redb(db) = &self.backend else {
+            return Err(FleetStoreError::Corrupt(
+                "a redb operation on a PostgreSQL store".into(),
+            ));
+        };
+        let db = Arc::clone(db);
         tokio::task::spawn_blocking(move || operation(&db)).await?
     }
 
@@ -274,6 +385,9 @@ impl FleetStore {
         &self,
         uid: InstanceUid,
     ) -> Result<Option<AgentConfigMap>, FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.agent_config(uid).await;
+        }
         self.blocking(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(AGENT_CONFIGS)?;
@@ -291,6 +405,9 @@ impl FleetStore {
         uid: InstanceUid,
         config: Option<AgentConfigMap>,
     ) -> Result<(), FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.set_agent_config(uid, config).await;
+        }
         self.blocking(move |db| {
             let txn = db.begin_write()?;
             {
@@ -313,6 +430,9 @@ impl FleetStore {
 
     /// The config for agents with neither their own nor a group's.
     pub(crate) async fn default_config(&self) -> Result<Option<AgentConfigMap>, FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.default_config().await;
+        }
         self.blocking(|db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(SETTINGS)?;
@@ -329,6 +449,9 @@ impl FleetStore {
         &self,
         config: Option<AgentConfigMap>,
     ) -> Result<(), FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.set_default_config(config).await;
+        }
         self.blocking(move |db| {
             let txn = db.begin_write()?;
             {
@@ -350,6 +473,9 @@ impl FleetStore {
 
     /// Every group, by name.
     pub(crate) async fn groups(&self) -> Result<BTreeMap<String, Group>, FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.groups().await;
+        }
         self.blocking(|db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(GROUPS)?;
@@ -380,6 +506,9 @@ impl FleetStore {
         name: String,
         group: Group,
     ) -> Result<(), FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.put_group(name, group).await;
+        }
         self.blocking(move |db| {
             let stored = StoredGroup {
                 selector: group.selector,
@@ -398,6 +527,9 @@ impl FleetStore {
 
     /// Deletes a group; true if it existed.
     pub(crate) async fn remove_group(&self, name: String) -> Result<bool, FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.remove_group(name).await;
+        }
         self.blocking(move |db| {
             let txn = db.begin_write()?;
             let existed = txn.open_table(GROUPS)?.remove(name.as_str())?.is_some();
@@ -416,6 +548,9 @@ impl FleetStore {
         uid: InstanceUid,
         entry: HistoryEntry,
     ) -> Result<(), FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.push_history(uid, entry).await;
+        }
         self.blocking(move |db| {
             let key = *uid.as_bytes();
             let txn = db.begin_write()?;
@@ -452,6 +587,11 @@ impl FleetStore {
         error_message: String,
         now_ms: u64,
     ) -> Result<Option<HistoryEntry>, FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg
+                .settle_history(uid, config_hash, outcome, error_message, now_ms)
+                .await;
+        }
         self.blocking(move |db| {
             let key = *uid.as_bytes();
             let txn = db.begin_write()?;
@@ -490,6 +630,9 @@ impl FleetStore {
         &self,
         uid: InstanceUid,
     ) -> Result<Vec<HistoryEntry>, FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.history(uid).await;
+        }
         self.blocking(move |db| read_newest_first(db, HISTORY, *uid.as_bytes()))
             .await
     }
@@ -502,6 +645,9 @@ impl FleetStore {
         uid: InstanceUid,
         event: AgentEvent,
     ) -> Result<(), FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.push_event(uid, event).await;
+        }
         self.blocking(move |db| {
             let txn = db.begin_write()?;
             append_event(
@@ -521,12 +667,18 @@ impl FleetStore {
         &self,
         uid: InstanceUid,
     ) -> Result<Vec<AgentEvent>, FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.events(uid).await;
+        }
         self.blocking(move |db| read_newest_first(db, EVENTS, *uid.as_bytes()))
             .await
     }
 
     /// Forgets everything about `uid`.
     pub(crate) async fn forget_agent(&self, uid: InstanceUid) -> Result<(), FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.forget_agent(uid).await;
+        }
         self.blocking(move |db| {
             let key = *uid.as_bytes();
             let txn = db.begin_write()?;
@@ -550,15 +702,17 @@ fn builder() -> redb::Builder {
     builder
 }
 
-fn decode_config(bytes: &[u8]) -> Result<AgentConfigMap, FleetStoreError> {
+pub(crate) fn decode_config(bytes: &[u8]) -> Result<AgentConfigMap, FleetStoreError> {
     AgentConfigMap::decode(bytes).map_err(|error| FleetStoreError::Corrupt(error.to_string()))
 }
 
-fn encode_json(value: &impl Serialize) -> Result<Vec<u8>, FleetStoreError> {
+pub(crate) fn encode_json(value: &impl Serialize) -> Result<Vec<u8>, FleetStoreError> {
     serde_json::to_vec(value).map_err(|error| FleetStoreError::Corrupt(error.to_string()))
 }
 
-fn decode_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FleetStoreError> {
+pub(crate) fn decode_json<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+) -> Result<T, FleetStoreError> {
     serde_json::from_slice(bytes).map_err(|error| FleetStoreError::Corrupt(error.to_string()))
 }
 
@@ -681,24 +835,51 @@ fn backend_error(error: FleetStoreError) -> opamp_server::StoreError {
     opamp_server::StoreError::backend(error)
 }
 
+/// On PostgreSQL, agent records are `opamp-server-postgres`'s (its
+/// compare-and-set saves keep instances from overwriting each other).
 impl AgentStore for FleetStore {
     fn load(
         &self,
         uid: InstanceUid,
     ) -> BoxFuture<'_, Result<Option<AgentRecord>, opamp_server::StoreError>> {
+        if let Backend::Postgres { agents, .. } = &self.backend {
+            return agents.load(uid);
+        }
         Box::pin(async move { self.load_record(uid).await.map_err(backend_error) })
     }
 
     fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), opamp_server::StoreError>> {
+        if let Backend::Postgres { agents, .. } = &self.backend {
+            return agents.save(record);
+        }
         Box::pin(async move { self.save_record(record).await.map_err(backend_error) })
     }
 
     fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), opamp_server::StoreError>> {
+        if let Backend::Postgres { agents, .. } = &self.backend {
+            return agents.remove(uid);
+        }
         Box::pin(async move { self.remove_record(uid).await.map_err(backend_error) })
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, opamp_server::StoreError>> {
+        if let Backend::Postgres { agents, .. } = &self.backend {
+            return agents.list();
+        }
         Box::pin(async move { self.list_records().await.map_err(backend_error) })
+    }
+
+    fn contains(&self, uid: InstanceUid) -> BoxFuture<'_, Result<bool, opamp_server::StoreError>> {
+        if let Backend::Postgres { agents, .. } = &self.backend {
+            return agents.contains(uid);
+        }
+        Box::pin(async move {
+            Ok(self
+                .load_record(uid)
+                .await
+                .map_err(backend_error)?
+                .is_some())
+        })
     }
 }
 
