@@ -567,12 +567,7 @@ async fn three_instances_on_one_database_share_the_fleet_and_survive_a_kill() {
         let sequence_num = u64::try_from(index).unwrap() + 1;
         let mut message = http_agent_message(http_uid, sequence_num);
         if full_state_wanted {
-            // An instance that still has a session for the agent from an
-            // earlier poll does not claim it again, so its save is refused
-            // as a stale owner (another instance claimed since) and it asks
-            // for everything (a known limit of opamp-server with
-            // opamp-server-postgres for plain HTTP); answer as a real agent
-            // does.
+            // Answer as a real agent does (asserted below not to happen).
             message.agent_description = first.agent_description.clone();
         }
         message.remote_config_status = Some(if offers.is_empty() {
@@ -597,7 +592,13 @@ async fn three_instances_on_one_database_share_the_fleet_and_survive_a_kill() {
             offers.push((sequence_num, hex::encode(&offer.config_hash)));
         }
     }
-    eprintln!("plain-HTTP polls over three instances: {full_state_requests} full-state requests");
+    // One consistent state: an instance that still has a session from an
+    // earlier poll claims the agent again when its save meets a newer
+    // claim, instead of dropping the poll and asking for everything.
+    assert_eq!(
+        full_state_requests, 0,
+        "plain-HTTP polls over three instances asked for the full state"
+    );
     assert_eq!(
         offers,
         vec![(1, http_hash.clone())],

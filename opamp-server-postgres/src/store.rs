@@ -373,11 +373,11 @@ impl PgStore {
             if let (Some(epoch), Some(current)) = (fence, owner_epoch) {
                 if current > epoch {
                     lock(&shared.bases).remove(&uid);
-                    return Err(StoreError::backend(SaveConflict::StaleOwner {
+                    return Err(StoreError::NotOwner(Box::new(SaveConflict::StaleOwner {
                         uid,
                         epoch,
                         current,
-                    }));
+                    })));
                 }
             }
             let theirs_version: Option<i64> = row.get(1);

@@ -246,7 +246,9 @@ async fn pg_store_passes_the_suite() {
 
 fn conflict(error: &StoreError) -> Option<&SaveConflict> {
     match error {
-        StoreError::Backend(source) => source.downcast_ref::<SaveConflict>(),
+        StoreError::Backend(source) | StoreError::NotOwner(source) => {
+            source.downcast_ref::<SaveConflict>()
+        }
         _ => None,
     }
 }

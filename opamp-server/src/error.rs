@@ -14,6 +14,14 @@ pub enum StoreError {
     /// A stored record could not be decoded.
     #[error("stored agent record is corrupt: {0}")]
     Corrupt(String),
+    /// The save was refused because another server instance has claimed the
+    /// agent's connection since this one did (a store that fences writers
+    /// by ownership, see [`MessageBus::agent_connected`](crate::MessageBus::agent_connected)).
+    /// When the agent is talking to this instance right now (a plain-HTTP
+    /// agent whose polls reach several instances), the registry claims it
+    /// again and retries once; otherwise it drops the stale write.
+    #[error("this instance no longer owns the agent: {0}")]
+    NotOwner(#[source] Box<dyn StdError + Send + Sync>),
 }
 
 impl StoreError {

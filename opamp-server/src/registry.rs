@@ -974,7 +974,23 @@ impl RegistryInner {
         }
         for record in save {
             let saved_uid = record.uid;
-            if let Err(error) = self.store.save(record).await {
+            // A plain-HTTP agent's polls may reach several instances: if one
+            // of the others claimed it meanwhile, this poll proves the agent
+            // is talking to this instance now (a WebSocket's claim is made
+            // when it connects and stands).
+            let retry =
+                (connection.transport() == TransportKind::PlainHttp).then(|| record.clone());
+            let saved = match (self.store.save(record).await, retry) {
+                (Err(StoreError::NotOwner(why)), Some(record)) => {
+                    tracing::info!(uid = %saved_uid, %why, "agent polled another instance meanwhile; claiming it again");
+                    self.bus
+                        .agent_connected(saved_uid, TransportKind::PlainHttp)
+                        .await;
+                    self.store.save(record).await
+                }
+                (other, _) => other,
+            };
+            if let Err(error) = saved {
                 tracing::error!(uid = %saved_uid, %error, "agent store save failed");
                 if saved_uid == key {
                     // The next message brings everything again, once the
@@ -1120,8 +1136,16 @@ impl RegistryInner {
                         if let Some(session) = parked {
                             session.apply_to(&mut record);
                         }
-                        if let Err(error) = self.store.save(record).await {
-                            tracing::error!(%uid, %error, "agent store save failed");
+                        match self.store.save(record).await {
+                            Ok(()) => {}
+                            // Another instance holds the agent by now; what
+                            // this one knew is older.
+                            Err(StoreError::NotOwner(why)) => {
+                                tracing::info!(%uid, %why, "closing connection's save dropped: the agent moved");
+                            }
+                            Err(error) => {
+                                tracing::error!(%uid, %error, "agent store save failed");
+                            }
                         }
                     }
                     Ok(None) => {}
