@@ -74,11 +74,23 @@ impl Write for CappedBuffer {
 
 /// Incremental gzip decoder with a cap on the decompressed size. Feed it the
 /// compressed chunks as they arrive, then [`finish`](Self::finish).
+///
+/// The compressed stream reaches the decoder in blocks of [`FEED_BLOCK`]
+/// bytes at fixed offsets, whatever the chunks it arrived in: the decoder
+/// flushes output between writes, so with the peer's chunking deciding the
+/// writes, a body that both inflates past the limit and turns corrupt later
+/// could be "too large" in one delivery and "corrupt" in another. Fixed
+/// blocks make the verdict depend on the bytes alone (found by fuzzing).
 #[derive(Debug)]
 pub(crate) struct BoundedGunzip {
     decoder: MultiGzDecoder<CappedBuffer>,
     limit: usize,
+    /// Compressed bytes short of a whole block.
+    pending: Vec<u8>,
 }
+
+/// See [`BoundedGunzip`].
+const FEED_BLOCK: usize = 4096;
 
 impl BoundedGunzip {
     pub(crate) fn new(limit: usize) -> Self {
@@ -89,7 +101,14 @@ impl BoundedGunzip {
                 overflowed: false,
             }),
             limit,
+            pending: Vec::new(),
         }
+    }
+
+    fn write_block(&mut self, block: &[u8]) -> Result<(), InflateError> {
+        self.decoder
+            .write_all(block)
+            .map_err(|error| self.map_error(error))
     }
 
     fn map_error(&self, error: io::Error) -> InflateError {
@@ -100,16 +119,36 @@ impl BoundedGunzip {
         }
     }
 
-    /// Decompresses one more chunk of compressed input.
+    /// Decompresses one more chunk of compressed input (in whole blocks;
+    /// the rest waits for the next chunk or [`finish`](Self::finish)).
     pub(crate) fn feed(&mut self, compressed: &[u8]) -> Result<(), InflateError> {
-        self.decoder
-            .write_all(compressed)
-            .map_err(|error| self.map_error(error))
+        let mut input = compressed;
+        if !self.pending.is_empty() {
+            let take = (FEED_BLOCK - self.pending.len()).min(input.len());
+            self.pending.extend_from_slice(&input[..take]);
+            input = &input[take..];
+            if self.pending.len() < FEED_BLOCK {
+                return Ok(());
+            }
+            let block = std::mem::take(&mut self.pending);
+            self.write_block(&block)?;
+        }
+        while input.len() >= FEED_BLOCK {
+            let (block, rest) = input.split_at(FEED_BLOCK);
+            self.write_block(block)?;
+            input = rest;
+        }
+        self.pending.extend_from_slice(input);
+        Ok(())
     }
 
     /// Checks the gzip trailer (CRC, length) and returns the output. A stream
     /// cut short is an error.
     pub(crate) fn finish(mut self) -> Result<Vec<u8>, InflateError> {
+        if !self.pending.is_empty() {
+            let block = std::mem::take(&mut self.pending);
+            self.write_block(&block)?;
+        }
         match self.decoder.try_finish() {
             Ok(()) => Ok(std::mem::take(&mut self.decoder.get_mut().data)),
             Err(error) => Err(self.map_error(error)),
@@ -340,6 +379,76 @@ mod tests {
             decompress(&packed, 9_999),
             Err(InflateError::TooLarge { limit: 9_999 })
         ));
+    }
+
+    /// A stream that inflates past the limit and is corrupt further on gets
+    /// one verdict however it is chunked. Found by fuzzing `http_body`: this
+    /// body (a deflate stream of repeated zeros, then garbage) was "corrupt"
+    /// in one piece and "too large" in 28-byte chunks.
+    #[test]
+    fn the_verdict_does_not_depend_on_the_chunking() {
+        let mut stream = vec![0u8; 204];
+        for (at, byte) in [
+            (0, 0x1f),
+            (1, 0x8b),
+            (2, 0x08),
+            (8, 0x02),
+            (9, 0xff),
+            (10, 0xed),
+            (11, 0xc0),
+            (12, 0x31),
+            (13, 0x01),
+            (17, 0xc2),
+            (18, 0xa0),
+            (19, 0xf5),
+            (20, 0x4f),
+            (21, 0x6d),
+            (22, 0x08),
+            (23, 0x5f),
+            (24, 0x28),
+            (114, 0x5c),
+            (177, 0x80),
+            (178, 0xcf),
+            (180, 0x1c),
+            (181, 0xea),
+            (182, 0x38),
+            (183, 0xa7),
+            (186, 0x10),
+            (187, 0xb2),
+            (188, 0xff),
+            (189, 0x7c),
+            (190, 0x3d),
+            (191, 0x8e),
+            (194, 0x70),
+            (195, 0x6f),
+            (196, 0x6e),
+            (197, 0x74),
+            (198, 0x2d),
+            (199, 0x30),
+        ] {
+            stream[at] = byte;
+        }
+        let limit = 64 * 1024;
+        let verdict = |chunk: usize| {
+            let mut decoder = BoundedGunzip::new(limit);
+            let mut outcome = Ok(());
+            for piece in stream.chunks(chunk) {
+                outcome = decoder.feed(piece);
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            let outcome = outcome.and_then(|()| decoder.finish().map(|_| ()));
+            match outcome {
+                Ok(()) => "ok",
+                Err(InflateError::TooLarge { .. }) => "too large",
+                Err(InflateError::Corrupt(_)) => "corrupt",
+            }
+        };
+        let whole = verdict(stream.len());
+        for chunk in [1, 7, 28, 100, 4095, 4096, 4097] {
+            assert_eq!(verdict(chunk), whole, "chunks of {chunk}");
+        }
     }
 
     /// HTTP-17/HTTP-18: 64 KiB of gzip (64 members of 1 MiB of zeros)
