@@ -191,6 +191,7 @@
 //! use http::{Request, Response};
 //! use http_body_util::Full;
 //! use opamp_proto::ServerToAgent;
+//! use opamp_transport::TransportKind;
 //! use opamp_transport::http::server::{RequestKind, classify, read_agent_message, response_for};
 //!
 //! const LIMIT: usize = opamp_transport::DEFAULT_MAX_MESSAGE_SIZE;
