@@ -1,14 +1,16 @@
 //! `PgBus` between two server instances in one process: two registries,
 //! two backends on one database, real WebSocket agents.
 //!
-//! The registry does not claim agents itself yet, so each test claims the
-//! way it will: right after the agent's connection starts.
+//! The registry claims an agent for its instance when the agent's
+//! connection starts (`MessageBus::agent_connected`); tests that play a
+//! second instance without a registry claim through its bus directly.
 
 mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use opamp_proto::{InstanceUid, Message, ServerToAgent};
 use opamp_server::{AgentEvent, Delivery, MessageBus, OpampServer, Registry, TransportKind};
 use opamp_server_postgres::{Config, PgBus};
@@ -264,6 +266,59 @@ async fn a_row_for_a_stale_epoch_is_never_delivered() {
         outbox_rows(&config).await == 0
     })
     .await;
+}
+
+/// Two instances claiming the same agent: the newer epoch wins and the
+/// connection under the older claim is closed as soon as it tries to write.
+#[tokio::test]
+async fn the_connection_under_an_older_claim_is_closed() {
+    let Some(config) = fresh_database().await else {
+        return;
+    };
+    let a = instance(&config, "a").await;
+    let b = backend(&config, "b").await;
+    let agent = InstanceUid::from_array([8; 16]);
+    let (mut ws, first) = connect_agent(&a, agent).await;
+    let second = b
+        .bus()
+        .claim(agent, TransportKind::WebSocket)
+        .await
+        .unwrap();
+    assert!(second > first);
+    let mut events = a.registry.subscribe();
+    // A status change on the old connection must be saved, which the newer
+    // claim refuses: a closes the connection.
+    let mut changed = heartbeat(agent, 1);
+    changed.health = Some(opamp_proto::ComponentHealth {
+        healthy: false,
+        ..Default::default()
+    });
+    ws_send(&mut ws, &changed).await;
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("ended without a Close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a closes the older connection");
+    assert_eq!(closed.map(|frame| u16::from(frame.code)), Some(1000));
+    let reason = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(AgentEvent::Disconnected { uid, reason }) = events.recv().await {
+                if uid == agent {
+                    break reason;
+                }
+            }
+        }
+    })
+    .await
+    .expect("a disconnected event");
+    assert_eq!(reason, opamp_server::DisconnectReason::Replaced);
+    assert_eq!(b.bus().epoch(agent), Some(second), "b keeps its claim");
 }
 
 #[tokio::test]

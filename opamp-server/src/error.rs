@@ -17,9 +17,10 @@ pub enum StoreError {
     /// The save was refused because another server instance has claimed the
     /// agent's connection since this one did (a store that fences writers
     /// by ownership, see [`MessageBus::agent_connected`](crate::MessageBus::agent_connected)).
-    /// When the agent is talking to this instance right now (a plain-HTTP
-    /// agent whose polls reach several instances), the registry claims it
-    /// again and retries once; otherwise it drops the stale write.
+    /// A plain-HTTP agent whose polls reach several instances is claimed
+    /// again and the save retried once; a WebSocket under the older claim is
+    /// closed ([`DisconnectReason::Replaced`](crate::DisconnectReason::Replaced)):
+    /// the newer claim wins. A late save of a closed connection is dropped.
     #[error("this instance no longer owns the agent: {0}")]
     NotOwner(#[source] Box<dyn StdError + Send + Sync>),
 }

@@ -988,6 +988,15 @@ impl RegistryInner {
                         .await;
                     self.store.save(record).await
                 }
+                (Err(StoreError::NotOwner(why)), None) => {
+                    // The agent's uid is held on another instance under a
+                    // newer claim (the same agent reconnected there, or a
+                    // second agent with its uid): the newer claim wins and
+                    // this older connection goes.
+                    tracing::info!(uid = %saved_uid, %why, connection = connection.id(), "agent claimed by another instance; closing this connection");
+                    connection.close_for(DisconnectReason::Replaced);
+                    continue;
+                }
                 (other, _) => other,
             };
             if let Err(error) = saved {
