@@ -15,9 +15,6 @@ use http::header::CONTENT_ENCODING;
 use http_body::Body;
 use http_body_util::BodyExt;
 
-#[cfg(feature = "server")]
-use crate::http::server::ReadError;
-
 /// Gzips `data` in memory.
 pub(crate) fn compress(data: &[u8]) -> Vec<u8> {
     // Deflate never expands by more than a few bytes per 64 KiB block.
@@ -164,7 +161,7 @@ impl BoundedGunzip {
 }
 
 /// Decompresses a whole gzip buffer with a cap on the output.
-#[cfg(test)]
+#[cfg(any(test, feature = "server"))]
 pub(crate) fn decompress(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
     let mut decoder = BoundedGunzip::new(limit);
     decoder.feed(compressed)?;
@@ -335,24 +332,6 @@ where
 /// ```
 pub fn encode_gzip_body<M: prost::Message>(message: &M) -> Bytes {
     Bytes::from(compress(&message.encode_to_vec()))
-}
-
-/// Gunzips a plain-HTTP body with the size limit applied to the decompressed
-/// bytes (HTTP-18), then decodes it. Errors are the ones a server answers
-/// with: [`ReadError::TooLarge`] (413), [`ReadError::InvalidGzip`] or
-/// [`ReadError::Decode`] (400).
-#[cfg(feature = "server")]
-pub fn decode_gzip_body<M: prost::Message + Default>(
-    body: &[u8],
-    limit: usize,
-) -> Result<M, ReadError> {
-    let mut decoder = BoundedGunzip::new(limit);
-    let inflated = decoder.feed(body).and_then(|()| decoder.finish());
-    let plain = inflated.map_err(|error| match error {
-        InflateError::TooLarge { limit } => ReadError::TooLarge { limit },
-        InflateError::Corrupt(io) => ReadError::InvalidGzip(io),
-    })?;
-    M::decode(Bytes::from(plain)).map_err(ReadError::Decode)
 }
 
 #[cfg(test)]

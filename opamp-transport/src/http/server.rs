@@ -18,9 +18,7 @@ use opamp_proto::{AgentToServer, InstanceUid, Message, ServerToAgent};
 
 use super::{OPAMP_INSTANCE_UID, PROTOBUF_CONTENT_TYPE};
 use crate::TransportKind;
-use crate::gzip::{self, CollectError};
-
-pub use crate::gzip::decode_gzip_body;
+use crate::gzip::{self, CollectError, InflateError};
 
 /// Responses smaller than this are not worth gzipping: the gzip framing
 /// alone is 18 bytes and tiny protobufs barely compress.
@@ -455,6 +453,21 @@ fn text_response(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// Gunzips a plain-HTTP body with the size limit applied to the decompressed
+/// bytes (HTTP-18), then decodes it. Errors are the ones a server answers
+/// with: [`ReadError::TooLarge`] (413), [`ReadError::InvalidGzip`] or
+/// [`ReadError::Decode`] (400).
+pub fn decode_gzip_body<M: prost::Message + Default>(
+    body: &[u8],
+    limit: usize,
+) -> Result<M, ReadError> {
+    let plain = gzip::decompress(body, limit).map_err(|error| match error {
+        InflateError::TooLarge { limit } => ReadError::TooLarge { limit },
+        InflateError::Corrupt(io) => ReadError::InvalidGzip(io),
+    })?;
+    M::decode(Bytes::from(plain)).map_err(ReadError::Decode)
 }
 
 #[cfg(test)]
