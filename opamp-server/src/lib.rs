@@ -192,6 +192,8 @@ mod serve;
 mod server;
 mod shared;
 mod store;
+#[cfg(test)]
+mod test_messages;
 mod vocab;
 mod ws;
 

@@ -5,8 +5,8 @@ use std::sync::Mutex as StdMutex;
 
 use bytes::Bytes;
 use opamp_proto::{
-    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentDisconnect,
-    AgentToServer, AgentToServerFlags, AvailableComponents, ComponentDetails, ComponentHealth,
+    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDisconnect, AgentToServer,
+    AgentToServerFlags, AvailableComponents, ComponentDetails, ComponentHealth,
     ConnectionSettingsOffers, CustomCapabilities, CustomMessage, InstanceUid,
     OpAmpConnectionSettings, PackageStatuses, PackagesAvailable, RemoteConfigStatus,
     RemoteConfigStatuses, ServerToAgent, ServerToAgentFlags, TelemetryConnectionSettings,
@@ -16,15 +16,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::error::BusError;
 use crate::store::BoxFuture;
-
-const CAPS: AgentCapabilities = AgentCapabilities::REPORTS_STATUS
-    .union(AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
-    .union(AgentCapabilities::REPORTS_REMOTE_CONFIG)
-    .union(AgentCapabilities::REPORTS_HEALTH);
-
-fn uid(n: u8) -> InstanceUid {
-    InstanceUid::from_array([n; 16])
-}
+use crate::test_messages::{CAPS, compressed, description, full, uid};
 
 fn config() -> Arc<ConnectionConfig> {
     Arc::new(ConnectionConfig::default())
@@ -32,35 +24,6 @@ fn config() -> Arc<ConnectionConfig> {
 
 fn websocket() -> (Connection, mpsc::Receiver<Box<ServerToAgent>>) {
     Connection::websocket(PeerInfo::default(), config())
-}
-
-fn description() -> AgentDescription {
-    AgentDescription::for_service("io.example.agent", "1.0")
-}
-
-/// A full first report.
-fn full(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
-    AgentToServer {
-        instance_uid: uid.to_bytes(),
-        sequence_num,
-        capabilities: CAPS.bits(),
-        agent_description: Some(description()),
-        health: Some(ComponentHealth {
-            healthy: true,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// A compressed report: nothing changed.
-fn compressed(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
-    AgentToServer {
-        instance_uid: uid.to_bytes(),
-        sequence_num,
-        capabilities: CAPS.bits(),
-        ..Default::default()
-    }
 }
 
 fn asks_full_state(received: &Received) -> bool {

@@ -112,19 +112,10 @@ impl<C: Callbacks> OpampServer<C> {
                     addr: Some(addr),
                     certificates: None,
                 };
-                let head_seen = Arc::new(AtomicBool::new(false));
                 match tls {
                     None => {
-                        let service = PeerService {
-                            server,
-                            peer,
-                            head_seen: head_seen.clone(),
-                        };
-                        let connection = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .into_owned();
-                        let served = watcher.watch(connection);
-                        first_head_within(header_read_timeout, &head_seen, served).await;
+                        serve_stream(stream, server, peer, &builder, watcher, header_read_timeout)
+                            .await
                     }
                     Some(acceptor) => {
                         let Some(stream) = handshake(acceptor, stream, header_read_timeout).await
@@ -132,16 +123,8 @@ impl<C: Callbacks> OpampServer<C> {
                             return;
                         };
                         peer.certificates = client_certificates(&stream);
-                        let service = PeerService {
-                            server,
-                            peer,
-                            head_seen: head_seen.clone(),
-                        };
-                        let connection = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                            .into_owned();
-                        let served = watcher.watch(connection);
-                        first_head_within(header_read_timeout, &head_seen, served).await;
+                        serve_stream(stream, server, peer, &builder, watcher, header_read_timeout)
+                            .await;
                     }
                 }
             });
@@ -162,6 +145,32 @@ impl<C: Callbacks> OpampServer<C> {
         }
         Ok(())
     }
+}
+
+/// Serves one accepted stream (plain TCP or after the TLS handshake) until it
+/// ends or the graceful shutdown takes it.
+async fn serve_stream<C, S>(
+    stream: S,
+    server: OpampServer<C>,
+    peer: PeerInfo,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    header_read_timeout: Duration,
+) where
+    C: Callbacks,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let head_seen = Arc::new(AtomicBool::new(false));
+    let service = PeerService {
+        server,
+        peer,
+        head_seen: head_seen.clone(),
+    };
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    let served = watcher.watch(connection);
+    first_head_within(header_read_timeout, &head_seen, served).await;
 }
 
 /// Runs a connection, closing it if no request head arrived within

@@ -195,14 +195,7 @@ impl PackageSyncerBuilder {
             error_message: String::new(),
         };
         let shared = Arc::new(Shared {
-            store: self.store,
-            downloader: self.downloader,
-            verifier: self.verifier,
-            idle_timeout: self.idle_timeout,
-            max_package_size: self.max_package_size,
-            progress_interval: self.progress_interval,
-            on_statuses: self.on_statuses,
-            on_event: self.on_event,
+            options: self,
             latest: Mutex::new(None),
         });
         shared.publish(&initial);
@@ -341,14 +334,8 @@ struct OfferSlot {
 }
 
 struct Shared {
-    store: Arc<dyn PackageStore>,
-    downloader: Arc<dyn Downloader>,
-    verifier: Arc<dyn PackageVerifier>,
-    idle_timeout: Duration,
-    max_package_size: u64,
-    progress_interval: Duration,
-    on_statuses: Option<StatusesCallback>,
-    on_event: Option<EventCallback>,
+    /// What the builder was given, kept as it is.
+    options: PackageSyncerBuilder,
     latest: Mutex<Option<PackageStatuses>>,
 }
 
@@ -368,7 +355,7 @@ impl Shared {
             }
             *latest = Some(statuses.clone());
         }
-        if let Some(callback) = &self.on_statuses {
+        if let Some(callback) = &self.options.on_statuses {
             callback(statuses.clone());
         }
     }
@@ -383,7 +370,7 @@ impl Shared {
             }
             PackageEvent::Removed { name } => tracing::info!(%name, "package removed"),
         }
-        if let Some(callback) = &self.on_event {
+        if let Some(callback) = &self.options.on_event {
             callback(&event);
         }
     }
@@ -472,7 +459,8 @@ async fn sync_offer(
     offer: &PackagesAvailable,
     cancel: &mut watch::Receiver<OfferSlot>,
 ) -> Result<(), Superseded> {
-    let installed: BTreeMap<String, InstalledPackage> = match shared.store.installed().await {
+    let installed: BTreeMap<String, InstalledPackage> = match shared.options.store.installed().await
+    {
         Ok(list) => list
             .into_iter()
             .map(|package| (package.info.name.clone(), package))
@@ -485,6 +473,7 @@ async fn sync_offer(
         }
     };
     let local_hash = shared
+        .options
         .store
         .all_packages_hash()
         .await
@@ -519,7 +508,7 @@ async fn sync_offer(
         if offer.packages.contains_key(name) {
             continue;
         }
-        match shared.store.remove(name).await {
+        match shared.options.store.remove(name).await {
             Ok(()) => shared.event(PackageEvent::Removed { name: name.clone() }),
             Err(error) => {
                 problems.push(format!("could not remove package {name:?}: {error}"));
@@ -603,6 +592,7 @@ async fn sync_offer(
 
     if all_installed
         && let Err(error) = shared
+            .options
             .store
             .set_all_packages_hash(offer.all_packages_hash.clone())
             .await
@@ -641,6 +631,7 @@ async fn install_one(
     if have.is_some_and(|p| p.info.content_hash == file.content_hash) {
         reporter.set(PackageStatusEnum::Installing, None);
         return shared
+            .options
             .store
             .update_info(&info)
             .await
@@ -651,6 +642,7 @@ async fn install_one(
     }
     // Refuse before downloading if the verifier already knows it will.
     let check = shared
+        .options
         .verifier
         .begin(&PackageToVerify {
             name,
@@ -698,23 +690,24 @@ async fn download(
         biased;
         _ = cancel.changed() => return Err(InstallError::Superseded),
         response = timeout(
-            shared.idle_timeout,
-            shared.downloader.download(&file.download_url, headers),
+            shared.options.idle_timeout,
+            shared.options.downloader.download(&file.download_url, headers),
         ) => response
-            .map_err(|_| PackageSyncError::Stalled(shared.idle_timeout))?
+            .map_err(|_| PackageSyncError::Stalled(shared.options.idle_timeout))?
             .map_err(PackageSyncError::Download)?,
     };
     if response
         .content_length
-        .is_some_and(|length| length > shared.max_package_size)
+        .is_some_and(|length| length > shared.options.max_package_size)
     {
         return Err(PackageSyncError::TooLarge {
-            limit: shared.max_package_size,
+            limit: shared.options.max_package_size,
         }
         .into());
     }
 
     let mut writer = shared
+        .options
         .store
         .begin_install(info)
         .await
@@ -761,18 +754,18 @@ async fn receive(
         let next = tokio::select! {
             biased;
             _ = cancel.changed() => return Err(InstallError::Superseded),
-            next = timeout(shared.idle_timeout, body.next()) => next,
+            next = timeout(shared.options.idle_timeout, body.next()) => next,
         };
         let chunk = match next {
-            Err(_) => return Err(PackageSyncError::Stalled(shared.idle_timeout).into()),
+            Err(_) => return Err(PackageSyncError::Stalled(shared.options.idle_timeout).into()),
             Ok(None) => break,
             Ok(Some(Err(error))) => return Err(PackageSyncError::Download(error).into()),
             Ok(Some(Ok(chunk))) => chunk,
         };
         received = received.saturating_add(chunk.len() as u64);
-        if received > shared.max_package_size {
+        if received > shared.options.max_package_size {
             return Err(PackageSyncError::TooLarge {
-                limit: shared.max_package_size,
+                limit: shared.options.max_package_size,
             }
             .into());
         }
@@ -788,7 +781,7 @@ async fn receive(
 
         // PKG-15: progress at a bounded rate.
         let now = Instant::now();
-        if now.duration_since(last_report) >= shared.progress_interval {
+        if now.duration_since(last_report) >= shared.options.progress_interval {
             last_report = now;
             reporter.set(
                 PackageStatusEnum::Downloading,

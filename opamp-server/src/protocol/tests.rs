@@ -4,45 +4,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use opamp_proto::{
-    AgentCapabilities, AgentConfigMap, AgentDescription, AgentDisconnect, AgentRemoteConfig,
-    AgentToServer, AgentToServerFlags, ComponentHealth, InstanceUid, ServerErrorResponseType,
-    ServerToAgentFlags, config_hash,
+    AgentCapabilities, AgentConfigMap, AgentDisconnect, AgentRemoteConfig, AgentToServer,
+    AgentToServerFlags, ComponentHealth, InstanceUid, ServerErrorResponseType, ServerToAgentFlags,
+    config_hash,
 };
 
 use super::*;
 use crate::record::AgentRecord;
-
-const CAPS: AgentCapabilities = AgentCapabilities::REPORTS_STATUS
-    .union(AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
-    .union(AgentCapabilities::REPORTS_REMOTE_CONFIG)
-    .union(AgentCapabilities::REPORTS_HEALTH);
-
-fn uid(n: u8) -> InstanceUid {
-    InstanceUid::from_array([n; 16])
-}
-
-fn full(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
-    AgentToServer {
-        instance_uid: uid.to_bytes(),
-        sequence_num,
-        capabilities: CAPS.bits(),
-        agent_description: Some(AgentDescription::for_service("io.example.core", "1.0")),
-        health: Some(ComponentHealth {
-            healthy: true,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn compressed(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
-    AgentToServer {
-        instance_uid: uid.to_bytes(),
-        sequence_num,
-        capabilities: CAPS.bits(),
-        ..Default::default()
-    }
-}
+use crate::test_messages::{compressed, full, uid};
 
 fn ws(id: u64) -> ConnectionRef {
     ConnectionRef::new(id, TransportKind::WebSocket, None)
