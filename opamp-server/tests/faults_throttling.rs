@@ -7,20 +7,18 @@
 //! Paused time: the agents' clocks are the server's, so the spacing of each
 //! agent's attempts is exact, not a wall-clock estimate.
 
-mod fault_support;
-
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fault_support::{Serving, until_all, within};
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent};
 use opamp_server::{
     Callbacks, ConnectDecision, ConnectRequest, Connection, OpampServer, Refusal, TransportKind,
     unavailable_response,
 };
+use opamp_testkit::{RunningServer, until_all, within_for};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -107,7 +105,7 @@ impl<K: std::hash::Hash + Eq + Copy> StormLog<K> {
     /// Ends the storm once every agent was turned away `REFUSALS` times.
     async fn end_when_everyone_waited(&self) -> Instant {
         let mut enough = self.enough.subscribe();
-        within(
+        within_for(
             BOUND,
             "every agent is turned away",
             enough.wait_for(|n| *n >= AGENTS),
@@ -175,7 +173,7 @@ impl Callbacks for Refusing {
 
 #[tokio::test(start_paused = true)]
 async fn ws_24_http_21_conn_04_a_503_storm_is_waited_out() {
-    let serving = Serving::start(
+    let serving = RunningServer::start(
         OpampServer::builder()
             .callbacks(Refusing {
                 log: StormLog::new(),
@@ -193,7 +191,7 @@ async fn ws_24_http_21_conn_04_a_503_storm_is_waited_out() {
 
     let registry = serving.server.registry();
     let uids: Vec<InstanceUid> = agents.iter().map(|(uid, _)| *uid).collect();
-    within(
+    within_for(
         BOUND,
         "every agent is back",
         until_all(registry, uids, |record| {
@@ -245,7 +243,7 @@ impl Callbacks for Unavailable {
 
 #[tokio::test(start_paused = true)]
 async fn ws_22_ws_23_an_unavailable_storm_is_waited_out() {
-    let serving = Serving::start(
+    let serving = RunningServer::start(
         OpampServer::builder()
             .callbacks(Unavailable {
                 log: StormLog::new(),
@@ -266,7 +264,7 @@ async fn ws_22_ws_23_an_unavailable_storm_is_waited_out() {
     let uids: Vec<InstanceUid> = agents.iter().map(|(uid, _)| *uid).collect();
     // Back means: a message answered normally, on a live connection.
     let mut returned = callbacks.log.returned.subscribe();
-    within(BOUND, "every agent is back", async {
+    within_for(BOUND, "every agent is back", async {
         returned.wait_for(|count| *count == AGENTS).await.unwrap();
         until_all(registry, uids, |record| record.is_connected()).await;
     })

@@ -1,17 +1,15 @@
 //! TLS and mutual TLS with `serve`: the client certificate reaches the
 //! callbacks and the connection handle.
 
-mod common;
-
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use common::*;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use opamp_proto::{Message, ServerToAgent};
 use opamp_server::{ConnectDecision, OpampServer, Refusal};
+use opamp_testkit::*;
 use opamp_transport::{ClientAuth, ClientTlsConfig, ServerTlsConfig, SystemRoots};
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::net::TcpStream;
@@ -83,7 +81,7 @@ fn client_tls(pki: &Pki, with_identity: bool) -> ClientTlsConfig {
 async fn mtls_client_certificate_reaches_callbacks_and_connection() {
     let pki = pki();
     let client_der = CertificateDer::from_pem_slice(pki.client.0.as_bytes()).unwrap();
-    let (recorder, _seen) = Recorder::new();
+    let (recorder, _seen) = ServerRecorder::new();
     // Authenticate by certificate: no client certificate, no service (CONN-06).
     let recorder = recorder.on_connecting(|request| match &request.peer.certificates {
         Some(chain) if !chain.is_empty() => ConnectDecision::Accept,
@@ -92,7 +90,7 @@ async fn mtls_client_certificate_reaches_callbacks_and_connection() {
     let tls = ServerTlsConfig::new(pki.server.0.clone(), pki.server.1.clone())
         .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Optional);
     let server = OpampServer::builder().callbacks(recorder).tls(tls).build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     let agent = uid(1);
 
     // Plain HTTP over TLS with a client certificate.
@@ -192,7 +190,7 @@ async fn required_client_certificates_are_enforced_by_tls() {
     let pki = pki();
     let tls = ServerTlsConfig::new(pki.server.0.clone(), pki.server.1.clone())
         .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Required);
-    let running = Running::start(OpampServer::builder().tls(tls).build()).await;
+    let running = RunningServer::start(OpampServer::builder().tls(tls).build()).await;
 
     // TLS 1.3 reports a missing client certificate after the handshake, on
     // first use; either way no OpAMP exchange happens.
@@ -250,7 +248,7 @@ fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
 
 #[test]
 fn server_registry_and_connection_are_send_sync_clone() {
-    assert_send_sync_clone::<OpampServer<Recorder>>();
+    assert_send_sync_clone::<OpampServer<ServerRecorder>>();
     assert_send_sync_clone::<opamp_server::Registry>();
     assert_send_sync_clone::<opamp_server::Connection>();
 }

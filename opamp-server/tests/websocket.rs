@@ -1,11 +1,8 @@
 //! The WebSocket half of the endpoint, driven by a raw tungstenite client.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use futures_util::SinkExt;
 use opamp_proto::{
     AgentConfigMap, AgentConfigObject, AgentDisconnect, RemoteConfigStatus, RemoteConfigStatuses,
@@ -14,18 +11,19 @@ use opamp_proto::{
 use opamp_server::{
     DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, RemoteConfigState, unavailable_response,
 };
+use opamp_testkit::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 #[tokio::test]
 async fn sts_04_uid_06_cap_07_every_message_answered_first_with_capabilities() {
-    let (recorder, _seen) = Recorder::new();
+    let (recorder, _seen) = ServerRecorder::new();
     let server = OpampServer::builder()
         .callbacks(recorder)
         .custom_capabilities(["io.example.echo"])
         .build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(1);
 
@@ -66,8 +64,8 @@ async fn sts_04_uid_06_cap_07_every_message_answered_first_with_capabilities() {
 
 #[tokio::test]
 async fn callbacks_run_in_order_for_one_connection() {
-    let (recorder, mut seen) = Recorder::new();
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let (recorder, mut seen) = ServerRecorder::new();
+    let running = RunningServer::start(OpampServer::new(recorder)).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(2);
     for sequence_num in 0..3 {
@@ -81,15 +79,18 @@ async fn callbacks_run_in_order_for_one_connection() {
     .await
     .unwrap();
 
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!("connected first")
     };
     for sequence_num in 0..3 {
-        assert_eq!(next_seen(&mut seen).await, Seen::Message(id, sequence_num));
+        assert_eq!(
+            next_server_event(&mut seen).await,
+            ServerEvent::Message(id, sequence_num)
+        );
     }
     assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::Disconnected(id, DisconnectReason::ClosedByAgent { code: Some(1000) })
+        next_server_event(&mut seen).await,
+        ServerEvent::Disconnected(id, DisconnectReason::ClosedByAgent { code: Some(1000) })
     );
     // The registry forgot the agent (MSG-07).
     let record = running
@@ -106,8 +107,8 @@ async fn callbacks_run_in_order_for_one_connection() {
 
 #[tokio::test]
 async fn msg_07_agent_disconnect_then_close() {
-    let (recorder, mut seen) = Recorder::new();
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let (recorder, mut seen) = ServerRecorder::new();
+    let running = RunningServer::start(OpampServer::new(recorder)).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(3);
     ws_send(&mut ws, &report(agent, 0)).await;
@@ -123,12 +124,14 @@ async fn msg_07_agent_disconnect_then_close() {
         ws_next(&mut ws).await,
         FromServer::Close(_) | FromServer::End
     ));
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!()
     };
-    next_seen(&mut seen).await;
-    next_seen(&mut seen).await;
-    assert!(matches!(next_seen(&mut seen).await, Seen::Disconnected(other, _) if other == id));
+    next_server_event(&mut seen).await;
+    next_server_event(&mut seen).await;
+    assert!(
+        matches!(next_server_event(&mut seen).await, ServerEvent::Disconnected(other, _) if other == id)
+    );
     drop(ws);
     running.stop().await;
 }
@@ -148,7 +151,7 @@ fn config(body: &str) -> AgentConfigMap {
 
 #[tokio::test]
 async fn rcfg_03_pushed_config_is_tracked_until_applied() {
-    let running = Running::start(OpampServer::builder().build()).await;
+    let running = RunningServer::start(OpampServer::builder().build()).await;
     let registry = running.server.registry().clone();
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(4);
@@ -191,14 +194,14 @@ async fn rcfg_03_pushed_config_is_tracked_until_applied() {
 
 #[tokio::test]
 async fn ws_22_callback_can_throttle_with_unavailable() {
-    let (recorder, _seen) = Recorder::new();
+    let (recorder, _seen) = ServerRecorder::new();
     let recorder = recorder.reply_with(|_| {
         let mut reply = unavailable_response(Some(Duration::from_secs(7)));
         // Offers next to an error are dropped (MSG-05).
         reply.flags = 1;
         Some(reply)
     });
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let running = RunningServer::start(OpampServer::new(recorder)).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(5);
     ws_send(&mut ws, &report(agent, 0)).await;
@@ -221,7 +224,7 @@ async fn ws_22_callback_can_throttle_with_unavailable() {
 
 #[tokio::test]
 async fn cap_09_callback_offers_the_agent_cannot_take_are_removed() {
-    let (recorder, _seen) = Recorder::new();
+    let (recorder, _seen) = ServerRecorder::new();
     let recorder = recorder.reply_with(|_| {
         Some(ServerToAgent {
             packages_available: Some(Default::default()),
@@ -229,7 +232,7 @@ async fn cap_09_callback_offers_the_agent_cannot_take_are_removed() {
             ..Default::default()
         })
     });
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let running = RunningServer::start(OpampServer::new(recorder)).await;
     let mut ws = ws_connect(running.addr).await;
     ws_send(&mut ws, &report(uid(6), 0)).await;
     let reply = ws_recv(&mut ws).await;
@@ -244,8 +247,8 @@ async fn cap_09_callback_offers_the_agent_cannot_take_are_removed() {
 
 #[tokio::test]
 async fn err_02_malformed_messages_get_bad_request_and_the_connection_lives() {
-    let (recorder, mut seen) = Recorder::new();
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let (recorder, mut seen) = ServerRecorder::new();
+    let running = RunningServer::start(OpampServer::new(recorder)).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(7);
     ws_send(&mut ws, &report(agent, 0)).await;
@@ -291,7 +294,7 @@ async fn err_02_malformed_messages_get_bad_request_and_the_connection_lives() {
     ws_send(&mut ws, &heartbeat(agent, 1)).await;
     assert!(ws_recv(&mut ws).await.error_response.is_none());
     let errors = std::iter::from_fn(|| seen.try_recv().ok())
-        .filter(|event| matches!(event, Seen::ReadError(_)))
+        .filter(|event| matches!(event, ServerEvent::ReadError(_)))
         .count();
     assert_eq!(errors, 3);
     drop(ws);
@@ -300,7 +303,7 @@ async fn err_02_malformed_messages_get_bad_request_and_the_connection_lives() {
 
 #[tokio::test]
 async fn ws_01_text_frames_close_the_connection() {
-    let running = Running::start(OpampServer::builder().build()).await;
+    let running = RunningServer::start(OpampServer::builder().build()).await;
     let mut ws = ws_connect(running.addr).await;
     ws.send(WsMessage::Text("hello".into())).await.unwrap();
     assert_eq!(ws_close_code(&mut ws).await, Some(1003));
@@ -310,8 +313,8 @@ async fn ws_01_text_frames_close_the_connection() {
 
 #[tokio::test]
 async fn ws_18_disconnect_closes_with_a_close_frame() {
-    let (recorder, mut seen) = Recorder::new();
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let (recorder, mut seen) = ServerRecorder::new();
+    let running = RunningServer::start(OpampServer::new(recorder)).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(8);
     ws_send(&mut ws, &report(agent, 0)).await;
@@ -323,14 +326,14 @@ async fn ws_18_disconnect_closes_with_a_close_frame() {
         .expect("connected");
     connection.disconnect();
     assert_eq!(ws_close_code(&mut ws).await, Some(1000));
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!()
     };
     assert_eq!(id, connection.id());
-    next_seen(&mut seen).await;
+    next_server_event(&mut seen).await;
     assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::Disconnected(id, DisconnectReason::Requested)
+        next_server_event(&mut seen).await,
+        ServerEvent::Disconnected(id, DisconnectReason::Requested)
     );
     assert!(connection.is_closed());
     assert!(connection.send(ServerToAgent::default()).is_err());
@@ -340,7 +343,7 @@ async fn ws_18_disconnect_closes_with_a_close_frame() {
 
 #[tokio::test]
 async fn uid_09_second_connection_with_the_same_uid_gets_a_new_one() {
-    let running = Running::start(OpampServer::builder().build()).await;
+    let running = RunningServer::start(OpampServer::builder().build()).await;
     let agent = uid(9);
     let mut first = ws_connect(running.addr).await;
     ws_send(&mut first, &report(agent, 0)).await;
@@ -366,7 +369,7 @@ async fn uid_10_refuse_policy_closes_the_duplicate() {
     let registry = opamp_server::Registry::builder()
         .duplicate_policy(opamp_server::DuplicateUidPolicy::Refuse)
         .build();
-    let running = Running::start(OpampServer::builder().registry(registry).build()).await;
+    let running = RunningServer::start(OpampServer::builder().registry(registry).build()).await;
     let agent = uid(10);
     let mut first = ws_connect(running.addr).await;
     ws_send(&mut first, &report(agent, 0)).await;

@@ -1,9 +1,6 @@
 //! The real `opamp-client` against the server, over both transports.
 
-mod common;
-
 use bytes::Bytes;
-use common::{Recorder, Running, Seen, next_seen};
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{
     AgentConfigMap, AgentConfigObject, InstanceUid, RemoteConfigStatus, RemoteConfigStatuses,
@@ -13,6 +10,7 @@ use opamp_server::{
     AgentEvent, DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, RemoteConfigState,
     TransportKind,
 };
+use opamp_testkit::{RunningServer, ServerEvent, ServerRecorder, next_server_event};
 use tokio::sync::{broadcast, mpsc};
 
 /// What the agent saw.
@@ -97,8 +95,8 @@ async fn connected(events: &mut broadcast::Receiver<AgentEvent>) -> InstanceUid 
 /// Connects, receives a pushed config, reports it applied, restarts on
 /// command and says goodbye, over the given transport.
 async fn full_round_trip(scheme: &str, transport: TransportKind) {
-    let (recorder, mut seen) = Recorder::new();
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let (recorder, mut seen) = ServerRecorder::new();
+    let running = RunningServer::start(OpampServer::new(recorder)).await;
     let registry = running.server.registry().clone();
     let mut events = registry.subscribe();
     let uid = InstanceUid::new_v7();
@@ -146,13 +144,13 @@ async fn full_round_trip(scheme: &str, transport: TransportKind) {
     assert_eq!(agent_seen.recv().await, Some(AgentSeen::Command), "CMD-01");
 
     client.stop().await;
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!("connected first")
     };
     let reason = loop {
-        match next_seen(&mut seen).await {
-            Seen::Message(other, _) => assert_eq!(other, id),
-            Seen::Disconnected(other, reason) => {
+        match next_server_event(&mut seen).await {
+            ServerEvent::Message(other, _) => assert_eq!(other, id),
+            ServerEvent::Disconnected(other, reason) => {
                 assert_eq!(other, id);
                 break reason;
             }
@@ -187,7 +185,7 @@ async fn http_15_plain_http_round_trip_with_the_real_client() {
 
 #[tokio::test(start_paused = true)]
 async fn seq_05_seq_06_lost_server_state_is_rebuilt_from_a_full_report() {
-    let running = Running::start(OpampServer::builder().build()).await;
+    let running = RunningServer::start(OpampServer::builder().build()).await;
     let registry = running.server.registry().clone();
     let mut events = registry.subscribe();
     let uid = InstanceUid::new_v7();
@@ -222,7 +220,7 @@ async fn seq_05_seq_06_lost_server_state_is_rebuilt_from_a_full_report() {
 
 #[tokio::test(start_paused = true)]
 async fn uid_08_uid_09_duplicate_agents_are_told_a_new_uid() {
-    let running = Running::start(OpampServer::builder().build()).await;
+    let running = RunningServer::start(OpampServer::builder().build()).await;
     let registry = running.server.registry().clone();
     let mut events = registry.subscribe();
     let uid = InstanceUid::new_v7();

@@ -100,7 +100,8 @@ impl<C: Callbacks> Drop for RunningServer<C> {
 ///
 /// Event driven: each change event re-checks the agent it names; a lagged
 /// subscriber rescans everything, so the answer never depends on the event
-/// capacity. Fails the test after the kit's timeout.
+/// capacity. No deadline of its own (it is used under tokio's paused
+/// clock); wrap it in [`within`] or [`within_for`](crate::within_for).
 pub async fn until_all(
     registry: &Registry,
     uids: impl IntoIterator<Item = InstanceUid>,
@@ -110,28 +111,26 @@ pub async fn until_all(
     // Subscribe before the first scan so no change falls between the two.
     let mut events = registry.subscribe();
     let mut pending: HashSet<InstanceUid> = uids.into_iter().collect();
-    within("agents to reach the wanted state", async {
-        rescan(registry, &mut pending, &done).await;
-        while !pending.is_empty() {
-            match events.recv().await {
-                Ok(event) => {
-                    let uid = event.uid();
-                    if pending.contains(&uid) {
-                        let record = registry.agent(uid).await.expect("store works");
-                        if record.as_ref().is_some_and(&done) {
-                            pending.remove(&uid);
-                        }
+    rescan(registry, &mut pending, &done).await;
+    while !pending.is_empty() {
+        match events.recv().await {
+            Ok(event) => {
+                let uid = event.uid();
+                if pending.contains(&uid) {
+                    let record = registry.agent(uid).await.expect("store works");
+                    if record.as_ref().is_some_and(&done) {
+                        pending.remove(&uid);
                     }
                 }
-                Err(RecvError::Lagged(_)) => rescan(registry, &mut pending, &done).await,
-                Err(RecvError::Closed) => panic!("registry events closed"),
             }
+            Err(RecvError::Lagged(_)) => rescan(registry, &mut pending, &done).await,
+            Err(RecvError::Closed) => panic!("registry events closed"),
         }
-    })
-    .await;
+    }
 }
 
-/// Waits until the record of `uid` satisfies `done` and returns it.
+/// Waits until the record of `uid` satisfies `done` and returns it (no
+/// deadline of its own, like [`until_all`]).
 pub async fn until_agent(
     registry: &Registry,
     uid: InstanceUid,
