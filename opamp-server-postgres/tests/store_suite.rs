@@ -18,13 +18,11 @@ use opamp_server::{
     RemoteConfigState, StoreError, TransportKind,
 };
 use opamp_server_postgres::{PgStore, SaveConflict};
+use opamp_testkit::uid;
 use support::{
-    backend, body_of, config_map, eventually, fresh_database, report, sql, ws_recv, ws_send,
+    backend, body_of, config_map, eventually, fresh_database, report, sql, ws_exchange, ws_recv,
+    ws_send,
 };
-
-fn uid(n: u8) -> InstanceUid {
-    InstanceUid::from_array([n; 16])
-}
 
 fn at(seconds: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
@@ -165,8 +163,7 @@ async fn desired_state_outlives_the_instance_that_set_it<S: AgentStore>(store: A
         .store(SharedStore(Arc::clone(&store)))
         .build();
     let mut ws = connect(serve(first.clone()).await).await;
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &report(agent, 0)).await;
     let offer = first
         .set_remote_config(agent, config_map("kept: true\n"))
         .await
@@ -179,8 +176,7 @@ async fn desired_state_outlives_the_instance_that_set_it<S: AgentStore>(store: A
         .store(SharedStore(Arc::clone(&store)))
         .build();
     let mut ws = connect(serve(second.clone()).await).await;
-    ws_send(&mut ws, &report(agent, 1)).await;
-    let reply = ws_recv(&mut ws).await;
+    let reply = ws_exchange(&mut ws, &report(agent, 1)).await;
     assert_eq!(
         body_of(&reply),
         "kept: true\n",

@@ -320,7 +320,7 @@ async fn ws_07_fragmented_message_is_reassembled() {
     let answer = reply(&mut hostile).await;
     assert!(answer.error_response.is_none(), "{answer:?}");
     assert_eq!(&answer.instance_uid[..], &[0x24; 16][..]);
-    let record = running.server.registry().agent(uid(0x24)).await.unwrap();
+    let record = running.registry().agent(uid(0x24)).await.unwrap();
     let description = record.expect("recorded").status.description.unwrap();
     assert_eq!(description, report.agent_description.unwrap());
     drop(hostile);
@@ -592,7 +592,7 @@ async fn uid_03_instance_uids_of_0_15_17_bytes_get_bad_request() {
         }
         healthy.exchange().await;
     }
-    assert_eq!(running.server.registry().connected(), vec![uid(0xe7)]);
+    assert_eq!(running.registry().connected(), vec![uid(0xe7)]);
     drop(hostile);
     finish(healthy, running).await;
 }
@@ -659,7 +659,7 @@ async fn agent_that_never_reads_is_disconnected() {
         .unwrap();
     reply(&mut hostile).await;
     // From here on the hostile agent reads nothing.
-    let registry = running.server.registry();
+    let registry = running.registry();
     let push = big_config(512 * 1024);
     let mut outcome = None;
     for _ in 0..1000 {

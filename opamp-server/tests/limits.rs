@@ -72,11 +72,8 @@ async fn ws_11_oversize_outgoing_message_is_not_sent() {
     let running = RunningServer::start(server).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(1);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
-    let result = running
-        .server
-        .registry()
+    ws_exchange(&mut ws, &report(agent, 0)).await;
+    let result = running.registry()
         .send(agent, big_config(8192))
         .await;
     assert!(
@@ -100,8 +97,7 @@ async fn connection_limit_answers_503_with_retry_after() {
         .build();
     let running = RunningServer::start(server).await;
     let mut first = ws_connect(running.addr).await;
-    ws_send(&mut first, &report(uid(2), 0)).await;
-    ws_recv(&mut first).await;
+    ws_exchange(&mut first, &report(uid(2), 0)).await;
     assert_eq!(running.server.active_connections(), 1);
 
     // WS-24: an upgrade over the limit.
@@ -163,11 +159,9 @@ async fn idle_websockets_are_closed_after_missed_heartbeats() {
 
     // An agent that announced heartbeats and stopped sending them.
     let mut agent = ws_connect(running.addr).await;
-    ws_send(&mut agent, &report(uid(4), 0)).await;
-    ws_recv(&mut agent).await;
+    ws_exchange(&mut agent, &report(uid(4), 0)).await;
     tokio::time::sleep(Duration::from_secs(20)).await;
-    ws_send(&mut agent, &heartbeat(uid(4), 1)).await;
-    ws_recv(&mut agent).await;
+    ws_exchange(&mut agent, &heartbeat(uid(4), 1)).await;
     let last_message = tokio::time::Instant::now();
     assert_eq!(ws_close_code(&mut agent).await, Some(1000));
     assert!(
@@ -191,8 +185,7 @@ async fn hb_11_agents_without_heartbeats_are_not_timed_out() {
     let mut ws = ws_connect(running.addr).await;
     let mut quiet = report(uid(5), 0);
     quiet.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
-    ws_send(&mut ws, &quiet).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &quiet).await;
     tokio::time::sleep(Duration::from_secs(600)).await;
     quiet.sequence_num = 1;
     quiet.agent_description = None;
@@ -262,10 +255,9 @@ async fn an_agent_that_never_reads_is_disconnected() {
     let running = RunningServer::start(server).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(6);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &report(agent, 0)).await;
     // From here on the client reads nothing.
-    let connection = running.server.registry().connection(agent).unwrap();
+    let connection = running.registry().connection(agent).unwrap();
     let push = big_config(512 * 1024);
     let mut outcome = None;
     for _ in 0..400 {
@@ -345,7 +337,7 @@ async fn keepalive_closes_a_silent_websocket_and_keeps_a_responsive_one() {
         )))
         .build();
     let running = RunningServer::start(server).await;
-    let mut events = running.server.registry().subscribe();
+    let mut events = running.registry().subscribe();
     let mut quiet_caps = report(uid(40), 0);
     quiet_caps.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
 
@@ -354,14 +346,12 @@ async fn keepalive_closes_a_silent_websocket_and_keeps_a_responsive_one() {
     let mut silent = ws_connect(running.addr).await;
     let mut other = quiet_caps.clone();
     other.instance_uid = uid(41).to_bytes();
-    ws_send(&mut silent, &other).await;
-    ws_recv(&mut silent).await;
+    ws_exchange(&mut silent, &other).await;
 
     // A responsive peer: it keeps reading, so it answers every ping, while
     // the silent one is found out.
     let mut responsive = ws_connect(running.addr).await;
-    ws_send(&mut responsive, &quiet_caps).await;
-    ws_recv(&mut responsive).await;
+    ws_exchange(&mut responsive, &quiet_caps).await;
     let found_out = async {
         loop {
             match events.recv().await.unwrap() {
@@ -381,7 +371,7 @@ async fn keepalive_closes_a_silent_websocket_and_keeps_a_responsive_one() {
         () = tokio::time::sleep(Duration::from_secs(60)) => panic!("the silent peer was never dropped"),
     };
     assert_eq!(reason, DisconnectReason::Unresponsive);
-    assert!(running.server.registry().connection(uid(40)).is_some());
+    assert!(running.registry().connection(uid(40)).is_some());
     drop(silent);
     drop(responsive);
     running.stop().await;

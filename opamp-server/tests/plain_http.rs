@@ -76,8 +76,7 @@ async fn gen_03_gen_04_defaults() {
 
 #[tokio::test]
 async fn http_01_cap_07_uid_06_exchange_and_session() {
-    let (recorder, mut seen) = ServerRecorder::new();
-    let running = RunningServer::start(OpampServer::new(recorder)).await;
+    let (running, mut seen) = RunningServer::recorded().await;
     let agent = uid(1);
     let first = http_exchange(running.addr, &report(agent, 0)).await;
     assert_eq!(first.instance_uid, agent.to_bytes(), "UID-06");
@@ -86,9 +85,7 @@ async fn http_01_cap_07_uid_06_exchange_and_session() {
     assert_eq!(second.instance_uid, agent.to_bytes());
     assert_eq!(second.capabilities, 0, "only the session's first reply");
 
-    let connection = running
-        .server
-        .registry()
+    let connection = running.registry()
         .connection(agent)
         .expect("session");
     assert_eq!(connection.transport(), TransportKind::PlainHttp);
@@ -118,7 +115,7 @@ async fn http_01_cap_07_uid_06_exchange_and_session() {
         next_server_event(&mut seen).await,
         ServerEvent::Disconnected(id, DisconnectReason::AgentDisconnect)
     );
-    assert!(running.server.registry().connection(agent).is_none());
+    assert!(running.registry().connection(agent).is_none());
 
     // The next poll starts a new session, whose first reply again has capabilities.
     let again = http_exchange(running.addr, &report(agent, 3)).await;
@@ -177,9 +174,7 @@ async fn http_17_oversize_after_decompression_is_413() {
         ServerEvent::ReadError(_)
     ));
     assert!(
-        running
-            .server
-            .registry()
+        running.registry()
             .agent(uid(3))
             .await
             .unwrap()
@@ -215,7 +210,7 @@ async fn err_02_bad_bodies_and_bad_uids() {
 #[tokio::test]
 async fn http_15_pushes_wait_for_the_next_poll_and_commands_travel_alone() {
     let running = RunningServer::start(OpampServer::builder().build()).await;
-    let registry = running.server.registry().clone();
+    let registry = running.registry().clone();
     let agent = uid(5);
     let mut first = report(agent, 0);
     first.capabilities = (CAPS | AgentCapabilities::ACCEPTS_RESTART_COMMAND).bits();
@@ -316,7 +311,7 @@ async fn http_25_silent_agents_go_stale() {
         .registry(registry)
         .build();
     let running = RunningServer::start(server).await;
-    let mut events = running.server.registry().subscribe();
+    let mut events = running.registry().subscribe();
     let agent = uid(7);
     http_exchange(running.addr, &report(agent, 0)).await;
     let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
@@ -330,16 +325,14 @@ async fn http_25_silent_agents_go_stale() {
     next_server_event(&mut seen).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(seen.try_recv().is_err(), "not stale yet");
-    assert!(running.server.registry().connection(agent).is_some());
+    assert!(running.registry().connection(agent).is_some());
 
     // Then silence.
     assert_eq!(
         next_server_event(&mut seen).await,
         ServerEvent::Disconnected(id, DisconnectReason::Stale)
     );
-    let record = running
-        .server
-        .registry()
+    let record = running.registry()
         .agent(agent)
         .await
         .unwrap()

@@ -33,7 +33,7 @@ async fn cs_06_supervisor_like_agent_reconnects_once_per_offer() {
         .registry(Registry::builder().reconnect_guard(None).build())
         .build();
     let running = RunningServer::start(server).await;
-    let registry = running.server.registry().clone();
+    let registry = running.registry().clone();
     let agent = uid(77);
 
     let mut ws = ws_connect(running.addr).await;
@@ -116,8 +116,7 @@ async fn ws_22_http_21_agents_reconnecting_in_a_loop_are_told_to_wait() {
         assert!(ws_recv(&mut ws).await.error_response.is_none());
     }
     let mut ws = ws_connect(running.addr).await;
-    ws_send(&mut ws, &report(agent, 3)).await;
-    let refusal = ws_recv(&mut ws).await;
+    let refusal = ws_exchange(&mut ws, &report(agent, 3)).await;
     assert_eq!(refusal.instance_uid, agent.to_bytes());
     assert_eq!(retry_after(&refusal), Duration::from_secs(30));
     assert_eq!(ws_close_code(&mut ws).await, Some(1013));

@@ -102,7 +102,8 @@ fn agent(endpoint: String, index: usize, tls: ClientTlsConfig) -> Agent {
 #[tokio::test(start_paused = true)]
 async fn sec_02_mutual_tls_admits_only_agents_with_a_trusted_certificate() {
     let pki = TestPki::generate();
-    let tls = ServerTlsConfig::new(pki.server_cert_pem.clone(), pki.server_key_pem.clone())
+    let tls = pki
+        .server_tls()
         .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Required);
     let serving = RunningServer::start(
         OpampServer::builder()

@@ -16,45 +16,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-struct Pki {
-    ca_pem: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "opamp-server test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>, usage| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        ca_pem: ca_cert.pem(),
-        server: leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        ),
-        client: leaf(
-            vec!["agent-1".into()],
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ),
-    }
-}
-
 async fn tls_connect(
     addr: SocketAddr,
     client: ClientTlsConfig,
@@ -66,28 +27,27 @@ async fn tls_connect(
         .await
 }
 
-fn client_tls(pki: &Pki, with_identity: bool) -> ClientTlsConfig {
-    let config = ClientTlsConfig::new()
-        .with_root_ca_pem(pki.ca_pem.clone())
-        .with_system_roots(SystemRoots::None);
-    if with_identity {
-        config.with_client_identity_pem(pki.client.0.clone(), pki.client.1.clone())
+fn client_tls(pki: &TestPki, with_identity: bool) -> ClientTlsConfig {
+    let config = if with_identity {
+        pki.client_tls_with_certificate()
     } else {
-        config
-    }
+        pki.client_tls()
+    };
+    config.with_system_roots(SystemRoots::None)
 }
 
 #[tokio::test]
 async fn mtls_client_certificate_reaches_callbacks_and_connection() {
-    let pki = pki();
-    let client_der = CertificateDer::from_pem_slice(pki.client.0.as_bytes()).unwrap();
+    let pki = TestPki::generate();
+    let client_der = CertificateDer::from_pem_slice(pki.client_cert_pem.as_bytes()).unwrap();
     let (recorder, _seen) = ServerRecorder::new();
     // Authenticate by certificate: no client certificate, no service (CONN-06).
     let recorder = recorder.on_connecting(|request| match &request.peer.certificates {
         Some(chain) if !chain.is_empty() => ConnectDecision::Accept,
         _ => ConnectDecision::Refuse(Refusal::unauthorized(None)),
     });
-    let tls = ServerTlsConfig::new(pki.server.0.clone(), pki.server.1.clone())
+    let tls = pki
+        .server_tls()
         .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Optional);
     let server = OpampServer::builder().callbacks(recorder).tls(tls).build();
     let running = RunningServer::start(server).await;
@@ -121,7 +81,7 @@ async fn mtls_client_certificate_reaches_callbacks_and_connection() {
         peer.certificates.as_deref(),
         Some(&[client_der.clone()][..])
     );
-    let session = running.server.registry().connection(agent).unwrap();
+    let session = running.registry().connection(agent).unwrap();
     assert_eq!(session.peer_certificates(), Some(&[client_der.clone()][..]));
 
     // A WebSocket over TLS, same certificate.
@@ -141,7 +101,7 @@ async fn mtls_client_certificate_reaches_callbacks_and_connection() {
         .unwrap();
     let reply = ws_recv_tls(&mut ws).await;
     assert_eq!(reply.instance_uid, other.to_bytes());
-    let connection = running.server.registry().connection(other).unwrap();
+    let connection = running.registry().connection(other).unwrap();
     assert_eq!(connection.peer_certificates(), Some(&[client_der][..]));
 
     // Without a client certificate the TLS handshake succeeds (optional) but
@@ -187,8 +147,9 @@ async fn ws_recv_tls(
 
 #[tokio::test]
 async fn required_client_certificates_are_enforced_by_tls() {
-    let pki = pki();
-    let tls = ServerTlsConfig::new(pki.server.0.clone(), pki.server.1.clone())
+    let pki = TestPki::generate();
+    let tls = pki
+        .server_tls()
         .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Required);
     let running = RunningServer::start(OpampServer::builder().tls(tls).build()).await;
 
@@ -214,9 +175,7 @@ async fn required_client_certificates_are_enforced_by_tls() {
     .await;
     assert!(outcome.is_err(), "{outcome:?}");
     assert!(
-        running
-            .server
-            .registry()
+        running.registry()
             .agent(uid(3))
             .await
             .unwrap()

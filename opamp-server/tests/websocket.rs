@@ -27,8 +27,7 @@ async fn sts_04_uid_06_cap_07_every_message_answered_first_with_capabilities() {
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(1);
 
-    ws_send(&mut ws, &report(agent, 0)).await;
-    let first = ws_recv(&mut ws).await;
+    let first = ws_exchange(&mut ws, &report(agent, 0)).await;
     assert_eq!(first.instance_uid, agent.to_bytes(), "UID-06");
     assert_eq!(
         first.typed_capabilities(),
@@ -49,8 +48,7 @@ async fn sts_04_uid_06_cap_07_every_message_answered_first_with_capabilities() {
     assert!(first.error_response.is_none(), "STS-05");
 
     for sequence_num in 1..4 {
-        ws_send(&mut ws, &heartbeat(agent, sequence_num)).await;
-        let reply = ws_recv(&mut ws).await;
+        let reply = ws_exchange(&mut ws, &heartbeat(agent, sequence_num)).await;
         assert_eq!(reply.instance_uid, agent.to_bytes(), "UID-06");
         assert_eq!(reply.capabilities, 0, "CAP-07: later replies may omit it");
         assert!(
@@ -64,13 +62,11 @@ async fn sts_04_uid_06_cap_07_every_message_answered_first_with_capabilities() {
 
 #[tokio::test]
 async fn callbacks_run_in_order_for_one_connection() {
-    let (recorder, mut seen) = ServerRecorder::new();
-    let running = RunningServer::start(OpampServer::new(recorder)).await;
+    let (running, mut seen) = RunningServer::recorded().await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(2);
     for sequence_num in 0..3 {
-        ws_send(&mut ws, &report(agent, sequence_num)).await;
-        ws_recv(&mut ws).await;
+        ws_exchange(&mut ws, &report(agent, sequence_num)).await;
     }
     ws.close(Some(CloseFrame {
         code: CloseCode::Normal,
@@ -93,9 +89,7 @@ async fn callbacks_run_in_order_for_one_connection() {
         ServerEvent::Disconnected(id, DisconnectReason::ClosedByAgent { code: Some(1000) })
     );
     // The registry forgot the agent (MSG-07).
-    let record = running
-        .server
-        .registry()
+    let record = running.registry()
         .agent(agent)
         .await
         .unwrap()
@@ -107,17 +101,14 @@ async fn callbacks_run_in_order_for_one_connection() {
 
 #[tokio::test]
 async fn msg_07_agent_disconnect_then_close() {
-    let (recorder, mut seen) = ServerRecorder::new();
-    let running = RunningServer::start(OpampServer::new(recorder)).await;
+    let (running, mut seen) = RunningServer::recorded().await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(3);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &report(agent, 0)).await;
     let mut goodbye = heartbeat(agent, 1);
     goodbye.agent_disconnect = Some(AgentDisconnect {});
-    ws_send(&mut ws, &goodbye).await;
-    ws_recv(&mut ws).await;
-    assert!(running.server.registry().connection(agent).is_none());
+    ws_exchange(&mut ws, &goodbye).await;
+    assert!(running.registry().connection(agent).is_none());
     // WS-17: the agent then closes; the server completes the handshake.
     ws.close(None).await.unwrap();
     assert!(matches!(
@@ -152,11 +143,10 @@ fn config(body: &str) -> AgentConfigMap {
 #[tokio::test]
 async fn rcfg_03_pushed_config_is_tracked_until_applied() {
     let running = RunningServer::start(OpampServer::builder().build()).await;
-    let registry = running.server.registry().clone();
+    let registry = running.registry().clone();
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(4);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &report(agent, 0)).await;
 
     let offer = registry
         .set_remote_config(agent, config("level: debug"))
@@ -181,8 +171,7 @@ async fn rcfg_03_pushed_config_is_tracked_until_applied() {
         status: RemoteConfigStatuses::Applied as i32,
         error_message: String::new(),
     });
-    ws_send(&mut ws, &applied).await;
-    let reply = ws_recv(&mut ws).await;
+    let reply = ws_exchange(&mut ws, &applied).await;
     assert!(
         reply.remote_config.is_none(),
         "RCFG-08: hashes match, nothing to resend"
@@ -204,8 +193,7 @@ async fn ws_22_callback_can_throttle_with_unavailable() {
     let running = RunningServer::start(OpampServer::new(recorder)).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(5);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    let reply = ws_recv(&mut ws).await;
+    let reply = ws_exchange(&mut ws, &report(agent, 0)).await;
     let error = reply.error_response.expect("error response");
     assert_eq!(error.r#type(), ServerErrorResponseType::Unavailable);
     assert_eq!(
@@ -234,8 +222,7 @@ async fn cap_09_callback_offers_the_agent_cannot_take_are_removed() {
     });
     let running = RunningServer::start(OpampServer::new(recorder)).await;
     let mut ws = ws_connect(running.addr).await;
-    ws_send(&mut ws, &report(uid(6), 0)).await;
-    let reply = ws_recv(&mut ws).await;
+    let reply = ws_exchange(&mut ws, &report(uid(6), 0)).await;
     assert!(
         reply.packages_available.is_none(),
         "PKG-01: no AcceptsPackages"
@@ -247,12 +234,10 @@ async fn cap_09_callback_offers_the_agent_cannot_take_are_removed() {
 
 #[tokio::test]
 async fn err_02_malformed_messages_get_bad_request_and_the_connection_lives() {
-    let (recorder, mut seen) = ServerRecorder::new();
-    let running = RunningServer::start(OpampServer::new(recorder)).await;
+    let (running, mut seen) = RunningServer::recorded().await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(7);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &report(agent, 0)).await;
 
     // WS-04: non-zero header.
     ws.send(WsMessage::Binary(Bytes::from_static(&[0x05, 0x0a, 0x00])))
@@ -278,8 +263,7 @@ async fn err_02_malformed_messages_get_bad_request_and_the_connection_lives() {
     // UID-03: a 3-byte uid.
     let mut short = heartbeat(agent, 1);
     short.instance_uid = Bytes::from_static(&[1, 2, 3]);
-    ws_send(&mut ws, &short).await;
-    let reply = ws_recv(&mut ws).await;
+    let reply = ws_exchange(&mut ws, &short).await;
     assert_eq!(
         reply.error_response.unwrap().r#type(),
         ServerErrorResponseType::BadRequest
@@ -313,15 +297,11 @@ async fn ws_01_text_frames_close_the_connection() {
 
 #[tokio::test]
 async fn ws_18_disconnect_closes_with_a_close_frame() {
-    let (recorder, mut seen) = ServerRecorder::new();
-    let running = RunningServer::start(OpampServer::new(recorder)).await;
+    let (running, mut seen) = RunningServer::recorded().await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(8);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
-    let connection = running
-        .server
-        .registry()
+    ws_exchange(&mut ws, &report(agent, 0)).await;
+    let connection = running.registry()
         .connection(agent)
         .expect("connected");
     connection.disconnect();
@@ -346,11 +326,9 @@ async fn uid_09_second_connection_with_the_same_uid_gets_a_new_one() {
     let running = RunningServer::start(OpampServer::builder().build()).await;
     let agent = uid(9);
     let mut first = ws_connect(running.addr).await;
-    ws_send(&mut first, &report(agent, 0)).await;
-    ws_recv(&mut first).await;
+    ws_exchange(&mut first, &report(agent, 0)).await;
     let mut second = ws_connect(running.addr).await;
-    ws_send(&mut second, &report(agent, 0)).await;
-    let reply = ws_recv(&mut second).await;
+    let reply = ws_exchange(&mut second, &report(agent, 0)).await;
     let new_uid = reply.new_instance_uid().expect("UID-09").unwrap();
     assert_ne!(new_uid, agent);
     // Both keep working under their own uids.
@@ -358,7 +336,7 @@ async fn uid_09_second_connection_with_the_same_uid_gets_a_new_one() {
     assert_eq!(ws_recv(&mut second).await.instance_uid, new_uid.to_bytes());
     ws_send(&mut first, &heartbeat(agent, 1)).await;
     assert_eq!(ws_recv(&mut first).await.instance_uid, agent.to_bytes());
-    assert_eq!(running.server.registry().connected().len(), 2);
+    assert_eq!(running.registry().connected().len(), 2);
     drop(first);
     drop(second);
     running.stop().await;
@@ -372,11 +350,9 @@ async fn uid_10_refuse_policy_closes_the_duplicate() {
     let running = RunningServer::start(OpampServer::builder().registry(registry).build()).await;
     let agent = uid(10);
     let mut first = ws_connect(running.addr).await;
-    ws_send(&mut first, &report(agent, 0)).await;
-    ws_recv(&mut first).await;
+    ws_exchange(&mut first, &report(agent, 0)).await;
     let mut second = ws_connect(running.addr).await;
-    ws_send(&mut second, &report(agent, 0)).await;
-    let reply = ws_recv(&mut second).await;
+    let reply = ws_exchange(&mut second, &report(agent, 0)).await;
     assert_eq!(
         reply.error_response.unwrap().r#type(),
         ServerErrorResponseType::BadRequest

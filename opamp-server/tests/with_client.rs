@@ -95,9 +95,8 @@ async fn connected(events: &mut broadcast::Receiver<AgentEvent>) -> InstanceUid 
 /// Connects, receives a pushed config, reports it applied, restarts on
 /// command and says goodbye, over the given transport.
 async fn full_round_trip(scheme: &str, transport: TransportKind) {
-    let (recorder, mut seen) = ServerRecorder::new();
-    let running = RunningServer::start(OpampServer::new(recorder)).await;
-    let registry = running.server.registry().clone();
+    let (running, mut seen) = RunningServer::recorded().await;
+    let registry = running.registry().clone();
     let mut events = registry.subscribe();
     let uid = InstanceUid::new_v7();
     let (client, mut agent_seen) = agent(format!("{scheme}://{}/v1/opamp", running.addr), uid);
@@ -186,7 +185,7 @@ async fn http_15_plain_http_round_trip_with_the_real_client() {
 #[tokio::test(start_paused = true)]
 async fn seq_05_seq_06_lost_server_state_is_rebuilt_from_a_full_report() {
     let running = RunningServer::start(OpampServer::builder().build()).await;
-    let registry = running.server.registry().clone();
+    let registry = running.registry().clone();
     let mut events = registry.subscribe();
     let uid = InstanceUid::new_v7();
     let (client, _agent_seen) = agent(format!("ws://{}/v1/opamp", running.addr), uid);
@@ -221,7 +220,7 @@ async fn seq_05_seq_06_lost_server_state_is_rebuilt_from_a_full_report() {
 #[tokio::test(start_paused = true)]
 async fn uid_08_uid_09_duplicate_agents_are_told_a_new_uid() {
     let running = RunningServer::start(OpampServer::builder().build()).await;
-    let registry = running.server.registry().clone();
+    let registry = running.registry().clone();
     let mut events = registry.subscribe();
     let uid = InstanceUid::new_v7();
     let endpoint = format!("ws://{}/v1/opamp", running.addr);

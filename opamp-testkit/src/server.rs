@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use opamp_proto::InstanceUid;
 use opamp_server::{AgentRecord, Callbacks, NoCallbacks, OpampServer, Registry, ServeError};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::server_recorder::{ServerEvent, ServerRecorder};
 use crate::timeout::within;
 
 /// An [`OpampServer`] running `serve_with_shutdown` on `127.0.0.1:0`
@@ -87,6 +88,15 @@ impl<C: Callbacks> RunningServer<C> {
             .await
             .expect("serve task")
             .expect("serve ends cleanly");
+    }
+}
+
+impl RunningServer<ServerRecorder> {
+    /// A default server whose callbacks are a fresh [`ServerRecorder`];
+    /// returns it with the recorder's events.
+    pub async fn recorded() -> (Self, mpsc::UnboundedReceiver<ServerEvent>) {
+        let (recorder, events) = ServerRecorder::new();
+        (Self::start(OpampServer::new(recorder)).await, events)
     }
 }
 
