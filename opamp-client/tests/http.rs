@@ -7,21 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Reply, TestServer, caps_for_switch, opamp_offer, settings_status};
+use common::{
+    Reply, TestServer, caps_for_switch, description, opamp_offer, retrying_client, settings_status,
+};
 use http::StatusCode;
 use opamp_client::Callbacks as _;
-use opamp_client::{AgentCapabilities, AgentDescription, MemoryPackageStore, OpampClient};
+use opamp_client::{AgentCapabilities, MemoryPackageStore, OpampClient};
 use opamp_proto::{
-    ComponentHealth, ConnectionSettingsOffers, ConnectionSettingsStatuses, DownloadableFile,
-    OpAmpConnectionSettings, PackageAvailable, PackageStatusEnum, PackageType, PackagesAvailable,
-    ServerToAgent,
+    ComponentHealth, ConnectionSettingsStatuses, DownloadableFile, PackageAvailable,
+    PackageStatusEnum, PackageType, PackagesAvailable, ServerToAgent,
 };
-use opamp_testkit::{ClientEvent, ClientRecorder, ack, expect_client_event, quick_retry, within};
+use opamp_testkit::{ClientEvent, ClientRecorder, ack, expect_client_event};
 use sha2::{Digest, Sha256};
-
-fn description() -> AgentDescription {
-    AgentDescription::for_service("io.example.agent", "1.0.0")
-}
 
 fn health(healthy: bool) -> ComponentHealth {
     ComponentHealth {
@@ -69,15 +66,8 @@ async fn err_06_http_21_busy_server_keeps_pending_state() {
         }
     })
     .await;
-    let (retry, hints) = quick_retry();
-    let (recorder, mut seen) = ClientRecorder::new();
-    let client = OpampClient::builder(server.http_url())
-        .agent_description(description())
-        .capabilities(AgentCapabilities::REPORTS_HEALTH)
-        .retry_policy(retry)
-        .callbacks(recorder)
-        .build()
-        .unwrap();
+    let (client, hints, mut seen) =
+        retrying_client(server.http_url(), Some(AgentCapabilities::REPORTS_HEALTH));
     client.set_health(health(true));
     client.start().await.unwrap();
     server.next().await;

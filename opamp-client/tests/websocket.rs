@@ -6,20 +6,17 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Reply, TestServer, caps_for_switch, opamp_offer, settings_status};
-use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
+use common::{
+    Reply, TestServer, caps_for_switch, description, opamp_offer, retrying_client, settings_status,
+};
+use opamp_client::{AgentCapabilities, OpampClient};
 use opamp_proto::{
     AgentConfigMap, AgentConfigObject, AgentIdentification, AgentRemoteConfig, CommandType,
-    ConnectionSettingsOffers, ConnectionSettingsStatuses, CustomCapabilities, CustomMessage,
-    InstanceUid, OpAmpConnectionSettings, RemoteConfigStatus, RemoteConfigStatuses, RetryInfo,
-    ServerErrorResponse, ServerErrorResponseType, ServerToAgent, ServerToAgentCommand,
-    ServerToAgentFlags, server_error_response,
+    ConnectionSettingsStatuses, CustomCapabilities, CustomMessage, InstanceUid, RemoteConfigStatus,
+    RemoteConfigStatuses, RetryInfo, ServerErrorResponse, ServerErrorResponseType, ServerToAgent,
+    ServerToAgentCommand, ServerToAgentFlags, server_error_response,
 };
 use opamp_testkit::{ClientEvent, ClientRecorder, ack, expect_client_event, quick_retry, within};
-
-fn description() -> AgentDescription {
-    AgentDescription::for_service("io.example.agent", "1.0.0")
-}
 
 fn remote_config(hash: &'static [u8]) -> AgentRemoteConfig {
     AgentRemoteConfig {
@@ -106,14 +103,7 @@ async fn sts_01_rcfg_06_ws_17_first_message_remote_config_and_goodbye() {
 async fn ws_24_refused_upgrade_honours_retry_after() {
     let mut server = TestServer::start(|_, message| Reply::Message(ack(message))).await;
     server.refuse_upgrades(1, Some(0));
-    let (retry, hints) = quick_retry();
-    let (recorder, mut seen) = ClientRecorder::new();
-    let client = OpampClient::builder(server.ws_url())
-        .agent_description(description())
-        .retry_policy(retry)
-        .callbacks(recorder)
-        .build()
-        .unwrap();
+    let (client, hints, mut seen) = retrying_client(server.ws_url(), None);
     client.start().await.unwrap();
     let failed =
         expect_client_event(&mut seen, |s| matches!(s, ClientEvent::ConnectFailed(_))).await;
@@ -189,14 +179,7 @@ async fn ws_23_unavailable_disconnects_waits_and_reconnects_with_full_state() {
         }
     })
     .await;
-    let (retry, hints) = quick_retry();
-    let (recorder, mut seen) = ClientRecorder::new();
-    let client = OpampClient::builder(server.ws_url())
-        .agent_description(description())
-        .retry_policy(retry)
-        .callbacks(recorder)
-        .build()
-        .unwrap();
+    let (client, hints, mut seen) = retrying_client(server.ws_url(), None);
     client.start().await.unwrap();
     assert_eq!(server.next().await.conn, 1);
     // WS-21: a deliberate reconnect says goodbye first, then closes.

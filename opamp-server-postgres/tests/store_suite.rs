@@ -21,7 +21,6 @@ use opamp_server_postgres::{PgStore, SaveConflict};
 use opamp_testkit::uid;
 use support::{
     backend, body_of, config_map, eventually, fresh_database, report, sql, ws_exchange, ws_recv,
-    ws_send,
 };
 
 fn at(seconds: u64) -> SystemTime {
@@ -36,6 +35,12 @@ fn config(hash: u8) -> AgentRemoteConfig {
 }
 
 /// A record with something in every part the stores keep.
+/// The desired remote config `store` holds for `uid`.
+async fn desired_config(store: &PgStore, uid: InstanceUid) -> Option<AgentRemoteConfig> {
+    let record = store.load(uid).await.unwrap().expect("the agent is stored");
+    record.desired.remote_config
+}
+
 fn full_record(n: u8) -> AgentRecord {
     let mut record = AgentRecord::new(uid(n), at(0));
     record.status.description = Some(
@@ -357,15 +362,7 @@ async fn the_same_desired_part_changed_twice_is_a_conflict_not_last_writer_wins(
     let mut again = stored;
     again.desired.remote_config = Some(config(30));
     a.save(again).await.unwrap();
-    assert_eq!(
-        b.load(record.uid)
-            .await
-            .unwrap()
-            .unwrap()
-            .desired
-            .remote_config,
-        Some(config(30))
-    );
+    assert_eq!(desired_config(&b, record.uid).await, Some(config(30)));
 }
 
 #[tokio::test]
@@ -415,15 +412,7 @@ async fn a_stale_owner_never_overwrites_what_the_agent_reported() {
     let mut desired = a.load(record.uid).await.unwrap().unwrap();
     desired.desired.remote_config = Some(config(77));
     a.save(desired).await.unwrap();
-    assert_eq!(
-        b.load(record.uid)
-            .await
-            .unwrap()
-            .unwrap()
-            .desired
-            .remote_config,
-        Some(config(77))
-    );
+    assert_eq!(desired_config(&b, record.uid).await, Some(config(77)));
 }
 
 #[tokio::test]

@@ -29,7 +29,7 @@ use opamp_proto::{InstanceUid, RemoteConfigStatus, RemoteConfigStatuses};
 use opamp_server::{
     AgentRecord, Callbacks, ConnectDecision, ConnectRequest, OpampServer, Registry,
 };
-use opamp_testkit::{until_all, within_for};
+use opamp_testkit::{header_number, until_all, within_for};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -109,12 +109,7 @@ struct ReconnectClock {
 impl Callbacks for ReconnectClock {
     async fn on_connecting(&self, request: &ConnectRequest<'_>) -> ConnectDecision {
         let now = Instant::now();
-        let agent = request
-            .parts
-            .headers
-            .get(AGENT_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok());
+        let agent = header_number(&request.parts.headers, AGENT_HEADER);
         if let Some(agent) = agent {
             self.first_attempt
                 .lock()

@@ -18,7 +18,7 @@ use opamp_server::{
     Callbacks, ConnectDecision, ConnectRequest, Connection, OpampServer, Refusal, TransportKind,
     unavailable_response,
 };
-use opamp_testkit::{RunningServer, until_all, within_for};
+use opamp_testkit::{RunningServer, header_number, until_all, within_for};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -156,12 +156,7 @@ struct Refusing {
 
 impl Callbacks for Refusing {
     async fn on_connecting(&self, request: &ConnectRequest<'_>) -> ConnectDecision {
-        let agent = request
-            .parts
-            .headers
-            .get(AGENT_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<usize>().ok())
+        let agent = header_number::<usize>(&request.parts.headers, AGENT_HEADER)
             .expect("every agent names itself");
         if self.log.arrive(agent) {
             ConnectDecision::Refuse(Refusal::service_unavailable(Some(RETRY_AFTER)))

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use opamp_client::{AgentCapabilities, AgentDescription, ClientTlsConfig, OpampClient};
+use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{
     ConnectionSettingsOffers, ConnectionSettingsStatuses, InstanceUid, OpAmpConnectionSettings,
     TlsCertificate,

@@ -73,9 +73,7 @@ async fn ws_11_oversize_outgoing_message_is_not_sent() {
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(1);
     ws_exchange(&mut ws, &report(agent, 0)).await;
-    let result = running.registry()
-        .send(agent, big_config(8192))
-        .await;
+    let result = running.registry().send(agent, big_config(8192)).await;
     assert!(
         matches!(result, Err(SendError::TooLarge { limit: 4096, .. })),
         "{result:?}"

@@ -85,9 +85,7 @@ async fn http_01_cap_07_uid_06_exchange_and_session() {
     assert_eq!(second.instance_uid, agent.to_bytes());
     assert_eq!(second.capabilities, 0, "only the session's first reply");
 
-    let connection = running.registry()
-        .connection(agent)
-        .expect("session");
+    let connection = running.registry().connection(agent).expect("session");
     assert_eq!(connection.transport(), TransportKind::PlainHttp);
     // One session across polls: one on_connected.
     let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
@@ -173,13 +171,7 @@ async fn http_17_oversize_after_decompression_is_413() {
         next_server_event(&mut seen).await,
         ServerEvent::ReadError(_)
     ));
-    assert!(
-        running.registry()
-            .agent(uid(3))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(running.registry().agent(uid(3)).await.unwrap().is_none());
     running.stop().await;
 }
 
@@ -332,11 +324,7 @@ async fn http_25_silent_agents_go_stale() {
         next_server_event(&mut seen).await,
         ServerEvent::Disconnected(id, DisconnectReason::Stale)
     );
-    let record = running.registry()
-        .agent(agent)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = running.registry().agent(agent).await.unwrap().unwrap();
     assert!(!record.is_connected());
     let stale = std::iter::from_fn(|| events.try_recv().ok()).any(|event| {
         event

@@ -18,7 +18,7 @@ use opamp_client::{
 };
 use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent};
 use opamp_server::{Callbacks, ConnectDecision, ConnectRequest, Connection, OpampServer, Refusal};
-use opamp_testkit::{RunningServer, until_all, within_for};
+use opamp_testkit::{RunningServer, header_number, until_all, within_for};
 use opamp_transport::ConnectError;
 use opamp_transport::http::client::HttpError;
 use tokio::sync::watch;
@@ -40,12 +40,7 @@ struct TokenCheck {
 
 impl Callbacks for TokenCheck {
     async fn on_connecting(&self, request: &ConnectRequest<'_>) -> ConnectDecision {
-        let agent = request
-            .parts
-            .headers
-            .get(AGENT_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<usize>().ok())
+        let agent = header_number::<usize>(&request.parts.headers, AGENT_HEADER)
             .expect("every agent names itself");
         let authorized = request.parts.headers.get(http::header::AUTHORIZATION)
             == Some(&http::HeaderValue::from_static(GOOD_TOKEN));

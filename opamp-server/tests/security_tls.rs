@@ -15,10 +15,8 @@ use std::time::Duration;
 
 use opamp_client::{AgentDescription, ClientTlsConfig, OpampClient, TransportError};
 use opamp_proto::InstanceUid;
-use opamp_server::{
-    ClientAuth, ConnectDecision, ConnectRequest, OpampServer, Refusal, ServerTlsConfig,
-};
-use opamp_testkit::{RunningServer, TestPki, until_all, within_for};
+use opamp_server::{ClientAuth, ConnectDecision, ConnectRequest, OpampServer, Refusal};
+use opamp_testkit::{RunningServer, TestPki, header_number, until_all, within_for};
 use opamp_transport::SystemRoots;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -37,12 +35,7 @@ struct Gatekeeper {
 
 impl opamp_server::Callbacks for Gatekeeper {
     async fn on_connecting(&self, request: &ConnectRequest<'_>) -> ConnectDecision {
-        let agent = request
-            .parts
-            .headers
-            .get(AGENT_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<usize>().ok())
+        let agent = header_number::<usize>(&request.parts.headers, AGENT_HEADER)
             .expect("every agent names itself");
         *self.reached.lock().unwrap().entry(agent).or_default() += 1;
         // Defence in depth: the handshake already demands a certificate.

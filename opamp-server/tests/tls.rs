@@ -4,13 +4,14 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use opamp_proto::{Message, ServerToAgent};
+use opamp_proto::{AgentToServer, Message, ServerToAgent};
 use opamp_server::{ConnectDecision, OpampServer, Refusal};
 use opamp_testkit::*;
-use opamp_transport::{ClientAuth, ClientTlsConfig, ServerTlsConfig, SystemRoots};
+use opamp_transport::{ClientAuth, ClientTlsConfig, SystemRoots};
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -25,6 +26,28 @@ async fn tls_connect(
     connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
+}
+
+/// POSTs `message` on a fresh TLS connection made with `client`.
+async fn tls_post(
+    addr: SocketAddr,
+    client: ClientTlsConfig,
+    message: &AgentToServer,
+) -> std::io::Result<Response<Incoming>> {
+    let stream = tls_connect(addr, client).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    let request = Request::post("/v1/opamp")
+        .header(header::HOST, "localhost")
+        .header(header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(Bytes::from(message.encode_to_vec())))
+        .unwrap();
+    sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)
 }
 
 fn client_tls(pki: &TestPki, with_identity: bool) -> ClientTlsConfig {
@@ -54,20 +77,10 @@ async fn mtls_client_certificate_reaches_callbacks_and_connection() {
     let agent = uid(1);
 
     // Plain HTTP over TLS with a client certificate.
-    let stream = tls_connect(running.addr, client_tls(&pki, true))
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
     let message = report(agent, 0);
-    let request = Request::post("/v1/opamp")
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/x-protobuf")
-        .body(Full::new(Bytes::from(message.encode_to_vec())))
+    let response = tls_post(running.addr, client_tls(&pki, true), &message)
+        .await
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(
@@ -106,22 +119,10 @@ async fn mtls_client_certificate_reaches_callbacks_and_connection() {
 
     // Without a client certificate the TLS handshake succeeds (optional) but
     // the application refuses.
-    let stream = tls_connect(running.addr, client_tls(&pki, false))
+    let response = tls_post(running.addr, client_tls(&pki, false), &message)
         .await
         .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::post("/v1/opamp")
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/x-protobuf")
-        .body(Full::new(Bytes::from(message.encode_to_vec())))
-        .unwrap();
-    assert_eq!(
-        sender.send_request(request).await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     drop(ws);
     running.stop().await;
 }
@@ -155,51 +156,16 @@ async fn required_client_certificates_are_enforced_by_tls() {
 
     // TLS 1.3 reports a missing client certificate after the handshake, on
     // first use; either way no OpAMP exchange happens.
-    let outcome = async {
-        let stream = tls_connect(running.addr, client_tls(&pki, false)).await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(connection);
-        let message = report(uid(3), 0);
-        let request = Request::post("/v1/opamp")
-            .header(header::HOST, "localhost")
-            .header(header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Full::new(Bytes::from(message.encode_to_vec())))
-            .unwrap();
-        sender
-            .send_request(request)
-            .await
-            .map_err(std::io::Error::other)
-    }
-    .await;
+    let outcome = tls_post(running.addr, client_tls(&pki, false), &report(uid(3), 0)).await;
     assert!(outcome.is_err(), "{outcome:?}");
-    assert!(
-        running.registry()
-            .agent(uid(3))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(running.registry().agent(uid(3)).await.unwrap().is_none());
 
     // With the certificate it works.
-    let stream = tls_connect(running.addr, client_tls(&pki, true))
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
     let message = report(uid(3), 0);
-    let request = Request::post("/v1/opamp")
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/x-protobuf")
-        .body(Full::new(Bytes::from(message.encode_to_vec())))
+    let response = tls_post(running.addr, client_tls(&pki, true), &message)
+        .await
         .unwrap();
-    assert_eq!(
-        sender.send_request(request).await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(response.status(), StatusCode::OK);
     running.stop().await;
 }
 

@@ -89,11 +89,7 @@ async fn callbacks_run_in_order_for_one_connection() {
         ServerEvent::Disconnected(id, DisconnectReason::ClosedByAgent { code: Some(1000) })
     );
     // The registry forgot the agent (MSG-07).
-    let record = running.registry()
-        .agent(agent)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = running.registry().agent(agent).await.unwrap().unwrap();
     assert!(!record.is_connected());
     drop(ws);
     running.stop().await;
@@ -301,9 +297,7 @@ async fn ws_18_disconnect_closes_with_a_close_frame() {
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(8);
     ws_exchange(&mut ws, &report(agent, 0)).await;
-    let connection = running.registry()
-        .connection(agent)
-        .expect("connected");
+    let connection = running.registry().connection(agent).expect("connected");
     connection.disconnect();
     assert_eq!(ws_close_code(&mut ws).await, Some(1000));
     let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {

@@ -10,7 +10,7 @@ use opamp_server::{
     AgentEvent, DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, RemoteConfigState,
     TransportKind,
 };
-use opamp_testkit::{RunningServer, ServerEvent, ServerRecorder, next_server_event};
+use opamp_testkit::{RunningServer, ServerEvent, next_server_event};
 use tokio::sync::{broadcast, mpsc};
 
 /// What the agent saw.

@@ -84,8 +84,8 @@ pub use messages::{
 pub use pki::{PkiFiles, TestPki};
 pub use process::{ChildProcess, OutputLine, Stream, dump_output, free_port, wait_for_port};
 pub use raw_agent::{
-    FromServer, Ws, frame, framed, http_exchange, http_request, http_url, post, ws_close_code,
-    ws_connect, ws_connect_url, ws_exchange, ws_next, ws_recv, ws_send, ws_url,
+    FromServer, Ws, frame, framed, header_number, http_exchange, http_request, http_url, post,
+    ws_close_code, ws_connect, ws_connect_url, ws_exchange, ws_next, ws_recv, ws_send, ws_url,
 };
 pub use server::{RunningServer, until_agent, until_all};
 pub use server_recorder::{ServerEvent, ServerRecorder, next_server_event};

@@ -182,3 +182,9 @@ pub async fn http_exchange(addr: SocketAddr, message: &AgentToServer) -> ServerT
     );
     ServerToAgent::decode(response.into_body()).expect("ServerToAgent body")
 }
+
+/// The header `name` as a number (tests name their agents with one), or
+/// `None` when it is missing or not a number.
+pub fn header_number<T: std::str::FromStr>(headers: &http::HeaderMap, name: &str) -> Option<T> {
+    headers.get(name)?.to_str().ok()?.parse().ok()
+}

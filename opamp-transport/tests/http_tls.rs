@@ -14,9 +14,7 @@ use http_support::opamp_handler;
 use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent};
 use opamp_testkit::{Handler, TestPki, serve_http};
 use opamp_transport::http::client::{HttpError, HttpPoster};
-use opamp_transport::{
-    ClientAuth, ClientOptions, ClientTlsConfig, ConnectError, ServerTlsConfig, SystemRoots,
-};
+use opamp_transport::{ClientAuth, ClientOptions, ClientTlsConfig, ConnectError, SystemRoots};
 
 fn uid() -> InstanceUid {
     InstanceUid::from_array([9; 16])

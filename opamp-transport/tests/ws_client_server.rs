@@ -486,21 +486,36 @@ async fn peer_vanishing_without_close_is_a_reset() {
     assert!(matches!(client.recv().await, Err(WsError::Closed)));
 }
 
-#[tokio::test]
-async fn ws_24_503_refusal_carries_retry_after_seconds() {
+/// The error a WebSocket connect gets from a server that answers every
+/// request with `status` and `headers`.
+async fn refusal(status: StatusCode, headers: &[(header::HeaderName, String)]) -> ConnectError {
+    let headers = headers.to_vec();
     let server = serve_http(
-        handler(|_| async {
-            status_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &[(header::RETRY_AFTER, "120")],
-            )
+        handler(move |_| {
+            let headers = headers.clone();
+            async move {
+                let headers: Vec<_> = headers
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.as_str()))
+                    .collect();
+                status_response(status, &headers)
+            }
         }),
         None,
     )
     .await;
-    let error = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
+    WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
         .await
-        .unwrap_err();
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn ws_24_503_refusal_carries_retry_after_seconds() {
+    let error = refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &[(header::RETRY_AFTER, "120".to_owned())],
+    )
+    .await;
     match error {
         ConnectError::Refused {
             status,
@@ -517,22 +532,11 @@ async fn ws_24_503_refusal_carries_retry_after_seconds() {
 #[tokio::test]
 async fn ws_24_429_refusal_carries_retry_after_date() {
     let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
-    let server = serve_http(
-        handler(move |_| {
-            let when = when.clone();
-            async move {
-                status_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &[(header::RETRY_AFTER, &when)],
-                )
-            }
-        }),
-        None,
+    let error = refusal(
+        StatusCode::TOO_MANY_REQUESTS,
+        &[(header::RETRY_AFTER, when)],
     )
     .await;
-    let error = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap_err();
     assert_eq!(error.status(), Some(StatusCode::TOO_MANY_REQUESTS));
     let retry_after = error.retry_after().expect("Retry-After parsed");
     // The date is an hour ahead (whole seconds), so the hint is close to it.
@@ -544,19 +548,11 @@ async fn ws_24_429_refusal_carries_retry_after_date() {
 
 #[tokio::test]
 async fn conn_06_401_refusal_is_unauthorized() {
-    let server = serve_http(
-        handler(|_| async {
-            status_response(
-                StatusCode::UNAUTHORIZED,
-                &[(header::WWW_AUTHENTICATE, "Bearer")],
-            )
-        }),
-        None,
+    let error = refusal(
+        StatusCode::UNAUTHORIZED,
+        &[(header::WWW_AUTHENTICATE, "Bearer".to_owned())],
     )
     .await;
-    let error = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap_err();
     match error {
         ConnectError::Unauthorized { headers } => {
             assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer")
@@ -567,14 +563,7 @@ async fn conn_06_401_refusal_is_unauthorized() {
 
 #[tokio::test]
 async fn other_refusal_status_is_typed_without_retry_after() {
-    let server = serve_http(
-        handler(|_| async { status_response(StatusCode::FORBIDDEN, &[]) }),
-        None,
-    )
-    .await;
-    let error = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap_err();
+    let error = refusal(StatusCode::FORBIDDEN, &[]).await;
     assert!(
         matches!(
             error,

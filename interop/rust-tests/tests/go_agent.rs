@@ -286,7 +286,7 @@ async fn s2_remote_config_applied_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_remote_config_failure_reported_ws() {
     let Some(go) = go_programs() else { return };
-    let (mut server, _agent, uid) = with_full_state(go, Transport::WebSocket, &[]).await;
+    let (server, _agent, uid) = with_full_state(go, Transport::WebSocket, &[]).await;
 
     let offer = server
         .registry()
@@ -596,7 +596,7 @@ async fn s8_gzip_both_directions_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s8_permessage_deflate_offer_declined_ws() {
     let Some(go) = go_programs() else { return };
-    let (mut server, mut agent, uid) = with_full_state(go, Transport::WebSocket, &["--gzip"]).await;
+    let (server, mut agent, uid) = with_full_state(go, Transport::WebSocket, &["--gzip"]).await;
     let offer = server
         .registry()
         .set_remote_config(uid, big_config())

@@ -22,12 +22,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use opamp_client::AgentCapabilities;
+use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{
     AgentToServer, ConnectionSettingsOffers, ConnectionSettingsStatus, ConnectionSettingsStatuses,
     OpAmpConnectionSettings, ServerToAgent,
 };
-use opamp_testkit::{ack, within};
+use opamp_testkit::{ClientEvent, ClientRecorder, ack, quick_retry, within};
 use opamp_transport::ws::CloseInfo;
 use opamp_transport::ws::server::{WsServerConfig, accept_upgrade, is_websocket_upgrade};
 use tokio::net::TcpListener;
@@ -317,4 +317,37 @@ pub async fn settings_status(
         server.next_matching(|r| reports(&r.message)).await.message
     };
     message.connection_settings_status.expect("a status")
+}
+
+/// The agent description the client tests report.
+pub fn description() -> AgentDescription {
+    AgentDescription::for_service("io.example.agent", "1.0.0")
+}
+
+/// The retry hints a [`quick_retry`] policy was given.
+pub type RetryHints = Arc<Mutex<Vec<Option<Duration>>>>;
+
+/// A client for `url` with [`description`], `capabilities` (the builder's
+/// default when `None`), the quick retry policy and a recorder; with the
+/// retry hints and the recorded events.
+pub fn retrying_client(
+    url: String,
+    capabilities: Option<AgentCapabilities>,
+) -> (
+    OpampClient,
+    RetryHints,
+    mpsc::UnboundedReceiver<ClientEvent>,
+) {
+    let (retry, hints) = quick_retry();
+    let (recorder, seen) = ClientRecorder::new();
+    let mut builder = OpampClient::builder(url).agent_description(description());
+    if let Some(capabilities) = capabilities {
+        builder = builder.capabilities(capabilities);
+    }
+    let client = builder
+        .retry_policy(retry)
+        .callbacks(recorder)
+        .build()
+        .expect("client builds");
+    (client, hints, seen)
 }

@@ -2,7 +2,8 @@
 //! the PostgreSQL server: `OPAMP_TEST_DATABASE_URL`, else `.ci/postgres.sh`;
 //! without either, tests skip with a notice, or fail when `CI=true`), a
 //! backend on it, and the kit's raw agent.
-#![allow(dead_code, unreachable_pub)]
+// Each test binary uses a different part of it.
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::time::Duration;
 

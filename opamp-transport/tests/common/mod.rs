@@ -3,18 +3,13 @@
 //! peer for sending hostile frames, and a tiny HTTP CONNECT proxy.
 #![allow(dead_code, unreachable_pub)]
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{Request, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use opamp_testkit::{Handler, handler, status_response};
 use opamp_transport::ws::server::{WsServerConfig, WsServerConnection, accept_upgrade};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
