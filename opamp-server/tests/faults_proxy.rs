@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use fault_support::{Fault, FaultyProxy, config, panics};
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
-use opamp_proto::{InstanceUid, RemoteConfigStatus, RemoteConfigStatuses};
+use opamp_proto::{InstanceUid, RemoteConfigStatuses};
 use opamp_server::{AgentRecord, Callbacks, Connection, DisconnectReason, OpampServer};
-use opamp_testkit::{RunningServer, until_all, within_for};
+use opamp_testkit::{RunningServer, report_applied, until_all, within_for};
 use tokio::sync::watch;
 
 const WEBSOCKET_AGENTS: usize = 10;
@@ -68,13 +68,7 @@ struct Applier;
 
 impl opamp_client::Callbacks for Applier {
     fn on_message(&self, client: &OpampClient, data: &opamp_client::MessageData) {
-        if let Some(offer) = &data.remote_config {
-            client.set_remote_config_status(RemoteConfigStatus {
-                last_remote_config_hash: offer.config_hash.clone(),
-                status: RemoteConfigStatuses::Applied as i32,
-                error_message: String::new(),
-            });
-        }
+        report_applied(client, data);
     }
 }
 

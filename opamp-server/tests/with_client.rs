@@ -3,14 +3,13 @@
 use bytes::Bytes;
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{
-    AgentConfigMap, AgentConfigObject, InstanceUid, RemoteConfigStatus, RemoteConfigStatuses,
-    ServerErrorResponse, ServerToAgentCommand,
+    AgentConfigMap, AgentConfigObject, InstanceUid, ServerErrorResponse, ServerToAgentCommand,
 };
 use opamp_server::{
     AgentEvent, DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, RemoteConfigState,
     TransportKind,
 };
-use opamp_testkit::{RunningServer, ServerEvent, next_server_event};
+use opamp_testkit::{RunningServer, ServerEvent, next_server_event, report_applied};
 use tokio::sync::{broadcast, mpsc};
 
 /// What the agent saw.
@@ -29,13 +28,8 @@ struct Agent {
 
 impl opamp_client::Callbacks for Agent {
     fn on_message(&self, client: &OpampClient, data: &opamp_client::MessageData) {
-        if let Some(offer) = &data.remote_config {
-            client.set_remote_config_status(RemoteConfigStatus {
-                last_remote_config_hash: offer.config_hash.clone(),
-                status: RemoteConfigStatuses::Applied as i32,
-                error_message: String::new(),
-            });
-            let _ = self.seen.send(AgentSeen::Config(offer.config_hash.clone()));
+        if let Some(hash) = report_applied(client, data) {
+            let _ = self.seen.send(AgentSeen::Config(hash));
         }
     }
 

@@ -9,8 +9,8 @@ use opamp_client::{
     SettingsOutcome, TransportError,
 };
 use opamp_proto::{
-    ConnectionSettingsOffers, InstanceUid, OpAmpConnectionSettings, ServerErrorResponse,
-    ServerToAgentCommand,
+    ConnectionSettingsOffers, InstanceUid, OpAmpConnectionSettings, RemoteConfigStatus,
+    RemoteConfigStatuses, ServerErrorResponse, ServerToAgentCommand,
 };
 use tokio::sync::mpsc;
 
@@ -121,6 +121,19 @@ impl Callbacks for ClientRecorder {
     fn on_package_event(&self, event: &PackageEvent) {
         let _ = self.seen.send(ClientEvent::Package(format!("{event:?}")));
     }
+}
+
+/// Reports the remote config offered in `data`, if any, as APPLIED (what
+/// an agent that takes every config does in `on_message`) and returns its
+/// hash.
+pub fn report_applied(client: &OpampClient, data: &MessageData) -> Option<bytes::Bytes> {
+    let offer = data.remote_config.as_ref()?;
+    client.set_remote_config_status(RemoteConfigStatus {
+        last_remote_config_hash: offer.config_hash.clone(),
+        status: RemoteConfigStatuses::Applied as i32,
+        error_message: String::new(),
+    });
+    Some(offer.config_hash.clone())
 }
 
 /// Waits for a client event matching `wanted`, skipping others; fails the

@@ -69,7 +69,7 @@ mod server_recorder;
 mod timeout;
 
 pub use client_recorder::{
-    ClientEvent, ClientRecorder, QuickRetry, expect_client_event, quick_retry,
+    ClientEvent, ClientRecorder, QuickRetry, expect_client_event, quick_retry, report_applied,
 };
 #[cfg(feature = "postgres")]
 pub use gates::fresh_database;

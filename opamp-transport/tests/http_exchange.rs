@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use http_support::{fixed_response, opamp_handler};
+use http_support::{echo, fixed_response, opamp_handler};
 use opamp_proto::{AgentToServer, InstanceUid, Message, ServerErrorResponse, ServerToAgent};
 use opamp_testkit::{Handler, serve_http};
 use opamp_transport::http::client::{HttpError, HttpPoster};
@@ -30,14 +30,6 @@ fn agent_message(sequence_num: u64) -> AgentToServer {
         instance_uid: uid().to_bytes(),
         sequence_num,
         capabilities: 1,
-        ..Default::default()
-    }
-}
-
-fn echo(message: &AgentToServer) -> ServerToAgent {
-    ServerToAgent {
-        instance_uid: message.instance_uid.clone(),
-        capabilities: message.sequence_num,
         ..Default::default()
     }
 }

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use http::header::LOCATION;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use http_support::opamp_handler;
-use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent};
+use http_support::{echo, opamp_handler};
+use opamp_proto::{AgentToServer, InstanceUid};
 use opamp_testkit::{Handler, TestPki, serve_http};
 use opamp_transport::http::client::{HttpError, HttpPoster};
 use opamp_transport::{ClientAuth, ClientOptions, ClientTlsConfig, ConnectError, SystemRoots};
@@ -24,14 +24,6 @@ fn message() -> AgentToServer {
     AgentToServer {
         instance_uid: uid().to_bytes(),
         sequence_num: 5,
-        ..Default::default()
-    }
-}
-
-fn echo(message: &AgentToServer) -> ServerToAgent {
-    ServerToAgent {
-        instance_uid: message.instance_uid.clone(),
-        capabilities: message.sequence_num,
         ..Default::default()
     }
 }

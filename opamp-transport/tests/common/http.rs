@@ -67,3 +67,13 @@ pub fn fixed_response(make: impl Fn() -> Response<Full<Bytes>> + Send + Sync + '
         Box::pin(async move { make() })
     })
 }
+
+/// A reply naming the request: its uid, and its sequence number as the
+/// capabilities.
+pub fn echo(message: &AgentToServer) -> ServerToAgent {
+    ServerToAgent {
+        instance_uid: message.instance_uid.clone(),
+        capabilities: message.sequence_num,
+        ..Default::default()
+    }
+}
