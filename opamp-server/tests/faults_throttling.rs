@@ -32,6 +32,19 @@ const REFUSALS: usize = 3;
 const AGENT_HEADER: &str = "x-storm-agent";
 const BOUND: Duration = Duration::from_secs(3600);
 
+/// Starts every agent against `serving`; returns when that began, and the
+/// agents.
+async fn start_agents<C: Callbacks>(
+    serving: &RunningServer<C>,
+) -> (Instant, Vec<(InstanceUid, OpampClient)>) {
+    let storm_started = Instant::now();
+    let agents = agents(|scheme| serving.endpoint(scheme));
+    for (_, client) in &agents {
+        client.start().await.unwrap();
+    }
+    (storm_started, agents)
+}
+
 fn agents(serving_endpoint: impl Fn(&str) -> String) -> Vec<(InstanceUid, OpampClient)> {
     (0..AGENTS)
         .map(|index| {
@@ -176,11 +189,7 @@ async fn ws_24_http_21_conn_04_a_503_storm_is_waited_out() {
             .build(),
     )
     .await;
-    let storm_started = Instant::now();
-    let agents = agents(|scheme| serving.endpoint(scheme));
-    for (_, client) in &agents {
-        client.start().await.unwrap();
-    }
+    let (storm_started, agents) = start_agents(&serving).await;
     let log = &serving.server.callbacks().log;
     let storm_ended = log.end_when_everyone_waited().await;
 
@@ -247,11 +256,7 @@ async fn ws_22_ws_23_an_unavailable_storm_is_waited_out() {
             .build(),
     )
     .await;
-    let storm_started = Instant::now();
-    let agents = agents(|scheme| serving.endpoint(scheme));
-    for (_, client) in &agents {
-        client.start().await.unwrap();
-    }
+    let (storm_started, agents) = start_agents(&serving).await;
     let callbacks = serving.server.callbacks();
     let storm_ended = callbacks.log.end_when_everyone_waited().await;
 

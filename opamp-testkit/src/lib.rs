@@ -38,7 +38,8 @@
 //!   hand; [`post`], [`http_request`], [`http_exchange`] speak plain HTTP.
 //! - **Recorders**: [`ServerRecorder`] (server callbacks, events as
 //!   [`ServerEvent`]) and [`ClientRecorder`] (client callbacks, events as
-//!   [`ClientEvent`]); [`quick_retry`] for clients that retry on real time.
+//!   [`ClientEvent`]); [`quick_retry`] for clients that retry on real time;
+//!   [`report_applied`] for agents that take every remote config.
 //! - **Messages**: [`uid`], [`report`], [`heartbeat`], [`ack`],
 //!   [`config_map`], [`offer_config`], [`body_of`].
 //! - **External tools**: [`go`], [`postgres_url`] (and, with the
