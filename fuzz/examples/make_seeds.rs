@@ -11,22 +11,22 @@ use std::path::Path;
 
 use bytes::Bytes;
 use opamp_proto::{
-    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDisconnect, AgentIdentification,
-    AgentRemoteConfig, AgentToServer, ConnectionSettingsOffers, Message, OpAmpConnectionSettings,
-    RetryInfo, ServerErrorResponse, ServerErrorResponseType, ServerToAgent, ServerToAgentFlags,
-    server_error_response,
+    AgentCapabilities, AgentDisconnect, AgentIdentification, AgentRemoteConfig, AgentToServer,
+    ConnectionSettingsOffers, Message, OpAmpConnectionSettings, RetryInfo, ServerErrorResponse,
+    ServerErrorResponseType, ServerToAgent, ServerToAgentFlags, server_error_response,
 };
+use opamp_testkit::config_map;
 
 /// Messages an agent and a server really exchange.
 mod messages {
     use bytes::Bytes;
     use opamp_proto::{
-        AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentToServer,
-        AnyValue, AvailableComponents, ComponentDetails, ComponentHealth, DownloadableFile,
-        EffectiveConfig, Header, Headers, KeyValue, PackageAvailable, PackageStatus,
-        PackageStatusEnum, PackageStatuses, PackageType, PackagesAvailable, RemoteConfigStatus,
-        RemoteConfigStatuses, ServerToAgent,
+        AgentCapabilities, AgentDescription, AgentToServer, AnyValue, AvailableComponents,
+        ComponentDetails, ComponentHealth, DownloadableFile, EffectiveConfig, Header, Headers,
+        KeyValue, PackageAvailable, PackageStatus, PackageStatusEnum, PackageStatuses, PackageType,
+        PackagesAvailable, RemoteConfigStatus, RemoteConfigStatuses, ServerToAgent,
     };
+    use opamp_testkit::config_file;
 
     const UID: [u8; 16] = [
         0x01, 0x91, 0xe3, 0xa8, 0xc4, 0xb2, 0x7c, 0x3d, 0x8e, 0x9f, 0x0a, 0x1b, 0x2c, 0x3d, 0x4e,
@@ -74,17 +74,7 @@ mod messages {
                 (format!("component-{n}"), health)
             })
             .collect();
-        let effective = AgentConfigMap {
-            config_map: [(
-                "collector.yaml".to_owned(),
-                AgentConfigObject {
-                    body: Bytes::from_static(b"receivers: {otlp: {}}\n"),
-                    content_type: "text/yaml".into(),
-                    ..Default::default()
-                },
-            )]
-            .into(),
-        };
+        let effective = config_file("collector.yaml", "text/yaml", "receivers: {otlp: {}}\n");
         let packages = (0..2u8)
             .map(|n| {
                 let name = format!("pkg-{n}");
@@ -219,17 +209,7 @@ fn agent(uid_bytes: Bytes, sequence_num: u64) -> AgentToServer {
 }
 
 fn small_server_messages() -> Vec<(&'static str, ServerToAgent)> {
-    let config = AgentConfigMap {
-        config_map: [(
-            "agent.yaml".to_owned(),
-            AgentConfigObject {
-                body: Bytes::from_static(b"log_level: debug\n"),
-                content_type: "text/yaml".into(),
-                ..Default::default()
-            },
-        )]
-        .into(),
-    };
+    let config = config_map("log_level: debug\n");
     vec![
         (
             "remote-config",

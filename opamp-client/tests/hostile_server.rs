@@ -21,17 +21,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use opamp_client::{AgentDescription, Callbacks, OpampClient, TransportError};
 use opamp_proto::{AgentToServer, Message, ServerToAgent};
+use opamp_testkit::within;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-/// A hang guard (virtual time in paused tests), not a timing assertion.
-async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), work)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen"))
-}
 
 /// Forwards connection outcomes to the test.
 struct Watcher {

@@ -7,20 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Recorder, Reply, Seen, TestServer, ack, expect_seen, quick_retry};
+use common::{
+    Reply, TestServer, caps_for_switch, description, opamp_offer, retrying_client, settings_status,
+};
 use http::StatusCode;
 use opamp_client::Callbacks as _;
-use opamp_client::{AgentCapabilities, AgentDescription, MemoryPackageStore, OpampClient};
+use opamp_client::{AgentCapabilities, MemoryPackageStore, OpampClient};
 use opamp_proto::{
-    ComponentHealth, ConnectionSettingsOffers, ConnectionSettingsStatuses, DownloadableFile,
-    OpAmpConnectionSettings, PackageAvailable, PackageStatusEnum, PackageType, PackagesAvailable,
-    ServerToAgent,
+    ComponentHealth, ConnectionSettingsStatuses, DownloadableFile, PackageAvailable,
+    PackageStatusEnum, PackageType, PackagesAvailable, ServerToAgent,
 };
+use opamp_testkit::{ClientEvent, ClientRecorder, ack, expect_client_event};
 use sha2::{Digest, Sha256};
-
-fn description() -> AgentDescription {
-    AgentDescription::for_service("io.example.agent", "1.0.0")
-}
 
 fn health(healthy: bool) -> ComponentHealth {
     ComponentHealth {
@@ -68,15 +66,8 @@ async fn err_06_http_21_busy_server_keeps_pending_state() {
         }
     })
     .await;
-    let (retry, hints) = quick_retry();
-    let (recorder, mut seen) = Recorder::new();
-    let client = OpampClient::builder(server.http_url())
-        .agent_description(description())
-        .capabilities(AgentCapabilities::REPORTS_HEALTH)
-        .retry_policy(retry)
-        .callbacks(recorder)
-        .build()
-        .unwrap();
+    let (client, hints, mut seen) =
+        retrying_client(server.http_url(), Some(AgentCapabilities::REPORTS_HEALTH));
     client.set_health(health(true));
     client.start().await.unwrap();
     server.next().await;
@@ -90,9 +81,9 @@ async fn err_06_http_21_busy_server_keeps_pending_state() {
     assert_eq!(retried.message.health, Some(health(false)));
     assert_eq!(retried.message.sequence_num, refused.message.sequence_num);
     assert_eq!(hints.lock().unwrap().as_slice(), &[Some(Duration::ZERO)]);
-    expect_seen(
+    expect_client_event(
         &mut seen,
-        |s| matches!(s, Seen::ConnectFailed(e) if e.contains("503")),
+        |s| matches!(s, ClientEvent::ConnectFailed(e) if e.contains("503")),
     )
     .await;
     client.stop().await;
@@ -164,25 +155,11 @@ async fn offering_server(offer: ServerToAgent) -> TestServer {
 #[tokio::test]
 async fn cs_05_http_switch_to_verified_new_server() {
     let mut new = TestServer::start(|_, message| Reply::Message(ack(message))).await;
-    let mut old = offering_server(ServerToAgent {
-        connection_settings: Some(ConnectionSettingsOffers {
-            hash: Bytes::from_static(b"h-http"),
-            opamp: Some(OpAmpConnectionSettings {
-                destination_endpoint: new.http_url(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await;
-    let (recorder, mut seen) = Recorder::new();
+    let mut old = offering_server(opamp_offer(new.http_url(), b"h-http")).await;
+    let (recorder, mut seen) = ClientRecorder::new();
     let client = OpampClient::builder(old.http_url())
         .agent_description(description())
-        .capabilities(
-            AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS
-                | AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS,
-        )
+        .capabilities(caps_for_switch())
         .callbacks(recorder)
         .build()
         .unwrap();
@@ -196,23 +173,16 @@ async fn cs_05_http_switch_to_verified_new_server() {
         first.agent_description.is_some(),
         "full state to the new server"
     );
-    let is_applied = |m: &opamp_proto::AgentToServer| {
-        m.connection_settings_status
-            .as_ref()
-            .is_some_and(|s| s.status == ConnectionSettingsStatuses::Applied as i32)
-    };
-    let applied = if is_applied(&first) {
-        first
-    } else {
-        new.next_matching(|r| is_applied(&r.message)).await.message
-    };
-    let applied = applied.connection_settings_status.unwrap();
+    let applied = settings_status(&mut new, first, ConnectionSettingsStatuses::Applied).await;
     assert_eq!(applied.status, ConnectionSettingsStatuses::Applied as i32);
     assert_eq!(
         applied.last_connection_settings_hash,
         Bytes::from_static(b"h-http")
     );
-    expect_seen(&mut seen, |s| matches!(s, Seen::OpampOutcome(_, Ok(())))).await;
+    expect_client_event(&mut seen, |s| {
+        matches!(s, ClientEvent::OpampOutcome(_, Ok(())))
+    })
+    .await;
     client.stop().await;
     new.next_matching(|r| r.message.agent_disconnect.is_some())
         .await;
@@ -224,25 +194,11 @@ async fn cs_06_cs_08_http_failed_switch_goes_back_to_the_old_server() {
     let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead = format!("http://{}/v1/opamp", unused.local_addr().unwrap());
     drop(unused);
-    let mut old = offering_server(ServerToAgent {
-        connection_settings: Some(ConnectionSettingsOffers {
-            hash: Bytes::from_static(b"h-dead"),
-            opamp: Some(OpAmpConnectionSettings {
-                destination_endpoint: dead,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })
-    .await;
-    let (recorder, mut seen) = Recorder::new();
+    let mut old = offering_server(opamp_offer(dead, b"h-dead")).await;
+    let (recorder, mut seen) = ClientRecorder::new();
     let client = OpampClient::builder(old.http_url())
         .agent_description(description())
-        .capabilities(
-            AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS
-                | AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS,
-        )
+        .capabilities(caps_for_switch())
         .callbacks(recorder)
         .build()
         .unwrap();
@@ -270,7 +226,10 @@ async fn cs_06_cs_08_http_failed_switch_goes_back_to_the_old_server() {
         Bytes::from_static(b"h-dead")
     );
     assert!(!status.error_message.is_empty());
-    expect_seen(&mut seen, |s| matches!(s, Seen::OpampOutcome(_, Err(_)))).await;
+    expect_client_event(&mut seen, |s| {
+        matches!(s, ClientEvent::OpampOutcome(_, Err(_)))
+    })
+    .await;
     client.stop().await;
     old.next_matching(|r| r.message.agent_disconnect.is_some())
         .await;
@@ -306,7 +265,7 @@ async fn pkg_06_pkg_08_pkg_13_packages_are_downloaded_verified_and_reported() {
         ..Default::default()
     })
     .await;
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ClientRecorder::new();
     let client = OpampClient::builder(server.http_url())
         .agent_description(description())
         .capabilities(
@@ -337,9 +296,9 @@ async fn pkg_06_pkg_08_pkg_13_packages_are_downloaded_verified_and_reported() {
         installed.packages["addon"].agent_has_hash,
         Bytes::from_static(b"pkg-hash")
     );
-    expect_seen(
+    expect_client_event(
         &mut seen,
-        |s| matches!(s, Seen::Package(text) if text.contains("Installed")),
+        |s| matches!(s, ClientEvent::Package(text) if text.contains("Installed")),
     )
     .await;
     client.stop().await;

@@ -6,19 +6,17 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Recorder, Reply, Seen, TestServer, ack, expect_seen, quick_retry};
-use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
+use common::{
+    Reply, TestServer, caps_for_switch, description, opamp_offer, retrying_client, settings_status,
+};
+use opamp_client::{AgentCapabilities, OpampClient};
 use opamp_proto::{
     AgentConfigMap, AgentConfigObject, AgentIdentification, AgentRemoteConfig, CommandType,
-    ConnectionSettingsOffers, ConnectionSettingsStatuses, CustomCapabilities, CustomMessage,
-    InstanceUid, OpAmpConnectionSettings, RemoteConfigStatus, RemoteConfigStatuses, RetryInfo,
-    ServerErrorResponse, ServerErrorResponseType, ServerToAgent, ServerToAgentCommand,
-    ServerToAgentFlags, server_error_response,
+    ConnectionSettingsStatuses, CustomCapabilities, CustomMessage, InstanceUid, RemoteConfigStatus,
+    RemoteConfigStatuses, RetryInfo, ServerErrorResponse, ServerErrorResponseType, ServerToAgent,
+    ServerToAgentCommand, ServerToAgentFlags, server_error_response,
 };
-
-fn description() -> AgentDescription {
-    AgentDescription::for_service("io.example.agent", "1.0.0")
-}
+use opamp_testkit::{ClientEvent, ClientRecorder, ack, expect_client_event, quick_retry, within};
 
 fn remote_config(hash: &'static [u8]) -> AgentRemoteConfig {
     AgentRemoteConfig {
@@ -51,7 +49,7 @@ async fn sts_01_rcfg_06_ws_17_first_message_remote_config_and_goodbye() {
         }
     })
     .await;
-    let (mut recorder, mut seen) = Recorder::new();
+    let (mut recorder, mut seen) = ClientRecorder::new();
     recorder.on_message = Box::new(|client, data| {
         if let Some(config) = &data.remote_config {
             client.set_remote_config_status(RemoteConfigStatus {
@@ -75,7 +73,7 @@ async fn sts_01_rcfg_06_ws_17_first_message_remote_config_and_goodbye() {
     assert_eq!(first.sequence_num, 0);
     assert_eq!(first.agent_description, Some(description()));
     assert_eq!(first.instance_uid, client.instance_uid().to_bytes());
-    expect_seen(&mut seen, |s| matches!(s, Seen::Connect)).await;
+    expect_client_event(&mut seen, |s| matches!(s, ClientEvent::Connect)).await;
 
     let status = server
         .next_matching(|r| r.message.remote_config_status.is_some())
@@ -89,7 +87,9 @@ async fn sts_01_rcfg_06_ws_17_first_message_remote_config_and_goodbye() {
     client.stop().await;
     let last = server.next().await.message;
     assert!(last.agent_disconnect.is_some());
-    let (conn, close) = common::within(server.closed.recv()).await.unwrap();
+    let (conn, close) = within("the connection to close", server.closed.recv())
+        .await
+        .unwrap();
     assert_eq!(conn, 1);
     assert_eq!(
         close.map(|c| c.code),
@@ -103,16 +103,10 @@ async fn sts_01_rcfg_06_ws_17_first_message_remote_config_and_goodbye() {
 async fn ws_24_refused_upgrade_honours_retry_after() {
     let mut server = TestServer::start(|_, message| Reply::Message(ack(message))).await;
     server.refuse_upgrades(1, Some(0));
-    let (retry, hints) = quick_retry();
-    let (recorder, mut seen) = Recorder::new();
-    let client = OpampClient::builder(server.ws_url())
-        .agent_description(description())
-        .retry_policy(retry)
-        .callbacks(recorder)
-        .build()
-        .unwrap();
+    let (client, hints, mut seen) = retrying_client(server.ws_url(), None);
     client.start().await.unwrap();
-    let failed = expect_seen(&mut seen, |s| matches!(s, Seen::ConnectFailed(_))).await;
+    let failed =
+        expect_client_event(&mut seen, |s| matches!(s, ClientEvent::ConnectFailed(_))).await;
     assert!(format!("{failed:?}").contains("503"), "{failed:?}");
     let first = server.next().await;
     assert_eq!(first.conn, 1);
@@ -185,21 +179,16 @@ async fn ws_23_unavailable_disconnects_waits_and_reconnects_with_full_state() {
         }
     })
     .await;
-    let (retry, hints) = quick_retry();
-    let (recorder, mut seen) = Recorder::new();
-    let client = OpampClient::builder(server.ws_url())
-        .agent_description(description())
-        .retry_policy(retry)
-        .callbacks(recorder)
-        .build()
-        .unwrap();
+    let (client, hints, mut seen) = retrying_client(server.ws_url(), None);
     client.start().await.unwrap();
     assert_eq!(server.next().await.conn, 1);
     // WS-21: a deliberate reconnect says goodbye first, then closes.
     let goodbye = server.next().await;
     assert_eq!(goodbye.conn, 1);
     assert!(goodbye.message.agent_disconnect.is_some());
-    let (closed, _) = common::within(server.closed.recv()).await.unwrap();
+    let (closed, _) = within("the connection to close", server.closed.recv())
+        .await
+        .unwrap();
     assert_eq!(closed, 1);
     let again = server.next().await;
     assert_eq!(again.conn, 2);
@@ -213,14 +202,14 @@ async fn ws_23_unavailable_disconnects_waits_and_reconnects_with_full_state() {
             .unwrap()
             .contains(&Some(Duration::from_millis(1)))
     );
-    expect_seen(&mut seen, |s| matches!(s, Seen::ErrorResponse(_))).await;
+    expect_client_event(&mut seen, |s| matches!(s, ClientEvent::ErrorResponse(_))).await;
     client.stop().await;
 }
 
 #[tokio::test]
 async fn slow_callback_does_not_stall_the_connection() {
     let mut server = TestServer::start(|_, message| Reply::Message(ack(message))).await;
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ClientRecorder::new();
     let (release, gate) = std::sync::mpsc::channel();
     *recorder.gate.lock().unwrap() = Some(gate);
     let client = OpampClient::builder(server.ws_url())
@@ -250,9 +239,9 @@ async fn slow_callback_does_not_stall_the_connection() {
     let full = server.next().await.message;
     assert!(full.agent_description.is_some());
     release.send(()).unwrap();
-    expect_seen(
+    expect_client_event(
         &mut seen,
-        |s| matches!(s, Seen::Message(data) if data.remote_config.is_some()),
+        |s| matches!(s, ClientEvent::Message(data) if data.remote_config.is_some()),
     )
     .await;
     client.stop().await;
@@ -262,7 +251,7 @@ async fn slow_callback_does_not_stall_the_connection() {
 async fn uid_08_cmd_01_cus_new_uid_command_and_custom_messages() {
     let new_uid = InstanceUid::from([5; 16]);
     let mut server = TestServer::start(|_, message| Reply::Message(ack(message))).await;
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ClientRecorder::new();
     let client = OpampClient::builder(server.ws_url())
         .agent_description(description())
         .capabilities(AgentCapabilities::ACCEPTS_RESTART_COMMAND)
@@ -285,9 +274,9 @@ async fn uid_08_cmd_01_cus_new_uid_command_and_custom_messages() {
             ..Default::default()
         },
     );
-    expect_seen(
+    expect_client_event(
         &mut seen,
-        |s| matches!(s, Seen::NewUid(uid) if *uid == new_uid),
+        |s| matches!(s, ClientEvent::NewUid(uid) if *uid == new_uid),
     )
     .await;
     assert_eq!(client.instance_uid(), new_uid);
@@ -318,9 +307,9 @@ async fn uid_08_cmd_01_cus_new_uid_command_and_custom_messages() {
             ..Default::default()
         },
     );
-    expect_seen(
+    expect_client_event(
         &mut seen,
-        |s| matches!(s, Seen::Message(d) if d.custom_message == Some(message.clone())),
+        |s| matches!(s, ClientEvent::Message(d) if d.custom_message == Some(message.clone())),
     )
     .await;
 
@@ -333,34 +322,15 @@ async fn uid_08_cmd_01_cus_new_uid_command_and_custom_messages() {
             ..Default::default()
         },
     );
-    expect_seen(&mut seen, |s| matches!(s, Seen::Command(_))).await;
+    expect_client_event(&mut seen, |s| matches!(s, ClientEvent::Command(_))).await;
     client.stop().await;
-}
-
-fn opamp_offer(endpoint: String, hash: &'static [u8]) -> ServerToAgent {
-    ServerToAgent {
-        connection_settings: Some(ConnectionSettingsOffers {
-            hash: Bytes::from_static(hash),
-            opamp: Some(OpAmpConnectionSettings {
-                destination_endpoint: endpoint,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn caps_for_switch() -> AgentCapabilities {
-    AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS
-        | AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS
 }
 
 #[tokio::test]
 async fn cs_05_cs_08_switch_to_verified_new_server() {
     let mut old = TestServer::start(|_, message| Reply::Message(ack(message))).await;
     let mut new = TestServer::start(|_, message| Reply::Message(ack(message))).await;
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ClientRecorder::new();
     let client = OpampClient::builder(old.ws_url())
         .agent_description(description())
         .capabilities(caps_for_switch())
@@ -384,24 +354,15 @@ async fn cs_05_cs_08_switch_to_verified_new_server() {
     // The new server gets the full state and then APPLIED (CS-08).
     let first = new.next().await.message;
     assert!(first.agent_description.is_some());
-    let is_applied = |m: &opamp_proto::AgentToServer| {
-        m.connection_settings_status
-            .as_ref()
-            .is_some_and(|s| s.status == ConnectionSettingsStatuses::Applied as i32)
-    };
-    let applied = if is_applied(&first) {
-        first
-    } else {
-        new.next_matching(|r| is_applied(&r.message)).await.message
-    };
-    let applied = applied.connection_settings_status.unwrap();
+    let applied = settings_status(&mut new, first, ConnectionSettingsStatuses::Applied).await;
     assert_eq!(applied.status, ConnectionSettingsStatuses::Applied as i32);
     assert_eq!(
         applied.last_connection_settings_hash,
         Bytes::from_static(b"switch-1")
     );
-    let outcome = expect_seen(&mut seen, |s| matches!(s, Seen::OpampOutcome(..))).await;
-    assert!(matches!(outcome, Seen::OpampOutcome(_, Ok(()))));
+    let outcome =
+        expect_client_event(&mut seen, |s| matches!(s, ClientEvent::OpampOutcome(..))).await;
+    assert!(matches!(outcome, ClientEvent::OpampOutcome(_, Ok(()))));
     client.stop().await;
     new.next_matching(|r| r.message.agent_disconnect.is_some())
         .await;
@@ -414,7 +375,7 @@ async fn cs_06_failed_switch_rolls_back_and_reports_failed() {
     let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead = format!("ws://{}/v1/opamp", unused.local_addr().unwrap());
     drop(unused);
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ClientRecorder::new();
     let client = OpampClient::builder(old.ws_url())
         .agent_description(description())
         .capabilities(caps_for_switch())
@@ -442,7 +403,8 @@ async fn cs_06_failed_switch_rolls_back_and_reports_failed() {
         Bytes::from_static(b"switch-2")
     );
     assert!(!status.error_message.is_empty());
-    let outcome = expect_seen(&mut seen, |s| matches!(s, Seen::OpampOutcome(..))).await;
-    assert!(matches!(outcome, Seen::OpampOutcome(_, Err(_))));
+    let outcome =
+        expect_client_event(&mut seen, |s| matches!(s, ClientEvent::OpampOutcome(..))).await;
+    assert!(matches!(outcome, ClientEvent::OpampOutcome(_, Err(_))));
     client.stop().await;
 }

@@ -50,8 +50,7 @@ async fn connect_agent(instance: &Instance, uid: InstanceUid) -> (Ws, i64) {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/opamp", instance.addr))
         .await
         .expect("WebSocket upgrade");
-    ws_send(&mut ws, &report(uid, 0)).await;
-    let reply = ws_recv(&mut ws).await;
+    let reply = ws_exchange(&mut ws, &report(uid, 0)).await;
     assert_eq!(reply.instance_uid, uid.to_bytes());
     loop {
         if let AgentEvent::Connected {
@@ -135,8 +134,7 @@ async fn forward_reaches_the_owning_instance_and_heartbeats_write_nothing() {
     };
     let (before, client) = version(client).await;
     for sequence_num in 1..=3 {
-        ws_send(&mut ws, &heartbeat(agent, sequence_num)).await;
-        let reply = ws_recv(&mut ws).await;
+        let reply = ws_exchange(&mut ws, &heartbeat(agent, sequence_num)).await;
         assert_eq!(reply.instance_uid, agent.to_bytes());
     }
     let (after, _) = version(client).await;
@@ -456,8 +454,7 @@ async fn the_old_instance_closing_late_does_not_mark_a_moved_agent_disconnected(
     let (mut ws_b, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/opamp", b.addr))
         .await
         .expect("WebSocket upgrade");
-    ws_send(&mut ws_b, &heartbeat(agent, 1)).await;
-    ws_recv(&mut ws_b).await;
+    ws_exchange(&mut ws_b, &heartbeat(agent, 1)).await;
     loop {
         if let AgentEvent::Connected { uid, transport } = events_b.recv().await.unwrap() {
             if uid == agent {

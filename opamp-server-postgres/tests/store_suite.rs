@@ -18,13 +18,10 @@ use opamp_server::{
     RemoteConfigState, StoreError, TransportKind,
 };
 use opamp_server_postgres::{PgStore, SaveConflict};
+use opamp_testkit::uid;
 use support::{
-    backend, body_of, config_map, eventually, fresh_database, report, sql, ws_recv, ws_send,
+    backend, body_of, config_map, eventually, fresh_database, report, sql, ws_exchange, ws_recv,
 };
-
-fn uid(n: u8) -> InstanceUid {
-    InstanceUid::from_array([n; 16])
-}
 
 fn at(seconds: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
@@ -38,6 +35,12 @@ fn config(hash: u8) -> AgentRemoteConfig {
 }
 
 /// A record with something in every part the stores keep.
+/// The desired remote config `store` holds for `uid`.
+async fn desired_config(store: &PgStore, uid: InstanceUid) -> Option<AgentRemoteConfig> {
+    let record = store.load(uid).await.unwrap().expect("the agent is stored");
+    record.desired.remote_config
+}
+
 fn full_record(n: u8) -> AgentRecord {
     let mut record = AgentRecord::new(uid(n), at(0));
     record.status.description = Some(
@@ -165,8 +168,7 @@ async fn desired_state_outlives_the_instance_that_set_it<S: AgentStore>(store: A
         .store(SharedStore(Arc::clone(&store)))
         .build();
     let mut ws = connect(serve(first.clone()).await).await;
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &report(agent, 0)).await;
     let offer = first
         .set_remote_config(agent, config_map("kept: true\n"))
         .await
@@ -179,8 +181,7 @@ async fn desired_state_outlives_the_instance_that_set_it<S: AgentStore>(store: A
         .store(SharedStore(Arc::clone(&store)))
         .build();
     let mut ws = connect(serve(second.clone()).await).await;
-    ws_send(&mut ws, &report(agent, 1)).await;
-    let reply = ws_recv(&mut ws).await;
+    let reply = ws_exchange(&mut ws, &report(agent, 1)).await;
     assert_eq!(
         body_of(&reply),
         "kept: true\n",
@@ -361,15 +362,7 @@ async fn the_same_desired_part_changed_twice_is_a_conflict_not_last_writer_wins(
     let mut again = stored;
     again.desired.remote_config = Some(config(30));
     a.save(again).await.unwrap();
-    assert_eq!(
-        b.load(record.uid)
-            .await
-            .unwrap()
-            .unwrap()
-            .desired
-            .remote_config,
-        Some(config(30))
-    );
+    assert_eq!(desired_config(&b, record.uid).await, Some(config(30)));
 }
 
 #[tokio::test]
@@ -419,15 +412,7 @@ async fn a_stale_owner_never_overwrites_what_the_agent_reported() {
     let mut desired = a.load(record.uid).await.unwrap().unwrap();
     desired.desired.remote_config = Some(config(77));
     a.save(desired).await.unwrap();
-    assert_eq!(
-        b.load(record.uid)
-            .await
-            .unwrap()
-            .unwrap()
-            .desired
-            .remote_config,
-        Some(config(77))
-    );
+    assert_eq!(desired_config(&b, record.uid).await, Some(config(77)));
 }
 
 #[tokio::test]

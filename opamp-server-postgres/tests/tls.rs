@@ -9,25 +9,8 @@ use std::sync::Arc;
 use opamp_proto::InstanceUid;
 use opamp_server::{AgentRecord, AgentStore};
 use opamp_server_postgres::PgBackend;
+use opamp_testkit::TestPki;
 use support::{fresh_database, sql};
-
-/// A CA and a server certificate for 127.0.0.1 signed by it.
-fn pki() -> (rcgen::Certificate, String, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    (ca_cert, cert.pem(), key.serialize_pem())
-}
 
 #[tokio::test]
 async fn pool_and_listener_connect_over_tls() {
@@ -59,11 +42,11 @@ async fn pool_and_listener_connect_over_tls() {
     let dir = format!("/tmp/opamp-pg-tls-{}", std::process::id());
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (ca, cert_pem, key_pem) = pki();
+    let pki = TestPki::generate();
     let cert_file = format!("{dir}/server.crt");
     let key_file = format!("{dir}/server.key");
-    std::fs::write(&cert_file, cert_pem).unwrap();
-    std::fs::write(&key_file, key_pem).unwrap();
+    std::fs::write(&cert_file, &pki.server_cert_pem).unwrap();
+    std::fs::write(&key_file, &pki.server_key_pem).unwrap();
     std::fs::set_permissions(&cert_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&key_file, Some(server_uid), None)
@@ -77,14 +60,7 @@ async fn pool_and_listener_connect_over_tls() {
         admin.execute(statement.as_str(), &[]).await.unwrap();
     }
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let client_config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let client_config = Arc::unwrap_or_clone(pki.rustls_client_config(false));
     let mut tls_config = config.clone();
     tls_config.ssl_mode(tokio_postgres::config::SslMode::Require);
 

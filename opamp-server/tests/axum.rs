@@ -1,8 +1,6 @@
 //! Mounted in axum next to another route: both transports on one path
 //! (WS-16, HTTP-04), the peer address through a small middleware.
 
-mod common;
-
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -11,10 +9,10 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use bytes::Bytes;
-use common::*;
 use http::{StatusCode, header};
 use http_body_util::Full;
 use opamp_server::{OpampServer, PeerInfo};
+use opamp_testkit::*;
 
 /// Hands the socket address to the OpAMP server.
 async fn peer_info(
@@ -31,7 +29,7 @@ async fn peer_info(
 
 #[tokio::test]
 async fn gen_01_mounted_in_axum_serves_both_transports() {
-    let (recorder, _seen) = Recorder::new();
+    let (recorder, _seen) = ServerRecorder::new();
     let server = OpampServer::new(recorder);
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))

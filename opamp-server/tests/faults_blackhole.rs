@@ -6,9 +6,10 @@ mod fault_support;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use fault_support::{Fault, FaultyProxy, Serving, within};
+use fault_support::{Fault, FaultyProxy};
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_server::{AgentEvent, OpampServer};
+use opamp_testkit::{RunningServer, within_for};
 
 /// A connection that goes silent without closing (a black hole: a NAT or
 /// load balancer that dropped its state, a peer that vanished) must not keep
@@ -22,7 +23,7 @@ use opamp_server::{AgentEvent, OpampServer};
 /// whole hour the proxy holds it).
 #[tokio::test(start_paused = true)]
 async fn err_04_an_agent_leaves_a_black_holed_websocket() {
-    let serving = Serving::start(OpampServer::builder().build()).await;
+    let serving = RunningServer::start(OpampServer::builder().build()).await;
     let proxy = FaultyProxy::start(serving.addr, |n| {
         if n == 0 {
             // The upgrade and the first exchange get through, then nothing.
@@ -58,7 +59,7 @@ async fn err_04_an_agent_leaves_a_black_holed_websocket() {
     // is replaced and the agent keeps its uid (UID-09: only two live
     // connections are duplicates).
     let mut connected_uids = Vec::new();
-    within(Duration::from_secs(600), "the agent reconnects", async {
+    within_for(Duration::from_secs(600), "the agent reconnects", async {
         while connected_uids.len() < 2 {
             match events.recv().await.unwrap() {
                 AgentEvent::Connected { uid: connected, .. } => connected_uids.push(connected),

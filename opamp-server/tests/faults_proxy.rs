@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fault_support::{Fault, FaultyProxy, Serving, config, panics, until_all, within};
+use fault_support::{Fault, FaultyProxy, config, panics};
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
-use opamp_proto::{InstanceUid, RemoteConfigStatus, RemoteConfigStatuses};
+use opamp_proto::{InstanceUid, RemoteConfigStatuses};
 use opamp_server::{AgentRecord, Callbacks, Connection, DisconnectReason, OpampServer};
+use opamp_testkit::{RunningServer, report_applied, until_all, within_for};
 use tokio::sync::watch;
 
 const WEBSOCKET_AGENTS: usize = 10;
@@ -67,20 +68,14 @@ struct Applier;
 
 impl opamp_client::Callbacks for Applier {
     fn on_message(&self, client: &OpampClient, data: &opamp_client::MessageData) {
-        if let Some(offer) = &data.remote_config {
-            client.set_remote_config_status(RemoteConfigStatus {
-                last_remote_config_hash: offer.config_hash.clone(),
-                status: RemoteConfigStatuses::Applied as i32,
-                error_message: String::new(),
-            });
-        }
+        report_applied(client, data);
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn cut_stalled_and_trickled_connections_recover_on_both_sides() {
     let panics_before = panics();
-    let serving = Serving::start(
+    let serving = RunningServer::start(
         OpampServer::builder()
             .callbacks(Sessions {
                 opened: AtomicUsize::new(0),
@@ -138,7 +133,7 @@ async fn cut_stalled_and_trickled_connections_recover_on_both_sides() {
     // The faulty phase lasts until the proxy has cut CUTS connections.
     let stats = Arc::clone(&proxy.stats);
     let mut finished = proxy.finished.clone();
-    within(BOUND, "the proxy cuts enough connections", async {
+    within_for(BOUND, "the proxy cuts enough connections", async {
         while stats.cuts.load(Ordering::SeqCst) < CUTS {
             finished.changed().await.unwrap();
         }
@@ -163,7 +158,7 @@ async fn cut_stalled_and_trickled_connections_recover_on_both_sides() {
                 .capabilities
                 .contains(AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
     };
-    within(
+    within_for(
         BOUND,
         "every agent is back with its full state",
         until_all(registry, uids.iter().copied(), is_whole),
@@ -180,7 +175,7 @@ async fn cut_stalled_and_trickled_connections_recover_on_both_sides() {
         );
     }
     let hash = hash.unwrap();
-    within(
+    within_for(
         BOUND,
         "every agent applies the config",
         until_all(registry, uids.iter().copied(), |record| {
@@ -206,11 +201,11 @@ async fn cut_stalled_and_trickled_connections_recover_on_both_sides() {
     // opened has been closed, and shutdown drains without hitting its
     // timeout.
     for (_, client) in &agents {
-        within(BOUND, "an agent stops", client.stop()).await;
+        within_for(BOUND, "an agent stops", client.stop()).await;
     }
     let sessions = serving.server.callbacks();
     let mut closed = sessions.closed.subscribe();
-    within(
+    within_for(
         BOUND,
         "every server connection closes",
         closed.wait_for(|closed| *closed == sessions.opened.load(Ordering::SeqCst)),

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fault_support::{CrashableServer, config, ensure_open_files, quantile, until_all, within};
+use fault_support::{CrashableServer, config, ensure_open_files, quantile};
 use opamp_client::{
     AgentCapabilities, AgentDescription, ExponentialBackoff, OpampClient, RetryPolicy,
     TransportError,
@@ -29,6 +29,7 @@ use opamp_proto::{InstanceUid, RemoteConfigStatus, RemoteConfigStatuses};
 use opamp_server::{
     AgentRecord, Callbacks, ConnectDecision, ConnectRequest, OpampServer, Registry,
 };
+use opamp_testkit::{header_number, until_all, within_for};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -108,12 +109,7 @@ struct ReconnectClock {
 impl Callbacks for ReconnectClock {
     async fn on_connecting(&self, request: &ConnectRequest<'_>) -> ConnectDecision {
         let now = Instant::now();
-        let agent = request
-            .parts
-            .headers
-            .get(AGENT_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok());
+        let agent = header_number(&request.parts.headers, AGENT_HEADER);
         if let Some(agent) = agent {
             self.first_attempt
                 .lock()
@@ -236,7 +232,7 @@ async fn crash_and_restart() {
 
     // Everyone is known with a description, then gets config v1.
     let registry = first.server.registry().clone();
-    within(
+    within_for(
         PHASE,
         "all agents connect",
         until_all(&registry, uids.iter().copied(), |record| {
@@ -258,7 +254,7 @@ async fn crash_and_restart() {
             .map(|index| uids[index])
     };
     let (fast_uids, slow_uids) = (group(false), group(true));
-    within(
+    within_for(
         PHASE,
         "fast agents apply v1, slow ones are applying",
         async {
@@ -282,7 +278,7 @@ async fn crash_and_restart() {
 
     // Crash: no Close frames, no draining, the registry is gone.
     fleet.outage.store(true, Ordering::SeqCst);
-    within(PHASE, "the server dies", first.crash()).await;
+    within_for(PHASE, "the server dies", first.crash()).await;
     let crashed_at = Instant::now();
     // The slow group finishes applying while the server is down; those
     // acknowledgements must reach the next server.
@@ -299,7 +295,7 @@ async fn crash_and_restart() {
     fleet.ack_all.store(true, Ordering::SeqCst);
     // Restart only once every agent is deep in its backoff.
     let mut ready = fleet.ready.subscribe();
-    within(
+    within_for(
         PHASE,
         "every agent fails repeatedly",
         ready.wait_for(|ready| *ready >= AGENTS),
@@ -325,7 +321,7 @@ async fn crash_and_restart() {
     // Full state re-synced (the description only comes with a full report,
     // which the server asks for, SEQ-05/06), and every acknowledgement
     // arrived, the fast group's and the slow group's.
-    within(
+    within_for(
         PHASE,
         "all agents re-sync with the new server",
         until_all(&registry, uids.iter().copied(), |record| {
@@ -407,7 +403,7 @@ async fn crash_and_restart() {
     }
     let v2 = v2.unwrap();
     assert_ne!(v1, v2);
-    within(
+    within_for(
         PHASE,
         "all agents apply v2",
         until_all(
@@ -419,13 +415,13 @@ async fn crash_and_restart() {
     .await;
     eprintln!("v2 applied by all after {:?}", started.elapsed());
 
-    within(
+    within_for(
         PHASE,
         "agents stop",
         futures_util::future::join_all(agents.iter().map(|(_, client)| client.stop())),
     )
     .await;
-    within(PHASE, "the server stops", second.stop()).await;
+    within_for(PHASE, "the server stops", second.stop()).await;
     eprintln!("done after {:?}", started.elapsed());
 }
 

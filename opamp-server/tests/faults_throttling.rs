@@ -7,20 +7,18 @@
 //! Paused time: the agents' clocks are the server's, so the spacing of each
 //! agent's attempts is exact, not a wall-clock estimate.
 
-mod fault_support;
-
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fault_support::{Serving, until_all, within};
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent};
 use opamp_server::{
     Callbacks, ConnectDecision, ConnectRequest, Connection, OpampServer, Refusal, TransportKind,
     unavailable_response,
 };
+use opamp_testkit::{RunningServer, header_number, until_all, within_for};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -33,6 +31,19 @@ const RETRY_AFTER: Duration = Duration::from_secs(20);
 const REFUSALS: usize = 3;
 const AGENT_HEADER: &str = "x-storm-agent";
 const BOUND: Duration = Duration::from_secs(3600);
+
+/// Starts every agent against `serving`; returns when that began, and the
+/// agents.
+async fn start_agents<C: Callbacks>(
+    serving: &RunningServer<C>,
+) -> (Instant, Vec<(InstanceUid, OpampClient)>) {
+    let storm_started = Instant::now();
+    let agents = agents(|scheme| serving.endpoint(scheme));
+    for (_, client) in &agents {
+        client.start().await.unwrap();
+    }
+    (storm_started, agents)
+}
 
 fn agents(serving_endpoint: impl Fn(&str) -> String) -> Vec<(InstanceUid, OpampClient)> {
     (0..AGENTS)
@@ -107,7 +118,7 @@ impl<K: std::hash::Hash + Eq + Copy> StormLog<K> {
     /// Ends the storm once every agent was turned away `REFUSALS` times.
     async fn end_when_everyone_waited(&self) -> Instant {
         let mut enough = self.enough.subscribe();
-        within(
+        within_for(
             BOUND,
             "every agent is turned away",
             enough.wait_for(|n| *n >= AGENTS),
@@ -158,12 +169,7 @@ struct Refusing {
 
 impl Callbacks for Refusing {
     async fn on_connecting(&self, request: &ConnectRequest<'_>) -> ConnectDecision {
-        let agent = request
-            .parts
-            .headers
-            .get(AGENT_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<usize>().ok())
+        let agent = header_number::<usize>(&request.parts.headers, AGENT_HEADER)
             .expect("every agent names itself");
         if self.log.arrive(agent) {
             ConnectDecision::Refuse(Refusal::service_unavailable(Some(RETRY_AFTER)))
@@ -175,7 +181,7 @@ impl Callbacks for Refusing {
 
 #[tokio::test(start_paused = true)]
 async fn ws_24_http_21_conn_04_a_503_storm_is_waited_out() {
-    let serving = Serving::start(
+    let serving = RunningServer::start(
         OpampServer::builder()
             .callbacks(Refusing {
                 log: StormLog::new(),
@@ -183,17 +189,13 @@ async fn ws_24_http_21_conn_04_a_503_storm_is_waited_out() {
             .build(),
     )
     .await;
-    let storm_started = Instant::now();
-    let agents = agents(|scheme| serving.endpoint(scheme));
-    for (_, client) in &agents {
-        client.start().await.unwrap();
-    }
+    let (storm_started, agents) = start_agents(&serving).await;
     let log = &serving.server.callbacks().log;
     let storm_ended = log.end_when_everyone_waited().await;
 
     let registry = serving.server.registry();
     let uids: Vec<InstanceUid> = agents.iter().map(|(uid, _)| *uid).collect();
-    within(
+    within_for(
         BOUND,
         "every agent is back",
         until_all(registry, uids, |record| {
@@ -245,7 +247,7 @@ impl Callbacks for Unavailable {
 
 #[tokio::test(start_paused = true)]
 async fn ws_22_ws_23_an_unavailable_storm_is_waited_out() {
-    let serving = Serving::start(
+    let serving = RunningServer::start(
         OpampServer::builder()
             .callbacks(Unavailable {
                 log: StormLog::new(),
@@ -254,11 +256,7 @@ async fn ws_22_ws_23_an_unavailable_storm_is_waited_out() {
             .build(),
     )
     .await;
-    let storm_started = Instant::now();
-    let agents = agents(|scheme| serving.endpoint(scheme));
-    for (_, client) in &agents {
-        client.start().await.unwrap();
-    }
+    let (storm_started, agents) = start_agents(&serving).await;
     let callbacks = serving.server.callbacks();
     let storm_ended = callbacks.log.end_when_everyone_waited().await;
 
@@ -266,7 +264,7 @@ async fn ws_22_ws_23_an_unavailable_storm_is_waited_out() {
     let uids: Vec<InstanceUid> = agents.iter().map(|(uid, _)| *uid).collect();
     // Back means: a message answered normally, on a live connection.
     let mut returned = callbacks.log.returned.subscribe();
-    within(BOUND, "every agent is back", async {
+    within_for(BOUND, "every agent is back", async {
         returned.wait_for(|count| *count == AGENTS).await.unwrap();
         until_all(registry, uids, |record| record.is_connected()).await;
     })

@@ -11,141 +11,53 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use opamp_proto::{
-    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentRemoteConfig,
-    AgentToServer, InstanceUid, Message, ServerErrorResponseType, ServerToAgent,
+    AgentDescription, AgentToServer, InstanceUid, Message, ServerErrorResponseType, ServerToAgent,
     ServerToAgentFlags,
 };
-use opamp_server::{OpampServer, SendError, ServeError};
-use opamp_transport::{HeaderlessFrames, decode_frame, encode_frame};
+use opamp_server::{OpampServer, SendError};
+use opamp_testkit::{
+    CAPS, RunningServer, Ws, config_file, frame, framed, http_request, offer_config, post, uid,
+    within, ws_close_code, ws_connect, ws_recv,
+};
+use opamp_transport::encode_frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// A hang guard, not a timing assertion.
-async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), work)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen"))
-}
-
-struct Running {
-    addr: SocketAddr,
-    server: OpampServer,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), ServeError>>,
-}
-
-impl Running {
-    async fn start(server: OpampServer) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.clone().serve_with_shutdown(listener, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            server,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        within("server shutdown", self.task).await.unwrap().unwrap();
-    }
-}
-
-fn uid(byte: u8) -> InstanceUid {
-    InstanceUid::from_array([byte; 16])
-}
-
+/// An agent message with the kit's capabilities and any uid bytes (hostile
+/// cases send uids of the wrong length); the first one carries a
+/// description.
 fn message(uid: &[u8], sequence_num: u64) -> AgentToServer {
     AgentToServer {
         instance_uid: Bytes::copy_from_slice(uid),
         sequence_num,
-        capabilities: (AgentCapabilities::REPORTS_STATUS
-            | AgentCapabilities::ACCEPTS_REMOTE_CONFIG
-            | AgentCapabilities::REPORTS_HEARTBEAT)
-            .bits(),
+        capabilities: CAPS.bits(),
         agent_description: (sequence_num == 0)
             .then(|| AgentDescription::for_service("io.example.agent", "1.0")),
         ..Default::default()
     }
 }
 
-async fn ws_connect(addr: SocketAddr) -> Ws {
-    let (ws, _) = within(
-        "WebSocket upgrade",
-        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/opamp")),
-    )
-    .await
-    .expect("upgrade accepted");
-    ws
-}
-
-fn frame_of(message: &AgentToServer) -> WsMessage {
-    WsMessage::Binary(encode_frame(message, usize::MAX).unwrap())
-}
-
-/// What the server sent next.
-#[derive(Debug)]
-enum Next {
-    Reply(Box<ServerToAgent>),
-    Close(Option<u16>),
-    End,
-}
-
-async fn next(ws: &mut Ws) -> Next {
-    within("a message from the server", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(WsMessage::Binary(data))) => {
-                    let reply = decode_frame(data, usize::MAX, HeaderlessFrames::Reject)
-                        .expect("the server sends valid frames");
-                    return Next::Reply(Box::new(reply));
-                }
-                Some(Ok(WsMessage::Close(frame))) => {
-                    return Next::Close(frame.map(|frame| frame.code.into()));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Next::End,
-            }
-        }
-    })
-    .await
-}
-
+/// A WebSocket message from the server, with a hang guard.
 async fn reply(ws: &mut Ws) -> ServerToAgent {
-    match next(ws).await {
-        Next::Reply(reply) => *reply,
-        other => panic!("expected a ServerToAgent, got {other:?}"),
-    }
+    within("a message from the server", ws_recv(ws)).await
 }
 
+/// The close code the server sends next, with a hang guard.
 async fn close_code(ws: &mut Ws) -> Option<u16> {
-    loop {
-        match next(ws).await {
-            Next::Reply(_) => continue,
-            Next::Close(code) => return code,
-            Next::End => return None,
-        }
-    }
+    within("the server's Close", ws_close_code(ws)).await
+}
+
+/// POSTs `request` and returns the status and body.
+async fn post_raw(addr: SocketAddr, request: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
+    let response = within("HTTP response", http_request(addr, request)).await;
+    (response.status(), response.into_body())
 }
 
 fn assert_bad_request(reply: &ServerToAgent, case: &str) {
@@ -182,7 +94,7 @@ impl Healthy {
     async fn exchange(&mut self) {
         let sent = message(&self.uid.to_bytes(), self.sequence_num);
         self.sequence_num += 1;
-        self.ws.send(frame_of(&sent)).await.expect("healthy send");
+        self.ws.send(frame(&sent)).await.expect("healthy send");
         let answer = reply(&mut self.ws).await;
         assert_eq!(answer.instance_uid, self.uid.to_bytes(), "UID-06");
         assert!(answer.error_response.is_none(), "{answer:?}");
@@ -192,6 +104,33 @@ impl Healthy {
         self.exchange().await;
         let _ = self.ws.close(None).await;
     }
+}
+
+/// A server next to a healthy agent: every case attacks while it is
+/// served.
+async fn start(server: OpampServer) -> (RunningServer, Healthy) {
+    let running = RunningServer::start(server).await;
+    let healthy = Healthy::connect(running.addr).await;
+    (running, healthy)
+}
+
+/// The healthy agent is still served; then everything shuts down.
+async fn finish(healthy: Healthy, running: RunningServer) {
+    healthy.leave().await;
+    within("server shutdown", running.stop()).await;
+}
+
+/// A hostile WebSocket agent that first says hello as `agent`.
+async fn hostile_hello(addr: SocketAddr, agent: &[u8]) -> Ws {
+    let mut hostile = ws_connect(addr).await;
+    hostile.send(frame(&message(agent, 0))).await.unwrap();
+    reply(&mut hostile).await;
+    hostile
+}
+
+/// Whether the registry knows `agent`.
+async fn knows(running: &RunningServer, agent: InstanceUid) -> bool {
+    running.registry().agent(agent).await.unwrap().is_some()
 }
 
 /// See opamp-transport's `hostile_codec.rs`: an agent description whose one
@@ -232,32 +171,6 @@ fn nested_any_value_report(uid: &[u8; 16], depth: usize) -> Vec<u8> {
     out
 }
 
-fn framed(body: &[u8]) -> WsMessage {
-    let mut frame = vec![0x00];
-    frame.extend_from_slice(body);
-    WsMessage::Binary(Bytes::from(frame))
-}
-
-async fn post_raw(addr: SocketAddr, request: Request<Full<Bytes>>) -> (StatusCode, Bytes) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let response = within("HTTP response", sender.send_request(request))
-        .await
-        .expect("response");
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, body)
-}
-
-fn protobuf_post(addr: SocketAddr) -> http::request::Builder {
-    Request::post(format!("http://{addr}/v1/opamp"))
-        .header(header::HOST, addr.to_string())
-        .header(header::CONTENT_TYPE, "application/x-protobuf")
-}
-
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     encoder.write_all(data).unwrap();
@@ -270,12 +183,9 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 /// (100) and is answered BAD_REQUEST; the connection and the server live.
 #[tokio::test]
 async fn err_02_deeply_nested_any_value_over_websocket_gets_bad_request() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let mut healthy = Healthy::connect(running.addr).await;
-    let mut hostile = ws_connect(running.addr).await;
+    let (running, mut healthy) = start(OpampServer::builder().build()).await;
     let agent = [0x21; 16];
-    hostile.send(frame_of(&message(&agent, 0))).await.unwrap();
-    reply(&mut hostile).await;
+    let mut hostile = hostile_hello(running.addr, &agent).await;
 
     hostile
         .send(framed(&nested_any_value_report(&agent, 100_000)))
@@ -292,21 +202,19 @@ async fn err_02_deeply_nested_any_value_over_websocket_gets_bad_request() {
     );
     healthy.exchange().await;
     // Still connected, still the same agent.
-    hostile.send(frame_of(&message(&agent, 1))).await.unwrap();
+    hostile.send(frame(&message(&agent, 1))).await.unwrap();
     let answer = reply(&mut hostile).await;
     assert!(answer.error_response.is_none());
     assert_eq!(&answer.instance_uid[..], &agent[..]);
     drop(hostile);
-    healthy.leave().await;
-    running.stop().await;
+    finish(healthy, running).await;
 }
 
 /// HTTP-04, ERR-02: the same body over plain HTTP is a 400.
 #[tokio::test]
 async fn deeply_nested_any_value_over_http_is_400() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let mut healthy = Healthy::connect(running.addr).await;
-    let request = protobuf_post(running.addr)
+    let (running, mut healthy) = start(OpampServer::builder().build()).await;
+    let request = post(running.addr)
         .body(Full::new(Bytes::from(nested_any_value_report(
             &[0x22; 16],
             100_000,
@@ -315,17 +223,8 @@ async fn deeply_nested_any_value_over_http_is_400() {
     let (status, _) = post_raw(running.addr, request).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     healthy.exchange().await;
-    assert!(
-        running
-            .server
-            .registry()
-            .agent(uid(0x22))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    healthy.leave().await;
-    running.stop().await;
+    assert!(!knows(&running, uid(0x22)).await);
+    finish(healthy, running).await;
 }
 
 /// WS-04, ERR-02: bad headers (non-zero, overlong, unterminated varints) and
@@ -333,12 +232,9 @@ async fn deeply_nested_any_value_over_http_is_400() {
 /// BAD_REQUEST and the connection carries on.
 #[tokio::test]
 async fn ws_04_err_02_malformed_frames_each_get_bad_request() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let mut healthy = Healthy::connect(running.addr).await;
-    let mut hostile = ws_connect(running.addr).await;
+    let (running, mut healthy) = start(OpampServer::builder().build()).await;
     let agent = [0x23; 16];
-    hostile.send(frame_of(&message(&agent, 0))).await.unwrap();
-    reply(&mut hostile).await;
+    let mut hostile = hostile_hello(running.addr, &agent).await;
 
     let full = encode_frame(&message(&agent, 1), usize::MAX).unwrap();
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -371,18 +267,16 @@ async fn ws_04_err_02_malformed_frames_each_get_bad_request() {
         assert_bad_request(&reply(&mut hostile).await, case);
         healthy.exchange().await;
     }
-    hostile.send(frame_of(&message(&agent, 1))).await.unwrap();
+    hostile.send(frame(&message(&agent, 1))).await.unwrap();
     assert!(reply(&mut hostile).await.error_response.is_none());
     drop(hostile);
-    healthy.leave().await;
-    running.stop().await;
+    finish(healthy, running).await;
 }
 
 /// WS-01: a text frame closes that connection with 1003, nobody else's.
 #[tokio::test]
 async fn ws_01_text_frame_closes_1003_and_others_are_unaffected() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let mut healthy = Healthy::connect(running.addr).await;
+    let (running, mut healthy) = start(OpampServer::builder().build()).await;
     let mut hostile = ws_connect(running.addr).await;
     hostile
         .send(WsMessage::Text("{\"instance_uid\": 1}".into()))
@@ -391,16 +285,14 @@ async fn ws_01_text_frame_closes_1003_and_others_are_unaffected() {
     assert_eq!(close_code(&mut hostile).await, Some(1003));
     healthy.exchange().await;
     drop(hostile);
-    healthy.leave().await;
-    running.stop().await;
+    finish(healthy, running).await;
 }
 
 /// WS-07: a message split into continuation frames is reassembled and
 /// answered like any other.
 #[tokio::test]
 async fn ws_07_fragmented_message_is_reassembled() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let mut healthy = Healthy::connect(running.addr).await;
+    let (running, mut healthy) = start(OpampServer::builder().build()).await;
     let mut hostile = ws_connect(running.addr).await;
     let mut report = message(&[0x24; 16], 0);
     report
@@ -428,20 +320,19 @@ async fn ws_07_fragmented_message_is_reassembled() {
     let answer = reply(&mut hostile).await;
     assert!(answer.error_response.is_none(), "{answer:?}");
     assert_eq!(&answer.instance_uid[..], &[0x24; 16][..]);
-    let record = running.server.registry().agent(uid(0x24)).await.unwrap();
+    let record = running.registry().agent(uid(0x24)).await.unwrap();
     let description = record.expect("recorded").status.description.unwrap();
     assert_eq!(description, report.agent_description.unwrap());
     drop(hostile);
-    healthy.leave().await;
-    running.stop().await;
+    finish(healthy, running).await;
 }
 
 /// WS-09: fragments that add up to more than the limit close with 1009,
 /// though every fragment on its own is small.
 #[tokio::test]
 async fn ws_09_fragments_adding_up_past_the_limit_close_1009() {
-    let running = Running::start(OpampServer::builder().max_message_size(16 * 1024).build()).await;
-    let mut healthy = Healthy::connect(running.addr).await;
+    let (running, mut healthy) =
+        start(OpampServer::builder().max_message_size(16 * 1024).build()).await;
     let mut hostile = ws_connect(running.addr).await;
     let mut first = vec![0x00, 0x0a, 0x10];
     first.extend_from_slice(&[0x25; 16]);
@@ -461,16 +352,14 @@ async fn ws_09_fragments_adding_up_past_the_limit_close_1009() {
     assert_eq!(close_code(&mut hostile).await, Some(1009));
     healthy.exchange().await;
     drop(hostile);
-    healthy.leave().await;
-    running.stop().await;
+    finish(healthy, running).await;
 }
 
 /// WS-09: a frame header announcing 65 MiB is refused with 1009 from the
 /// header alone: the server does not wait for (or buffer) the payload.
 #[tokio::test]
 async fn ws_09_a_65_mib_frame_is_refused_from_its_header() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let mut healthy = Healthy::connect(running.addr).await;
+    let (running, mut healthy) = start(OpampServer::builder().build()).await;
 
     let mut raw = TcpStream::connect(running.addr).await.unwrap();
     raw.write_all(
@@ -507,8 +396,7 @@ async fn ws_09_a_65_mib_frame_is_refused_from_its_header() {
     assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1009);
 
     healthy.exchange().await;
-    healthy.leave().await;
-    running.stop().await;
+    finish(healthy, running).await;
 }
 
 // ------------------------------------------------------------- plain HTTP
@@ -517,8 +405,8 @@ async fn ws_09_a_65_mib_frame_is_refused_from_its_header() {
 /// once the limit is passed; nothing is recorded.
 #[tokio::test]
 async fn http_17_gzip_bomb_is_413() {
-    let running = Running::start(OpampServer::builder().max_message_size(1 << 20).build()).await;
-    let mut healthy = Healthy::connect(running.addr).await;
+    let (running, mut healthy) =
+        start(OpampServer::builder().max_message_size(1 << 20).build()).await;
     let mut bomb = message(&[0x26; 16], 0);
     bomb.agent_description
         .as_mut()
@@ -527,32 +415,22 @@ async fn http_17_gzip_bomb_is_413() {
         .push(opamp_proto::KeyValue::new("padding", "z".repeat(8 << 20)));
     let compressed = gzip(&bomb.encode_to_vec());
     assert!(compressed.len() < 64 * 1024, "{}", compressed.len());
-    let request = protobuf_post(running.addr)
+    let request = post(running.addr)
         .header(header::CONTENT_ENCODING, "gzip")
         .body(Full::new(Bytes::from(compressed)))
         .unwrap();
     let (status, _) = post_raw(running.addr, request).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     healthy.exchange().await;
-    assert!(
-        running
-            .server
-            .registry()
-            .agent(uid(0x26))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    healthy.leave().await;
-    running.stop().await;
+    assert!(!knows(&running, uid(0x26)).await);
+    finish(healthy, running).await;
 }
 
 /// HTTP-04, WS-16: a wrong, missing or doubled content type is a 415, a
 /// wrong method a 405, an unknown content coding a 415.
 #[tokio::test]
 async fn http_04_wrong_or_missing_content_type_is_refused() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let mut healthy = Healthy::connect(running.addr).await;
+    let (running, mut healthy) = start(OpampServer::builder().build()).await;
     let addr = running.addr;
     let body = || Full::new(Bytes::from(message(&[0x27; 16], 0).encode_to_vec()));
     let base =
@@ -596,31 +474,21 @@ async fn http_04_wrong_or_missing_content_type_is_refused() {
         assert_eq!(status.as_u16(), expected, "{case}");
         healthy.exchange().await;
     }
-    assert!(
-        running
-            .server
-            .registry()
-            .agent(uid(0x27))
-            .await
-            .unwrap()
-            .is_none()
-    );
-    healthy.leave().await;
-    running.stop().await;
+    assert!(!knows(&running, uid(0x27)).await);
+    finish(healthy, running).await;
 }
 
 /// A chunked body that never ends gets 408 once the body read timeout
 /// passes; the healthy agent is served meanwhile.
 #[tokio::test(start_paused = true)]
 async fn chunked_body_that_never_ends_is_408() {
-    let running = Running::start(
+    let (running, mut healthy) = start(
         OpampServer::builder()
             .body_read_timeout(Duration::from_secs(5))
             .idle_timeout_heartbeats(0)
             .build(),
     )
     .await;
-    let mut healthy = Healthy::connect(running.addr).await;
     let mut raw = TcpStream::connect(running.addr).await.unwrap();
     raw.write_all(
         format!(
@@ -648,22 +516,20 @@ async fn chunked_body_that_never_ends_is_408() {
         "only the healthy agent"
     );
     healthy.exchange().await;
-    healthy.leave().await;
-    running.stop().await;
+    finish(healthy, running).await;
 }
 
 /// Slowloris: a request head trickled a byte at a time is dropped once the
 /// header read timeout passes, however long the trickle would go on.
 #[tokio::test(start_paused = true)]
 async fn slowloris_request_head_is_dropped() {
-    let running = Running::start(
+    let (running, mut healthy) = start(
         OpampServer::builder()
             .header_read_timeout(Duration::from_secs(5))
             .idle_timeout_heartbeats(0)
             .build(),
     )
     .await;
-    let mut healthy = Healthy::connect(running.addr).await;
     let raw = TcpStream::connect(running.addr).await.unwrap();
     let (mut reader, mut writer) = raw.into_split();
     let trickle = tokio::spawn(async move {
@@ -691,8 +557,7 @@ async fn slowloris_request_head_is_dropped() {
         "writes fail once dropped"
     );
     healthy.exchange().await;
-    healthy.leave().await;
-    running.stop().await;
+    finish(healthy, running).await;
 }
 
 // ------------------------------------------------------------ protocol abuse
@@ -702,17 +567,16 @@ async fn slowloris_request_head_is_dropped() {
 /// reach the registry.
 #[tokio::test]
 async fn uid_03_instance_uids_of_0_15_17_bytes_get_bad_request() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let mut healthy = Healthy::connect(running.addr).await;
+    let (running, mut healthy) = start(OpampServer::builder().build()).await;
     let mut hostile = ws_connect(running.addr).await;
     for len in [0usize, 15, 17] {
         let bad = vec![0x29; len];
-        hostile.send(frame_of(&message(&bad, 0))).await.unwrap();
+        hostile.send(frame(&message(&bad, 0))).await.unwrap();
         let answer = reply(&mut hostile).await;
         assert_bad_request(&answer, &format!("{len} bytes over WebSocket"));
         assert_eq!(answer.instance_uid, Bytes::from(bad.clone()), "echoed");
 
-        let request = protobuf_post(running.addr)
+        let request = post(running.addr)
             .body(Full::new(Bytes::from(message(&bad, 0).encode_to_vec())))
             .unwrap();
         let (status, body) = post_raw(running.addr, request).await;
@@ -728,10 +592,9 @@ async fn uid_03_instance_uids_of_0_15_17_bytes_get_bad_request() {
         }
         healthy.exchange().await;
     }
-    assert_eq!(running.server.registry().connected(), vec![uid(0xe7)]);
+    assert_eq!(running.registry().connected(), vec![uid(0xe7)]);
     drop(hostile);
-    healthy.leave().await;
-    running.stop().await;
+    finish(healthy, running).await;
 }
 
 /// SEQ-05: a sequence number going backwards is a gap: the server asks for
@@ -739,8 +602,7 @@ async fn uid_03_instance_uids_of_0_15_17_bytes_get_bad_request() {
 /// agent carries on without further requests.
 #[tokio::test]
 async fn seq_05_sequence_numbers_going_backwards_ask_for_full_state() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let mut healthy = Healthy::connect(running.addr).await;
+    let (running, mut healthy) = start(OpampServer::builder().build()).await;
     let mut hostile = ws_connect(running.addr).await;
     let agent = [0x2a; 16];
     let full_state = |reply: &ServerToAgent| {
@@ -749,50 +611,34 @@ async fn seq_05_sequence_numbers_going_backwards_ask_for_full_state() {
     };
     for sequence_num in 0..=5 {
         hostile
-            .send(frame_of(&message(&agent, sequence_num)))
+            .send(frame(&message(&agent, sequence_num)))
             .await
             .unwrap();
         assert!(!full_state(&reply(&mut hostile).await), "{sequence_num}");
     }
-    hostile.send(frame_of(&message(&agent, 2))).await.unwrap();
+    hostile.send(frame(&message(&agent, 2))).await.unwrap();
     assert!(full_state(&reply(&mut hostile).await), "backwards is a gap");
     healthy.exchange().await;
     // The full report (numbered on from the backwards value) is the new
     // baseline.
     let mut full = message(&agent, 3);
     full.agent_description = Some(AgentDescription::for_service("io.example.agent", "1.0"));
-    hostile.send(frame_of(&full)).await.unwrap();
+    hostile.send(frame(&full)).await.unwrap();
     assert!(!full_state(&reply(&mut hostile).await));
-    hostile.send(frame_of(&message(&agent, 4))).await.unwrap();
+    hostile.send(frame(&message(&agent, 4))).await.unwrap();
     assert!(!full_state(&reply(&mut hostile).await));
     // Going back to 0 without a description is a gap again, not a restart.
     hostile
-        .send(frame_of(&message(&agent, 1).clone()))
+        .send(frame(&message(&agent, 1).clone()))
         .await
         .unwrap();
     assert!(full_state(&reply(&mut hostile).await));
     drop(hostile);
-    healthy.leave().await;
-    running.stop().await;
+    finish(healthy, running).await;
 }
 
 fn big_config(bytes: usize) -> ServerToAgent {
-    let mut config = AgentConfigMap::default();
-    config.config_map.insert(
-        String::new(),
-        AgentConfigObject {
-            body: Bytes::from(vec![b'x'; bytes]),
-            content_type: String::new(),
-            ..Default::default()
-        },
-    );
-    ServerToAgent {
-        remote_config: Some(AgentRemoteConfig {
-            config_hash: opamp_proto::config_hash(&config),
-            config: Some(config),
-        }),
-        ..Default::default()
-    }
+    offer_config(config_file("", "", &"x".repeat(bytes)))
 }
 
 /// A WebSocket agent that never reads fills its bounded send queue and is
@@ -804,17 +650,16 @@ async fn agent_that_never_reads_is_disconnected() {
         .send_queue_capacity(2)
         .close_timeout(Duration::from_millis(200))
         .build();
-    let running = Running::start(server).await;
-    let mut healthy = Healthy::connect(running.addr).await;
+    let (running, mut healthy) = start(server).await;
     let mut hostile = ws_connect(running.addr).await;
     let agent = uid(0x2b);
     hostile
-        .send(frame_of(&message(&agent.to_bytes(), 0)))
+        .send(frame(&message(&agent.to_bytes(), 0)))
         .await
         .unwrap();
     reply(&mut hostile).await;
     // From here on the hostile agent reads nothing.
-    let registry = running.server.registry();
+    let registry = running.registry();
     let push = big_config(512 * 1024);
     let mut outcome = None;
     for _ in 0..1000 {
@@ -851,6 +696,5 @@ async fn agent_that_never_reads_is_disconnected() {
     assert!(reply(&mut healthy.ws).await.remote_config.is_some());
     healthy.exchange().await;
     drop(hostile);
-    healthy.leave().await;
-    running.stop().await;
+    finish(healthy, running).await;
 }

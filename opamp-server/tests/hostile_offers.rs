@@ -8,89 +8,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use opamp_client::{AgentCapabilities, AgentDescription, ClientTlsConfig, OpampClient};
+use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{
     ConnectionSettingsOffers, ConnectionSettingsStatuses, InstanceUid, OpAmpConnectionSettings,
     TlsCertificate,
 };
-use opamp_server::{AgentEvent, OpampServer, Registry, ServeError, ServerTlsConfig};
+use opamp_server::{AgentEvent, OpampServer, Registry};
+use opamp_testkit::{RunningServer, TestPki, within};
 use opamp_transport::SystemRoots;
-use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::{broadcast, mpsc};
 
-/// A hang guard, not a timing assertion.
-async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), work)
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not happen"))
-}
-
-struct Pki {
-    ca_pem: String,
-    server: (String, String),
-    client: (String, String),
-    other_key: String,
-}
-
-fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>, usage| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        ca_pem: ca_cert.pem(),
-        server: leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        ),
-        client: leaf(
-            vec!["agent".into()],
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ),
-        other_key: rcgen::KeyPair::generate().unwrap().serialize_pem(),
-    }
-}
-
-struct Running {
-    addr: SocketAddr,
-    registry: Registry,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), ServeError>>,
-}
-
-async fn start(pki: &Pki) -> Running {
-    let server = OpampServer::builder()
-        .tls(ServerTlsConfig::new(
-            pki.server.0.clone(),
-            pki.server.1.clone(),
-        ))
-        .build();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let registry = server.registry().clone();
-    let task = tokio::spawn(server.serve_with_shutdown(listener, async {
-        let _ = stopped.await;
-    }));
-    Running {
-        addr,
-        registry,
-        stop,
-        task,
-    }
+async fn start(pki: &TestPki) -> RunningServer {
+    RunningServer::start(OpampServer::builder().tls(pki.server_tls()).build()).await
 }
 
 /// What the agent was told about offered OpAMP settings.
@@ -110,13 +39,11 @@ impl opamp_client::Callbacks for Outcomes {
 
 fn agent(
     addr: SocketAddr,
-    pki: &Pki,
+    pki: &TestPki,
     uid: InstanceUid,
 ) -> (OpampClient, mpsc::UnboundedReceiver<Result<(), String>>) {
     let (seen, outcomes) = mpsc::unbounded_channel();
-    let tls = ClientTlsConfig::new()
-        .with_root_ca_pem(pki.ca_pem.clone())
-        .with_system_roots(SystemRoots::None);
+    let tls = pki.client_tls().with_system_roots(SystemRoots::None);
     let client = OpampClient::builder(format!("wss://localhost:{}/v1/opamp", addr.port()))
         .instance_uid(uid)
         .tls(tls)
@@ -182,9 +109,9 @@ fn offer(hash: &'static [u8], cert: String, key: String) -> ConnectionSettingsOf
 /// on the same server never notices.
 #[tokio::test]
 async fn certificate_offers_with_bad_pem_are_refused() {
-    let pki = pki();
+    let pki = TestPki::generate();
     let running = start(&pki).await;
-    let registry = running.registry.clone();
+    let registry = running.registry().clone();
     let mut events = registry.subscribe();
 
     let healthy_uid = InstanceUid::from_array([0xe7; 16]);
@@ -205,8 +132,8 @@ async fn certificate_offers_with_bad_pem_are_refused() {
     );
     let mismatched = offer(
         b"mismatched-key",
-        pki.client.0.clone(),
-        pki.other_key.clone(),
+        pki.client_cert_pem.clone(),
+        pki.rogue_client_key_pem.clone(),
     );
     let cases = [
         (&b"bad-pem"[..], garbage, "pem"),
@@ -250,9 +177,5 @@ async fn certificate_offers_with_bad_pem_are_refused() {
     assert!(registry.connection(healthy_uid).is_some());
     within("stop", target.stop()).await;
     within("stop", healthy.stop()).await;
-    let _ = running.stop.send(());
-    within("server shutdown", running.task)
-        .await
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 }

@@ -1,13 +1,10 @@
 //! Hostile clients against the limits: sizes, connection count, idle and
 //! slow clients, agents that do not read, and graceful shutdown.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use futures_util::SinkExt;
 use http::{StatusCode, header};
 use http_body_util::Full;
@@ -15,6 +12,7 @@ use opamp_proto::{
     AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentRemoteConfig, Message, ServerToAgent,
 };
 use opamp_server::{AgentEvent, DisconnectReason, Keepalive, OpampServer, SendError};
+use opamp_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -41,12 +39,12 @@ fn big_config(bytes: usize) -> ServerToAgent {
 
 #[tokio::test]
 async fn ws_09_oversize_incoming_message_closes_with_1009() {
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ServerRecorder::new();
     let server = OpampServer::builder()
         .callbacks(recorder)
         .max_message_size(4096)
         .build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     let mut ws = ws_connect(running.addr).await;
     let mut frame = vec![0u8];
     frame.extend(std::iter::repeat_n(0x08, 8192));
@@ -54,13 +52,16 @@ async fn ws_09_oversize_incoming_message_closes_with_1009() {
         .await
         .unwrap();
     assert_eq!(ws_close_code(&mut ws).await, Some(1009));
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!()
     };
-    assert!(matches!(next_seen(&mut seen).await, Seen::ReadError(_)));
+    assert!(matches!(
+        next_server_event(&mut seen).await,
+        ServerEvent::ReadError(_)
+    ));
     assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::Disconnected(id, DisconnectReason::MessageTooLarge)
+        next_server_event(&mut seen).await,
+        ServerEvent::Disconnected(id, DisconnectReason::MessageTooLarge)
     );
     running.stop().await;
 }
@@ -68,16 +69,11 @@ async fn ws_09_oversize_incoming_message_closes_with_1009() {
 #[tokio::test]
 async fn ws_11_oversize_outgoing_message_is_not_sent() {
     let server = OpampServer::builder().max_message_size(4096).build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(1);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
-    let result = running
-        .server
-        .registry()
-        .send(agent, big_config(8192))
-        .await;
+    ws_exchange(&mut ws, &report(agent, 0)).await;
+    let result = running.registry().send(agent, big_config(8192)).await;
     assert!(
         matches!(result, Err(SendError::TooLarge { limit: 4096, .. })),
         "{result:?}"
@@ -91,16 +87,15 @@ async fn ws_11_oversize_outgoing_message_is_not_sent() {
 
 #[tokio::test]
 async fn connection_limit_answers_503_with_retry_after() {
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ServerRecorder::new();
     let server = OpampServer::builder()
         .callbacks(recorder)
         .max_connections(1)
         .busy_retry_after(Duration::from_secs(17))
         .build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     let mut first = ws_connect(running.addr).await;
-    ws_send(&mut first, &report(uid(2), 0)).await;
-    ws_recv(&mut first).await;
+    ws_exchange(&mut first, &report(uid(2), 0)).await;
     assert_eq!(running.server.active_connections(), 1);
 
     // WS-24: an upgrade over the limit.
@@ -113,7 +108,7 @@ async fn connection_limit_answers_503_with_retry_after() {
     }
     // HTTP-21: a plain-HTTP request over the limit.
     let message = report(uid(3), 0);
-    let request = post(running.addr, &message)
+    let request = post(running.addr)
         .body(Full::new(Bytes::from(message.encode_to_vec())))
         .unwrap();
     let response = http_request(running.addr, request).await;
@@ -124,7 +119,7 @@ async fn connection_limit_answers_503_with_retry_after() {
     first.close(None).await.unwrap();
     drop(first);
     loop {
-        if let Seen::Disconnected(..) = next_seen(&mut seen).await {
+        if let ServerEvent::Disconnected(..) = next_server_event(&mut seen).await {
             break;
         }
     }
@@ -136,13 +131,13 @@ async fn connection_limit_answers_503_with_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_websockets_are_closed_after_missed_heartbeats() {
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ServerRecorder::new();
     let server = OpampServer::builder()
         .callbacks(recorder)
         .heartbeat_interval(Duration::from_secs(10))
         .idle_timeout_heartbeats(3)
         .build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
 
     // A client that upgrades and then says nothing.
     let mut silent = ws_connect(running.addr).await;
@@ -152,21 +147,19 @@ async fn idle_websockets_are_closed_after_missed_heartbeats() {
         started.elapsed() >= Duration::from_secs(30),
         "not before 3 heartbeats"
     );
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!()
     };
     assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::Disconnected(id, DisconnectReason::IdleTimeout)
+        next_server_event(&mut seen).await,
+        ServerEvent::Disconnected(id, DisconnectReason::IdleTimeout)
     );
 
     // An agent that announced heartbeats and stopped sending them.
     let mut agent = ws_connect(running.addr).await;
-    ws_send(&mut agent, &report(uid(4), 0)).await;
-    ws_recv(&mut agent).await;
+    ws_exchange(&mut agent, &report(uid(4), 0)).await;
     tokio::time::sleep(Duration::from_secs(20)).await;
-    ws_send(&mut agent, &heartbeat(uid(4), 1)).await;
-    ws_recv(&mut agent).await;
+    ws_exchange(&mut agent, &heartbeat(uid(4), 1)).await;
     let last_message = tokio::time::Instant::now();
     assert_eq!(ws_close_code(&mut agent).await, Some(1000));
     assert!(
@@ -186,12 +179,11 @@ async fn hb_11_agents_without_heartbeats_are_not_timed_out() {
         .idle_timeout_heartbeats(3)
         .keepalive(None)
         .build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     let mut ws = ws_connect(running.addr).await;
     let mut quiet = report(uid(5), 0);
     quiet.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
-    ws_send(&mut ws, &quiet).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &quiet).await;
     tokio::time::sleep(Duration::from_secs(600)).await;
     quiet.sequence_num = 1;
     quiet.agent_description = None;
@@ -210,7 +202,7 @@ async fn slowloris_request_heads_time_out() {
     let server = OpampServer::builder()
         .header_read_timeout(Duration::from_secs(5))
         .build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     let mut stream = TcpStream::connect(running.addr).await.unwrap();
     // Half a request head, and then nothing.
     stream
@@ -236,7 +228,7 @@ async fn silent_connections_and_half_http2_prefaces_time_out() {
     let server = OpampServer::builder()
         .header_read_timeout(Duration::from_secs(5))
         .build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
         let mut stream = TcpStream::connect(running.addr).await.unwrap();
         stream.write_all(opening).await.unwrap();
@@ -252,19 +244,18 @@ async fn silent_connections_and_half_http2_prefaces_time_out() {
 
 #[tokio::test]
 async fn an_agent_that_never_reads_is_disconnected() {
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ServerRecorder::new();
     let server = OpampServer::builder()
         .callbacks(recorder)
         .send_queue_capacity(2)
         .close_timeout(Duration::from_millis(200))
         .build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(6);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &report(agent, 0)).await;
     // From here on the client reads nothing.
-    let connection = running.server.registry().connection(agent).unwrap();
+    let connection = running.registry().connection(agent).unwrap();
     let push = big_config(512 * 1024);
     let mut outcome = None;
     for _ in 0..400 {
@@ -284,7 +275,7 @@ async fn an_agent_that_never_reads_is_disconnected() {
     assert!(matches!(outcome, Some(SendError::QueueFull)), "{outcome:?}");
     assert!(connection.is_closed());
     let reason = loop {
-        if let Seen::Disconnected(_, reason) = next_seen(&mut seen).await {
+        if let ServerEvent::Disconnected(_, reason) = next_server_event(&mut seen).await {
             break reason;
         }
     };
@@ -296,21 +287,21 @@ async fn an_agent_that_never_reads_is_disconnected() {
 #[tokio::test]
 async fn graceful_shutdown_closes_websockets_with_1001_and_drains_http() {
     let gate = Arc::new(Semaphore::new(0));
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ServerRecorder::new();
     let recorder = recorder.gated(gate.clone());
-    let mut running = Running::start(OpampServer::new(recorder)).await;
+    let mut running = RunningServer::start(OpampServer::new(recorder)).await;
     let addr = running.addr;
 
     // A WebSocket agent, connected and idle.
     let mut ws = ws_connect(addr).await;
-    let Seen::Connected(_) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(_) = next_server_event(&mut seen).await else {
         panic!()
     };
 
     // A plain-HTTP request stuck in on_message.
     let in_flight = tokio::spawn(async move { http_exchange(addr, &report(uid(7), 0)).await });
     loop {
-        if let Seen::Message(..) = next_seen(&mut seen).await {
+        if let ServerEvent::Message(..) = next_server_event(&mut seen).await {
             break;
         }
     }
@@ -343,8 +334,8 @@ async fn keepalive_closes_a_silent_websocket_and_keeps_a_responsive_one() {
             Duration::from_secs(3),
         )))
         .build();
-    let running = Running::start(server).await;
-    let mut events = running.server.registry().subscribe();
+    let running = RunningServer::start(server).await;
+    let mut events = running.registry().subscribe();
     let mut quiet_caps = report(uid(40), 0);
     quiet_caps.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
 
@@ -353,14 +344,12 @@ async fn keepalive_closes_a_silent_websocket_and_keeps_a_responsive_one() {
     let mut silent = ws_connect(running.addr).await;
     let mut other = quiet_caps.clone();
     other.instance_uid = uid(41).to_bytes();
-    ws_send(&mut silent, &other).await;
-    ws_recv(&mut silent).await;
+    ws_exchange(&mut silent, &other).await;
 
     // A responsive peer: it keeps reading, so it answers every ping, while
     // the silent one is found out.
     let mut responsive = ws_connect(running.addr).await;
-    ws_send(&mut responsive, &quiet_caps).await;
-    ws_recv(&mut responsive).await;
+    ws_exchange(&mut responsive, &quiet_caps).await;
     let found_out = async {
         loop {
             match events.recv().await.unwrap() {
@@ -380,7 +369,7 @@ async fn keepalive_closes_a_silent_websocket_and_keeps_a_responsive_one() {
         () = tokio::time::sleep(Duration::from_secs(60)) => panic!("the silent peer was never dropped"),
     };
     assert_eq!(reason, DisconnectReason::Unresponsive);
-    assert!(running.server.registry().connection(uid(40)).is_some());
+    assert!(running.registry().connection(uid(40)).is_some());
     drop(silent);
     drop(responsive);
     running.stop().await;

@@ -1,12 +1,9 @@
 //! The plain-HTTP half of the endpoint, driven by a raw hyper client.
 
-mod common;
-
 use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use http::{Request, StatusCode, header};
 use http_body_util::Full;
 use opamp_proto::{
@@ -17,6 +14,7 @@ use opamp_server::{
     ConnectDecision, DEFAULT_CAPABILITIES, Delivery, DisconnectReason, OpampServer, Refusal,
     Registry, TransportKind,
 };
+use opamp_testkit::*;
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -26,7 +24,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn ws_16_http_04_requests_are_classified_by_their_head() {
-    let running = Running::start(OpampServer::builder().build()).await;
+    let running = RunningServer::start(OpampServer::builder().build()).await;
     let addr = running.addr;
     let host = addr.to_string();
     let request = |method: http::Method, path: &str| {
@@ -78,8 +76,7 @@ async fn gen_03_gen_04_defaults() {
 
 #[tokio::test]
 async fn http_01_cap_07_uid_06_exchange_and_session() {
-    let (recorder, mut seen) = Recorder::new();
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let (running, mut seen) = RunningServer::recorded().await;
     let agent = uid(1);
     let first = http_exchange(running.addr, &report(agent, 0)).await;
     assert_eq!(first.instance_uid, agent.to_bytes(), "UID-06");
@@ -88,35 +85,40 @@ async fn http_01_cap_07_uid_06_exchange_and_session() {
     assert_eq!(second.instance_uid, agent.to_bytes());
     assert_eq!(second.capabilities, 0, "only the session's first reply");
 
-    let connection = running
-        .server
-        .registry()
-        .connection(agent)
-        .expect("session");
+    let connection = running.registry().connection(agent).expect("session");
     assert_eq!(connection.transport(), TransportKind::PlainHttp);
     // One session across polls: one on_connected.
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!("connected")
     };
     assert_eq!(id, connection.id());
-    assert_eq!(next_seen(&mut seen).await, Seen::Message(id, 0));
-    assert_eq!(next_seen(&mut seen).await, Seen::Message(id, 1));
+    assert_eq!(
+        next_server_event(&mut seen).await,
+        ServerEvent::Message(id, 0)
+    );
+    assert_eq!(
+        next_server_event(&mut seen).await,
+        ServerEvent::Message(id, 1)
+    );
 
     // HTTP-24 / MSG-07: agent_disconnect ends the session.
     let mut goodbye = heartbeat(agent, 2);
     goodbye.agent_disconnect = Some(AgentDisconnect {});
     http_exchange(running.addr, &goodbye).await;
-    assert_eq!(next_seen(&mut seen).await, Seen::Message(id, 2));
     assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::Disconnected(id, DisconnectReason::AgentDisconnect)
+        next_server_event(&mut seen).await,
+        ServerEvent::Message(id, 2)
     );
-    assert!(running.server.registry().connection(agent).is_none());
+    assert_eq!(
+        next_server_event(&mut seen).await,
+        ServerEvent::Disconnected(id, DisconnectReason::AgentDisconnect)
+    );
+    assert!(running.registry().connection(agent).is_none());
 
     // The next poll starts a new session, whose first reply again has capabilities.
     let again = http_exchange(running.addr, &report(agent, 3)).await;
     assert_eq!(again.typed_capabilities(), DEFAULT_CAPABILITIES);
-    let Seen::Connected(new_id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(new_id) = next_server_event(&mut seen).await else {
         panic!("new session")
     };
     assert_ne!(new_id, id);
@@ -125,9 +127,9 @@ async fn http_01_cap_07_uid_06_exchange_and_session() {
 
 #[tokio::test]
 async fn http_06_gzip_request_bodies_are_accepted() {
-    let running = Running::start(OpampServer::builder().build()).await;
+    let running = RunningServer::start(OpampServer::builder().build()).await;
     let message = report(uid(2), 0);
-    let request = post(running.addr, &message)
+    let request = post(running.addr)
         .header(header::CONTENT_ENCODING, "gzip")
         .body(Full::new(Bytes::from(gzip(&message.encode_to_vec()))))
         .unwrap();
@@ -140,12 +142,12 @@ async fn http_06_gzip_request_bodies_are_accepted() {
 
 #[tokio::test]
 async fn http_17_oversize_after_decompression_is_413() {
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ServerRecorder::new();
     let server = OpampServer::builder()
         .callbacks(recorder)
         .max_message_size(64 * 1024)
         .build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     // A gzip bomb: ~1 KiB on the wire, 1 MiB inflated.
     let mut message = report(uid(3), 0);
     message
@@ -159,30 +161,25 @@ async fn http_17_oversize_after_decompression_is_413() {
         ));
     let compressed = gzip(&message.encode_to_vec());
     assert!(compressed.len() < 64 * 1024);
-    let request = post(running.addr, &message)
+    let request = post(running.addr)
         .header(header::CONTENT_ENCODING, "gzip")
         .body(Full::new(Bytes::from(compressed)))
         .unwrap();
     let response = http_request(running.addr, request).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(matches!(next_seen(&mut seen).await, Seen::ReadError(_)));
-    assert!(
-        running
-            .server
-            .registry()
-            .agent(uid(3))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(matches!(
+        next_server_event(&mut seen).await,
+        ServerEvent::ReadError(_)
+    ));
+    assert!(running.registry().agent(uid(3)).await.unwrap().is_none());
     running.stop().await;
 }
 
 #[tokio::test]
 async fn err_02_bad_bodies_and_bad_uids() {
-    let running = Running::start(OpampServer::builder().build()).await;
+    let running = RunningServer::start(OpampServer::builder().build()).await;
     let message = report(uid(4), 0);
-    let garbage = post(running.addr, &message)
+    let garbage = post(running.addr)
         .body(Full::new(Bytes::from_static(&[0x0a, 0x7f, 0x01])))
         .unwrap();
     assert_eq!(
@@ -204,8 +201,8 @@ async fn err_02_bad_bodies_and_bad_uids() {
 
 #[tokio::test]
 async fn http_15_pushes_wait_for_the_next_poll_and_commands_travel_alone() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let registry = running.server.registry().clone();
+    let running = RunningServer::start(OpampServer::builder().build()).await;
+    let registry = running.registry().clone();
     let agent = uid(5);
     let mut first = report(agent, 0);
     first.capabilities = (CAPS | AgentCapabilities::ACCEPTS_RESTART_COMMAND).bits();
@@ -242,7 +239,7 @@ async fn http_15_pushes_wait_for_the_next_poll_and_commands_travel_alone() {
 
 #[tokio::test]
 async fn conn_06_on_connecting_refuses_with_401_and_429() {
-    let (recorder, _seen) = Recorder::new();
+    let (recorder, _seen) = ServerRecorder::new();
     let recorder = recorder.on_connecting(|request| {
         let auth = request.parts.headers.get(header::AUTHORIZATION);
         match auth.map(|value| value.as_bytes()) {
@@ -255,11 +252,11 @@ async fn conn_06_on_connecting_refuses_with_401_and_429() {
             ))),
         }
     });
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let running = RunningServer::start(OpampServer::new(recorder)).await;
     let message = report(uid(6), 0);
     let body = || Full::new(Bytes::from(message.encode_to_vec()));
 
-    let anonymous = post(running.addr, &message).body(body()).unwrap();
+    let anonymous = post(running.addr).body(body()).unwrap();
     let response = http_request(running.addr, anonymous).await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "CONN-06");
     assert_eq!(
@@ -267,7 +264,7 @@ async fn conn_06_on_connecting_refuses_with_401_and_429() {
         "Bearer realm=\"opamp\""
     );
 
-    let busy = post(running.addr, &message)
+    let busy = post(running.addr)
         .header(header::AUTHORIZATION, "Bearer busy")
         .body(body())
         .unwrap();
@@ -275,7 +272,7 @@ async fn conn_06_on_connecting_refuses_with_401_and_429() {
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "HTTP-21");
     assert_eq!(response.headers()[header::RETRY_AFTER], "42");
 
-    let good = post(running.addr, &message)
+    let good = post(running.addr)
         .header(header::AUTHORIZATION, "Bearer good")
         .body(body())
         .unwrap();
@@ -297,7 +294,7 @@ async fn conn_06_on_connecting_refuses_with_401_and_429() {
 
 #[tokio::test(start_paused = true)]
 async fn http_25_silent_agents_go_stale() {
-    let (recorder, mut seen) = Recorder::new();
+    let (recorder, mut seen) = ServerRecorder::new();
     let registry = Registry::builder()
         .stale_after(Duration::from_secs(90))
         .build();
@@ -305,35 +302,29 @@ async fn http_25_silent_agents_go_stale() {
         .callbacks(recorder)
         .registry(registry)
         .build();
-    let running = Running::start(server).await;
-    let mut events = running.server.registry().subscribe();
+    let running = RunningServer::start(server).await;
+    let mut events = running.registry().subscribe();
     let agent = uid(7);
     http_exchange(running.addr, &report(agent, 0)).await;
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!()
     };
-    next_seen(&mut seen).await;
+    next_server_event(&mut seen).await;
 
     // Polls within the window keep it alive.
     tokio::time::sleep(Duration::from_secs(60)).await;
     http_exchange(running.addr, &heartbeat(agent, 1)).await;
-    next_seen(&mut seen).await;
+    next_server_event(&mut seen).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(seen.try_recv().is_err(), "not stale yet");
-    assert!(running.server.registry().connection(agent).is_some());
+    assert!(running.registry().connection(agent).is_some());
 
     // Then silence.
     assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::Disconnected(id, DisconnectReason::Stale)
+        next_server_event(&mut seen).await,
+        ServerEvent::Disconnected(id, DisconnectReason::Stale)
     );
-    let record = running
-        .server
-        .registry()
-        .agent(agent)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = running.registry().agent(agent).await.unwrap().unwrap();
     assert!(!record.is_connected());
     let stale = std::iter::from_fn(|| events.try_recv().ok()).any(|event| {
         event

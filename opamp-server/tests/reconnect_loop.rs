@@ -1,16 +1,14 @@
 //! Agents that reconnect in a loop, over a real socket: the Collector
 //! supervisor's answer to connection settings, and any agent stuck retrying.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use opamp_proto::{
     AgentCapabilities, AgentToServer, ConnectionSettingsOffers, OpAmpConnectionSettings,
     ServerErrorResponseType, server_error_response,
 };
 use opamp_server::{OpampServer, ReconnectGuard, Registry};
+use opamp_testkit::*;
 
 /// What the Collector's supervisor declares about connection settings: it
 /// accepts them but cannot report their status.
@@ -34,8 +32,8 @@ async fn cs_06_supervisor_like_agent_reconnects_once_per_offer() {
     let server = OpampServer::builder()
         .registry(Registry::builder().reconnect_guard(None).build())
         .build();
-    let running = Running::start(server).await;
-    let registry = running.server.registry().clone();
+    let running = RunningServer::start(server).await;
+    let registry = running.registry().clone();
     let agent = uid(77);
 
     let mut ws = ws_connect(running.addr).await;
@@ -110,7 +108,7 @@ async fn ws_22_http_21_agents_reconnecting_in_a_loop_are_told_to_wait() {
     let server = OpampServer::builder()
         .registry(Registry::builder().reconnect_guard(Some(guard)).build())
         .build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     let agent = uid(78);
     for sequence in 0..3 {
         let mut ws = ws_connect(running.addr).await;
@@ -118,15 +116,14 @@ async fn ws_22_http_21_agents_reconnecting_in_a_loop_are_told_to_wait() {
         assert!(ws_recv(&mut ws).await.error_response.is_none());
     }
     let mut ws = ws_connect(running.addr).await;
-    ws_send(&mut ws, &report(agent, 3)).await;
-    let refusal = ws_recv(&mut ws).await;
+    let refusal = ws_exchange(&mut ws, &report(agent, 3)).await;
     assert_eq!(refusal.instance_uid, agent.to_bytes());
     assert_eq!(retry_after(&refusal), Duration::from_secs(30));
     assert_eq!(ws_close_code(&mut ws).await, Some(1013));
 
     // The same agent over plain HTTP starts a new session: refused too.
     let message = report(agent, 4);
-    let request = post(running.addr, &message)
+    let request = post(running.addr)
         .body(http_body_util::Full::new(bytes::Bytes::from(
             prost::Message::encode_to_vec(&message),
         )))

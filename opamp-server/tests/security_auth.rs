@@ -7,20 +7,18 @@
 //! The raw 401 response (status, `WWW-Authenticate`) is checked in
 //! `plain_http.rs` (`conn_06_on_connecting_refuses_with_401_and_429`).
 
-mod fault_support;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fault_support::{Serving, until_all, within};
 use opamp_client::{
     AgentCapabilities, AgentDescription, ExponentialBackoff, OpampClient, RetryPolicy,
     TransportError,
 };
 use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent};
 use opamp_server::{Callbacks, ConnectDecision, ConnectRequest, Connection, OpampServer, Refusal};
+use opamp_testkit::{RunningServer, header_number, until_all, within_for};
 use opamp_transport::ConnectError;
 use opamp_transport::http::client::HttpError;
 use tokio::sync::watch;
@@ -42,12 +40,7 @@ struct TokenCheck {
 
 impl Callbacks for TokenCheck {
     async fn on_connecting(&self, request: &ConnectRequest<'_>) -> ConnectDecision {
-        let agent = request
-            .parts
-            .headers
-            .get(AGENT_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<usize>().ok())
+        let agent = header_number::<usize>(&request.parts.headers, AGENT_HEADER)
             .expect("every agent names itself");
         let authorized = request.parts.headers.get(http::header::AUTHORIZATION)
             == Some(&http::HeaderValue::from_static(GOOD_TOKEN));
@@ -103,7 +96,7 @@ impl opamp_client::Callbacks for Refusals {
 
 #[tokio::test(start_paused = true)]
 async fn conn_06_bad_tokens_get_401_until_the_header_hook_has_a_good_one() {
-    let serving = Serving::start(
+    let serving = RunningServer::start(
         OpampServer::builder()
             .callbacks(TokenCheck::default())
             .build(),
@@ -156,7 +149,7 @@ async fn conn_06_bad_tokens_get_401_until_the_header_hook_has_a_good_one() {
         client.start().await.unwrap();
     }
     for seen in &mut refusals {
-        within(
+        within_for(
             BOUND,
             "an agent is refused repeatedly",
             seen.wait_for(|count| *count >= REFUSALS),
@@ -197,7 +190,7 @@ async fn conn_06_bad_tokens_get_401_until_the_header_hook_has_a_good_one() {
     // The credential is renewed: the next attempt of each agent gets in.
     *token.lock().unwrap() = http::HeaderValue::from_static(GOOD_TOKEN);
     let uids: Vec<InstanceUid> = agents.iter().map(|(uid, _)| *uid).collect();
-    within(
+    within_for(
         BOUND,
         "every agent gets in with the new token",
         until_all(serving.server.registry(), uids, |record| {

@@ -8,12 +8,9 @@
 //! (`uid_09_...`, `uid_10_...`); the real-client WebSocket pair under
 //! `AssignNewUid` is in `with_client.rs`.
 
-mod fault_support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fault_support::{Serving, until_all, within};
 use opamp_client::{
     AgentCapabilities, AgentDescription, ExponentialBackoff, OpampClient, RetryPolicy,
 };
@@ -22,6 +19,7 @@ use opamp_server::{
     AgentEvent, Callbacks, Connection, DisconnectReason, DuplicateUidPolicy, OpampServer, Registry,
     TransportKind,
 };
+use opamp_testkit::{RunningServer, until_all, within_for};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -114,9 +112,9 @@ fn agent(endpoint: String, uid: InstanceUid) -> Agent {
     }
 }
 
-async fn serve(policy: DuplicateUidPolicy) -> Serving<Ends> {
+async fn serve(policy: DuplicateUidPolicy) -> RunningServer<Ends> {
     let registry = Registry::builder().duplicate_policy(policy).build();
-    Serving::start(
+    RunningServer::start(
         OpampServer::builder()
             .registry(registry)
             .callbacks(Ends::default())
@@ -126,10 +124,10 @@ async fn serve(policy: DuplicateUidPolicy) -> Serving<Ends> {
 }
 
 /// Starts the live agent and waits until the server holds it.
-async fn live_agent(serving: &Serving<Ends>, scheme: &str, uid: InstanceUid) -> (Agent, u64) {
+async fn live_agent(serving: &RunningServer<Ends>, scheme: &str, uid: InstanceUid) -> (Agent, u64) {
     let original = agent(serving.endpoint(scheme), uid);
     original.client.start().await.unwrap();
-    within(
+    within_for(
         BOUND,
         "the live agent connects",
         until_all(serving.server.registry(), [uid], |record| {
@@ -154,7 +152,7 @@ async fn uid_10_a_refused_duplicate_cannot_take_the_uid_by_reconnecting() {
 
     let mut impostor = agent(serving.endpoint("ws"), uid);
     impostor.client.start().await.unwrap();
-    within(
+    within_for(
         BOUND,
         "the duplicate is refused again and again",
         impostor.bad_requests.wait_for(|count| *count >= 5),
@@ -189,7 +187,7 @@ async fn uid_10_a_refused_duplicate_cannot_take_the_uid_by_reconnecting() {
 
     // Once the live agent is gone, the uid is free for the other one.
     original.client.stop().await;
-    within(BOUND, "the other agent takes the free uid", async {
+    within_for(BOUND, "the other agent takes the free uid", async {
         let mut events = registry.subscribe();
         loop {
             if registry
@@ -216,7 +214,7 @@ async fn duplicate_gets_a_new_uid(live: &str, newcomer: &str) {
 
     let mut clone = agent(serving.endpoint(newcomer), uid);
     clone.client.start().await.unwrap();
-    let new_uid = within(
+    let new_uid = within_for(
         BOUND,
         "the newcomer is told a new uid",
         clone.new_uid.wait_for(Option::is_some),
@@ -226,7 +224,7 @@ async fn duplicate_gets_a_new_uid(live: &str, newcomer: &str) {
     .expect("a new uid");
     assert_ne!(new_uid, uid);
     assert_eq!(clone.client.instance_uid(), new_uid, "UID-08");
-    within(
+    within_for(
         BOUND,
         "both agents are known under their own uids",
         until_all(registry, [uid, new_uid], |record| {
@@ -274,7 +272,7 @@ async fn duplicate_is_refused(live: &str, newcomer: &str) {
 
     let mut impostor = agent(serving.endpoint(newcomer), uid);
     impostor.client.start().await.unwrap();
-    within(
+    within_for(
         BOUND,
         "the duplicate is refused again and again",
         impostor.bad_requests.wait_for(|count| *count >= 4),

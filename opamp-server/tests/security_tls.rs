@@ -9,18 +9,14 @@
 //! checked by `on_connecting`, a required one refused by the handshake) is
 //! in `tls.rs`.
 
-mod fault_support;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fault_support::{Serving, TestPki, until_all, within};
 use opamp_client::{AgentDescription, ClientTlsConfig, OpampClient, TransportError};
 use opamp_proto::InstanceUid;
-use opamp_server::{
-    ClientAuth, ConnectDecision, ConnectRequest, OpampServer, Refusal, ServerTlsConfig,
-};
+use opamp_server::{ClientAuth, ConnectDecision, ConnectRequest, OpampServer, Refusal};
+use opamp_testkit::{RunningServer, TestPki, header_number, until_all, within_for};
 use opamp_transport::SystemRoots;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -39,12 +35,7 @@ struct Gatekeeper {
 
 impl opamp_server::Callbacks for Gatekeeper {
     async fn on_connecting(&self, request: &ConnectRequest<'_>) -> ConnectDecision {
-        let agent = request
-            .parts
-            .headers
-            .get(AGENT_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<usize>().ok())
+        let agent = header_number::<usize>(&request.parts.headers, AGENT_HEADER)
             .expect("every agent names itself");
         *self.reached.lock().unwrap().entry(agent).or_default() += 1;
         // Defence in depth: the handshake already demands a certificate.
@@ -104,9 +95,10 @@ fn agent(endpoint: String, index: usize, tls: ClientTlsConfig) -> Agent {
 #[tokio::test(start_paused = true)]
 async fn sec_02_mutual_tls_admits_only_agents_with_a_trusted_certificate() {
     let pki = TestPki::generate();
-    let tls = ServerTlsConfig::new(pki.server.0.clone(), pki.server.1.clone())
-        .with_client_ca_pem(pki.ca.clone(), ClientAuth::Required);
-    let serving = Serving::start(
+    let tls = pki
+        .server_tls()
+        .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Required);
+    let serving = RunningServer::start(
         OpampServer::builder()
             .callbacks(Gatekeeper::default())
             .tls(tls)
@@ -115,20 +107,24 @@ async fn sec_02_mutual_tls_admits_only_agents_with_a_trusted_certificate() {
     .await;
     let trusting = || {
         ClientTlsConfig::new()
-            .with_root_ca_pem(pki.ca.clone())
+            .with_root_ca_pem(pki.ca_pem.clone())
             .with_system_roots(SystemRoots::None)
     };
-    let with_identity =
-        || trusting().with_client_identity_pem(pki.client.0.clone(), pki.client.1.clone());
+    let with_identity = || {
+        trusting().with_client_identity_pem(pki.client_cert_pem.clone(), pki.client_key_pem.clone())
+    };
     let with_rogue_identity = || {
-        trusting().with_client_identity_pem(pki.rogue_client.0.clone(), pki.rogue_client.1.clone())
+        trusting().with_client_identity_pem(
+            pki.rogue_client_cert_pem.clone(),
+            pki.rogue_client_key_pem.clone(),
+        )
     };
     // Trusts another CA only, so it refuses the server's certificate.
     let distrusting = || {
         ClientTlsConfig::new()
-            .with_root_ca_pem(pki.rogue_ca.clone())
+            .with_root_ca_pem(pki.rogue_ca_pem.clone())
             .with_system_roots(SystemRoots::None)
-            .with_client_identity_pem(pki.client.0.clone(), pki.client.1.clone())
+            .with_client_identity_pem(pki.client_cert_pem.clone(), pki.client_key_pem.clone())
     };
     // (scheme, TLS settings, admitted?)
     let cases = [
@@ -157,7 +153,7 @@ async fn sec_02_mutual_tls_admits_only_agents_with_a_trusted_certificate() {
         .filter(|((_, _, admitted), _)| *admitted)
         .map(|(_, agent)| agent.uid)
         .collect();
-    within(
+    within_for(
         BOUND,
         "agents with a certificate connect",
         until_all(registry, admitted.iter().copied(), |record| {
@@ -168,7 +164,7 @@ async fn sec_02_mutual_tls_admits_only_agents_with_a_trusted_certificate() {
     for (index, ((_, _, admitted), agent)) in cases.iter().zip(&agents).enumerate() {
         if !admitted {
             let mut failures = agent.failures.clone();
-            within(
+            within_for(
                 BOUND,
                 "a refused agent keeps retrying",
                 failures.wait_for(|count| *count >= FAILURES),
@@ -181,7 +177,7 @@ async fn sec_02_mutual_tls_admits_only_agents_with_a_trusted_certificate() {
     }
 
     // The certificate the admitted agents presented reached the server.
-    let client_der = CertificateDer::from_pem_slice(pki.client.0.as_bytes()).unwrap();
+    let client_der = CertificateDer::from_pem_slice(pki.client_cert_pem.as_bytes()).unwrap();
     for uid in &admitted {
         let connection = registry.connection(*uid).expect("connected");
         assert_eq!(

@@ -1,61 +1,21 @@
 //! TLS and mutual TLS with `serve`: the client certificate reaches the
 //! callbacks and the connection handle.
 
-mod common;
-
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use common::*;
-use http::{Request, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use opamp_proto::{Message, ServerToAgent};
+use opamp_proto::{AgentToServer, Message, ServerToAgent};
 use opamp_server::{ConnectDecision, OpampServer, Refusal};
-use opamp_transport::{ClientAuth, ClientTlsConfig, ServerTlsConfig, SystemRoots};
+use opamp_testkit::*;
+use opamp_transport::{ClientAuth, ClientTlsConfig, SystemRoots};
 use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-
-struct Pki {
-    ca_pem: String,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "opamp-server test CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>, usage| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        ca_pem: ca_cert.pem(),
-        server: leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        ),
-        client: leaf(
-            vec!["agent-1".into()],
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ),
-    }
-}
 
 async fn tls_connect(
     addr: SocketAddr,
@@ -68,48 +28,59 @@ async fn tls_connect(
         .await
 }
 
-fn client_tls(pki: &Pki, with_identity: bool) -> ClientTlsConfig {
-    let config = ClientTlsConfig::new()
-        .with_root_ca_pem(pki.ca_pem.clone())
-        .with_system_roots(SystemRoots::None);
-    if with_identity {
-        config.with_client_identity_pem(pki.client.0.clone(), pki.client.1.clone())
-    } else {
-        config
-    }
-}
-
-#[tokio::test]
-async fn mtls_client_certificate_reaches_callbacks_and_connection() {
-    let pki = pki();
-    let client_der = CertificateDer::from_pem_slice(pki.client.0.as_bytes()).unwrap();
-    let (recorder, _seen) = Recorder::new();
-    // Authenticate by certificate: no client certificate, no service (CONN-06).
-    let recorder = recorder.on_connecting(|request| match &request.peer.certificates {
-        Some(chain) if !chain.is_empty() => ConnectDecision::Accept,
-        _ => ConnectDecision::Refuse(Refusal::unauthorized(None)),
-    });
-    let tls = ServerTlsConfig::new(pki.server.0.clone(), pki.server.1.clone())
-        .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Optional);
-    let server = OpampServer::builder().callbacks(recorder).tls(tls).build();
-    let running = Running::start(server).await;
-    let agent = uid(1);
-
-    // Plain HTTP over TLS with a client certificate.
-    let stream = tls_connect(running.addr, client_tls(&pki, true))
-        .await
-        .unwrap();
+/// POSTs `message` on a fresh TLS connection made with `client`.
+async fn tls_post(
+    addr: SocketAddr,
+    client: ClientTlsConfig,
+    message: &AgentToServer,
+) -> std::io::Result<Response<Incoming>> {
+    let stream = tls_connect(addr, client).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .unwrap();
+        .map_err(std::io::Error::other)?;
     tokio::spawn(connection);
-    let message = report(agent, 0);
     let request = Request::post("/v1/opamp")
         .header(header::HOST, "localhost")
         .header(header::CONTENT_TYPE, "application/x-protobuf")
         .body(Full::new(Bytes::from(message.encode_to_vec())))
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+fn client_tls(pki: &TestPki, with_identity: bool) -> ClientTlsConfig {
+    let config = if with_identity {
+        pki.client_tls_with_certificate()
+    } else {
+        pki.client_tls()
+    };
+    config.with_system_roots(SystemRoots::None)
+}
+
+#[tokio::test]
+async fn mtls_client_certificate_reaches_callbacks_and_connection() {
+    let pki = TestPki::generate();
+    let client_der = CertificateDer::from_pem_slice(pki.client_cert_pem.as_bytes()).unwrap();
+    let (recorder, _seen) = ServerRecorder::new();
+    // Authenticate by certificate: no client certificate, no service (CONN-06).
+    let recorder = recorder.on_connecting(|request| match &request.peer.certificates {
+        Some(chain) if !chain.is_empty() => ConnectDecision::Accept,
+        _ => ConnectDecision::Refuse(Refusal::unauthorized(None)),
+    });
+    let tls = pki
+        .server_tls()
+        .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Optional);
+    let server = OpampServer::builder().callbacks(recorder).tls(tls).build();
+    let running = RunningServer::start(server).await;
+    let agent = uid(1);
+
+    // Plain HTTP over TLS with a client certificate.
+    let message = report(agent, 0);
+    let response = tls_post(running.addr, client_tls(&pki, true), &message)
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(
@@ -123,7 +94,7 @@ async fn mtls_client_certificate_reaches_callbacks_and_connection() {
         peer.certificates.as_deref(),
         Some(&[client_der.clone()][..])
     );
-    let session = running.server.registry().connection(agent).unwrap();
+    let session = running.registry().connection(agent).unwrap();
     assert_eq!(session.peer_certificates(), Some(&[client_der.clone()][..]));
 
     // A WebSocket over TLS, same certificate.
@@ -143,27 +114,15 @@ async fn mtls_client_certificate_reaches_callbacks_and_connection() {
         .unwrap();
     let reply = ws_recv_tls(&mut ws).await;
     assert_eq!(reply.instance_uid, other.to_bytes());
-    let connection = running.server.registry().connection(other).unwrap();
+    let connection = running.registry().connection(other).unwrap();
     assert_eq!(connection.peer_certificates(), Some(&[client_der][..]));
 
     // Without a client certificate the TLS handshake succeeds (optional) but
     // the application refuses.
-    let stream = tls_connect(running.addr, client_tls(&pki, false))
+    let response = tls_post(running.addr, client_tls(&pki, false), &message)
         .await
         .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::post("/v1/opamp")
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/x-protobuf")
-        .body(Full::new(Bytes::from(message.encode_to_vec())))
-        .unwrap();
-    assert_eq!(
-        sender.send_request(request).await.unwrap().status(),
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     drop(ws);
     running.stop().await;
 }
@@ -189,60 +148,24 @@ async fn ws_recv_tls(
 
 #[tokio::test]
 async fn required_client_certificates_are_enforced_by_tls() {
-    let pki = pki();
-    let tls = ServerTlsConfig::new(pki.server.0.clone(), pki.server.1.clone())
+    let pki = TestPki::generate();
+    let tls = pki
+        .server_tls()
         .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Required);
-    let running = Running::start(OpampServer::builder().tls(tls).build()).await;
+    let running = RunningServer::start(OpampServer::builder().tls(tls).build()).await;
 
     // TLS 1.3 reports a missing client certificate after the handshake, on
     // first use; either way no OpAMP exchange happens.
-    let outcome = async {
-        let stream = tls_connect(running.addr, client_tls(&pki, false)).await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(connection);
-        let message = report(uid(3), 0);
-        let request = Request::post("/v1/opamp")
-            .header(header::HOST, "localhost")
-            .header(header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Full::new(Bytes::from(message.encode_to_vec())))
-            .unwrap();
-        sender
-            .send_request(request)
-            .await
-            .map_err(std::io::Error::other)
-    }
-    .await;
+    let outcome = tls_post(running.addr, client_tls(&pki, false), &report(uid(3), 0)).await;
     assert!(outcome.is_err(), "{outcome:?}");
-    assert!(
-        running
-            .server
-            .registry()
-            .agent(uid(3))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(running.registry().agent(uid(3)).await.unwrap().is_none());
 
     // With the certificate it works.
-    let stream = tls_connect(running.addr, client_tls(&pki, true))
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
     let message = report(uid(3), 0);
-    let request = Request::post("/v1/opamp")
-        .header(header::HOST, "localhost")
-        .header(header::CONTENT_TYPE, "application/x-protobuf")
-        .body(Full::new(Bytes::from(message.encode_to_vec())))
+    let response = tls_post(running.addr, client_tls(&pki, true), &message)
+        .await
         .unwrap();
-    assert_eq!(
-        sender.send_request(request).await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(response.status(), StatusCode::OK);
     running.stop().await;
 }
 
@@ -250,7 +173,7 @@ fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
 
 #[test]
 fn server_registry_and_connection_are_send_sync_clone() {
-    assert_send_sync_clone::<OpampServer<Recorder>>();
+    assert_send_sync_clone::<OpampServer<ServerRecorder>>();
     assert_send_sync_clone::<opamp_server::Registry>();
     assert_send_sync_clone::<opamp_server::Connection>();
 }

@@ -1,11 +1,8 @@
 //! The WebSocket half of the endpoint, driven by a raw tungstenite client.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use futures_util::SinkExt;
 use opamp_proto::{
     AgentConfigMap, AgentConfigObject, AgentDisconnect, RemoteConfigStatus, RemoteConfigStatuses,
@@ -14,23 +11,23 @@ use opamp_proto::{
 use opamp_server::{
     DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, RemoteConfigState, unavailable_response,
 };
+use opamp_testkit::*;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 #[tokio::test]
 async fn sts_04_uid_06_cap_07_every_message_answered_first_with_capabilities() {
-    let (recorder, _seen) = Recorder::new();
+    let (recorder, _seen) = ServerRecorder::new();
     let server = OpampServer::builder()
         .callbacks(recorder)
         .custom_capabilities(["io.example.echo"])
         .build();
-    let running = Running::start(server).await;
+    let running = RunningServer::start(server).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(1);
 
-    ws_send(&mut ws, &report(agent, 0)).await;
-    let first = ws_recv(&mut ws).await;
+    let first = ws_exchange(&mut ws, &report(agent, 0)).await;
     assert_eq!(first.instance_uid, agent.to_bytes(), "UID-06");
     assert_eq!(
         first.typed_capabilities(),
@@ -51,8 +48,7 @@ async fn sts_04_uid_06_cap_07_every_message_answered_first_with_capabilities() {
     assert!(first.error_response.is_none(), "STS-05");
 
     for sequence_num in 1..4 {
-        ws_send(&mut ws, &heartbeat(agent, sequence_num)).await;
-        let reply = ws_recv(&mut ws).await;
+        let reply = ws_exchange(&mut ws, &heartbeat(agent, sequence_num)).await;
         assert_eq!(reply.instance_uid, agent.to_bytes(), "UID-06");
         assert_eq!(reply.capabilities, 0, "CAP-07: later replies may omit it");
         assert!(
@@ -66,13 +62,11 @@ async fn sts_04_uid_06_cap_07_every_message_answered_first_with_capabilities() {
 
 #[tokio::test]
 async fn callbacks_run_in_order_for_one_connection() {
-    let (recorder, mut seen) = Recorder::new();
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let (running, mut seen) = RunningServer::recorded().await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(2);
     for sequence_num in 0..3 {
-        ws_send(&mut ws, &report(agent, sequence_num)).await;
-        ws_recv(&mut ws).await;
+        ws_exchange(&mut ws, &report(agent, sequence_num)).await;
     }
     ws.close(Some(CloseFrame {
         code: CloseCode::Normal,
@@ -81,24 +75,21 @@ async fn callbacks_run_in_order_for_one_connection() {
     .await
     .unwrap();
 
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!("connected first")
     };
     for sequence_num in 0..3 {
-        assert_eq!(next_seen(&mut seen).await, Seen::Message(id, sequence_num));
+        assert_eq!(
+            next_server_event(&mut seen).await,
+            ServerEvent::Message(id, sequence_num)
+        );
     }
     assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::Disconnected(id, DisconnectReason::ClosedByAgent { code: Some(1000) })
+        next_server_event(&mut seen).await,
+        ServerEvent::Disconnected(id, DisconnectReason::ClosedByAgent { code: Some(1000) })
     );
     // The registry forgot the agent (MSG-07).
-    let record = running
-        .server
-        .registry()
-        .agent(agent)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = running.registry().agent(agent).await.unwrap().unwrap();
     assert!(!record.is_connected());
     drop(ws);
     running.stop().await;
@@ -106,29 +97,28 @@ async fn callbacks_run_in_order_for_one_connection() {
 
 #[tokio::test]
 async fn msg_07_agent_disconnect_then_close() {
-    let (recorder, mut seen) = Recorder::new();
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let (running, mut seen) = RunningServer::recorded().await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(3);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &report(agent, 0)).await;
     let mut goodbye = heartbeat(agent, 1);
     goodbye.agent_disconnect = Some(AgentDisconnect {});
-    ws_send(&mut ws, &goodbye).await;
-    ws_recv(&mut ws).await;
-    assert!(running.server.registry().connection(agent).is_none());
+    ws_exchange(&mut ws, &goodbye).await;
+    assert!(running.registry().connection(agent).is_none());
     // WS-17: the agent then closes; the server completes the handshake.
     ws.close(None).await.unwrap();
     assert!(matches!(
         ws_next(&mut ws).await,
         FromServer::Close(_) | FromServer::End
     ));
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!()
     };
-    next_seen(&mut seen).await;
-    next_seen(&mut seen).await;
-    assert!(matches!(next_seen(&mut seen).await, Seen::Disconnected(other, _) if other == id));
+    next_server_event(&mut seen).await;
+    next_server_event(&mut seen).await;
+    assert!(
+        matches!(next_server_event(&mut seen).await, ServerEvent::Disconnected(other, _) if other == id)
+    );
     drop(ws);
     running.stop().await;
 }
@@ -148,12 +138,11 @@ fn config(body: &str) -> AgentConfigMap {
 
 #[tokio::test]
 async fn rcfg_03_pushed_config_is_tracked_until_applied() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let registry = running.server.registry().clone();
+    let running = RunningServer::start(OpampServer::builder().build()).await;
+    let registry = running.registry().clone();
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(4);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &report(agent, 0)).await;
 
     let offer = registry
         .set_remote_config(agent, config("level: debug"))
@@ -178,8 +167,7 @@ async fn rcfg_03_pushed_config_is_tracked_until_applied() {
         status: RemoteConfigStatuses::Applied as i32,
         error_message: String::new(),
     });
-    ws_send(&mut ws, &applied).await;
-    let reply = ws_recv(&mut ws).await;
+    let reply = ws_exchange(&mut ws, &applied).await;
     assert!(
         reply.remote_config.is_none(),
         "RCFG-08: hashes match, nothing to resend"
@@ -191,18 +179,17 @@ async fn rcfg_03_pushed_config_is_tracked_until_applied() {
 
 #[tokio::test]
 async fn ws_22_callback_can_throttle_with_unavailable() {
-    let (recorder, _seen) = Recorder::new();
+    let (recorder, _seen) = ServerRecorder::new();
     let recorder = recorder.reply_with(|_| {
         let mut reply = unavailable_response(Some(Duration::from_secs(7)));
         // Offers next to an error are dropped (MSG-05).
         reply.flags = 1;
         Some(reply)
     });
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let running = RunningServer::start(OpampServer::new(recorder)).await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(5);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    let reply = ws_recv(&mut ws).await;
+    let reply = ws_exchange(&mut ws, &report(agent, 0)).await;
     let error = reply.error_response.expect("error response");
     assert_eq!(error.r#type(), ServerErrorResponseType::Unavailable);
     assert_eq!(
@@ -221,7 +208,7 @@ async fn ws_22_callback_can_throttle_with_unavailable() {
 
 #[tokio::test]
 async fn cap_09_callback_offers_the_agent_cannot_take_are_removed() {
-    let (recorder, _seen) = Recorder::new();
+    let (recorder, _seen) = ServerRecorder::new();
     let recorder = recorder.reply_with(|_| {
         Some(ServerToAgent {
             packages_available: Some(Default::default()),
@@ -229,10 +216,9 @@ async fn cap_09_callback_offers_the_agent_cannot_take_are_removed() {
             ..Default::default()
         })
     });
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let running = RunningServer::start(OpampServer::new(recorder)).await;
     let mut ws = ws_connect(running.addr).await;
-    ws_send(&mut ws, &report(uid(6), 0)).await;
-    let reply = ws_recv(&mut ws).await;
+    let reply = ws_exchange(&mut ws, &report(uid(6), 0)).await;
     assert!(
         reply.packages_available.is_none(),
         "PKG-01: no AcceptsPackages"
@@ -244,12 +230,10 @@ async fn cap_09_callback_offers_the_agent_cannot_take_are_removed() {
 
 #[tokio::test]
 async fn err_02_malformed_messages_get_bad_request_and_the_connection_lives() {
-    let (recorder, mut seen) = Recorder::new();
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let (running, mut seen) = RunningServer::recorded().await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(7);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
+    ws_exchange(&mut ws, &report(agent, 0)).await;
 
     // WS-04: non-zero header.
     ws.send(WsMessage::Binary(Bytes::from_static(&[0x05, 0x0a, 0x00])))
@@ -275,8 +259,7 @@ async fn err_02_malformed_messages_get_bad_request_and_the_connection_lives() {
     // UID-03: a 3-byte uid.
     let mut short = heartbeat(agent, 1);
     short.instance_uid = Bytes::from_static(&[1, 2, 3]);
-    ws_send(&mut ws, &short).await;
-    let reply = ws_recv(&mut ws).await;
+    let reply = ws_exchange(&mut ws, &short).await;
     assert_eq!(
         reply.error_response.unwrap().r#type(),
         ServerErrorResponseType::BadRequest
@@ -291,7 +274,7 @@ async fn err_02_malformed_messages_get_bad_request_and_the_connection_lives() {
     ws_send(&mut ws, &heartbeat(agent, 1)).await;
     assert!(ws_recv(&mut ws).await.error_response.is_none());
     let errors = std::iter::from_fn(|| seen.try_recv().ok())
-        .filter(|event| matches!(event, Seen::ReadError(_)))
+        .filter(|event| matches!(event, ServerEvent::ReadError(_)))
         .count();
     assert_eq!(errors, 3);
     drop(ws);
@@ -300,7 +283,7 @@ async fn err_02_malformed_messages_get_bad_request_and_the_connection_lives() {
 
 #[tokio::test]
 async fn ws_01_text_frames_close_the_connection() {
-    let running = Running::start(OpampServer::builder().build()).await;
+    let running = RunningServer::start(OpampServer::builder().build()).await;
     let mut ws = ws_connect(running.addr).await;
     ws.send(WsMessage::Text("hello".into())).await.unwrap();
     assert_eq!(ws_close_code(&mut ws).await, Some(1003));
@@ -310,27 +293,21 @@ async fn ws_01_text_frames_close_the_connection() {
 
 #[tokio::test]
 async fn ws_18_disconnect_closes_with_a_close_frame() {
-    let (recorder, mut seen) = Recorder::new();
-    let running = Running::start(OpampServer::new(recorder)).await;
+    let (running, mut seen) = RunningServer::recorded().await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(8);
-    ws_send(&mut ws, &report(agent, 0)).await;
-    ws_recv(&mut ws).await;
-    let connection = running
-        .server
-        .registry()
-        .connection(agent)
-        .expect("connected");
+    ws_exchange(&mut ws, &report(agent, 0)).await;
+    let connection = running.registry().connection(agent).expect("connected");
     connection.disconnect();
     assert_eq!(ws_close_code(&mut ws).await, Some(1000));
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!()
     };
     assert_eq!(id, connection.id());
-    next_seen(&mut seen).await;
+    next_server_event(&mut seen).await;
     assert_eq!(
-        next_seen(&mut seen).await,
-        Seen::Disconnected(id, DisconnectReason::Requested)
+        next_server_event(&mut seen).await,
+        ServerEvent::Disconnected(id, DisconnectReason::Requested)
     );
     assert!(connection.is_closed());
     assert!(connection.send(ServerToAgent::default()).is_err());
@@ -340,14 +317,12 @@ async fn ws_18_disconnect_closes_with_a_close_frame() {
 
 #[tokio::test]
 async fn uid_09_second_connection_with_the_same_uid_gets_a_new_one() {
-    let running = Running::start(OpampServer::builder().build()).await;
+    let running = RunningServer::start(OpampServer::builder().build()).await;
     let agent = uid(9);
     let mut first = ws_connect(running.addr).await;
-    ws_send(&mut first, &report(agent, 0)).await;
-    ws_recv(&mut first).await;
+    ws_exchange(&mut first, &report(agent, 0)).await;
     let mut second = ws_connect(running.addr).await;
-    ws_send(&mut second, &report(agent, 0)).await;
-    let reply = ws_recv(&mut second).await;
+    let reply = ws_exchange(&mut second, &report(agent, 0)).await;
     let new_uid = reply.new_instance_uid().expect("UID-09").unwrap();
     assert_ne!(new_uid, agent);
     // Both keep working under their own uids.
@@ -355,7 +330,7 @@ async fn uid_09_second_connection_with_the_same_uid_gets_a_new_one() {
     assert_eq!(ws_recv(&mut second).await.instance_uid, new_uid.to_bytes());
     ws_send(&mut first, &heartbeat(agent, 1)).await;
     assert_eq!(ws_recv(&mut first).await.instance_uid, agent.to_bytes());
-    assert_eq!(running.server.registry().connected().len(), 2);
+    assert_eq!(running.registry().connected().len(), 2);
     drop(first);
     drop(second);
     running.stop().await;
@@ -366,14 +341,12 @@ async fn uid_10_refuse_policy_closes_the_duplicate() {
     let registry = opamp_server::Registry::builder()
         .duplicate_policy(opamp_server::DuplicateUidPolicy::Refuse)
         .build();
-    let running = Running::start(OpampServer::builder().registry(registry).build()).await;
+    let running = RunningServer::start(OpampServer::builder().registry(registry).build()).await;
     let agent = uid(10);
     let mut first = ws_connect(running.addr).await;
-    ws_send(&mut first, &report(agent, 0)).await;
-    ws_recv(&mut first).await;
+    ws_exchange(&mut first, &report(agent, 0)).await;
     let mut second = ws_connect(running.addr).await;
-    ws_send(&mut second, &report(agent, 0)).await;
-    let reply = ws_recv(&mut second).await;
+    let reply = ws_exchange(&mut second, &report(agent, 0)).await;
     assert_eq!(
         reply.error_response.unwrap().r#type(),
         ServerErrorResponseType::BadRequest

@@ -1,18 +1,15 @@
 //! The real `opamp-client` against the server, over both transports.
 
-mod common;
-
 use bytes::Bytes;
-use common::{Recorder, Running, Seen, next_seen};
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{
-    AgentConfigMap, AgentConfigObject, InstanceUid, RemoteConfigStatus, RemoteConfigStatuses,
-    ServerErrorResponse, ServerToAgentCommand,
+    AgentConfigMap, AgentConfigObject, InstanceUid, ServerErrorResponse, ServerToAgentCommand,
 };
 use opamp_server::{
     AgentEvent, DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, RemoteConfigState,
     TransportKind,
 };
+use opamp_testkit::{RunningServer, ServerEvent, next_server_event, report_applied};
 use tokio::sync::{broadcast, mpsc};
 
 /// What the agent saw.
@@ -31,13 +28,8 @@ struct Agent {
 
 impl opamp_client::Callbacks for Agent {
     fn on_message(&self, client: &OpampClient, data: &opamp_client::MessageData) {
-        if let Some(offer) = &data.remote_config {
-            client.set_remote_config_status(RemoteConfigStatus {
-                last_remote_config_hash: offer.config_hash.clone(),
-                status: RemoteConfigStatuses::Applied as i32,
-                error_message: String::new(),
-            });
-            let _ = self.seen.send(AgentSeen::Config(offer.config_hash.clone()));
+        if let Some(hash) = report_applied(client, data) {
+            let _ = self.seen.send(AgentSeen::Config(hash));
         }
     }
 
@@ -97,9 +89,8 @@ async fn connected(events: &mut broadcast::Receiver<AgentEvent>) -> InstanceUid 
 /// Connects, receives a pushed config, reports it applied, restarts on
 /// command and says goodbye, over the given transport.
 async fn full_round_trip(scheme: &str, transport: TransportKind) {
-    let (recorder, mut seen) = Recorder::new();
-    let running = Running::start(OpampServer::new(recorder)).await;
-    let registry = running.server.registry().clone();
+    let (running, mut seen) = RunningServer::recorded().await;
+    let registry = running.registry().clone();
     let mut events = registry.subscribe();
     let uid = InstanceUid::new_v7();
     let (client, mut agent_seen) = agent(format!("{scheme}://{}/v1/opamp", running.addr), uid);
@@ -146,13 +137,13 @@ async fn full_round_trip(scheme: &str, transport: TransportKind) {
     assert_eq!(agent_seen.recv().await, Some(AgentSeen::Command), "CMD-01");
 
     client.stop().await;
-    let Seen::Connected(id) = next_seen(&mut seen).await else {
+    let ServerEvent::Connected(id) = next_server_event(&mut seen).await else {
         panic!("connected first")
     };
     let reason = loop {
-        match next_seen(&mut seen).await {
-            Seen::Message(other, _) => assert_eq!(other, id),
-            Seen::Disconnected(other, reason) => {
+        match next_server_event(&mut seen).await {
+            ServerEvent::Message(other, _) => assert_eq!(other, id),
+            ServerEvent::Disconnected(other, reason) => {
                 assert_eq!(other, id);
                 break reason;
             }
@@ -187,8 +178,8 @@ async fn http_15_plain_http_round_trip_with_the_real_client() {
 
 #[tokio::test(start_paused = true)]
 async fn seq_05_seq_06_lost_server_state_is_rebuilt_from_a_full_report() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let registry = running.server.registry().clone();
+    let running = RunningServer::start(OpampServer::builder().build()).await;
+    let registry = running.registry().clone();
     let mut events = registry.subscribe();
     let uid = InstanceUid::new_v7();
     let (client, _agent_seen) = agent(format!("ws://{}/v1/opamp", running.addr), uid);
@@ -222,8 +213,8 @@ async fn seq_05_seq_06_lost_server_state_is_rebuilt_from_a_full_report() {
 
 #[tokio::test(start_paused = true)]
 async fn uid_08_uid_09_duplicate_agents_are_told_a_new_uid() {
-    let running = Running::start(OpampServer::builder().build()).await;
-    let registry = running.server.registry().clone();
+    let running = RunningServer::start(OpampServer::builder().build()).await;
+    let registry = running.registry().clone();
     let mut events = registry.subscribe();
     let uid = InstanceUid::new_v7();
     let endpoint = format!("ws://{}/v1/opamp", running.addr);

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use http_support::{Handler, fixed_response, opamp_handler, serve};
+use http_support::{echo, fixed_response, opamp_handler};
 use opamp_proto::{AgentToServer, InstanceUid, Message, ServerErrorResponse, ServerToAgent};
+use opamp_testkit::{Handler, serve_http};
 use opamp_transport::http::client::{HttpError, HttpPoster};
 use opamp_transport::http::server::{service_unavailable, too_many_requests, unauthorized};
 use opamp_transport::http::{OPAMP_INSTANCE_UID, PROTOBUF_CONTENT_TYPE};
@@ -29,14 +30,6 @@ fn agent_message(sequence_num: u64) -> AgentToServer {
         instance_uid: uid().to_bytes(),
         sequence_num,
         capabilities: 1,
-        ..Default::default()
-    }
-}
-
-fn echo(message: &AgentToServer) -> ServerToAgent {
-    ServerToAgent {
-        instance_uid: message.instance_uid.clone(),
-        capabilities: message.sequence_num,
         ..Default::default()
     }
 }
@@ -63,7 +56,7 @@ fn options_for(url: url::Url) -> ClientOptions {
 #[tokio::test]
 async fn http_01_03_08_exchange_sends_required_headers() {
     let (handler, mut seen) = opamp_handler(LIMIT, echo);
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let hook_calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&hook_calls);
     let options = options_for(server.url("http", "/v1/opamp"))
@@ -106,7 +99,7 @@ async fn http_01_03_08_exchange_sends_required_headers() {
 #[tokio::test]
 async fn http_05_06_gzipped_request_is_accepted() {
     let (handler, mut seen) = opamp_handler(LIMIT, echo);
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let poster = HttpPoster::new(options_for(server.url("http", "/v1/opamp")))
         .unwrap()
         .with_gzip_requests(true);
@@ -140,7 +133,7 @@ async fn http_07_gzipped_response_is_decoded() {
             response
         })
     });
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let poster = HttpPoster::new(options_for(server.url("http", "/v1/opamp"))).unwrap();
     let reply = poster.exchange(uid(), &agent_message(1)).await.unwrap();
     assert_eq!(reply, big_reply(&agent_message(1)));
@@ -183,7 +176,7 @@ async fn http_18_response_limit_applies_after_decompression() {
     .encode_to_vec();
     let bomb = gzip(&huge);
     assert!(bomb.len() < 16 * 1024, "bomb is {} bytes", bomb.len());
-    let server = serve(
+    let server = serve_http(
         fixed_response(move || protobuf_response(bomb.clone(), true)),
         None,
     )
@@ -197,7 +190,7 @@ async fn http_18_response_limit_applies_after_decompression() {
     assert!(!error.is_retryable());
 
     // Same payload without compression: still too large.
-    let server = serve(
+    let server = serve_http(
         fixed_response(move || protobuf_response(huge.clone(), false)),
         None,
     )
@@ -214,7 +207,7 @@ async fn http_18_response_limit_applies_after_decompression() {
 #[tokio::test]
 async fn http_20_oversized_request_is_not_sent() {
     let (handler, _seen) = opamp_handler(LIMIT, echo);
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let options = options_for(server.url("http", "/")).with_max_message_size(64);
     let poster = HttpPoster::new(options).unwrap();
     let mut message = agent_message(1);
@@ -236,7 +229,7 @@ async fn http_20_oversized_request_is_not_sent() {
 #[tokio::test]
 async fn http_17_server_413_is_not_retryable() {
     let (handler, _seen) = opamp_handler(32, echo);
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let poster = HttpPoster::new(options_for(server.url("http", "/")))
         .unwrap()
         .with_gzip_requests(true);
@@ -254,7 +247,7 @@ async fn http_17_server_413_is_not_retryable() {
 /// HTTP-21: 429 with delta-seconds `Retry-After`.
 #[tokio::test]
 async fn http_21_429_with_delta_seconds() {
-    let server = serve(
+    let server = serve_http(
         fixed_response(|| too_many_requests(Some(Duration::from_secs(42)))),
         None,
     )
@@ -280,7 +273,7 @@ async fn http_21_429_with_delta_seconds() {
 async fn http_21_503_with_http_date() {
     let future = SystemTime::now() + Duration::from_secs(3600);
     let future_date = httpdate::fmt_http_date(future);
-    let server = serve(
+    let server = serve_http(
         fixed_response(move || {
             let mut response = service_unavailable(None);
             response
@@ -299,7 +292,7 @@ async fn http_21_503_with_http_date() {
     assert!(hint <= Duration::from_secs(3600), "{hint:?}");
     assert!(hint >= Duration::from_secs(3000), "{hint:?}");
 
-    let server = serve(
+    let server = serve_http(
         fixed_response(|| {
             let mut response = service_unavailable(None);
             response.headers_mut().insert(
@@ -315,7 +308,7 @@ async fn http_21_503_with_http_date() {
     let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
     assert_eq!(error.retry_after(), Some(Duration::ZERO));
 
-    let server = serve(fixed_response(|| service_unavailable(None)), None).await;
+    let server = serve_http(fixed_response(|| service_unavailable(None)), None).await;
     let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
     let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
     assert!(matches!(
@@ -330,7 +323,7 @@ async fn http_21_503_with_http_date() {
 /// CONN-06, HTTP-23: 401 surfaces as `Unauthorized` with the challenge.
 #[tokio::test]
 async fn conn_06_unauthorized() {
-    let server = serve(
+    let server = serve_http(
         fixed_response(|| unauthorized(Some(HeaderValue::from_static("Bearer realm=\"opamp\"")))),
         None,
     )
@@ -348,7 +341,7 @@ async fn conn_06_unauthorized() {
 /// AMB-13: any other status is typed, and undecodable bodies are `Decode`.
 #[tokio::test]
 async fn other_statuses_and_garbage_bodies_are_typed() {
-    let server = serve(
+    let server = serve_http(
         fixed_response(|| {
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NOT_FOUND;
@@ -368,7 +361,7 @@ async fn other_statuses_and_garbage_bodies_are_typed() {
     assert!(!error.is_retryable());
 
     // A length-delimited field claiming 100 bytes with 2 present.
-    let server = serve(
+    let server = serve_http(
         fixed_response(|| protobuf_response(vec![0x0a, 100, 1, 2], false)),
         None,
     )
@@ -378,7 +371,7 @@ async fn other_statuses_and_garbage_bodies_are_typed() {
     assert!(matches!(error, HttpError::Decode(_)), "{error:?}");
 
     // Truncated gzip.
-    let server = serve(
+    let server = serve_http(
         fixed_response(|| {
             let packed = gzip(&echo(&agent_message(1)).encode_to_vec());
             protobuf_response(packed[..packed.len() - 3].to_vec(), true)
@@ -396,7 +389,7 @@ async fn other_statuses_and_garbage_bodies_are_typed() {
 #[tokio::test]
 async fn err_04_request_timeout() {
     let handler: Handler = Arc::new(|_request| Box::pin(std::future::pending()));
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let options =
         options_for(server.url("http", "/")).with_request_timeout(Duration::from_millis(200));
     let poster = HttpPoster::new(options).unwrap();
@@ -452,7 +445,7 @@ async fn redirects_are_followed_with_the_same_body_and_bounded() {
         }
         opamp(request)
     });
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
 
     let poster = HttpPoster::new(options_for(server.url("http", "/old"))).unwrap();
     let reply = poster.exchange(uid(), &agent_message(3)).await.unwrap();
@@ -481,7 +474,7 @@ async fn download_streams_body_with_offered_headers() {
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let (seen_sender, mut seen) = tokio::sync::mpsc::unbounded_channel::<HeaderMap>();
     let body = payload.clone();
-    let file_server = serve(
+    let file_server = serve_http(
         Arc::new(move |request: http::Request<hyper::body::Incoming>| {
             let _ = seen_sender.send(request.headers().clone());
             let body = body.clone();
@@ -492,7 +485,7 @@ async fn download_streams_body_with_offered_headers() {
     .await;
     let file_url = file_server.url("http", "/pkg.tar.gz");
     let redirect_to = file_url.to_string();
-    let redirector = serve(
+    let redirector = serve_http(
         Arc::new(move |_request| {
             let location = HeaderValue::from_str(&redirect_to).unwrap();
             Box::pin(async move {
@@ -548,7 +541,7 @@ async fn download_streams_body_with_offered_headers() {
     assert!(matches!(error, HttpError::ResponseTooLarge { limit: 1000 }));
 
     // Non-2xx is an error; non-http URLs are refused.
-    let missing = serve(
+    let missing = serve_http(
         fixed_response(|| {
             let mut response = Response::new(Full::new(Bytes::new()));
             *response.status_mut() = StatusCode::NOT_FOUND;
@@ -623,7 +616,7 @@ async fn exchange_through_connect_proxy() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     let (handler, mut seen) = opamp_handler(LIMIT, echo);
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = proxy.local_addr().unwrap();
     let (connect_lines, mut connects) = tokio::sync::mpsc::unbounded_channel::<String>();

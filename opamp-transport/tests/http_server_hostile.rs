@@ -14,8 +14,9 @@ use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body::Frame;
 use http_body_util::{Empty, Full, StreamBody};
-use http_support::{opamp_handler, serve};
+use http_support::opamp_handler;
 use opamp_proto::{AgentToServer, InstanceUid, Message, ServerToAgent};
+use opamp_testkit::serve_http;
 use opamp_transport::http::server::{ReadError, read_agent_message};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -252,7 +253,7 @@ async fn trickling_body_is_408() {
 #[tokio::test]
 async fn lying_content_length_over_the_network_is_400() {
     let (handler, _seen) = opamp_handler(LIMIT, |_| ServerToAgent::default());
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     stream
         .write_all(
@@ -273,7 +274,7 @@ async fn lying_content_length_over_the_network_is_400() {
 #[tokio::test]
 async fn http_04_wrong_content_type_over_the_network() {
     let (handler, _seen) = opamp_handler(LIMIT, |_| ServerToAgent::default());
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let cases: [(&[u8], &str); 3] = [
         (
             b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",

@@ -10,12 +10,11 @@ use bytes::Bytes;
 use http::header::LOCATION;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use http_support::{Handler, opamp_handler, serve, test_pki};
-use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent};
+use http_support::{echo, opamp_handler};
+use opamp_proto::{AgentToServer, InstanceUid};
+use opamp_testkit::{Handler, TestPki, serve_http};
 use opamp_transport::http::client::{HttpError, HttpPoster};
-use opamp_transport::{
-    ClientAuth, ClientOptions, ClientTlsConfig, ConnectError, ServerTlsConfig, SystemRoots,
-};
+use opamp_transport::{ClientAuth, ClientOptions, ClientTlsConfig, ConnectError, SystemRoots};
 
 fn uid() -> InstanceUid {
     InstanceUid::from_array([9; 16])
@@ -29,14 +28,6 @@ fn message() -> AgentToServer {
     }
 }
 
-fn echo(message: &AgentToServer) -> ServerToAgent {
-    ServerToAgent {
-        instance_uid: message.instance_uid.clone(),
-        capabilities: message.sequence_num,
-        ..Default::default()
-    }
-}
-
 fn trusting(ca_pem: &str) -> ClientTlsConfig {
     ClientTlsConfig::new()
         .with_root_ca_pem(ca_pem.as_bytes().to_vec())
@@ -45,12 +36,10 @@ fn trusting(ca_pem: &str) -> ClientTlsConfig {
 
 #[tokio::test]
 async fn https_exchange_with_custom_root_ca() {
-    let pki = test_pki();
-    let tls = ServerTlsConfig::new(pki.server_cert_pem.clone(), pki.server_key_pem.clone())
-        .build()
-        .unwrap();
+    let pki = TestPki::generate();
+    let tls = pki.server_tls().build().unwrap();
     let (handler, mut seen) = opamp_handler(1 << 20, echo);
-    let server = serve(handler, Some(tls)).await;
+    let server = serve_http(handler, Some(tls)).await;
 
     for host in ["localhost", "127.0.0.1"] {
         let url =
@@ -65,13 +54,11 @@ async fn https_exchange_with_custom_root_ca() {
 
 #[tokio::test]
 async fn https_with_untrusted_certificate_fails_the_handshake() {
-    let pki = test_pki();
-    let other = test_pki();
-    let tls = ServerTlsConfig::new(pki.server_cert_pem, pki.server_key_pem)
-        .build()
-        .unwrap();
+    let pki = TestPki::generate();
+    let other = TestPki::generate();
+    let tls = pki.server_tls().build().unwrap();
     let (handler, _seen) = opamp_handler(1 << 20, echo);
-    let server = serve(handler, Some(tls)).await;
+    let server = serve_http(handler, Some(tls)).await;
     let options =
         ClientOptions::new(server.url("https", "/v1/opamp")).with_tls(trusting(&other.ca_pem));
     let poster = HttpPoster::new(options).unwrap();
@@ -86,13 +73,14 @@ async fn https_with_untrusted_certificate_fails_the_handshake() {
 /// one without is refused during the handshake.
 #[tokio::test]
 async fn mutual_tls_accepted_and_refused() {
-    let pki = test_pki();
-    let tls = ServerTlsConfig::new(pki.server_cert_pem.clone(), pki.server_key_pem.clone())
+    let pki = TestPki::generate();
+    let tls = pki
+        .server_tls()
         .with_client_ca_pem(pki.ca_pem.clone(), ClientAuth::Required)
         .build()
         .unwrap();
     let (handler, mut seen) = opamp_handler(1 << 20, echo);
-    let server = serve(handler, Some(tls)).await;
+    let server = serve_http(handler, Some(tls)).await;
 
     let with_identity = trusting(&pki.ca_pem)
         .with_client_identity_pem(pki.client_cert_pem.clone(), pki.client_key_pem.clone());
@@ -128,10 +116,8 @@ async fn mutual_tls_accepted_and_refused() {
 /// travel in clear text.
 #[tokio::test]
 async fn https_to_http_redirect_is_refused() {
-    let pki = test_pki();
-    let tls = ServerTlsConfig::new(pki.server_cert_pem, pki.server_key_pem)
-        .build()
-        .unwrap();
+    let pki = TestPki::generate();
+    let tls = pki.server_tls().build().unwrap();
     let handler: Handler = Arc::new(|_request| {
         Box::pin(async {
             let mut response = Response::new(Full::new(Bytes::new()));
@@ -143,7 +129,7 @@ async fn https_to_http_redirect_is_refused() {
             response
         })
     });
-    let server = serve(handler, Some(tls)).await;
+    let server = serve_http(handler, Some(tls)).await;
     let options =
         ClientOptions::new(server.url("https", "/v1/opamp")).with_tls(trusting(&pki.ca_pem));
     let poster = HttpPoster::new(options).unwrap();

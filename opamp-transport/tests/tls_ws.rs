@@ -5,8 +5,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::{TestPki, opamp_ws_handler, pki, serve};
+use common::opamp_ws_handler;
 use opamp_proto::{AgentToServer, ServerToAgent};
+use opamp_testkit::{HttpServer, TestPki, serve_http};
 use opamp_transport::ws::client::WsClientConnection;
 use opamp_transport::ws::server::{WsServerConfig, WsServerConnection};
 use opamp_transport::{
@@ -24,11 +25,11 @@ fn trusting(pki: &TestPki) -> ClientTlsConfig {
 async fn tls_server(
     server_tls: ServerTlsConfig,
 ) -> (
-    common::TestServer,
+    HttpServer,
     mpsc::UnboundedReceiver<(String, WsServerConnection)>,
 ) {
     let (handler, accepted) = opamp_ws_handler(WsServerConfig::default());
-    let server = serve(handler, Some(server_tls.build().unwrap())).await;
+    let server = serve_http(handler, Some(server_tls.build().unwrap())).await;
     (server, accepted)
 }
 
@@ -50,12 +51,8 @@ async fn assert_roundtrip(client: &mut WsClientConnection, server_side: &mut WsS
 
 #[tokio::test]
 async fn conn_01_wss_with_a_custom_root_ca() {
-    let pki = pki();
-    let (server, mut accepted) = tls_server(ServerTlsConfig::new(
-        pki.server_cert_pem.clone(),
-        pki.server_key_pem.clone(),
-    ))
-    .await;
+    let pki = TestPki::generate();
+    let (server, mut accepted) = tls_server(pki.server_tls()).await;
     // Both an IP-address and a DNS name in the certificate are checked.
     for host in ["127.0.0.1", "localhost"] {
         let url = format!("wss://{host}:{}/v1/opamp", server.addr.port())
@@ -77,12 +74,8 @@ async fn conn_01_wss_with_a_custom_root_ca() {
 
 #[tokio::test]
 async fn https_endpoint_is_upgraded_as_wss() {
-    let pki = pki();
-    let (server, mut accepted) = tls_server(ServerTlsConfig::new(
-        pki.server_cert_pem.clone(),
-        pki.server_key_pem.clone(),
-    ))
-    .await;
+    let pki = TestPki::generate();
+    let (server, mut accepted) = tls_server(pki.server_tls()).await;
     let options = ClientOptions::new(server.url("https", "/v1/opamp")).with_tls(trusting(&pki));
     let mut client = WsClientConnection::connect(&options).await.unwrap();
     let (_, mut server_side) = accepted.recv().await.unwrap();
@@ -91,13 +84,9 @@ async fn https_endpoint_is_upgraded_as_wss() {
 
 #[tokio::test]
 async fn untrusted_server_certificate_is_a_tls_handshake_error() {
-    let pki = pki();
-    let other = common::pki();
-    let (server, _accepted) = tls_server(ServerTlsConfig::new(
-        pki.server_cert_pem.clone(),
-        pki.server_key_pem.clone(),
-    ))
-    .await;
+    let pki = TestPki::generate();
+    let other = TestPki::generate();
+    let (server, _accepted) = tls_server(pki.server_tls()).await;
     let options = ClientOptions::new(server.url("wss", "/")).with_tls(trusting(&other));
     let error = WsClientConnection::connect(&options).await.unwrap_err();
     assert!(matches!(error, ConnectError::TlsHandshake(_)), "{error:?}");
@@ -105,12 +94,8 @@ async fn untrusted_server_certificate_is_a_tls_handshake_error() {
 
 #[tokio::test]
 async fn sec_13_insecure_skip_verify_accepts_an_untrusted_certificate() {
-    let pki = pki();
-    let (server, mut accepted) = tls_server(ServerTlsConfig::new(
-        pki.server_cert_pem.clone(),
-        pki.server_key_pem.clone(),
-    ))
-    .await;
+    let pki = TestPki::generate();
+    let (server, mut accepted) = tls_server(pki.server_tls()).await;
     let tls = ClientTlsConfig::new()
         .with_system_roots(SystemRoots::None)
         .with_insecure_skip_verify(true);
@@ -122,13 +107,13 @@ async fn sec_13_insecure_skip_verify_accepts_an_untrusted_certificate() {
 }
 
 fn mtls_server_config(pki: &TestPki, auth: ClientAuth) -> ServerTlsConfig {
-    ServerTlsConfig::new(pki.server_cert_pem.clone(), pki.server_key_pem.clone())
+    pki.server_tls()
         .with_client_ca_pem(pki.ca_pem.clone(), auth)
 }
 
 #[tokio::test]
 async fn mtls_client_certificate_accepted() {
-    let pki = pki();
+    let pki = TestPki::generate();
     let (server, mut accepted) = tls_server(mtls_server_config(&pki, ClientAuth::Required)).await;
     let tls = trusting(&pki)
         .with_client_identity_pem(pki.client_cert_pem.clone(), pki.client_key_pem.clone());
@@ -140,7 +125,7 @@ async fn mtls_client_certificate_accepted() {
 
 #[tokio::test]
 async fn mtls_without_client_certificate_is_refused() {
-    let pki = pki();
+    let pki = TestPki::generate();
     let (server, _accepted) = tls_server(mtls_server_config(&pki, ClientAuth::Required)).await;
     for version in [TlsVersion::Tls12, TlsVersion::Tls13] {
         let tls = trusting(&pki)
@@ -157,7 +142,7 @@ async fn mtls_without_client_certificate_is_refused() {
 
 #[tokio::test]
 async fn mtls_certificate_from_an_unknown_ca_is_refused() {
-    let pki = pki();
+    let pki = TestPki::generate();
     let (server, _accepted) = tls_server(mtls_server_config(&pki, ClientAuth::Required)).await;
     let tls = trusting(&pki).with_client_identity_pem(
         pki.rogue_client_cert_pem.clone(),
@@ -170,7 +155,7 @@ async fn mtls_certificate_from_an_unknown_ca_is_refused() {
 
 #[tokio::test]
 async fn optional_client_auth_accepts_clients_without_a_certificate() {
-    let pki = pki();
+    let pki = TestPki::generate();
     let (server, mut accepted) = tls_server(mtls_server_config(&pki, ClientAuth::Optional)).await;
     let options = ClientOptions::new(server.url("wss", "/")).with_tls(trusting(&pki));
     let mut client = WsClientConnection::connect(&options).await.unwrap();
@@ -180,12 +165,8 @@ async fn optional_client_auth_accepts_clients_without_a_certificate() {
 
 #[tokio::test]
 async fn wss_through_a_connect_proxy() {
-    let pki = pki();
-    let (server, mut accepted) = tls_server(ServerTlsConfig::new(
-        pki.server_cert_pem.clone(),
-        pki.server_key_pem.clone(),
-    ))
-    .await;
+    let pki = TestPki::generate();
+    let (server, mut accepted) = tls_server(pki.server_tls()).await;
     let proxy = common::proxy(200).await;
     let options = ClientOptions::new(server.url("wss", "/v1/opamp"))
         .with_tls(trusting(&pki))
@@ -204,7 +185,7 @@ async fn wss_through_a_connect_proxy() {
 
 #[tokio::test]
 async fn bad_client_key_is_a_typed_config_error_before_any_io() {
-    let pki = pki();
+    let pki = TestPki::generate();
     let tls = trusting(&pki)
         .with_client_identity_pem(pki.client_cert_pem.clone(), b"no key here".to_vec());
     // Port 9 (discard) is never contacted: the config fails first.
@@ -218,8 +199,8 @@ async fn bad_client_key_is_a_typed_config_error_before_any_io() {
 
 #[test]
 fn server_config_rejects_a_mismatched_key() {
-    let pki = pki();
-    let other = common::pki();
+    let pki = TestPki::generate();
+    let other = TestPki::generate();
     let error = ServerTlsConfig::new(pki.server_cert_pem, other.server_key_pem)
         .build()
         .unwrap_err();
@@ -228,9 +209,7 @@ fn server_config_rejects_a_mismatched_key() {
 
 #[test]
 fn server_config_offers_http11_alpn() {
-    let pki = pki();
-    let config = ServerTlsConfig::new(pki.server_cert_pem, pki.server_key_pem)
-        .build()
-        .unwrap();
+    let pki = TestPki::generate();
+    let config = pki.server_tls().build().unwrap();
     assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
 }

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{handler, opamp_ws_handler, raw_ws_client, raw_ws_handler, serve, status_response};
+use common::{opamp_ws_handler, raw_ws_client, raw_ws_handler};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, StatusCode, header};
 use opamp_proto::{AgentDisconnect, AgentToServer, CustomMessage, Message as _, ServerToAgent};
+use opamp_testkit::{Handler, HttpServer, handler, serve_http, status_response};
 use opamp_transport::ws::client::WsClientConnection;
 use opamp_transport::ws::server::{WsServerConfig, WsServerConnection};
 use opamp_transport::ws::{
@@ -53,12 +54,12 @@ fn custom(data_len: usize) -> Option<CustomMessage> {
 async fn opamp_server(
     config: WsServerConfig,
 ) -> (
-    common::TestServer,
+    HttpServer,
     mpsc::UnboundedReceiver<(String, WsServerConnection)>,
     ClientOptions,
 ) {
     let (handler, accepted) = opamp_ws_handler(config);
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let options = ClientOptions::new(server.url("ws", "/v1/opamp"));
     (server, accepted, options)
 }
@@ -66,7 +67,7 @@ async fn opamp_server(
 async fn connect_pair(
     config: WsServerConfig,
     options: impl FnOnce(ClientOptions) -> ClientOptions,
-) -> (common::TestServer, WsClientConnection, WsServerConnection) {
+) -> (HttpServer, WsClientConnection, WsServerConnection) {
     let (server, mut accepted, base) = opamp_server(config).await;
     let client = WsClientConnection::connect(&options(base)).await.unwrap();
     let (_, server_side) = accepted.recv().await.unwrap();
@@ -103,7 +104,7 @@ async fn ws_06_empty_messages_cross_the_wire() {
 #[tokio::test]
 async fn ws_03_frames_on_the_wire_carry_the_zero_header() {
     let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
         .await
         .unwrap();
@@ -154,7 +155,7 @@ async fn ws_13_split_halves_run_full_duplex_then_reunite_and_close() {
 #[tokio::test]
 async fn reunite_rejects_halves_of_different_connections() {
     let (handler, mut accepted) = opamp_ws_handler(WsServerConfig::default());
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let options = ClientOptions::new(server.url("ws", "/"));
     let first = WsClientConnection::connect(&options).await.unwrap();
     let second = WsClientConnection::connect(&options).await.unwrap();
@@ -213,7 +214,7 @@ async fn ws_18_server_initiated_close_with_going_away() {
 #[tokio::test]
 async fn ws_17_close_wait_is_bounded_when_the_peer_never_answers() {
     let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
         .await
         .unwrap();
@@ -369,7 +370,7 @@ async fn ws_01_text_frame_to_server_is_typed_error_and_closed_1003() {
 #[tokio::test]
 async fn ws_01_text_frame_to_client_is_typed_error_and_closed_1003() {
     let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let mut client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
         .await
         .unwrap();
@@ -425,7 +426,7 @@ async fn ws_04_bad_headers_and_protobuf_are_typed_and_not_fatal() {
 #[tokio::test]
 async fn amb_14_headerless_frames_rejected_by_default_accepted_on_opt_in() {
     let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let legacy = server_message(7).encode_to_vec();
 
     let mut strict = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
@@ -448,7 +449,7 @@ async fn amb_14_headerless_frames_rejected_by_default_accepted_on_opt_in() {
 #[tokio::test]
 async fn ws_15_pings_are_answered_while_receiving() {
     let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let mut client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
         .await
         .unwrap();
@@ -472,7 +473,7 @@ async fn ws_15_pings_are_answered_while_receiving() {
 #[tokio::test]
 async fn peer_vanishing_without_close_is_a_reset() {
     let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let mut client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
         .await
         .unwrap();
@@ -485,21 +486,36 @@ async fn peer_vanishing_without_close_is_a_reset() {
     assert!(matches!(client.recv().await, Err(WsError::Closed)));
 }
 
-#[tokio::test]
-async fn ws_24_503_refusal_carries_retry_after_seconds() {
-    let server = serve(
-        handler(|_| async {
-            status_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &[(header::RETRY_AFTER, "120")],
-            )
+/// The error a WebSocket connect gets from a server that answers every
+/// request with `status` and `headers`.
+async fn refusal(status: StatusCode, headers: &[(header::HeaderName, String)]) -> ConnectError {
+    let headers = headers.to_vec();
+    let server = serve_http(
+        handler(move |_| {
+            let headers = headers.clone();
+            async move {
+                let headers: Vec<_> = headers
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.as_str()))
+                    .collect();
+                status_response(status, &headers)
+            }
         }),
         None,
     )
     .await;
-    let error = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
+    WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
         .await
-        .unwrap_err();
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn ws_24_503_refusal_carries_retry_after_seconds() {
+    let error = refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &[(header::RETRY_AFTER, "120".to_owned())],
+    )
+    .await;
     match error {
         ConnectError::Refused {
             status,
@@ -516,22 +532,11 @@ async fn ws_24_503_refusal_carries_retry_after_seconds() {
 #[tokio::test]
 async fn ws_24_429_refusal_carries_retry_after_date() {
     let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
-    let server = serve(
-        handler(move |_| {
-            let when = when.clone();
-            async move {
-                status_response(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    &[(header::RETRY_AFTER, &when)],
-                )
-            }
-        }),
-        None,
+    let error = refusal(
+        StatusCode::TOO_MANY_REQUESTS,
+        &[(header::RETRY_AFTER, when)],
     )
     .await;
-    let error = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap_err();
     assert_eq!(error.status(), Some(StatusCode::TOO_MANY_REQUESTS));
     let retry_after = error.retry_after().expect("Retry-After parsed");
     // The date is an hour ahead (whole seconds), so the hint is close to it.
@@ -543,19 +548,11 @@ async fn ws_24_429_refusal_carries_retry_after_date() {
 
 #[tokio::test]
 async fn conn_06_401_refusal_is_unauthorized() {
-    let server = serve(
-        handler(|_| async {
-            status_response(
-                StatusCode::UNAUTHORIZED,
-                &[(header::WWW_AUTHENTICATE, "Bearer")],
-            )
-        }),
-        None,
+    let error = refusal(
+        StatusCode::UNAUTHORIZED,
+        &[(header::WWW_AUTHENTICATE, "Bearer".to_owned())],
     )
     .await;
-    let error = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap_err();
     match error {
         ConnectError::Unauthorized { headers } => {
             assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer")
@@ -566,14 +563,7 @@ async fn conn_06_401_refusal_is_unauthorized() {
 
 #[tokio::test]
 async fn other_refusal_status_is_typed_without_retry_after() {
-    let server = serve(
-        handler(|_| async { status_response(StatusCode::FORBIDDEN, &[]) }),
-        None,
-    )
-    .await;
-    let error = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap_err();
+    let error = refusal(StatusCode::FORBIDDEN, &[]).await;
     assert!(
         matches!(
             error,
@@ -604,7 +594,7 @@ fn redirecting_handler(
     last: usize,
     status: StatusCode,
 ) -> (
-    common::Handler,
+    Handler,
     mpsc::UnboundedReceiver<(String, WsServerConnection)>,
 ) {
     let (opamp, accepted) = opamp_ws_handler(WsServerConfig::default());
@@ -631,7 +621,7 @@ fn redirecting_handler(
 #[tokio::test]
 async fn conn_01_redirects_are_followed_and_the_hook_runs_per_hop() {
     let (handler, mut accepted) = redirecting_handler(2, StatusCode::TEMPORARY_REDIRECT);
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let hook_calls = Arc::new(AtomicUsize::new(0));
     let counter = hook_calls.clone();
     let options = ClientOptions::new(server.url("http", "/hop/0")).with_header_hook(move |_| {
@@ -648,7 +638,7 @@ async fn conn_01_redirects_are_followed_and_the_hook_runs_per_hop() {
 #[tokio::test]
 async fn too_many_redirects_are_refused() {
     let (handler, _accepted) = redirecting_handler(3, StatusCode::FOUND);
-    let server = serve(handler, None).await;
+    let server = serve_http(handler, None).await;
     let options = ClientOptions::new(server.url("ws", "/hop/0")).with_max_redirects(2);
     let error = WsClientConnection::connect(&options).await.unwrap_err();
     assert!(
@@ -665,7 +655,7 @@ async fn redirect_loop_is_refused() {
     let requests = Arc::new(AtomicUsize::new(0));
     let seen = requests.clone();
     let server =
-        serve(
+        serve_http(
             handler(move |request| {
                 seen.fetch_add(1, Ordering::SeqCst);
                 let next = if request.uri().path() == "/a" {
@@ -695,7 +685,7 @@ async fn redirect_loop_is_refused() {
 
 #[tokio::test]
 async fn redirect_without_location_is_typed() {
-    let server = serve(
+    let server = serve_http(
         handler(|_| async { status_response(StatusCode::FOUND, &[]) }),
         None,
     )
@@ -713,7 +703,7 @@ async fn redirect_without_location_is_typed() {
 async fn conn_05_static_headers_and_hook_are_sent_on_every_connect() {
     let (opamp, mut accepted) = opamp_ws_handler(WsServerConfig::default());
     let (headers_tx, mut headers_rx) = mpsc::unbounded_channel();
-    let server = serve(
+    let server = serve_http(
         handler(move |request| {
             let _ = headers_tx.send(request.headers().clone());
             opamp(request)

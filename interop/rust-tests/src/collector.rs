@@ -4,15 +4,15 @@
 //! proxy by `interop/build-collector.sh`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use opamp_testkit::{TIMEOUT, skip_or_fail};
 use tokio::process::Child;
 
 use crate::fleet::{collect_lines, dump};
-use crate::go::running_in_ci;
-use crate::inbox::EVENT_TIMEOUT;
+use crate::go::run_build_script;
 
 /// The Collector release the programs are built from (pinned in
 /// `interop/build-collector.sh`).
@@ -47,40 +47,13 @@ pub fn collector_programs() -> Option<&'static CollectorPrograms> {
     static PROGRAMS: OnceLock<Result<CollectorPrograms, String>> = OnceLock::new();
     match PROGRAMS.get_or_init(build) {
         Ok(programs) => Some(programs),
-        Err(reason) if running_in_ci() => panic!(
-            "the Collector interop tests cannot run, and CI is set so they fail instead of skipping: {reason}"
-        ),
-        Err(reason) => {
-            eprintln!(
-                "NOTICE: skipping a Collector interop test (set CI=true to make this fatal): {reason}"
-            );
-            None
-        }
+        Err(reason) => skip_or_fail("the Collector interop tests", reason),
     }
 }
 
 fn build() -> Result<CollectorPrograms, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build-collector.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|error| format!("running {}: {error}", script.display()))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(match output.status.code() {
-            Some(127) => {
-                "`go` is not on PATH; install Go 1.25 or newer to build the Collector".to_owned()
-            }
-            _ => format!(
-                "interop/build-collector.sh failed ({}); if the Go modules are not cached, is the Go module \
-                 proxy reachable? It said:\n{}",
-                output.status,
-                stderr.trim()
-            ),
-        });
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = run_build_script(&script, None, "Go 1.25")?;
     let dir = PathBuf::from(
         stdout
             .lines()
@@ -98,15 +71,6 @@ fn build() -> Result<CollectorPrograms, String> {
         }
     }
     Ok(programs)
-}
-
-/// A port on 127.0.0.1 that was free a moment ago (for a Collector's OTLP
-/// receiver, whose port has to be written into its config).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("binding 127.0.0.1:0")
-        .port()
 }
 
 /// A Collector config with an OTLP/HTTP receiver on `port` feeding the
@@ -360,7 +324,7 @@ async fn interrupt(child: &mut Child, name: &str) {
         .expect("running kill");
     assert!(status.success(), "kill -INT {pid} failed");
     // The supervisor gives its Collector up to 10 s before killing it.
-    let patience = EVENT_TIMEOUT + Duration::from_secs(10);
+    let patience = TIMEOUT + Duration::from_secs(10);
     match tokio::time::timeout(patience, child.wait()).await {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => panic!("{name}: waiting for exit: {error}"),

@@ -6,7 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::inbox::Inbox;
+use opamp_testkit::Inbox;
 
 /// Largest request head read; a package download's is far smaller.
 const MAX_HEAD: usize = 16 * 1024;

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::inbox::EVENT_TIMEOUT;
+use opamp_testkit::TIMEOUT;
 
 /// How often [`FleetServerProcess::wait_agent`] re-reads the API.
 const POLL_EVERY: Duration = Duration::from_millis(100);
@@ -54,7 +54,7 @@ impl FleetServerProcess {
         tokio::spawn(collect_lines(stderr, Arc::clone(&output)));
         let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
         let (mut opamp, mut web, mut tls) = (None, None, false);
-        let announced = tokio::time::timeout(EVENT_TIMEOUT, async {
+        let announced = tokio::time::timeout(TIMEOUT, async {
             while opamp.is_none() || web.is_none() {
                 let Ok(Some(line)) = lines.next_line().await else {
                     return;
@@ -169,15 +169,14 @@ impl FleetServerProcess {
         }
     }
 
-    /// [`wait_agent_within`](Self::wait_agent_within) with [`EVENT_TIMEOUT`].
+    /// [`wait_agent_within`](Self::wait_agent_within) with [`TIMEOUT`].
     pub async fn wait_agent(
         &self,
         uid: &str,
         what: &str,
         check: impl FnMut(&Value) -> bool,
     ) -> Value {
-        self.wait_agent_within(uid, what, EVENT_TIMEOUT, check)
-            .await
+        self.wait_agent_within(uid, what, TIMEOUT, check).await
     }
 }
 
@@ -282,7 +281,7 @@ pub async fn http_request(
         stream.read_to_end(&mut response).await?;
         Ok::<_, std::io::Error>(response)
     };
-    let response = tokio::time::timeout(EVENT_TIMEOUT, exchange)
+    let response = tokio::time::timeout(TIMEOUT, exchange)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
     let invalid =
@@ -304,4 +303,44 @@ pub async fn http_request(
         return Err(invalid("chunked responses are not supported here"));
     }
     Ok((status, response[split + 4..].to_vec()))
+}
+
+/// Whether the fleet API's `agent` lists the capability `name`.
+pub fn has_capability(agent: &Value, name: &str) -> bool {
+    agent["capabilities"]
+        .as_array()
+        .is_some_and(|capabilities| capabilities.iter().any(|capability| capability == name))
+}
+
+/// Every file of the agent's effective config (fleet API JSON), joined.
+pub fn effective_body(agent: &Value) -> String {
+    agent["effective_config"]["bodies"]
+        .as_object()
+        .map(|files| {
+            files
+                .values()
+                .filter_map(|file| file["body"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// Connections recorded after `since` (an event's `at`). The server may
+/// fold a repeated connection event into one entry with a `repeats` count
+/// and the latest time; those repeats count too.
+pub fn connected_events_after(agent: &Value, since: &str) -> u64 {
+    agent["events"].as_array().map_or(0, |events| {
+        events
+            .iter()
+            .filter(|event| event["kind"] == "connected")
+            .filter(|event| event["at"].as_str().is_some_and(|at| at > since))
+            .map(|event| 1 + event["repeats"].as_u64().unwrap_or(0))
+            .sum()
+    })
+}
+
+/// The newest event's timestamp (events are newest first), or "" if none.
+pub fn latest_event_time(agent: &Value) -> String {
+    agent["events"][0]["at"].as_str().unwrap_or("").to_owned()
 }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 
-use crate::inbox::{EVENT_TIMEOUT, Inbox};
+use opamp_testkit::{Inbox, TIMEOUT, skip_or_fail};
 
 /// Paths of the built Go programs.
 #[derive(Debug, Clone)]
@@ -37,23 +37,8 @@ pub fn go_programs() -> Option<&'static GoPrograms> {
     static PROGRAMS: OnceLock<Result<GoPrograms, String>> = OnceLock::new();
     match PROGRAMS.get_or_init(build) {
         Ok(programs) => Some(programs),
-        Err(reason) if running_in_ci() => panic!(
-            "the opamp-go interop tests cannot run, and CI is set so they fail instead of skipping: {reason}"
-        ),
-        Err(reason) => {
-            eprintln!(
-                "NOTICE: skipping an opamp-go interop test (set CI=true to make this fatal): {reason}"
-            );
-            None
-        }
+        Err(reason) => skip_or_fail("the opamp-go interop tests", reason),
     }
-}
-
-pub(crate) fn running_in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| {
-        let value = value.trim();
-        !value.is_empty() && value != "0" && !value.eq_ignore_ascii_case("false")
-    })
 }
 
 fn output_dir() -> PathBuf {
@@ -73,27 +58,7 @@ fn build() -> Result<GoPrograms, String> {
         .prefix(".build-")
         .tempdir_in(&out)
         .map_err(|error| format!("creating a build directory in {}: {error}", out.display()))?;
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg(scratch.path())
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|error| format!("running {}: {error}", script.display()))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(match output.status.code() {
-            Some(127) => {
-                "`go` is not on PATH; install Go 1.24 or newer to build the opamp-go programs"
-                    .to_owned()
-            }
-            _ => format!(
-                "interop/build.sh failed ({}); if the Go modules are not cached, is the Go module proxy reachable? \
-                 go said:\n{}",
-                output.status,
-                stderr.trim()
-            ),
-        });
-    }
+    run_build_script(&script, Some(scratch.path()), "Go 1.24")?;
     let place = |name: &str| -> Result<PathBuf, String> {
         let target = out.join(name);
         std::fs::rename(scratch.path().join(name), &target)
@@ -193,7 +158,7 @@ impl GoProcess {
     }
 
     /// The earliest unconsumed event matching `matches`. Fails the test on a
-    /// `fatal` event, when the program exits, or after [`EVENT_TIMEOUT`].
+    /// `fatal` event, when the program exits, or after [`TIMEOUT`].
     pub async fn wait_for(&mut self, what: &str, mut matches: impl FnMut(&Value) -> bool) -> Value {
         let event = self
             .events
@@ -220,10 +185,10 @@ impl GoProcess {
             let _ = stdin.write_all(b"{\"cmd\":\"stop\"}\n").await;
             drop(stdin);
         }
-        match tokio::time::timeout(EVENT_TIMEOUT, self.child.wait()).await {
+        match tokio::time::timeout(TIMEOUT, self.child.wait()).await {
             Ok(Ok(status)) => assert!(status.success(), "{} exited with {status}", self.name),
             Ok(Err(error)) => panic!("{}: waiting for exit: {error}", self.name),
-            Err(_) => panic!("{} did not stop within {EVENT_TIMEOUT:?}", self.name),
+            Err(_) => panic!("{} did not stop within {TIMEOUT:?}", self.name),
         }
     }
 }
@@ -276,4 +241,34 @@ async fn read_lines(
             let _ = tx.send(event);
         }
     }
+}
+
+/// Runs a Go build script (`bash script [arg]`) and returns what it printed
+/// on stdout; the error says how to fix the usual causes (no `go`, needing
+/// `go_version` or newer; no module proxy).
+pub(crate) fn run_build_script(
+    script: &Path,
+    arg: Option<&Path>,
+    go_version: &str,
+) -> Result<String, String> {
+    let output = Command::new("bash")
+        .arg(script)
+        .args(arg)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| format!("running {}: {error}", script.display()))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(match output.status.code() {
+            Some(127) => format!("`go` is not on PATH; install {go_version} or newer"),
+            _ => format!(
+                "{} failed ({}); if the Go modules are not cached, is the Go module proxy \
+                 reachable? It said:\n{}",
+                script.display(),
+                output.status,
+                stderr.trim()
+            ),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

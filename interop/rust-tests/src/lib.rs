@@ -16,7 +16,7 @@
 //! process ([`go_programs`]), running them ([`GoProcess`]), waiting for
 //! events with a generous deadline ([`Inbox`]), our server and client wired
 //! to record what they see ([`OurServer`], [`OurAgent`]) and throwaway
-//! certificates ([`Pki`]) and a one-file HTTP server for packages
+//! certificates ([`TestPki`], from opamp-testkit) and a one-file HTTP server for packages
 //! ([`StaticFile`]). For the Collector: building the supervisor and a
 //! minimal Collector ([`collector_programs`], `interop/build-collector.sh`),
 //! running them ([`SupervisorProcess`], [`CollectorProcess`]), the fleet
@@ -32,28 +32,29 @@ mod collector;
 mod file_server;
 mod fleet;
 mod go;
-mod inbox;
 mod otlp_sink;
 mod our_agent;
 mod our_server;
-mod pki;
 
 pub use collector::{
     COLLECTOR_VERSION, CollectorProcess, CollectorPrograms, NO_OWN_METRICS, REMOTE_RESTARTS_GATE,
-    SupervisorProcess, SupervisorSettings, collector_programs, free_port, otlp_pipeline_config,
+    SupervisorProcess, SupervisorSettings, collector_programs, otlp_pipeline_config,
     otlp_receiver_answers,
 };
 
 pub use file_server::StaticFile;
-pub use fleet::{FleetServerProcess, http_request};
+pub use fleet::{
+    FleetServerProcess, connected_events_after, effective_body, has_capability, http_request,
+    latest_event_time,
+};
 pub use go::{GoProcess, GoPrograms, go_programs};
-pub use inbox::{EVENT_TIMEOUT, Inbox};
 pub use otlp_sink::{OtlpRequest, OtlpSink};
 pub use our_agent::{
     AgentRecorder, ClientEvent, FAIL_MARKER, INTEROP_CAPABILITY, OurAgent, agent_capabilities,
 };
 pub use our_server::{ConnectAttempt, LosableStore, OurServer, Refuse, ServerRecorder, Transport};
-pub use pki::{Pki, PkiFiles};
+// Shared with the other suites.
+pub use opamp_testkit::{Inbox, PkiFiles, TIMEOUT, TestPki, free_port};
 
 /// Lower-case hex of `bytes`, the way the Go programs print hashes.
 pub fn hex(bytes: &[u8]) -> String {

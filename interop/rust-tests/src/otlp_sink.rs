@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::inbox::Inbox;
+use opamp_testkit::Inbox;
 
 /// One request the sink received.
 #[derive(Debug, Clone)]

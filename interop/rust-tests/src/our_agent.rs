@@ -14,7 +14,7 @@ use opamp_client::{
     MemoryPackageStore, MessageData, OpampClient, PackageEvent, TransportError,
 };
 
-use crate::inbox::Inbox;
+use opamp_testkit::Inbox;
 
 /// The custom capability both sides announce (goagent's and goserver's
 /// default).

@@ -15,7 +15,7 @@ use opamp_server::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::inbox::{EVENT_TIMEOUT, Inbox};
+use opamp_testkit::{Inbox, TIMEOUT};
 
 /// The transport a scenario runs over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,14 +300,14 @@ impl OurServer {
 
     /// Waits until the registry's record of `uid` satisfies `matches` and
     /// returns it. Re-checks on every registry event; fails the test after
-    /// [`EVENT_TIMEOUT`].
+    /// [`TIMEOUT`].
     pub async fn wait_record(
         &mut self,
         what: &str,
         uid: InstanceUid,
         mut matches: impl FnMut(&AgentRecord) -> bool,
     ) -> AgentRecord {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let deadline = Instant::now() + TIMEOUT;
         // Subscribed before the first read, so no change can slip between.
         let mut changes = self.registry().subscribe();
         let mut last = None;
@@ -324,7 +324,7 @@ impl OurServer {
                 Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
                 Ok(Err(broadcast::error::RecvError::Closed)) => panic!("our registry is gone"),
                 Err(_) => panic!(
-                    "our registry: {uid} never got to {what:?} within {EVENT_TIMEOUT:?}; last record: {last:#?}"
+                    "our registry: {uid} never got to {what:?} within {TIMEOUT:?}; last record: {last:#?}"
                 ),
             }
         }

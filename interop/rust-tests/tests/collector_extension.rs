@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use opamp_interop_tests::{
-    CollectorProcess, EVENT_TIMEOUT, FleetServerProcess, REMOTE_RESTARTS_GATE, collector_programs,
-    free_port, otlp_pipeline_config, otlp_receiver_answers,
+    CollectorProcess, FleetServerProcess, REMOTE_RESTARTS_GATE, TIMEOUT, collector_programs,
+    connected_events_after, effective_body, free_port, has_capability, otlp_pipeline_config,
+    otlp_receiver_answers,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -36,39 +37,6 @@ fn collector_config(endpoint: &str, uid: &str, port: u16, accepts_restart: bool)
          {pipeline}  extensions: [opamp]\n",
         pipeline = otlp_pipeline_config(port),
     )
-}
-
-fn has_capability(agent: &Value, name: &str) -> bool {
-    agent["capabilities"]
-        .as_array()
-        .is_some_and(|capabilities| capabilities.iter().any(|capability| capability == name))
-}
-
-fn effective_body(agent: &Value) -> String {
-    agent["effective_config"]["bodies"]
-        .as_object()
-        .map(|files| {
-            files
-                .values()
-                .filter_map(|file| file["body"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
-}
-
-/// Connections recorded after `since` (an event's `at`). The server may
-/// fold a repeated connection event into one entry with a `repeats` count
-/// and the latest time; those repeats count too.
-fn connected_events_after(agent: &Value, since: &str) -> u64 {
-    agent["events"].as_array().map_or(0, |events| {
-        events
-            .iter()
-            .filter(|event| event["kind"] == "connected")
-            .filter(|event| event["at"].as_str().is_some_and(|at| at > since))
-            .map(|event| 1 + event["repeats"].as_u64().unwrap_or(0))
-            .sum()
-    })
 }
 
 /// What the extension reports once connected: identity, capabilities,
@@ -144,7 +112,7 @@ async fn registers(transport: &str) {
     };
     let server = FleetServerProcess::start(FLEET_SERVER.as_ref(), &[]).await;
     let (endpoint, patience) = match transport {
-        "websocket" => (server.ws_url(), EVENT_TIMEOUT),
+        "websocket" => (server.ws_url(), TIMEOUT),
         _ => (server.http_url(), HTTP_PATIENCE),
     };
     let uid = uuid::Uuid::now_v7().to_string();
@@ -215,7 +183,7 @@ async fn extension_restart_with_feature_gate_ws() {
         &collector_config(&server.ws_url(), &uid, port, true),
         &[&gate],
     );
-    let agent = check_registration(&server, &uid, port, EVENT_TIMEOUT).await;
+    let agent = check_registration(&server, &uid, port, TIMEOUT).await;
     assert!(
         has_capability(&agent, "AcceptsRestartCommand"),
         "{}",
@@ -242,7 +210,7 @@ async fn extension_restart_with_feature_gate_ws() {
                 && connected_events_after(agent, &since) >= 1
         })
         .await;
-    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let deadline = Instant::now() + TIMEOUT;
     while !otlp_receiver_answers(port).await {
         assert!(
             Instant::now() < deadline,

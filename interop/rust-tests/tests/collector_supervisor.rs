@@ -10,8 +10,9 @@
 use std::time::Duration;
 
 use opamp_interop_tests::{
-    EVENT_TIMEOUT, FleetServerProcess, OtlpSink, Pki, SupervisorProcess, SupervisorSettings,
-    collector_programs, free_port, otlp_pipeline_config, otlp_receiver_answers,
+    FleetServerProcess, OtlpSink, SupervisorProcess, SupervisorSettings, TIMEOUT, TestPki,
+    collector_programs, connected_events_after, effective_body, free_port, has_capability,
+    latest_event_time, otlp_pipeline_config, otlp_receiver_answers,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -60,44 +61,6 @@ async fn wait_config_status(
                 && agent["remote_config_status"]["status"] == status
         })
         .await
-}
-
-fn has_capability(agent: &Value, name: &str) -> bool {
-    agent["capabilities"]
-        .as_array()
-        .is_some_and(|capabilities| capabilities.iter().any(|capability| capability == name))
-}
-
-fn effective_body(agent: &Value) -> String {
-    agent["effective_config"]["bodies"]
-        .as_object()
-        .map(|files| {
-            files
-                .values()
-                .filter_map(|file| file["body"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
-}
-
-/// Connections recorded after `since` (an event's `at`). The server may
-/// fold a repeated connection event into one entry with a `repeats` count
-/// and the latest time; those repeats count too.
-fn connected_events_after(agent: &Value, since: &str) -> u64 {
-    agent["events"].as_array().map_or(0, |events| {
-        events
-            .iter()
-            .filter(|event| event["kind"] == "connected")
-            .filter(|event| event["at"].as_str().is_some_and(|at| at > since))
-            .map(|event| 1 + event["repeats"].as_u64().unwrap_or(0))
-            .sum()
-    })
-}
-
-/// The newest event's timestamp (events are newest first), or "" if none.
-fn latest_event_time(agent: &Value) -> String {
-    agent["events"][0]["at"].as_str().unwrap_or("").to_owned()
 }
 
 /// Registration as the supervisor reports it: identity, description,
@@ -201,14 +164,14 @@ async fn supervisor_config_lifecycle_ws() {
     let settings = SupervisorSettings::new(server.ws_url(), "config_lifecycle_ws");
     let uid = settings.instance_uid.clone();
     let supervisor = SupervisorProcess::start(programs, &settings);
-    let agent = check_registration(&server, &settings, EVENT_TIMEOUT).await;
+    let agent = check_registration(&server, &settings, TIMEOUT).await;
     assert_eq!(agent["transport"], "websocket");
 
     // RCFG: a valid config is APPLIED with our hash (after the supervisor's
     // config_apply_timeout), and the Collector really runs it.
     let port = free_port();
     let hash = push_config(&server, &uid, &otlp_pipeline_config(port)).await;
-    let agent = wait_config_status(&server, &uid, &hash, "APPLIED", EVENT_TIMEOUT).await;
+    let agent = wait_config_status(&server, &uid, &hash, "APPLIED", TIMEOUT).await;
     assert_eq!(agent["desired_config"]["state"], "APPLIED");
     assert_eq!(agent["desired_config"]["source"]["kind"], "agent");
     assert!(otlp_receiver_answers(port).await, "OTLP receiver on {port}");
@@ -222,7 +185,7 @@ async fn supervisor_config_lifecycle_ws() {
     // Invalid YAML: FAILED with the parser's message; the Collector keeps
     // running the last good config and stays healthy.
     let bad_yaml = push_config(&server, &uid, "receivers: [unclosed\n  : :").await;
-    let agent = wait_config_status(&server, &uid, &bad_yaml, "FAILED", EVENT_TIMEOUT).await;
+    let agent = wait_config_status(&server, &uid, &bad_yaml, "FAILED", TIMEOUT).await;
     let message = agent["remote_config_status"]["error_message"]
         .as_str()
         .unwrap_or("");
@@ -244,7 +207,7 @@ async fn supervisor_config_lifecycle_ws() {
          receivers: [nosuchreceiver]\n      exporters: [debug]\n",
     )
     .await;
-    let agent = wait_config_status(&server, &uid, &unknown, "FAILED", EVENT_TIMEOUT).await;
+    let agent = wait_config_status(&server, &uid, &unknown, "FAILED", TIMEOUT).await;
     let message = agent["remote_config_status"]["error_message"]
         .as_str()
         .unwrap_or("");
@@ -261,7 +224,7 @@ async fn supervisor_config_lifecycle_ws() {
     // Recovery: a good config again, on another port.
     let recovery_port = free_port();
     let recovery = push_config(&server, &uid, &otlp_pipeline_config(recovery_port)).await;
-    let agent = wait_config_status(&server, &uid, &recovery, "APPLIED", EVENT_TIMEOUT).await;
+    let agent = wait_config_status(&server, &uid, &recovery, "APPLIED", TIMEOUT).await;
     assert_eq!(agent["desired_config"]["state"], "APPLIED");
     assert!(
         otlp_receiver_answers(recovery_port).await,
@@ -287,7 +250,7 @@ async fn supervisor_config_lifecycle_ws() {
                 && agent["health"]["start_time"] != started
         })
         .await;
-    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let deadline = Instant::now() + TIMEOUT;
     while !otlp_receiver_answers(recovery_port).await {
         assert!(
             Instant::now() < deadline,
@@ -346,7 +309,7 @@ async fn supervisor_group_and_default_configs_ws() {
     let settings = SupervisorSettings::new(server.ws_url(), "group_and_default_ws");
     let uid = settings.instance_uid.clone();
     let supervisor = SupervisorProcess::start(programs, &settings);
-    let agent = wait_config_status(&server, &uid, &default, "APPLIED", EVENT_TIMEOUT).await;
+    let agent = wait_config_status(&server, &uid, &default, "APPLIED", TIMEOUT).await;
     assert_eq!(agent["desired_config"]["source"]["kind"], "default");
     assert!(
         otlp_receiver_answers(default_port).await,
@@ -374,7 +337,7 @@ async fn supervisor_group_and_default_configs_ws() {
         .await;
     assert_eq!(answer["matching_agents"], 1);
     let group_hash = answer["config_hash"].as_str().expect("hash").to_owned();
-    let agent = wait_config_status(&server, &uid, &group_hash, "APPLIED", EVENT_TIMEOUT).await;
+    let agent = wait_config_status(&server, &uid, &group_hash, "APPLIED", TIMEOUT).await;
     assert_eq!(agent["desired_config"]["source"]["kind"], "group");
     assert_eq!(agent["desired_config"]["source"]["name"], "interop");
     assert!(otlp_receiver_answers(group_port).await, "group config runs");
@@ -398,7 +361,7 @@ async fn supervisor_group_and_default_configs_ws() {
         })
         .await;
     assert_eq!(agent["remote_config_status"]["status"], "APPLIED");
-    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let deadline = Instant::now() + TIMEOUT;
     while !otlp_receiver_answers(default_port).await {
         assert!(Instant::now() < deadline, "default config runs again");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -454,7 +417,7 @@ async fn supervisor_heartbeat_offer_reconnects_once_ws() {
     let settings = SupervisorSettings::new(server.ws_url(), "heartbeat_ws");
     let uid = settings.instance_uid.clone();
     let supervisor = SupervisorProcess::start(programs, &settings);
-    let agent = check_registration(&server, &settings, EVENT_TIMEOUT).await;
+    let agent = check_registration(&server, &settings, TIMEOUT).await;
     let since = latest_event_time(&agent);
 
     server
@@ -491,7 +454,7 @@ async fn supervisor_certificate_rotation_reconnects_once_wss() {
     // One CA signs the server certificate and issues client certificates:
     // the supervisor replaces its trust with the CA that comes with the
     // offered certificate.
-    let pki = Pki::generate();
+    let pki = TestPki::generate();
     let dir = tempfile::tempdir().expect("pki directory");
     let files = pki.write(dir.path());
     let path = |path: &std::path::Path| path.display().to_string();
@@ -511,7 +474,7 @@ async fn supervisor_certificate_rotation_reconnects_once_wss() {
     settings.ca_file = Some(files.ca.clone());
     let uid = settings.instance_uid.clone();
     let supervisor = SupervisorProcess::start(programs, &settings);
-    let agent = check_registration(&server, &settings, EVENT_TIMEOUT).await;
+    let agent = check_registration(&server, &settings, TIMEOUT).await;
     let since = latest_event_time(&agent);
 
     server
@@ -538,7 +501,7 @@ async fn supervisor_own_logs_reach_otlp_endpoint_ws() {
     let settings = SupervisorSettings::new(server.ws_url(), "own_logs_ws");
     let uid = settings.instance_uid.clone();
     let supervisor = SupervisorProcess::start(programs, &settings);
-    check_registration(&server, &settings, EVENT_TIMEOUT).await;
+    check_registration(&server, &settings, TIMEOUT).await;
 
     // CS-43: the supervisor declares ReportsOwnLogs; the server offers
     // <sink>/v1/logs; the supervisor writes it into the Collector's
@@ -582,7 +545,7 @@ async fn supervisor_crashing_config_without_validation_ws() {
     settings.validate_config = false;
     let uid = settings.instance_uid.clone();
     let supervisor = SupervisorProcess::start(programs, &settings);
-    check_registration(&server, &settings, EVENT_TIMEOUT).await;
+    check_registration(&server, &settings, TIMEOUT).await;
 
     let unknown = push_config(
         &server,
@@ -594,7 +557,7 @@ async fn supervisor_crashing_config_without_validation_ws() {
     // FAILED as soon as the Collector exits (before config_apply_timeout),
     // with the supervisor's message (the Collector's own goes to its log
     // file), and health turns unhealthy.
-    let agent = wait_config_status(&server, &uid, &unknown, "FAILED", EVENT_TIMEOUT).await;
+    let agent = wait_config_status(&server, &uid, &unknown, "FAILED", TIMEOUT).await;
     let message = agent["remote_config_status"]["error_message"]
         .as_str()
         .unwrap_or("");
@@ -610,7 +573,7 @@ async fn supervisor_crashing_config_without_validation_ws() {
     // Recovery: a good config makes it healthy again.
     let port = free_port();
     let recovery = push_config(&server, &uid, &otlp_pipeline_config(port)).await;
-    wait_config_status(&server, &uid, &recovery, "APPLIED", EVENT_TIMEOUT).await;
+    wait_config_status(&server, &uid, &recovery, "APPLIED", TIMEOUT).await;
     server
         .wait_agent(&uid, "healthy again", |agent| {
             agent["health"]["healthy"] == true

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use opamp_interop_tests::{
-    EVENT_TIMEOUT, GoProcess, GoPrograms, INTEROP_CAPABILITY, OurServer, Pki, Refuse, StaticFile,
+    GoProcess, GoPrograms, INTEROP_CAPABILITY, OurServer, Refuse, StaticFile, TIMEOUT, TestPki,
     Transport, go_programs, hex,
 };
 use opamp_proto::{
@@ -45,6 +45,27 @@ async fn start_agent(
         .and_then(|uid| uid.parse().ok())
         .unwrap_or_else(|| panic!("goagent started without a uid: {started}"));
     (agent, uid)
+}
+
+/// Starts our server and a goagent on `transport` (with `extra` flags) and
+/// waits until the registry holds the agent's full state.
+async fn with_full_state(
+    go: &GoPrograms,
+    transport: Transport,
+    extra: &[&str],
+) -> (OurServer, GoProcess, InstanceUid) {
+    let mut server = OurServer::start().await;
+    let (agent, uid) = start_agent(go, &server, transport, extra).await;
+    server.wait_record("full state", uid, has_full_state).await;
+    (server, agent, uid)
+}
+
+/// Waits until `uid` reports APPLIED or FAILED for the config `hash`.
+async fn config_outcome(server: &OurServer, uid: InstanceUid, hash: &Bytes) -> RemoteConfigState {
+    tokio::time::timeout(TIMEOUT, server.registry().wait_for_remote_config(uid, hash))
+        .await
+        .expect("APPLIED or FAILED in time")
+        .expect("agent known")
 }
 
 fn has_full_state(record: &AgentRecord) -> bool {
@@ -211,9 +232,7 @@ async fn s1_full_state_merged_and_heartbeats_http() {
 /// registry sees APPLIED with that hash and the new effective config.
 async fn remote_config_applied(transport: Transport) {
     let Some(go) = go_programs() else { return };
-    let mut server = OurServer::start().await;
-    let (mut agent, uid) = start_agent(go, &server, transport, &[]).await;
-    server.wait_record("full state", uid, has_full_state).await;
+    let (mut server, mut agent, uid) = with_full_state(go, transport, &[]).await;
 
     let offered = config("collector.yaml", "exporters: {debug: {}}\n");
     let offer = server
@@ -235,13 +254,7 @@ async fn remote_config_applied(transport: Transport) {
         "opamp-go hashes the config differently: {seen}"
     );
 
-    let state = tokio::time::timeout(
-        EVENT_TIMEOUT,
-        server.registry().wait_for_remote_config(uid, &offer.hash),
-    )
-    .await
-    .expect("APPLIED or FAILED in time")
-    .expect("agent known");
+    let state = config_outcome(&server, uid, &offer.hash).await;
     assert_eq!(state, RemoteConfigState::Applied);
     let record = server
         .wait_record("offered config in effect", uid, |r| {
@@ -273,22 +286,14 @@ async fn s2_remote_config_applied_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s2_remote_config_failure_reported_ws() {
     let Some(go) = go_programs() else { return };
-    let mut server = OurServer::start().await;
-    let (_agent, uid) = start_agent(go, &server, Transport::WebSocket, &[]).await;
-    server.wait_record("full state", uid, has_full_state).await;
+    let (server, _agent, uid) = with_full_state(go, Transport::WebSocket, &[]).await;
 
     let offer = server
         .registry()
         .set_remote_config(uid, config("collector.yaml", "bad: FAIL_ME\n"))
         .await
         .expect("agent accepts remote config");
-    let state = tokio::time::timeout(
-        EVENT_TIMEOUT,
-        server.registry().wait_for_remote_config(uid, &offer.hash),
-    )
-    .await
-    .expect("APPLIED or FAILED in time")
-    .expect("agent known");
+    let state = config_outcome(&server, uid, &offer.hash).await;
     let RemoteConfigState::Failed { message } = state else {
         panic!("want FAILED, got {state:?}");
     };
@@ -582,13 +587,7 @@ async fn s8_gzip_both_directions_http() {
         on_wire["compressed"], true,
         "our response was not gzipped: {on_wire}"
     );
-    let state = tokio::time::timeout(
-        EVENT_TIMEOUT,
-        server.registry().wait_for_remote_config(uid, &offer.hash),
-    )
-    .await
-    .expect("in time")
-    .expect("agent known");
+    let state = config_outcome(&server, uid, &offer.hash).await;
     assert_eq!(state, RemoteConfigState::Applied);
 }
 
@@ -597,9 +596,7 @@ async fn s8_gzip_both_directions_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s8_permessage_deflate_offer_declined_ws() {
     let Some(go) = go_programs() else { return };
-    let mut server = OurServer::start().await;
-    let (mut agent, uid) = start_agent(go, &server, Transport::WebSocket, &["--gzip"]).await;
-    server.wait_record("full state", uid, has_full_state).await;
+    let (server, mut agent, uid) = with_full_state(go, Transport::WebSocket, &["--gzip"]).await;
     let offer = server
         .registry()
         .set_remote_config(uid, big_config())
@@ -611,13 +608,7 @@ async fn s8_permessage_deflate_offer_declined_ws() {
         })
         .await;
     assert_eq!(on_wire["compressed"], false, "{on_wire}");
-    let state = tokio::time::timeout(
-        EVENT_TIMEOUT,
-        server.registry().wait_for_remote_config(uid, &offer.hash),
-    )
-    .await
-    .expect("in time")
-    .expect("agent known");
+    let state = config_outcome(&server, uid, &offer.hash).await;
     assert_eq!(state, RemoteConfigState::Applied);
 }
 
@@ -625,7 +616,7 @@ async fn s8_permessage_deflate_offer_declined_ws() {
 /// a remote config round trip over `wss://` and `https://`.
 async fn tls(transport: Transport) {
     let Some(go) = go_programs() else { return };
-    let pki = Pki::generate();
+    let pki = TestPki::generate();
     let dir = tempfile::tempdir().expect("temp dir");
     let files = pki.write(dir.path());
     let mut server = OurServer::start_with(Some(pki.server_tls()), Vec::new()).await;
@@ -641,13 +632,7 @@ async fn tls(transport: Transport) {
         .set_remote_config(uid, config("tls.yaml", "tls: true\n"))
         .await
         .expect("agent accepts remote config");
-    let state = tokio::time::timeout(
-        EVENT_TIMEOUT,
-        server.registry().wait_for_remote_config(uid, &offer.hash),
-    )
-    .await
-    .expect("in time")
-    .expect("agent known");
+    let state = config_outcome(&server, uid, &offer.hash).await;
     assert_eq!(state, RemoteConfigState::Applied);
 }
 
@@ -669,9 +654,7 @@ async fn s8_tls_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uid_duplicate_gets_new_uid_ws() {
     let Some(go) = go_programs() else { return };
-    let mut server = OurServer::start().await;
-    let (_first, uid) = start_agent(go, &server, Transport::WebSocket, &[]).await;
-    server.wait_record("full state", uid, has_full_state).await;
+    let (mut server, _first, uid) = with_full_state(go, Transport::WebSocket, &[]).await;
 
     let uid_text = uid.to_string();
     let (mut twin, twin_uid) =
@@ -706,9 +689,7 @@ async fn package_offered_to_go_agent(transport: Transport) {
     let Some(go) = go_programs() else { return };
     let content = Bytes::from_static(b"a package for opamp-go\n");
     let mut file = StaticFile::serve("tool.bin", content.clone()).await;
-    let mut server = OurServer::start().await;
-    let (mut agent, uid) = start_agent(go, &server, transport, &[]).await;
-    server.wait_record("full state", uid, has_full_state).await;
+    let (mut server, mut agent, uid) = with_full_state(go, transport, &[]).await;
 
     let package_hash = Bytes::from(Sha256::digest(b"tool 1.2.3").to_vec());
     let mut offer = PackagesAvailable::default();
@@ -767,9 +748,7 @@ async fn pkg_offered_to_go_agent_http() {
 /// the offer's hash, which the registry records.
 async fn connection_settings_to_go_agent(transport: Transport) {
     let Some(go) = go_programs() else { return };
-    let mut server = OurServer::start().await;
-    let (mut agent, uid) = start_agent(go, &server, transport, &[]).await;
-    server.wait_record("full state", uid, has_full_state).await;
+    let (mut server, mut agent, uid) = with_full_state(go, transport, &[]).await;
 
     let offers = ConnectionSettingsOffers {
         opamp: Some(OpAmpConnectionSettings {

@@ -8,53 +8,15 @@
 //! either, and fails when `CI=true`.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use opamp_interop_tests::{EVENT_TIMEOUT, GoProcess, go_programs, http_request};
+use opamp_interop_tests::{GoProcess, TIMEOUT, go_programs, http_request};
+use opamp_testkit::{ChildProcess, postgres_url};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// The test server's URL, or `None` after a notice (outside CI).
-fn database_url() -> Option<String> {
-    if let Ok(url) = std::env::var("OPAMP_TEST_DATABASE_URL") {
-        return Some(url);
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/postgres.sh");
-    let dir = format!("/tmp/opamp-pg-test-{}-goagent-fleet", std::process::id());
-    let output = std::process::Command::new("bash")
-        .arg(script)
-        .arg("start")
-        .arg(&dir)
-        .arg(std::process::id().to_string())
-        .output();
-    let failure = match output {
-        Ok(output) if output.status.success() => {
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            if let Some(url) = stdout
-                .lines()
-                .find_map(|line| line.strip_prefix("OPAMP_TEST_DATABASE_URL="))
-            {
-                return Some(url.to_owned());
-            }
-            format!("postgres.sh printed no URL: {stdout}")
-        }
-        Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
-        Err(error) => error.to_string(),
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true and no PostgreSQL could be started: {failure}");
-    }
-    eprintln!(
-        "notice: skipping the opamp-go fleet test on PostgreSQL: no OPAMP_TEST_DATABASE_URL and no cluster could be started ({})",
-        failure.trim()
-    );
-    None
-}
+use tokio::process::Command;
 
 struct Instance {
-    child: Child,
+    process: ChildProcess,
     opamp: SocketAddr,
     web: SocketAddr,
     _data: tempfile::TempDir,
@@ -70,38 +32,26 @@ fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
 /// test's process id, so runs do not meet.
 async fn start_instance(database: &str, name: &str) -> Instance {
     let data = tempfile::tempdir().expect("data directory");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-server"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fleet-server"));
+    command
         .args(["--listen", "127.0.0.1:0", "--web-listen", "127.0.0.1:0"])
         .args(["--instance-name", name, "--data-dir"])
         .arg(data.path())
         .env("OPAMP_SERVER_STORE", database)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("fleet-server starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let (mut opamp, mut web) = (None, None);
-    let announced = tokio::time::timeout(EVENT_TIMEOUT, async {
-        while opamp.is_none() || web.is_none() {
-            let Ok(Some(line)) = lines.next_line().await else {
-                return;
-            };
-            if line.starts_with("OpAMP endpoint") {
-                opamp = address_after(&line, "ws");
-            } else if line.starts_with("Web page") {
-                web = address_after(&line, "http");
-            }
-        }
-    })
-    .await;
-    assert!(announced.is_ok(), "instance {name} did not announce itself");
+        .env("RUST_LOG", "warn");
+    let mut process = ChildProcess::spawn(format!("fleet-server {name}"), command);
+    let opamp = process
+        .wait_for_line("the OpAMP endpoint", |line| {
+            line.starts_with("OpAMP endpoint")
+        })
+        .await;
+    let web = process
+        .wait_for_line("the web page", |line| line.starts_with("Web page"))
+        .await;
     Instance {
-        child,
-        opamp: opamp.expect("opamp address"),
-        web: web.expect("web address"),
+        process,
+        opamp: address_after(&opamp, "ws").expect("opamp address"),
+        web: address_after(&web, "http").expect("web address"),
         _data: data,
     }
 }
@@ -130,7 +80,7 @@ impl Instance {
 
     /// Waits until this instance lists `uid` as connected (to any instance).
     async fn wait_connected(&self, uid: &str) {
-        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
         while self
             .try_agent(uid)
             .await
@@ -162,7 +112,7 @@ impl Instance {
     }
 
     async fn wait_applied(&self, uid: &str, hash: &str) {
-        let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
             let agent = self.agent(uid).await;
             if agent["remote_config_status"]["status"] == "APPLIED"
@@ -181,17 +131,8 @@ impl Instance {
     }
 
     async fn stop(mut self) {
-        let pid = self.child.id().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(status.success());
-        let exit = tokio::time::timeout(EVENT_TIMEOUT, self.child.wait())
-            .await
-            .expect("stops after SIGTERM")
-            .expect("wait");
+        self.process.signal("TERM").await;
+        let exit = self.process.wait().await;
         assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
     }
 }
@@ -199,7 +140,7 @@ impl Instance {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_agents_get_configs_pushed_through_the_other_instance() {
     let Some(go) = go_programs() else { return };
-    let Some(database) = database_url() else {
+    let Some(database) = postgres_url() else {
         return;
     };
     let pid = std::process::id();

@@ -11,7 +11,7 @@ use opamp_client::proto::{
     ServerToAgentFlags, config_hash,
 };
 use opamp_interop_tests::{
-    ClientEvent, GoProcess, GoPrograms, INTEROP_CAPABILITY, OurAgent, Pki, Transport,
+    ClientEvent, GoProcess, GoPrograms, INTEROP_CAPABILITY, OurAgent, TestPki, Transport,
     agent_capabilities, go_programs, hex,
 };
 use serde_json::{Value, json};
@@ -625,24 +625,23 @@ async fn s4_client_adopts_new_instance_uid_http() {
 
 // ---------------------------------------------------------------- scenario 7
 
-/// WS-23, ERR-07: opamp-go answers with UNAVAILABLE and `retry_info` of
-/// 2 s; we say goodbye, close, wait at least that long, reconnect and send
-/// the full state.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s7_unavailable_retry_info_waits_and_reconnects_ws() {
-    let Some(go) = go_programs() else { return };
-    let (mut server, mut agent, uid, _) = connect(go, Transport::WebSocket, NEVER).await;
-    server.wait_event("connected").await;
-    let retry_after = Duration::from_secs(2);
-
-    // The error can only go out after this instant.
+/// Has opamp-go answer `uid`'s next message with UNAVAILABLE and a
+/// `retry_info` of `retry_after`, makes the agent send one (a health change
+/// to `status`), and waits for the error callback. Returns the instant
+/// before the command: the error cannot have gone out earlier.
+async fn answer_unavailable(
+    server: &mut GoProcess,
+    agent: &mut OurAgent,
+    uid: &str,
+    retry_after: Duration,
+    status: &str,
+) -> Instant {
     let asked_at = Instant::now();
     server
         .command(json!({"cmd": "unavailable", "to": uid, "message": "busy",
             "retry_after_ns": retry_after.as_nanos() as u64}))
         .await;
-    poke(&agent, "poke");
-
+    poke(agent, status);
     let error = agent
         .wait_for("UNAVAILABLE", |e| {
             matches!(e, ClientEvent::ErrorResponse(_))
@@ -652,6 +651,19 @@ async fn s7_unavailable_retry_info_waits_and_reconnects_ws() {
         unreachable!()
     };
     assert_eq!(error.r#type(), ServerErrorResponseType::Unavailable);
+    asked_at
+}
+
+/// WS-23, ERR-07: opamp-go answers with UNAVAILABLE and `retry_info` of
+/// 2 s; we say goodbye, close, wait at least that long, reconnect and send
+/// the full state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s7_unavailable_retry_info_waits_and_reconnects_ws() {
+    let Some(go) = go_programs() else { return };
+    let (mut server, mut agent, uid, _) = connect(go, Transport::WebSocket, NEVER).await;
+    server.wait_event("connected").await;
+    let retry_after = Duration::from_secs(2);
+    let asked_at = answer_unavailable(&mut server, &mut agent, &uid, retry_after, "poke").await;
     server
         .wait_for(
             "goodbye",
@@ -686,22 +698,7 @@ async fn s7_unavailable_retry_info_waits_http() {
     let Some(go) = go_programs() else { return };
     let (mut server, mut agent, uid, _) = connect(go, Transport::Http, HEARTBEAT).await;
     let retry_after = Duration::from_secs(2);
-
-    let asked_at = Instant::now();
-    server
-        .command(json!({"cmd": "unavailable", "to": uid, "message": "busy",
-            "retry_after_ns": retry_after.as_nanos() as u64}))
-        .await;
-    poke(&agent, "degraded");
-    let error = agent
-        .wait_for("UNAVAILABLE", |e| {
-            matches!(e, ClientEvent::ErrorResponse(_))
-        })
-        .await;
-    let ClientEvent::ErrorResponse(error) = error else {
-        unreachable!()
-    };
-    assert_eq!(error.r#type(), ServerErrorResponseType::Unavailable);
+    let asked_at = answer_unavailable(&mut server, &mut agent, &uid, retry_after, "degraded").await;
     // Events come in order: the first message after the error went out.
     let mut answered = false;
     let back = server
@@ -880,7 +877,7 @@ async fn s8_gzip_both_directions_http() {
 /// package file server); we trust its CA.
 async fn tls(transport: Transport) {
     let Some(go) = go_programs() else { return };
-    let pki = Pki::generate();
+    let pki = TestPki::generate();
     let dir = tempfile::tempdir().expect("temp dir");
     let files = pki.write(dir.path());
     let cert = files.cert.to_string_lossy().into_owned();

@@ -1,6 +1,6 @@
 //! A scripted OpAMP server on 127.0.0.1:0 for the integration tests, built
-//! from hyper and opamp-transport's server helpers, plus callbacks that
-//! record what the client reports.
+//! from hyper and opamp-transport's server helpers (the recording
+//! callbacks come from opamp-testkit).
 
 #![allow(
     dead_code,
@@ -22,26 +22,16 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use opamp_client::{
-    Callbacks, MessageData, OpampClient, PackageEvent, RetryPolicy, RetryPolicyFactory,
-    SettingsOutcome, TransportError,
-};
+use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{
-    AgentToServer, ConnectionSettingsOffers, InstanceUid, OpAmpConnectionSettings,
-    ServerErrorResponse, ServerToAgent, ServerToAgentCommand,
+    AgentToServer, ConnectionSettingsOffers, ConnectionSettingsStatus, ConnectionSettingsStatuses,
+    OpAmpConnectionSettings, ServerToAgent,
 };
+use opamp_testkit::{ClientEvent, ClientRecorder, ack, quick_retry, within};
 use opamp_transport::ws::CloseInfo;
 use opamp_transport::ws::server::{WsServerConfig, accept_upgrade, is_websocket_upgrade};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-
-/// Fails the test instead of hanging it if an expected event never comes.
-/// Generous on purpose: it is a safety net, not a timing assertion.
-pub async fn within<T>(work: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(60), work)
-        .await
-        .expect("expected event did not happen")
-}
 
 /// What the script answers to one AgentToServer.
 pub enum Reply {
@@ -82,14 +72,6 @@ pub struct TestServer {
     pub received: mpsc::UnboundedReceiver<Received>,
     pub closed: mpsc::UnboundedReceiver<(usize, Option<CloseInfo>)>,
     state: Arc<State>,
-}
-
-/// An empty answer that only echoes the uid.
-pub fn ack(message: &AgentToServer) -> ServerToAgent {
-    ServerToAgent {
-        instance_uid: message.instance_uid.clone(),
-        ..Default::default()
-    }
 }
 
 impl TestServer {
@@ -160,7 +142,9 @@ impl TestServer {
 
     /// The next message the server received.
     pub async fn next(&mut self) -> Received {
-        within(self.received.recv()).await.expect("server gone")
+        within("a message at the server", self.received.recv())
+            .await
+            .expect("server gone")
     }
 
     /// Skips received messages until one matches.
@@ -293,123 +277,77 @@ async fn serve_ws(
     }
 }
 
-/// What the recording callbacks saw.
-#[derive(Debug)]
-pub enum Seen {
-    Connect,
-    ConnectFailed(String),
-    ErrorResponse(ServerErrorResponse),
-    Message(MessageData),
-    OpampOutcome(OpAmpConnectionSettings, Result<(), String>),
-    Other(ConnectionSettingsOffers),
-    Command(ServerToAgentCommand),
-    NewUid(InstanceUid),
-    Package(String),
-}
-
-/// Callbacks that forward everything to a channel. `on_message` can be
-/// made to block until released, to show a slow callback stalls nothing.
-pub struct Recorder {
-    pub seen: mpsc::UnboundedSender<Seen>,
-    pub gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-    pub on_message: Box<dyn Fn(&OpampClient, &MessageData) + Send + Sync>,
-}
-
-impl Recorder {
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<Seen>) {
-        let (seen, rx) = mpsc::unbounded_channel();
-        (
-            Self {
-                seen,
-                gate: Mutex::new(None),
-                on_message: Box::new(|_, _| {}),
-            },
-            rx,
-        )
-    }
-}
-
-impl Callbacks for Recorder {
-    fn on_connect(&self) {
-        let _ = self.seen.send(Seen::Connect);
-    }
-    fn on_connect_failed(&self, error: &TransportError) {
-        let _ = self.seen.send(Seen::ConnectFailed(error.to_string()));
-    }
-    fn on_error_response(&self, error: &ServerErrorResponse) {
-        let _ = self.seen.send(Seen::ErrorResponse(error.clone()));
-    }
-    fn on_message(&self, client: &OpampClient, data: &MessageData) {
-        let gate = self.gate.lock().unwrap().take();
-        if let Some(gate) = gate {
-            // Blocks this callback until the test releases it.
-            let _ = gate.recv();
-        }
-        (self.on_message)(client, data);
-        let _ = self.seen.send(Seen::Message(data.clone()));
-    }
-    fn on_opamp_connection_settings_outcome(
-        &self,
-        settings: &OpAmpConnectionSettings,
-        outcome: Result<(), &str>,
-    ) {
-        let _ = self.seen.send(Seen::OpampOutcome(
-            settings.clone(),
-            outcome.map_err(str::to_owned),
-        ));
-    }
-    fn on_other_connection_settings(&self, offers: &ConnectionSettingsOffers) -> SettingsOutcome {
-        let _ = self.seen.send(Seen::Other(offers.clone()));
-        SettingsOutcome::Applied
-    }
-    fn on_command(&self, command: &ServerToAgentCommand) {
-        let _ = self.seen.send(Seen::Command(*command));
-    }
-    fn on_new_instance_uid(&self, uid: InstanceUid) {
-        let _ = self.seen.send(Seen::NewUid(uid));
-    }
-    fn on_package_event(&self, event: &PackageEvent) {
-        let _ = self.seen.send(Seen::Package(format!("{event:?}")));
-    }
-}
-
-/// Waits for a callback matching `wanted`, skipping others.
-pub async fn expect_seen(
-    rx: &mut mpsc::UnboundedReceiver<Seen>,
-    mut wanted: impl FnMut(&Seen) -> bool,
-) -> Seen {
-    loop {
-        let seen = within(rx.recv()).await.expect("callbacks gone");
-        if wanted(&seen) {
-            return seen;
-        }
-    }
-}
-
-/// A retry policy with short fixed waits (server hints still win), so
-/// retries happen quickly on real time; records the hints it was given.
-pub struct QuickRetry {
-    pub hints: Arc<Mutex<Vec<Option<Duration>>>>,
-}
-
-impl RetryPolicy for QuickRetry {
-    fn next_delay(&mut self, hint: Option<Duration>) -> Duration {
-        self.hints.lock().unwrap().push(hint);
-        hint.unwrap_or(Duration::from_millis(20))
-            .min(Duration::from_secs(1))
-    }
-    fn reset(&mut self) {}
-}
-
-pub fn quick_retry() -> (RetryPolicyFactory, Arc<Mutex<Vec<Option<Duration>>>>) {
-    let hints = Arc::new(Mutex::new(Vec::new()));
-    let shared = Arc::clone(&hints);
-    (
-        Arc::new(move || {
-            Box::new(QuickRetry {
-                hints: Arc::clone(&shared),
-            }) as Box<dyn RetryPolicy>
+/// An offer of new OpAMP connection settings: `endpoint`, under `hash`.
+pub fn opamp_offer(endpoint: String, hash: &'static [u8]) -> ServerToAgent {
+    ServerToAgent {
+        connection_settings: Some(ConnectionSettingsOffers {
+            hash: Bytes::from_static(hash),
+            opamp: Some(OpAmpConnectionSettings {
+                destination_endpoint: endpoint,
+                ..Default::default()
+            }),
+            ..Default::default()
         }),
-        hints,
-    )
+        ..Default::default()
+    }
+}
+
+/// What an agent needs to take (and report on) connection settings offers.
+pub fn caps_for_switch() -> AgentCapabilities {
+    AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS
+        | AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS
+}
+
+/// The connection settings status of the first message reporting `status`:
+/// `first` if it does, else the next such message `server` receives.
+pub async fn settings_status(
+    server: &mut TestServer,
+    first: AgentToServer,
+    status: ConnectionSettingsStatuses,
+) -> ConnectionSettingsStatus {
+    let reports = |message: &AgentToServer| {
+        message
+            .connection_settings_status
+            .as_ref()
+            .is_some_and(|reported| reported.status == status as i32)
+    };
+    let message = if reports(&first) {
+        first
+    } else {
+        server.next_matching(|r| reports(&r.message)).await.message
+    };
+    message.connection_settings_status.expect("a status")
+}
+
+/// The agent description the client tests report.
+pub fn description() -> AgentDescription {
+    AgentDescription::for_service("io.example.agent", "1.0.0")
+}
+
+/// The retry hints a [`quick_retry`] policy was given.
+pub type RetryHints = Arc<Mutex<Vec<Option<Duration>>>>;
+
+/// A client for `url` with [`description`], `capabilities` (the builder's
+/// default when `None`), the quick retry policy and a recorder; with the
+/// retry hints and the recorded events.
+pub fn retrying_client(
+    url: String,
+    capabilities: Option<AgentCapabilities>,
+) -> (
+    OpampClient,
+    RetryHints,
+    mpsc::UnboundedReceiver<ClientEvent>,
+) {
+    let (retry, hints) = quick_retry();
+    let (recorder, seen) = ClientRecorder::new();
+    let mut builder = OpampClient::builder(url).agent_description(description());
+    if let Some(capabilities) = capabilities {
+        builder = builder.capabilities(capabilities);
+    }
+    let client = builder
+        .retry_policy(retry)
+        .callbacks(recorder)
+        .build()
+        .expect("client builds");
+    (client, hints, seen)
 }

@@ -1,87 +1,23 @@
 //! Shared pieces of the fault, load and security tests: a server that can be
-//! crashed, a TCP proxy that injects faults, waiting on the registry, and
-//! panic accounting.
+//! crashed, a TCP proxy that injects faults, and panic accounting (the rest
+//! comes from opamp-testkit).
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashSet;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use opamp_proto::{AgentConfigMap, AgentConfigObject, InstanceUid};
-use opamp_server::{AgentRecord, Callbacks, OpampServer, Registry};
+use opamp_proto::AgentConfigMap;
+use opamp_server::{Callbacks, OpampServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{oneshot, watch};
 
-/// Fails the test with `what` if `work` does not finish within `limit`.
-/// Only a safety net against hangs: no test relies on it for ordering.
-pub async fn within<T>(limit: Duration, what: &str, work: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, work).await {
-        Ok(output) => output,
-        Err(_) => panic!("timed out after {limit:?}: {what}"),
-    }
-}
-
-/// Waits until the record of every agent in `uids` satisfies `done`.
-///
-/// Event driven: each change event re-checks the agent it names; a lagged
-/// subscriber rescans everything, so the answer never depends on the event
-/// capacity.
-pub async fn until_all(
-    registry: &Registry,
-    uids: impl IntoIterator<Item = InstanceUid>,
-    done: impl Fn(&AgentRecord) -> bool,
-) {
-    use tokio::sync::broadcast::error::RecvError;
-    // Subscribe before the first scan so no change falls between the two.
-    let mut events = registry.subscribe();
-    let mut pending: HashSet<InstanceUid> = uids.into_iter().collect();
-    rescan(registry, &mut pending, &done).await;
-    while !pending.is_empty() {
-        match events.recv().await {
-            Ok(event) => {
-                let uid = event.uid();
-                if pending.contains(&uid) {
-                    let record = registry.agent(uid).await.expect("store works");
-                    if record.as_ref().is_some_and(&done) {
-                        pending.remove(&uid);
-                    }
-                }
-            }
-            Err(RecvError::Lagged(_)) => rescan(registry, &mut pending, &done).await,
-            Err(RecvError::Closed) => panic!("registry events closed"),
-        }
-    }
-}
-
-async fn rescan(
-    registry: &Registry,
-    pending: &mut HashSet<InstanceUid>,
-    done: &impl Fn(&AgentRecord) -> bool,
-) {
-    for record in registry.agents().await.expect("store works") {
-        if done(&record) {
-            pending.remove(&record.uid);
-        }
-    }
-}
-
 /// A one-file remote configuration whose body names `version`.
 pub fn config(version: &str) -> AgentConfigMap {
-    let mut config = AgentConfigMap::default();
-    config.config_map.insert(
-        "agent.yaml".into(),
-        AgentConfigObject {
-            body: format!("version: {version}\n").into(),
-            content_type: "text/yaml".into(),
-            ..Default::default()
-        },
-    );
-    config
+    opamp_testkit::config_map(&format!("version: {version}\n"))
 }
 
 /// Counts panics in this test binary, on any thread (server tasks swallow
@@ -125,44 +61,6 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     let last = sorted.len() - 1;
     let rank = (q * last as f64).round() as usize;
     sorted[rank.min(last)]
-}
-
-/// An [`OpampServer`] serving on 127.0.0.1:0 in the current runtime.
-pub struct Serving<C: Callbacks> {
-    pub addr: SocketAddr,
-    pub server: OpampServer<C>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), opamp_server::ServeError>>,
-}
-
-impl<C: Callbacks> Serving<C> {
-    pub async fn start(server: OpampServer<C>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.clone().serve_with_shutdown(listener, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            addr,
-            server,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// `scheme://addr/v1/opamp`.
-    pub fn endpoint(&self, scheme: &str) -> String {
-        format!("{scheme}://{}/v1/opamp", self.addr)
-    }
-
-    /// Shuts down gracefully and waits for `serve` to return.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.expect("serve task").expect("serve");
-    }
 }
 
 /// An [`OpampServer`] serving on its own tokio runtime and thread, like a
@@ -451,68 +349,4 @@ async fn pump(
     }
     // Pass the half-close on so the other side sees the end of stream.
     let _ = to.shutdown().await;
-}
-
-/// Certificates for TLS tests: a CA, a server leaf for `localhost` and
-/// `127.0.0.1`, a client leaf from the same CA, and a second ("rogue") CA
-/// with a client leaf of its own. PEM strings, keys in PKCS#8.
-pub struct TestPki {
-    pub ca: String,
-    pub server: (String, String),
-    pub client: (String, String),
-    pub rogue_ca: String,
-    pub rogue_client: (String, String),
-}
-
-impl TestPki {
-    pub fn generate() -> Self {
-        let (ca, issuer) = authority("opamp fault tests CA");
-        let (rogue_ca, rogue_issuer) = authority("somebody else's CA");
-        Self {
-            ca,
-            server: leaf(
-                &issuer,
-                vec!["localhost".into(), "127.0.0.1".into()],
-                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            ),
-            client: leaf(
-                &issuer,
-                vec!["agent.example".into()],
-                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-            ),
-            rogue_ca,
-            rogue_client: leaf(
-                &rogue_issuer,
-                vec!["agent.example".into()],
-                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-            ),
-        }
-    }
-}
-
-fn authority(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    let key = rcgen::KeyPair::generate().expect("CA key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).expect("CA certificate");
-    (cert.pem(), rcgen::Issuer::new(params, key))
-}
-
-fn leaf(
-    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
-    names: Vec<String>,
-    usage: rcgen::ExtendedKeyUsagePurpose,
-) -> (String, String) {
-    let key = rcgen::KeyPair::generate().expect("leaf key");
-    let mut params = rcgen::CertificateParams::new(names).expect("leaf params");
-    params.extended_key_usages = vec![usage];
-    let cert = params.signed_by(&key, issuer).expect("leaf certificate");
-    (cert.pem(), key.serialize_pem())
 }

@@ -1,20 +1,15 @@
-//! Shared test support for the WebSocket and TLS tests: a real hyper server
-//! on 127.0.0.1:0 (plain or TLS), rcgen certificates, a raw WebSocket peer
-//! for sending hostile frames, and a tiny HTTP CONNECT proxy.
+//! Shared test support for the WebSocket and TLS tests: OpAMP and raw
+//! WebSocket handlers for opamp-testkit's `serve_http`, a raw WebSocket
+//! peer for sending hostile frames, and a tiny HTTP CONNECT proxy.
 #![allow(dead_code, unreachable_pub)]
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http::{Request, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use opamp_testkit::{Handler, handler, status_response};
 use opamp_transport::ws::server::{WsServerConfig, WsServerConnection, accept_upgrade};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,95 +17,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-
-pub type Body = Full<Bytes>;
-pub type BoxResponse = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
-pub type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxResponse + Send + Sync>;
-
-/// Wraps an async closure as a [`Handler`].
-pub fn handler<F, Fut>(f: F) -> Handler
-where
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    Arc::new(move |request| Box::pin(f(request)))
-}
-
-/// A plain response with `status` and headers.
-pub fn status_response(
-    status: StatusCode,
-    headers: &[(header::HeaderName, &str)],
-) -> Response<Body> {
-    let mut response = Response::new(Body::default());
-    *response.status_mut() = status;
-    for (name, value) in headers {
-        response
-            .headers_mut()
-            .append(name.clone(), value.parse().unwrap());
-    }
-    response
-}
-
-/// A running test server; its accept loop stops when dropped.
-pub struct TestServer {
-    pub addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl TestServer {
-    pub fn url(&self, scheme: &str, path: &str) -> url::Url {
-        url::Url::parse(&format!("{scheme}://{}{path}", self.addr)).unwrap()
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Serves `handler` over HTTP/1.1 with upgrades, optionally over TLS.
-/// Failed TLS handshakes (e.g. refused client certificates) just drop the
-/// connection, like a real server.
-pub async fn serve(handler: Handler, tls: Option<Arc<rustls::ServerConfig>>) -> TestServer {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let handler = handler.clone();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(request).await) }
-                });
-                let http = hyper::server::conn::http1::Builder::new();
-                match acceptor {
-                    None => {
-                        let _ = http
-                            .serve_connection(TokioIo::new(tcp), service)
-                            .with_upgrades()
-                            .await;
-                    }
-                    Some(acceptor) => {
-                        let Ok(tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        let _ = http
-                            .serve_connection(TokioIo::new(tls), service)
-                            .with_upgrades()
-                            .await;
-                    }
-                }
-            });
-        }
-    });
-    TestServer { addr, task }
-}
 
 /// A handler that accepts OpAMP WebSocket upgrades (any path) and hands
 /// each connection to the returned channel, along with the request path.
@@ -194,86 +100,6 @@ pub async fn raw_ws_client(url: &url::Url) -> WebSocketStream<TcpStream> {
         .await
         .unwrap();
     ws
-}
-
-/// Certificates for one test run, all PEM.
-pub struct TestPki {
-    pub ca_pem: String,
-    pub server_cert_pem: String,
-    pub server_key_pem: String,
-    pub client_cert_pem: String,
-    pub client_key_pem: String,
-    /// A client certificate from a CA the server does not trust.
-    pub rogue_client_cert_pem: String,
-    pub rogue_client_key_pem: String,
-}
-
-struct Ca {
-    cert_pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-fn new_ca(name: &str) -> Ca {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        cert_pem: cert.pem(),
-        issuer: rcgen::Issuer::new(params, key),
-    }
-}
-
-fn leaf(ca: &Ca, names: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        names.first().copied().unwrap_or("client"),
-    );
-    params.extended_key_usages = vec![usage];
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-/// A CA, a server certificate for `localhost` and `127.0.0.1`, a client
-/// certificate from the same CA and one from an unrelated CA.
-pub fn pki() -> TestPki {
-    let ca = new_ca("opamp test CA");
-    let rogue = new_ca("rogue CA");
-    let (server_cert_pem, server_key_pem) = leaf(
-        &ca,
-        &["localhost", "127.0.0.1"],
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client_cert_pem, client_key_pem) = leaf(
-        &ca,
-        &["agent-1"],
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    let (rogue_client_cert_pem, rogue_client_key_pem) = leaf(
-        &rogue,
-        &["intruder"],
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    TestPki {
-        ca_pem: ca.cert_pem,
-        server_cert_pem,
-        server_key_pem,
-        client_cert_pem,
-        client_key_pem,
-        rogue_client_cert_pem,
-        rogue_client_key_pem,
-    }
 }
 
 /// What the test proxy saw in one CONNECT request.
