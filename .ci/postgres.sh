@@ -8,6 +8,9 @@
 #       a watcher stops the cluster and deletes DIR once that process exits.
 #   .ci/postgres.sh stop DIR
 #       stop the cluster and delete DIR.
+#   .ci/postgres.sh down DIR / up DIR
+#       stop the server, keeping DIR (fault tests: "the database restarts");
+#       start it again on the same port.
 #
 # PostgreSQL refuses to run as root: as root, the cluster runs as the system
 # user opamp-pg (created if missing). Binaries come from $OPAMP_PG_BINDIR if
@@ -20,7 +23,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 action="${1:-}"
 dir="${2:-}"
 if [[ -z "$action" || -z "$dir" ]]; then
-  echo "usage: $0 start DIR [WATCH_PID] | stop DIR" >&2
+  echo "usage: $0 start DIR [WATCH_PID] | stop DIR | down DIR | up DIR" >&2
   exit 2
 fi
 
@@ -107,8 +110,18 @@ case "$action" in
     fi
     rm -rf "$dir"
     ;;
+  down)
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w -t 60 stop >/dev/null
+    ;;
+  up)
+    port="$(cat "$dir/port")"
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start \
+      -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$dir \
+          -c max_connections=300 -c fsync=off -c synchronous_commit=off \
+          -c full_page_writes=off" >/dev/null
+    ;;
   *)
-    echo "usage: $0 start DIR [WATCH_PID] | stop DIR" >&2
+    echo "usage: $0 start DIR [WATCH_PID] | stop DIR | down DIR | up DIR" >&2
     exit 2
     ;;
 esac

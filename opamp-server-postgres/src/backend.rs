@@ -1,14 +1,10 @@
 //! The shared connection pool, the instance lease and the background tasks.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use opamp_proto::InstanceUid;
-use opamp_server::BusInbox;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -16,7 +12,9 @@ use crate::bus::PgBus;
 use crate::error::PgError;
 use crate::listener;
 use crate::migrate;
-use crate::store::{Base, PgStore};
+use crate::shared::{Inner, Shared, lock};
+use crate::store::PgStore;
+use crate::tls::Tls;
 
 /// Default lease of an instance: how long after its last renewal an
 /// instance that stopped renewing still counts as holding its agents.
@@ -43,105 +41,6 @@ impl std::fmt::Debug for PgBackend {
             .field("instance", &self.inner.shared.instance)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) struct Inner {
-    pub(crate) shared: Arc<Shared>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        for task in lock(&self.tasks).drain(..) {
-            task.abort();
-        }
-    }
-}
-
-/// State the background tasks share with the store and bus handles. Holds
-/// no handle back to [`Inner`], so dropping the last handle stops the tasks.
-pub(crate) struct Shared {
-    pub(crate) pool: Pool,
-    pub(crate) instance: String,
-    /// `opamp_<instance>`: the NOTIFY channel of this instance.
-    pub(crate) channel: String,
-    pub(crate) lease: Duration,
-    pub(crate) pending_ttl: Duration,
-    pub(crate) sweep_interval: Option<Duration>,
-    /// The epoch of every agent this instance claimed, kept after release
-    /// so that a late save of what a stale connection reported is fenced.
-    pub(crate) claims: Mutex<HashMap<InstanceUid, Claim>>,
-    /// Plain-HTTP agents with pushes waiting in the outbox.
-    pub(crate) pending_hints: Mutex<HashSet<InstanceUid>>,
-    /// What each save's compare-and-set expects, filled by loads.
-    pub(crate) bases: Mutex<HashMap<InstanceUid, Base>>,
-    /// Agents known to have a record, so a bare heartbeat's
-    /// `contains` needs no round trip. Emptied whenever a removal
-    /// notification may have been missed.
-    pub(crate) present: Mutex<HashSet<InstanceUid>>,
-    pub(crate) inbox: OnceLock<BusInbox>,
-    pub(crate) inbox_attached: Notify,
-    /// How many times the listener has connected and is listening.
-    pub(crate) listening: watch::Sender<u64>,
-}
-
-/// How connections to the database are secured.
-#[derive(Clone)]
-pub(crate) enum Tls {
-    /// Plain TCP (or a Unix socket).
-    None,
-    /// TLS with rustls; `sslmode` in the connection settings decides
-    /// whether it is required.
-    Rustls(MakeRustlsConnect),
-}
-
-/// A connection's messages (notifications, notices), polled to drive it.
-pub(crate) type ConnectionMessages = std::pin::Pin<
-    Box<
-        dyn futures_util::Stream<Item = Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>
-            + Send,
-    >,
->;
-
-impl Tls {
-    /// Opens one connection outside the pool (the listener's).
-    pub(crate) async fn connect(
-        &self,
-        config: &tokio_postgres::Config,
-    ) -> Result<(tokio_postgres::Client, ConnectionMessages), tokio_postgres::Error> {
-        fn messages<S, T>(mut connection: tokio_postgres::Connection<S, T>) -> ConnectionMessages
-        where
-            S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-            T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        {
-            Box::pin(futures_util::stream::poll_fn(move |cx| {
-                connection.poll_message(cx)
-            }))
-        }
-        match self {
-            Self::None => {
-                let (client, connection) = config.connect(NoTls).await?;
-                Ok((client, messages(connection)))
-            }
-            Self::Rustls(tls) => {
-                let (client, connection) = config.connect(tls.clone()).await?;
-                Ok((client, messages(connection)))
-            }
-        }
-    }
-}
-
-/// This instance's claim on an agent's connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Claim {
-    pub(crate) epoch: i64,
-    pub(crate) released: bool,
-}
-
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Builds a [`PgBackend`].
@@ -303,7 +202,7 @@ impl PgBackend {
     /// The agent store for [`RegistryBuilder::store`](opamp_server::RegistryBuilder::store).
     pub fn store(&self) -> PgStore {
         PgStore {
-            backend: self.clone(),
+            inner: Arc::clone(&self.inner),
         }
     }
 
@@ -312,7 +211,7 @@ impl PgBackend {
     /// agents.
     pub fn bus(&self) -> PgBus {
         PgBus {
-            backend: self.clone(),
+            inner: Arc::clone(&self.inner),
         }
     }
 
@@ -439,6 +338,16 @@ async fn renew_lease(shared: Arc<Shared>) {
         .await;
         if let Err(error) = renewed {
             tracing::warn!(%error, instance = %shared.instance, "instance lease renewal failed");
+        }
+    }
+}
+
+impl PgBus {
+    /// The backend this bus belongs to (another handle on the same
+    /// instance).
+    pub fn backend(&self) -> PgBackend {
+        PgBackend {
+            inner: Arc::clone(&self.inner),
         }
     }
 }

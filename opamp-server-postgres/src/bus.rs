@@ -3,9 +3,10 @@
 use opamp_proto::{InstanceUid, Message, ServerToAgent};
 use opamp_server::{BoxFuture, BusError, BusInbox, MessageBus, TransportKind};
 
-use crate::backend::{Claim, PgBackend, Shared, lock};
+use std::sync::Arc;
+
 use crate::error::PgError;
-use crate::store::{to_uuid, transport_name};
+use crate::shared::{Claim, Inner, Shared, lock, to_uuid, transport_name};
 
 /// A [`MessageBus`] on PostgreSQL, and the record of which instance holds
 /// each agent's connection.
@@ -53,7 +54,7 @@ use crate::store::{to_uuid, transport_name};
 /// [`take_pending`](Self::take_pending).
 #[derive(Clone, Debug)]
 pub struct PgBus {
-    pub(crate) backend: PgBackend,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// Claim: a new row at epoch 1, or the next epoch of the existing row.
@@ -95,12 +96,7 @@ RETURNING b.id, b.message";
 
 impl PgBus {
     fn shared(&self) -> &Shared {
-        &self.backend.inner.shared
-    }
-
-    /// The backend this bus belongs to.
-    pub fn backend(&self) -> &PgBackend {
-        &self.backend
+        &self.inner.shared
     }
 
     /// Records that this instance now holds `uid`'s connection (or

@@ -105,7 +105,9 @@ mod bus;
 mod error;
 mod listener;
 mod migrate;
+mod shared;
 mod store;
+mod tls;
 
 pub use backend::{DEFAULT_LEASE, DEFAULT_PENDING_TTL, PgBackend, PgBackendBuilder};
 pub use bus::PgBus;

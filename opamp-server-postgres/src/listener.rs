@@ -9,9 +9,9 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, Notification};
 use uuid::Uuid;
 
-use crate::backend::{Shared, Tls, lock};
 use crate::error::PgError;
-use crate::store::from_uuid;
+use crate::shared::{Shared, from_uuid, lock};
+use crate::tls::Tls;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);

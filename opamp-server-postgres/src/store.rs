@@ -4,13 +4,14 @@ use std::hash::{DefaultHasher, Hasher};
 
 use opamp_proto::{AnyValue, InstanceUid, Message};
 use opamp_server::{
-    AgentRecord, AgentStore, BoxFuture, DesiredState, RemoteConfigState, StoreError, TransportKind,
+    AgentRecord, AgentStore, BoxFuture, DesiredState, RemoteConfigState, StoreError,
 };
 use tokio_postgres::Row;
-use uuid::Uuid;
 
-use crate::backend::{PgBackend, Shared, lock};
+use std::sync::Arc;
+
 use crate::error::{PgError, SaveConflict};
+use crate::shared::{Base, Inner, Prints, Shared, lock, to_uuid, transport_name};
 
 /// How many times a save re-reads and merges after losing a
 /// compare-and-set before it gives up with [`SaveConflict::Contended`].
@@ -56,23 +57,7 @@ const SAVE_ATTEMPTS: u32 = 5;
 /// [`PgBus::claim`]: crate::PgBus::claim
 #[derive(Clone, Debug)]
 pub struct PgStore {
-    pub(crate) backend: PgBackend,
-}
-
-/// What a compare-and-set save expects: the version read and what each part
-/// looked like then.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Base {
-    /// 0 when the agent had no row.
-    version: i64,
-    prints: Prints,
-}
-
-/// Fingerprints of the parts of a record that are merged separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Prints {
-    reported: u64,
-    desired: [u64; 3],
+    pub(crate) inner: Arc<Inner>,
 }
 
 const DESIRED_PARTS: [&str; 3] = ["remote_config", "packages", "connection_settings"];
@@ -217,21 +202,6 @@ impl Columns {
     }
 }
 
-pub(crate) fn transport_name(transport: TransportKind) -> &'static str {
-    match transport {
-        TransportKind::PlainHttp => "plain_http",
-        _ => "websocket",
-    }
-}
-
-pub(crate) fn to_uuid(uid: InstanceUid) -> Uuid {
-    uid.to_uuid()
-}
-
-pub(crate) fn from_uuid(uuid: Uuid) -> InstanceUid {
-    InstanceUid::from_array(*uuid.as_bytes())
-}
-
 /// Insert or compare-and-set update in one statement. `$3` is the expected
 /// version (0: the row must not exist); `$4` the fencing epoch (NULL: no
 /// fence). No row back means the compare-and-set or the fence failed.
@@ -271,7 +241,7 @@ FROM (SELECT 1) AS one LEFT JOIN opamp_agents a ON a.uid = $1";
 
 impl PgStore {
     fn shared(&self) -> &Shared {
-        &self.backend.inner.shared
+        &self.inner.shared
     }
 
     async fn load_row(&self, uid: InstanceUid) -> Result<Option<AgentRecord>, PgError> {

@@ -25,6 +25,21 @@ pub struct LoadArgs {
     )]
     pub url: Url,
 
+    /// More OpAMP endpoints (WebSocket only): agents are spread round robin
+    /// over --url and these, as a load balancer would over several server
+    /// instances. --server-cmd starts and --storm kills only --url's server.
+    #[arg(long = "also-url", env = "LOADGEN_ALSO_URLS", value_delimiter = ',')]
+    pub also_urls: Vec<Url>,
+
+    /// Pids of the servers behind --also-url: RSS and CPU are then the sum
+    /// over all servers.
+    #[arg(
+        long = "also-server-pid",
+        env = "LOADGEN_ALSO_SERVER_PIDS",
+        value_delimiter = ','
+    )]
+    pub also_server_pids: Vec<u32>,
+
     /// Number of simulated agents.
     #[arg(long, env = "LOADGEN_AGENTS", default_value_t = 1000)]
     pub agents: usize,
@@ -342,6 +357,24 @@ mod tests {
             ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]
         );
         assert_eq!(args.sample_at, [10, 20]);
+    }
+
+    #[test]
+    fn several_endpoints_and_their_pids() {
+        let args = parse(&[
+            "--also-url",
+            "ws://127.0.0.1:2/v1/opamp,ws://127.0.0.1:3/v1/opamp",
+            "--also-server-pid",
+            "12,13",
+        ])
+        .unwrap();
+        let urls: Vec<&str> = args.also_urls.iter().map(Url::as_str).collect();
+        assert_eq!(
+            urls,
+            ["ws://127.0.0.1:2/v1/opamp", "ws://127.0.0.1:3/v1/opamp"]
+        );
+        assert_eq!(args.also_server_pids, [12, 13]);
+        assert!(parse(&[]).unwrap().also_urls.is_empty());
     }
 
     #[test]

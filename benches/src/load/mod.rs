@@ -140,7 +140,8 @@ async fn resolve(url: &url::Url) -> Result<SocketAddr, String> {
 
 /// Starts agents of the chosen transport.
 enum Spawner {
-    WebSocket(Arc<WsConnector>),
+    /// One connector per endpoint; agent `i` uses `i % len`.
+    WebSocket(Vec<Arc<WsConnector>>),
     Http(Box<HttpSpawner>),
 }
 
@@ -154,20 +155,23 @@ impl Spawner {
     async fn new(args: &LoadArgs, transport: AgentTransport) -> Result<Self, String> {
         Ok(match transport {
             AgentTransport::WebSocket => {
-                let connector = match &args.source_addrs {
-                    Some(sources) => {
-                        WsConnector::bound(
-                            args.url.clone(),
-                            sources.0.clone(),
-                            args.connect_timeout,
-                        )
-                        .await?
-                    }
-                    None => WsConnector::transport(args.url.clone(), args.connect_timeout),
-                };
-                Self::WebSocket(Arc::new(connector))
+                let mut connectors = Vec::new();
+                for url in std::iter::once(&args.url).chain(&args.also_urls) {
+                    let connector = match &args.source_addrs {
+                        Some(sources) => {
+                            WsConnector::bound(url.clone(), sources.0.clone(), args.connect_timeout)
+                                .await?
+                        }
+                        None => WsConnector::transport(url.clone(), args.connect_timeout),
+                    };
+                    connectors.push(Arc::new(connector));
+                }
+                Self::WebSocket(connectors)
             }
             AgentTransport::Http => {
+                if !args.also_urls.is_empty() {
+                    return Err("--also-url works with WebSocket agents only".into());
+                }
                 if args.source_addrs.is_some() {
                     return Err("--source-addrs works with WebSocket agents only".into());
                 }
@@ -192,7 +196,8 @@ impl Spawner {
     ) -> Result<(), String> {
         let setup = Arc::clone(setup);
         match self {
-            Self::WebSocket(connector) => {
+            Self::WebSocket(connectors) => {
+                let connector = &connectors[index % connectors.len()];
                 tasks.spawn(run_ws_agent(setup, Arc::clone(connector), index));
             }
             Self::Http(http) => {
@@ -221,12 +226,26 @@ async fn wait_connected(stats: &Stats, count: usize, timeout: Duration) -> bool 
     true
 }
 
-/// RSS and CPU of the server, wherever its pid comes from.
-fn server_sample(server: Option<&ServerProcess>, pid: Option<u32>) -> Option<ProcSample> {
-    server
+/// RSS and CPU of the server, wherever its pid comes from, plus those of
+/// the servers behind --also-url (`also`).
+fn server_sample(
+    server: Option<&ServerProcess>,
+    pid: Option<u32>,
+    also: &[u32],
+) -> Option<ProcSample> {
+    let first = server
         .and_then(ServerProcess::pid)
         .or(pid)
-        .and_then(ProcSample::read)
+        .and_then(ProcSample::read)?;
+    also.iter().try_fold(first, |sum, pid| {
+        let other = ProcSample::read(*pid)?;
+        Some(ProcSample {
+            at: sum.at.max(other.at),
+            rss_bytes: sum.rss_bytes + other.rss_bytes,
+            cpu: sum.cpu + other.cpu,
+            threads: sum.threads + other.threads,
+        })
+    })
 }
 
 fn self_sample() -> Option<ProcSample> {
@@ -263,7 +282,7 @@ async fn run(args: LoadArgs, open_files: usize) -> Result<Value, String> {
     let spawner = Spawner::new(&args, transport).await?;
 
     // ---- ramp, pausing at each sample point ----
-    let baseline = server_sample(server.as_ref(), args.server_pid);
+    let baseline = server_sample(server.as_ref(), args.server_pid, &args.also_server_pids);
     let mut milestones: Vec<usize> = args
         .sample_at
         .iter()
@@ -293,7 +312,7 @@ async fn run(args: LoadArgs, open_files: usize) -> Result<Value, String> {
             }
             let connected_after = pause_started.elapsed();
             tokio::time::sleep(args.settle).await;
-            let server = server_sample(server.as_ref(), args.server_pid);
+            let server = server_sample(server.as_ref(), args.server_pid, &args.also_server_pids);
             let own = self_sample();
             memory_samples.push((started, stats.connected(), server, own));
             // Time spent settling is not ramp time; connecting is.
@@ -316,14 +335,14 @@ async fn run(args: LoadArgs, open_files: usize) -> Result<Value, String> {
     stats.heartbeat_latency.take();
     let sent_before = stats.sent.load(Ordering::Relaxed);
     let received_before = stats.received.load(Ordering::Relaxed);
-    let server_before = server_sample(server.as_ref(), args.server_pid);
+    let server_before = server_sample(server.as_ref(), args.server_pid, &args.also_server_pids);
     let own_before = self_sample();
     let window_started = Instant::now();
     tokio::time::sleep(args.duration).await;
     let window = window_started.elapsed().as_secs_f64();
     let sent = stats.sent.load(Ordering::Relaxed) - sent_before;
     let received = stats.received.load(Ordering::Relaxed) - received_before;
-    let server_after = server_sample(server.as_ref(), args.server_pid);
+    let server_after = server_sample(server.as_ref(), args.server_pid, &args.also_server_pids);
     let own_after = self_sample();
     let server_cpu = match (&server_before, &server_after) {
         (Some(before), Some(after)) => Some(after.cpu.saturating_sub(before.cpu)),
@@ -527,7 +546,7 @@ async fn storm_phase(
     let all_back = back.then(|| ready.elapsed());
     // Let the last full-status reports land before sampling.
     tokio::time::sleep(args.settle).await;
-    let after = server_sample(Some(server), None);
+    let after = server_sample(Some(server), None, &[]);
     Ok(json!({
         "before": before,
         "back": stats.connected(),

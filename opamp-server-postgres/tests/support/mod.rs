@@ -49,3 +49,104 @@ pub async fn ws_exchange(ws: &mut Ws, message: &opamp_proto::AgentToServer) -> S
     ws_send(ws, message).await;
     ws_recv(ws).await
 }
+
+// ---- a cluster of the test's own, to stop and start ----
+
+/// A throw-away PostgreSQL cluster owned by one test, which may stop and
+/// start it (`.ci/postgres.sh start|down|up|stop`; as root it runs as the
+/// user `opamp-pg`). Deleted when dropped, or when the test process exits.
+pub struct Cluster {
+    dir: String,
+    /// `postgresql://postgres@127.0.0.1:PORT/postgres`.
+    pub url: String,
+    pub port: u16,
+}
+
+static CLUSTERS: AtomicU32 = AtomicU32::new(0);
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/postgres.sh");
+
+impl Cluster {
+    /// Starts a cluster, or returns `None` after a notice when PostgreSQL
+    /// cannot be started here (a failure under `CI=true`).
+    pub fn start() -> Option<Self> {
+        let dir = format!(
+            "/tmp/opamp-pg-own-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::Relaxed)
+        );
+        let output = Command::new("bash")
+            .arg(SCRIPT)
+            .args(["start", &dir])
+            .arg(std::process::id().to_string())
+            .output();
+        let failure = match output {
+            Ok(output) if output.status.success() => {
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                if let Some(url) = stdout
+                    .lines()
+                    .find_map(|line| line.strip_prefix("OPAMP_TEST_DATABASE_URL="))
+                {
+                    let port = url
+                        .rsplit(':')
+                        .next()
+                        .and_then(|tail| tail.split('/').next())
+                        .and_then(|port| port.parse().ok())
+                        .expect("a port in the URL");
+                    return Some(Self {
+                        dir,
+                        url: url.to_owned(),
+                        port,
+                    });
+                }
+                format!("postgres.sh printed no URL: {stdout}")
+            }
+            Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
+            Err(error) => error.to_string(),
+        };
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("CI=true and no PostgreSQL cluster could be started: {failure}");
+        }
+        eprintln!(
+            "notice: skipping a PostgreSQL fault test: no cluster of its own could be started ({})",
+            failure.trim()
+        );
+        None
+    }
+
+    pub fn config(&self) -> Config {
+        self.url.parse().expect("the cluster URL parses")
+    }
+
+    fn run(&self, action: &str) {
+        let output = Command::new("bash")
+            .arg(SCRIPT)
+            .args([action, &self.dir])
+            .output()
+            .expect("run postgres.sh");
+        assert!(
+            output.status.success(),
+            "postgres.sh {action} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Stops the server (fast shutdown: every connection is closed).
+    pub fn down(&self) {
+        self.run("down");
+    }
+
+    /// Starts it again on the same port, with the same data.
+    pub fn up(&self) {
+        self.run("up");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(SCRIPT)
+            .args(["stop", &self.dir])
+            .output();
+    }
+}
