@@ -120,7 +120,8 @@ pub fn seeded_record(index: u32) -> AgentRecord {
 
 /// Saves agents `0..count` into `store`, a few saves at a time.
 pub async fn seed_fleet(store: &FleetStore, count: u32) {
-    let mut saves = tokio::task::JoinSet::new();
+    let mut saves: tokio::task::JoinSet<Result<(), opamp_server::StoreError>> =
+        tokio::task::JoinSet::new();
     for index in 0..count {
         if saves.len() >= 8
             && let Some(saved) = saves.join_next().await
