@@ -48,21 +48,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok::<_, Box<dyn std::error::Error>>(body)
         }
     };
-    let first: serde_json::Value = serde_json::from_slice(&get("/api/agents?limit=100".into()).await?)?;
+    let first: serde_json::Value =
+        serde_json::from_slice(&get("/api/agents?limit=100".into()).await?)?;
     let cursor = first["next"].as_str().unwrap_or_default().to_owned();
     let cases = [
         ("first page, limit=100", "/api/agents?limit=100".to_owned()),
-        ("next page (cursor)", format!("/api/agents?limit=100&cursor={cursor}")),
-        ("health=unhealthy", "/api/agents?limit=100&health=unhealthy".into()),
-        ("q=host-0424 (text search)", "/api/agents?limit=100&q=host-0424".into()),
-        ("attribute=service.name=checkout", "/api/agents?limit=100&attribute=service.name%3Dcheckout".into()),
+        (
+            "next page (cursor)",
+            format!("/api/agents?limit=100&cursor={cursor}"),
+        ),
+        (
+            "health=unhealthy",
+            "/api/agents?limit=100&health=unhealthy".into(),
+        ),
+        (
+            "q=host-0424 (text search)",
+            "/api/agents?limit=100&q=host-0424".into(),
+        ),
+        (
+            "attribute=service.name=checkout",
+            "/api/agents?limit=100&attribute=service.name%3Dcheckout".into(),
+        ),
         ("limit=1000", "/api/agents?limit=1000".into()),
         ("legacy array (every agent)", "/api/agents".into()),
     ];
-    println!("{:<34} {:>10} {:>10} {:>10}", "request", "median", "p95", "bytes");
+    println!(
+        "{:<34} {:>10} {:>10} {:>10}",
+        "request", "median", "p95", "bytes"
+    );
     for (name, path) in cases {
         // Legacy: the whole fleet per request, so fewer rounds.
-        let rounds = if path == "/api/agents" { requests.min(5) } else { requests };
+        let rounds = if path == "/api/agents" {
+            requests.min(5)
+        } else {
+            requests
+        };
         get(path.clone()).await?;
         let mut times = Vec::with_capacity(rounds);
         let mut bytes = 0;

@@ -1027,7 +1027,10 @@ async fn agent_list_pages_in_uid_order_and_the_cursor_survives_inserts() {
         .await;
     assert_eq!(status, StatusCode::OK, "{second}");
     assert_eq!(page_uids(&second), uid_strings(20..30));
-    assert_eq!(second["counts"]["total"], 27, "counts cover the whole match");
+    assert_eq!(
+        second["counts"]["total"], 27,
+        "counts cover the whole match"
+    );
     let cursor = second["next"].as_str().expect("a next cursor");
     let (_, third) = h
         .get(&format!("/api/agents?limit=10&cursor={cursor}"))
@@ -1117,7 +1120,11 @@ async fn agent_list_filters_by_connection_config_health_attribute_and_text() {
     let mut four = TestAgent::new(uid(4), "frontend", FULL_CAPABILITIES);
     h.poll(&four.hello()).await;
 
-    for (agent, body) in [(&mut one, "good: 1"), (&mut two, "bad"), (&mut three, "x: 3")] {
+    for (agent, body) in [
+        (&mut one, "good: 1"),
+        (&mut two, "bad"),
+        (&mut three, "x: 3"),
+    ] {
         let (status, _) = h
             .call(
                 Method::PUT,
@@ -1198,7 +1205,9 @@ async fn agent_list_filters_by_connection_config_health_attribute_and_text() {
     assert_eq!(page_uids(&first), uid_strings([1, 2]));
     let cursor = first["next"].as_str().expect("next");
     let (_, rest) = h
-        .get(&format!("/api/agents?connection=connected&limit=2&cursor={cursor}"))
+        .get(&format!(
+            "/api/agents?connection=connected&limit=2&cursor={cursor}"
+        ))
         .await;
     assert_eq!(page_uids(&rest), uid_strings([3]));
     assert!(rest["next"].is_null());

@@ -155,12 +155,22 @@ impl ListParams {
             query.connected = Some(match connection.as_str() {
                 "connected" => true,
                 "disconnected" => false,
-                _ => return Err(invalid("connection", &connection, "connected or disconnected")),
+                _ => {
+                    return Err(invalid(
+                        "connection",
+                        &connection,
+                        "connected or disconnected",
+                    ));
+                }
             });
         }
         if let Some(config) = self.config.filter(|value| !value.is_empty()) {
             query.config = Some(ConfigState::parse(&config).ok_or_else(|| {
-                invalid("config", &config, "none, pending, applying, applied or failed")
+                invalid(
+                    "config",
+                    &config,
+                    "none, pending, applying, applied or failed",
+                )
             })?);
         }
         if let Some(health) = self.health.filter(|value| !value.is_empty()) {

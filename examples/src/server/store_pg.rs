@@ -710,7 +710,9 @@ fn conditions(query: &AgentQuery) -> (Conditions, bool) {
     let mut conditions = Conditions::default();
     if let Some(connected) = query.connected {
         let placeholder = conditions.bind(Box::new(connected));
-        conditions.clauses.push(format!("f.connected = {placeholder}"));
+        conditions
+            .clauses
+            .push(format!("f.connected = {placeholder}"));
     }
     if let Some(state) = query.config {
         let clause = match state {
@@ -734,18 +736,21 @@ fn conditions(query: &AgentQuery) -> (Conditions, bool) {
         let placeholder = conditions.bind(Box::new(text.clone()));
         let mut fields = vec![format!("strpos(f.uid::text, {placeholder}) > 0")];
         fields.extend(SEARCHED_ATTRIBUTES.iter().filter_map(|key| {
-            attribute_column(key).map(|column| {
-                format!("strpos(lower(coalesce(f.{column}, '')), {placeholder}) > 0")
-            })
+            attribute_column(key)
+                .map(|column| format!("strpos(lower(coalesce(f.{column}, '')), {placeholder}) > 0"))
         }));
-        conditions.clauses.push(format!("({})", fields.join(" OR ")));
+        conditions
+            .clauses
+            .push(format!("({})", fields.join(" OR ")));
     }
     let mut in_sql = true;
     if let Some((key, value)) = &query.attribute {
         match attribute_column(key) {
             Some(column) => {
                 let placeholder = conditions.bind(Box::new(value.clone()));
-                conditions.clauses.push(format!("f.{column} = {placeholder}"));
+                conditions
+                    .clauses
+                    .push(format!("f.{column} = {placeholder}"));
             }
             None => in_sql = false,
         }
