@@ -955,6 +955,179 @@ mod tests {
     /// Two instances on one database: what one writes the other reads, one
     /// agent's events appended from both at once are all kept (coalesced
     /// the same way as in redb), and each hears of the other's changes.
+    /// Agent `n`: service by `n % 3`, health by `n % 4`, remote config by
+    /// `n % 5` (none, applied, failed, pending, applying).
+    fn listed_record(n: u8) -> AgentRecord {
+        use opamp_proto::{
+            AgentDescription, AgentRemoteConfig, ComponentHealth, RemoteConfigStatus,
+            RemoteConfigStatuses,
+        };
+        let mut record = AgentRecord::new(
+            InstanceUid::from_array([n; 16]),
+            std::time::SystemTime::UNIX_EPOCH,
+        );
+        record.status.description = Some(
+            AgentDescription::for_service(
+                ["checkout", "payments", "search"][usize::from(n % 3)],
+                "1",
+            )
+            .with_non_identifying("host.name", format!("host-{n}"))
+            .with_non_identifying("zone", ["a", "b"][usize::from(n % 2)]),
+        );
+        record.status.health = match n % 4 {
+            0 => None,
+            1 => Some(ComponentHealth {
+                healthy: false,
+                ..Default::default()
+            }),
+            _ => Some(ComponentHealth {
+                healthy: true,
+                ..Default::default()
+            }),
+        };
+        let hash = bytes::Bytes::from(vec![n, 1, 2]);
+        if n % 5 != 0 {
+            record.desired.remote_config = Some(AgentRemoteConfig {
+                config: Some(AgentConfigMap::default()),
+                config_hash: hash.clone(),
+            });
+        }
+        let reported = match n % 5 {
+            1 => Some(RemoteConfigStatuses::Applied),
+            2 => Some(RemoteConfigStatuses::Failed),
+            4 => Some(RemoteConfigStatuses::Applying),
+            _ => None,
+        };
+        record.status.remote_config_status = reported.map(|status| RemoteConfigStatus {
+            last_remote_config_hash: hash,
+            status: status as i32,
+            error_message: String::new(),
+        });
+        record
+    }
+
+    /// The SQL list (filter columns, keyset pages) answers exactly as the
+    /// redb scan does, for every filter, the counts and the cursors.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sql_agent_pages_match_the_redb_scan() {
+        use super::super::agent_query::{AgentQuery, ConfigState, Health};
+        use opamp_server::AgentStore;
+        let Some(config) = fresh_database().await else {
+            return;
+        };
+        let pg = FleetStore::postgres(config, "lib-list").await.unwrap();
+        let redb = FleetStore::in_memory().unwrap();
+        for n in 1..=40u8 {
+            AgentStore::save(&pg, listed_record(n)).await.unwrap();
+            AgentStore::save(&redb, listed_record(n)).await.unwrap();
+        }
+        let queries = [
+            AgentQuery::default(),
+            AgentQuery {
+                limit: 7,
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                connected: Some(false),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                connected: Some(true),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                config: Some(ConfigState::None),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                config: Some(ConfigState::Pending),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                config: Some(ConfigState::Applying),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                config: Some(ConfigState::Applied),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                config: Some(ConfigState::Failed),
+                limit: 3,
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                health: Some(Health::Healthy),
+                limit: 5,
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                health: Some(Health::Unhealthy),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                health: Some(Health::Unknown),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                attribute: Some(("service.name".into(), "payments".into())),
+                ..AgentQuery::default()
+            },
+            // No column for "zone": matched on decoded records.
+            AgentQuery {
+                attribute: Some(("zone".into(), "b".into())),
+                limit: 4,
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                text: Some("host-1".into()),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                text: Some("0a0a0a".into()),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                text: Some("check".into()),
+                health: Some(Health::Healthy),
+                ..AgentQuery::default()
+            },
+        ];
+        for query in queries {
+            let mut query = query;
+            let mut pages = 0;
+            loop {
+                let from_sql = pg
+                    .query_agents(query.clone(), Default::default())
+                    .await
+                    .unwrap();
+                let from_scan = redb
+                    .query_agents(query.clone(), Default::default())
+                    .await
+                    .unwrap();
+                let uids =
+                    |page: &AgentPage| page.records.iter().map(|r| r.uid).collect::<Vec<_>>();
+                assert_eq!(uids(&from_sql), uids(&from_scan), "{query:?}");
+                assert_eq!(from_sql.counts, from_scan.counts, "{query:?}");
+                assert_eq!(from_sql.next, from_scan.next, "{query:?}");
+                pages += 1;
+                match from_sql.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
+                }
+            }
+            assert!(pages <= 40, "{query:?}");
+        }
+        let all = pg
+            .query_agents(AgentQuery::default(), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(all.counts.total, 40);
+        assert_eq!(all.counts.config.applied, 8);
+        assert_eq!(all.counts.health.unknown, 10);
+        pg.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_instances_share_history_events_and_changes() {
         let Some(config) = fresh_database().await else {
