@@ -986,7 +986,7 @@ mod tests {
             }),
         };
         let hash = bytes::Bytes::from(vec![n, 1, 2]);
-        if n % 5 != 0 {
+        if !n.is_multiple_of(5) {
             record.desired.remote_config = Some(AgentRemoteConfig {
                 config: Some(AgentConfigMap::default()),
                 config_hash: hash.clone(),
