@@ -177,16 +177,20 @@ impl Fleet {
             .filter(|uid| self.registry.connection(*uid).is_some())
             .collect();
         let mut page = self.store.query_agents(query, connected).await?;
-        let mut summaries = Vec::with_capacity(page.records.len());
-        for stored in std::mem::take(&mut page.records) {
-            // The registry adds what a live session has not saved yet
-            // (last seen, sequence number).
-            let record = match self.registry.agent(stored.uid).await? {
-                Some(record) => record,
-                None => stored,
-            };
-            summaries.push(self.summary_of(&record).await);
-        }
+        // The page's agents are read concurrently (each is a store read or
+        // two); join_all keeps their order.
+        let summaries =
+            futures_util::future::join_all(std::mem::take(&mut page.records).into_iter().map(
+                |stored| async move {
+                    // The registry adds what a live session has not saved
+                    // yet (last seen, sequence number).
+                    let record = self.registry.agent(stored.uid).await?.unwrap_or(stored);
+                    Ok::<_, opamp_server::StoreError>(self.summary_of(&record).await)
+                },
+            ))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((summaries, page))
     }
 
