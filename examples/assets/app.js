@@ -3,7 +3,19 @@
 // API documented in examples/API.md.
 'use strict';
 
-const agents = new Map(); // instance_uid -> agent summary
+const agents = new Map(); // instance_uid -> agent summary, the rows of the page shown
+// The server filters, counts and pages the list (GET /api/agents?limit=...);
+// the page keeps one page of rows, never the whole fleet.
+const PAGE_SIZE = 100;
+const list = {
+  cursors: [''], // cursors[i] loads page i ('' is the first page)
+  index: 0,
+  next: null,
+  counts: null,
+  seq: 0, // answers to older requests are dropped
+  refreshTimer: null,
+  stale: false,
+};
 let serverInfo = { can_rotate_certificates: false };
 let current = null; // instance_uid shown in the detail view
 let detailTimer = null;
@@ -120,15 +132,28 @@ function configState(agent) {
 
 // ---- agent list ----
 
+function listQuery(cursor) {
+  const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  const text = $('#filter').value.trim();
+  if (text) params.set('q', text);
+  for (const [name, id] of [['connection', '#filter-connection'], ['config', '#filter-config'], ['health', '#filter-health']]) {
+    const value = $(id).value;
+    if (value) params.set(name, value);
+  }
+  // Half-typed attributes ("service.na") wait until they are key=value.
+  const attribute = $('#filter-attribute').value.trim();
+  if (/^[^=]+=/.test(attribute)) params.set('attribute', attribute);
+  if (cursor) params.set('cursor', cursor);
+  return params;
+}
+
+function isFiltered() {
+  return listQuery('').toString() !== new URLSearchParams({ limit: String(PAGE_SIZE) }).toString();
+}
+
 function renderList() {
-  const filter = $('#filter').value.trim().toLowerCase();
-  const rows = [...agents.values()]
-    .filter((agent) => !filter || JSON.stringify(agent.description).toLowerCase().includes(filter)
-      || agent.instance_uid.includes(filter))
-    .sort((a, b) => (b.connected - a.connected) || agentName(a).localeCompare(agentName(b))
-      || a.instance_uid.localeCompare(b.instance_uid));
   const body = $('#agent-rows');
-  body.replaceChildren(...rows.map((agent) => {
+  body.replaceChildren(...[...agents.values()].map((agent) => {
     const link = el('a', { href: `#/agents/${agent.instance_uid}` }, agentName(agent));
     const version = agent.description.identifying['service.version'];
     return el('tr', { 'data-uid': agent.instance_uid, class: agent.connected ? '' : 'offline' },
@@ -140,14 +165,76 @@ function renderList() {
       el('td', { class: 'config-state' }, statusPill(configState(agent))),
       el('td', { title: agent.last_seen }, ago(agent.last_seen)));
   }));
-  $('#empty').hidden = agents.size !== 0;
+}
+
+function renderCounts() {
+  const counts = list.counts;
+  if (!counts) return;
+  const number = (value) => value.toLocaleString('en-US');
+  const item = (key, label, value) => el('span', { 'data-count': key }, el('b', {}, number(value)), ` ${label}`);
+  $('#counts').replaceChildren(
+    item('total', counts.total === 1 ? 'agent' : 'agents', counts.total),
+    item('connected', 'connected', counts.connected),
+    item('disconnected', 'disconnected', counts.disconnected),
+    item('applied', 'config applied', counts.config.applied),
+    item('applying', 'applying', counts.config.applying),
+    item('pending', 'pending', counts.config.pending),
+    item('failed', 'failed', counts.config.failed),
+    item('healthy', 'healthy', counts.health.healthy),
+    item('unhealthy', 'unhealthy', counts.health.unhealthy));
+  const first = list.index * PAGE_SIZE + 1;
+  $('#page-info').textContent = agents.size
+    ? `${number(first)}–${number(first + agents.size - 1)} of ${number(counts.total)}` : '';
+  $('#page-first').disabled = list.index === 0;
+  $('#page-prev').disabled = list.index === 0;
+  $('#page-next').disabled = !list.next;
+  const filtered = isFiltered();
+  $('#empty').hidden = counts.total !== 0 || filtered;
+  $('#no-match').hidden = counts.total !== 0 || !filtered;
 }
 
 async function loadAgents() {
-  const list = await api('GET', '/api/agents');
+  clearTimeout(list.refreshTimer);
+  list.refreshTimer = null;
+  list.stale = false;
+  const seq = ++list.seq;
+  const page = await api('GET', `/api/agents?${listQuery(list.cursors[list.index])}`);
+  if (seq !== list.seq) return;
+  if (page.agents.length === 0 && list.index > 0) {
+    // The page emptied under us (agents forgotten): start over.
+    list.cursors = [''];
+    list.index = 0;
+    await loadAgents();
+    return;
+  }
   agents.clear();
-  for (const agent of list) agents.set(agent.instance_uid, agent);
+  for (const agent of page.agents) agents.set(agent.instance_uid, agent);
+  list.next = page.next;
+  list.counts = page.counts;
   renderList();
+  renderCounts();
+}
+
+// Live changes refresh the page shown at most every two seconds, however
+// many agents report.
+function scheduleRefresh() {
+  if (list.refreshTimer) return;
+  list.refreshTimer = setTimeout(() => {
+    list.refreshTimer = null;
+    if ($('#list-view').hidden) { list.stale = true; return; }
+    loadAgents().catch((err) => showError(err.message));
+  }, 2000);
+}
+
+function goToPage(index) {
+  list.index = index;
+  list.cursors.length = index + 1;
+  loadAgents().catch((err) => showError(err.message));
+}
+
+function filtersChanged() {
+  list.cursors = [''];
+  goToPage(0);
 }
 
 // ---- live updates ----
@@ -157,7 +244,7 @@ function updateLive() {
   const live = $('#live');
   delete live.dataset.note;
   const open = source && source.readyState === EventSource.OPEN;
-  live.textContent = open ? `live · ${agents.size} agent${agents.size === 1 ? '' : 's'}` : 'reconnecting…';
+  live.textContent = open ? 'live' : 'reconnecting…';
   live.className = `live ${open ? 'on' : 'off'}`;
 }
 
@@ -171,15 +258,15 @@ function connectEvents() {
   source.addEventListener('error', updateLive);
   source.addEventListener('agent', (event) => {
     const agent = JSON.parse(event.data);
-    agents.set(agent.instance_uid, agent);
-    renderList();
-    updateLive();
+    if (agents.has(agent.instance_uid)) {
+      agents.set(agent.instance_uid, agent);
+      renderList();
+    }
+    // Counts, filters and new agents: the server has the answer.
+    scheduleRefresh();
     if (agent.instance_uid === current) scheduleDetail(150);
   });
-  source.addEventListener('removed', (event) => {
-    agents.delete(JSON.parse(event.data).instance_uid);
-    renderList();
-  });
+  source.addEventListener('removed', () => scheduleRefresh());
   source.addEventListener('resync', () => {
     loadAgents().catch((err) => showError(err.message));
     if (current) scheduleDetail(0);
@@ -586,11 +673,24 @@ function route() {
   } else {
     current = null;
     if (hash.startsWith('#/config')) showConfig().catch((err) => showError(err.message));
+    else if (list.stale) loadAgents().catch((err) => showError(err.message));
   }
 }
 
 document.addEventListener('DOMContentLoaded', () => {
-  $('#filter').addEventListener('input', renderList);
+  let typing = null;
+  const typed = () => { clearTimeout(typing); typing = setTimeout(filtersChanged, 250); };
+  $('#filter').addEventListener('input', typed);
+  $('#filter-attribute').addEventListener('input', typed);
+  for (const id of ['#filter-connection', '#filter-config', '#filter-health']) $(id).addEventListener('change', filtersChanged);
+  $('#filters').addEventListener('submit', (event) => { event.preventDefault(); filtersChanged(); });
+  $('#page-first').addEventListener('click', () => goToPage(0));
+  $('#page-prev').addEventListener('click', () => goToPage(Math.max(0, list.index - 1)));
+  $('#page-next').addEventListener('click', () => {
+    if (!list.next) return;
+    list.cursors[list.index + 1] = list.next;
+    goToPage(list.index + 1);
+  });
   window.addEventListener('hashchange', route);
   api('GET', '/api/server').then((info) => { serverInfo = info; }).catch((err) => showError(err.message));
   loadAgents().catch((err) => showError(err.message));

@@ -141,37 +141,15 @@ fn is_stale(error: &fantoccini::error::CmdError) -> bool {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browser_pushes_a_config_and_sees_applied() {
-    let Some((chromium, chromedriver)) = browser() else {
-        return;
-    };
-    let data = tempfile::tempdir().expect("temp dir");
-
-    let mut server_command = Command::new(env!("CARGO_BIN_EXE_server"));
-    server_command
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--web-listen",
-            "127.0.0.1:0",
-            "--store",
-            "memory",
-        ])
-        .args(["--demo", "1", "--data-dir"])
-        .arg(data.path())
-        .env("RUST_LOG", "warn");
-    let (_server, web_line) = spawn_until(server_command, "Web page").await;
-    let web = web_line
-        .split_whitespace()
-        .last()
-        .expect("web URL")
-        .trim_end_matches('/')
-        .to_owned();
-
-    let mut driver_command = Command::new(&chromedriver);
+/// Starts chromedriver and a headless Chromium session (60 s timeouts).
+/// Keep the returned driver process and profile directory alive.
+async fn open_browser(
+    chromium: &Path,
+    chromedriver: &Path,
+) -> (Child, tempfile::TempDir, fantoccini::Client) {
+    let mut driver_command = Command::new(chromedriver);
     driver_command.arg("--port=0");
-    let (_driver, driver_line) = spawn_until(driver_command, "started successfully on port").await;
+    let (driver, driver_line) = spawn_until(driver_command, "started successfully on port").await;
     let port: u16 = driver_line
         .trim_end_matches('.')
         .rsplit(' ')
@@ -206,6 +184,38 @@ async fn browser_pushes_a_config_and_sees_applied() {
         ))
         .await
         .expect("timeouts");
+    (driver, profile, browser)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_pushes_a_config_and_sees_applied() {
+    let Some((chromium, chromedriver)) = browser() else {
+        return;
+    };
+    let data = tempfile::tempdir().expect("temp dir");
+
+    let mut server_command = Command::new(env!("CARGO_BIN_EXE_server"));
+    server_command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--web-listen",
+            "127.0.0.1:0",
+            "--store",
+            "memory",
+        ])
+        .args(["--demo", "1", "--data-dir"])
+        .arg(data.path())
+        .env("RUST_LOG", "warn");
+    let (_server, web_line) = spawn_until(server_command, "Web page").await;
+    let web = web_line
+        .split_whitespace()
+        .last()
+        .expect("web URL")
+        .trim_end_matches('/')
+        .to_owned();
+
+    let (_driver, _profile, browser) = open_browser(&chromium, &chromedriver).await;
 
     let result = async {
         // The list shows the demo agent; open it.
@@ -354,4 +364,197 @@ async fn browser_pushes_a_config_and_sees_applied() {
     let status = result.expect("browser steps");
     assert!(status.contains("APPLIED"), "push status: {status}");
     closed.expect("session closed");
+}
+
+/// Resolves once the JavaScript expression is true (checked every 50 ms,
+/// bounded by the session's 60 s script timeout).
+const WAIT_UNTIL: &str = r#"
+const [expression, done] = arguments;
+const check = new Function(`return (${expression});`);
+const tick = () => {
+  let ok = false;
+  try { ok = Boolean(check()); } catch (error) { ok = false; }
+  if (ok) done(true); else setTimeout(tick, 50);
+};
+tick();
+"#;
+
+/// The list's counts (`data-count` → number as shown), the rows' uids and
+/// health cells, and the pager text.
+const LIST_STATE: &str = r#"
+const counts = {};
+for (const item of document.querySelectorAll('#counts [data-count]')) {
+  counts[item.dataset.count] = item.querySelector('b').textContent;
+}
+const rows = [...document.querySelectorAll('#agent-rows tr')];
+return {
+  counts,
+  uids: rows.map((row) => row.dataset.uid),
+  health: [...new Set(rows.map((row) => row.children[3].textContent))],
+  pager: document.querySelector('#page-info').textContent,
+  no_match: !document.querySelector('#no-match').hidden,
+};
+"#;
+
+mod fleet_seed;
+
+/// An OpAMP hello over plain HTTP, straight into the app.
+async fn plain_http_hello(app: &axum::Router, uid: opamp_proto::InstanceUid) {
+    use opamp_proto::Message as _;
+    use tower::ServiceExt as _;
+    let hello = opamp_proto::AgentToServer {
+        instance_uid: uid.to_bytes(),
+        capabilities: opamp_proto::AgentCapabilities::REPORTS_STATUS.bits(),
+        agent_description: Some(opamp_proto::AgentDescription::for_service("live", "1.0.0")),
+        ..Default::default()
+    };
+    let request = http::Request::post("/v1/opamp")
+        .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+        .body(axum::body::Body::from(hello.encode_to_vec()))
+        .expect("request");
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), http::StatusCode::OK);
+}
+
+/// The page at fleet size: 10,000 agents in the store plus three connected
+/// over plain HTTP. The page shows one page of rows and the fleet's counts,
+/// pages forward with the server's cursor, and filters on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_pages_and_filters_ten_thousand_agents() {
+    const SEEDED: u32 = 10_000;
+    let Some((chromium, chromedriver)) = browser() else {
+        return;
+    };
+    let store = opamp_examples::FleetStore::in_memory().expect("memory store");
+    fleet_seed::seed_fleet(&store, SEEDED).await;
+    let fleet = opamp_examples::FleetServer::new(store, opamp_examples::FleetOptions::default());
+    let app = fleet
+        .api_router()
+        .route_service("/v1/opamp", fleet.opamp_builder().build());
+    for n in 1..=3u8 {
+        let mut bytes = [0x03u8; 16];
+        bytes[15] = n;
+        bytes[6] = 0x70;
+        bytes[8] = 0x80;
+        plain_http_hello(&app, opamp_proto::InstanceUid::from_array(bytes)).await;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let web = format!("http://{}", listener.local_addr().expect("address"));
+    let server = tokio::spawn({
+        let app = app.clone();
+        async move { axum::serve(listener, app).await }
+    });
+
+    let (_driver, _profile, browser) = open_browser(&chromium, &chromedriver).await;
+    let uid_of = |index: u32| json!(fleet_seed::seeded_uid(index).to_string());
+    let result = async {
+        browser.goto(&format!("{web}/")).await?;
+        browser
+            .execute_async(
+                WAIT_UNTIL,
+                vec![json!(
+                    "document.querySelectorAll('#agent-rows tr').length > 0 && document.querySelector('#counts [data-count]')"
+                )],
+            )
+            .await?;
+        let state = browser.execute(LIST_STATE, vec![]).await?;
+        save_screenshot(&browser.screenshot().await?, "fleet-list.png");
+        assert_eq!(
+            state["counts"],
+            json!({
+                "total": "10,003", "connected": "3", "disconnected": "10,000",
+                "applied": "2,500", "applying": "0", "pending": "2,500", "failed": "2,500",
+                "healthy": "8,000", "unhealthy": "1,000",
+            }),
+            "{state}"
+        );
+        assert_eq!(state["uids"].as_array().unwrap().len(), 100, "one page of rows");
+        assert_eq!(state["uids"][0], uid_of(0));
+        assert_eq!(state["uids"][99], uid_of(99));
+        assert_eq!(state["pager"], "1–100 of 10,003");
+
+        // Next page: the server's cursor, the next hundred in uid order.
+        browser.find(Locator::Css("#page-next")).await?.click().await?;
+        browser
+            .execute_async(
+                WAIT_UNTIL,
+                vec![json!("document.querySelector('#page-info').textContent.startsWith('101–200')")],
+            )
+            .await?;
+        let state = browser.execute(LIST_STATE, vec![]).await?;
+        assert_eq!(state["uids"][0], uid_of(100));
+        assert_eq!(state["uids"].as_array().unwrap().len(), 100);
+
+        // Health filter: back to the first page of the unhealthy agents.
+        browser
+            .find(Locator::Css("#filter-health"))
+            .await?
+            .select_by_value("unhealthy")
+            .await?;
+        browser
+            .execute_async(
+                WAIT_UNTIL,
+                vec![json!("document.querySelector('#page-info').textContent === '1–100 of 1,000'")],
+            )
+            .await?;
+        let state = browser.execute(LIST_STATE, vec![]).await?;
+        assert_eq!(state["health"], json!(["unhealthy"]), "{state}");
+        assert_eq!(state["counts"]["total"], "1,000");
+        assert_eq!(state["counts"]["healthy"], "0");
+        assert_eq!(state["uids"][1], uid_of(10));
+
+        // Text search on top: host-00040 is unhealthy, host-00042 is not.
+        let search = browser.find(Locator::Css("#filter")).await?;
+        search.send_keys("host-00040").await?;
+        browser
+            .execute_async(
+                WAIT_UNTIL,
+                vec![json!("document.querySelector('#counts [data-count=total]').textContent === '1 agent'")],
+            )
+            .await?;
+        let state = browser.execute(LIST_STATE, vec![]).await?;
+        assert_eq!(state["uids"], json!([uid_of(40)]));
+        search.clear().await?;
+        search.send_keys("host-00042").await?;
+        browser
+            .execute_async(
+                WAIT_UNTIL,
+                vec![json!("!document.querySelector('#no-match').hidden")],
+            )
+            .await?;
+        let state = browser.execute(LIST_STATE, vec![]).await?;
+        assert_eq!(state["uids"], json!([]));
+
+        // Attribute filter alone: one service in five.
+        search.clear().await?;
+        browser
+            .find(Locator::Css("#filter-health"))
+            .await?
+            .select_by_value("")
+            .await?;
+        browser
+            .find(Locator::Css("#filter-attribute"))
+            .await?
+            .send_keys("service.name=payments")
+            .await?;
+        browser
+            .execute_async(
+                WAIT_UNTIL,
+                vec![json!("document.querySelector('#page-info').textContent === '1–100 of 2,000'")],
+            )
+            .await?;
+        let state = browser.execute(LIST_STATE, vec![]).await?;
+        assert_eq!(state["uids"][0], uid_of(1));
+        assert_eq!(state["uids"][1], uid_of(6));
+        save_screenshot(&browser.screenshot().await?, "fleet-filtered.png");
+        Ok::<_, fantoccini::error::CmdError>(())
+    }
+    .await;
+    let closed = browser.close().await;
+    result.expect("browser steps");
+    closed.expect("session closed");
+    fleet.stop().await;
+    server.abort();
 }

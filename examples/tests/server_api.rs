@@ -984,3 +984,231 @@ async fn commands_for_disconnected_agents_are_409() {
         reply["config_hash"].as_str().unwrap()
     );
 }
+
+// ---- the agent list at fleet size: server-side paging and filters ----
+
+/// The uids of a page, in order.
+fn page_uids(page: &serde_json::Value) -> Vec<String> {
+    page["agents"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a page: {page}"))
+        .iter()
+        .map(|agent| agent["instance_uid"].as_str().expect("uid").to_owned())
+        .collect()
+}
+
+fn uid_strings(numbers: impl IntoIterator<Item = u8>) -> Vec<String> {
+    numbers.into_iter().map(|n| uid(n).to_string()).collect()
+}
+
+#[tokio::test]
+async fn agent_list_pages_in_uid_order_and_the_cursor_survives_inserts() {
+    let h = harness(|_| {}).await;
+    // Arrival order is not list order.
+    for n in (10..35).rev() {
+        h.poll(&TestAgent::new(uid(n), "checkout", FULL_CAPABILITIES).hello())
+            .await;
+    }
+    let (status, first) = h.get("/api/agents?limit=10").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(page_uids(&first), uid_strings(10..20));
+    assert_eq!(first["limit"], 10);
+    assert_eq!(first["counts"]["total"], 25);
+    let cursor = first["next"].as_str().expect("a next cursor").to_owned();
+
+    // Agents arrive while a client pages: one sorting before the cursor,
+    // one after it. The next pages neither repeat nor skip an agent.
+    h.poll(&TestAgent::new(uid(5), "checkout", FULL_CAPABILITIES).hello())
+        .await;
+    h.poll(&TestAgent::new(uid(40), "checkout", FULL_CAPABILITIES).hello())
+        .await;
+    let (status, second) = h
+        .get(&format!("/api/agents?limit=10&cursor={cursor}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(page_uids(&second), uid_strings(20..30));
+    assert_eq!(
+        second["counts"]["total"], 27,
+        "counts cover the whole match"
+    );
+    let cursor = second["next"].as_str().expect("a next cursor");
+    let (_, third) = h
+        .get(&format!("/api/agents?limit=10&cursor={cursor}"))
+        .await;
+    assert_eq!(
+        page_uids(&third),
+        uid_strings((30..35).chain([40])),
+        "the agent inserted after the cursor is on a later page"
+    );
+    assert!(third["next"].is_null(), "last page: {third}");
+
+    // The same cursor gives the same page again.
+    let (_, again) = h
+        .get(&format!("/api/agents?limit=10&cursor={cursor}"))
+        .await;
+    assert_eq!(page_uids(&again), page_uids(&third));
+    // A fresh first page starts with the agent that sorted before the cursor.
+    let (_, fresh) = h.get("/api/agents?limit=2").await;
+    assert_eq!(page_uids(&fresh), uid_strings([5, 10]));
+    // A page exactly as long as what is left has no next cursor.
+    let (_, exact) = h.get("/api/agents?limit=27").await;
+    assert_eq!(exact["agents"].as_array().unwrap().len(), 27);
+    assert!(exact["next"].is_null());
+}
+
+#[tokio::test]
+async fn agent_list_limits_and_bad_parameters_are_typed_errors() {
+    let h = harness(|_| {}).await;
+    for n in 1..=3 {
+        h.poll(&TestAgent::new(uid(n), "checkout", FULL_CAPABILITIES).hello())
+            .await;
+    }
+    // Without parameters: the original array of every agent.
+    let (status, legacy) = h.get("/api/agents").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(legacy.as_array().expect("array").len(), 3);
+    // Any parameter selects the page; the default limit is 100.
+    let (status, page) = h.get("/api/agents?q=").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["limit"], 100);
+    assert_eq!(page_uids(&page), uid_strings(1..=3));
+    let (status, page) = h.get("/api/agents?limit=1000").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["limit"], 1000);
+
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=-1",
+        "limit=ten",
+        "connection=maybe",
+        "config=done",
+        "health=ok",
+        "attribute=service.name",
+        "attribute==checkout",
+        "colour=red",
+    ] {
+        let (status, body) = h.get(&format!("/api/agents?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"], "bad_request", "{bad}: {body}");
+    }
+    // A cursor this server did not hand out: its own error code.
+    for cursor in ["garbage!", "AAAA", "AgEBAQEBAQEBAQEBAQEBAQE"] {
+        let (status, body) = h.get(&format!("/api/agents?cursor={cursor}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{cursor}: {body}");
+        assert_eq!(body["error"], "bad_cursor", "{cursor}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn agent_list_filters_by_connection_config_health_attribute_and_text() {
+    let h = harness(|_| {}).await;
+    // 1: checkout, healthy, config applied.
+    let mut one = TestAgent::new(uid(1), "checkout", FULL_CAPABILITIES);
+    h.poll(&one.hello()).await;
+    // 2: payments, unhealthy, config failed.
+    let mut two = TestAgent::new(uid(2), "payments", FULL_CAPABILITIES);
+    let mut hello = two.hello();
+    hello.health.as_mut().unwrap().healthy = false;
+    h.poll(&hello).await;
+    // 3: checkout, no health reported, config pending.
+    let mut three = TestAgent::new(uid(3), "checkout", FULL_CAPABILITIES);
+    let mut hello = three.hello();
+    hello.health = None;
+    h.poll(&hello).await;
+    // 4: frontend, healthy, no config, then gone.
+    let mut four = TestAgent::new(uid(4), "frontend", FULL_CAPABILITIES);
+    h.poll(&four.hello()).await;
+
+    for (agent, body) in [
+        (&mut one, "good: 1"),
+        (&mut two, "bad"),
+        (&mut three, "x: 3"),
+    ] {
+        let (status, _) = h
+            .call(
+                Method::PUT,
+                &format!("/api/agents/{}/config?file=c.yaml", agent.uid),
+                Some("text/yaml"),
+                body,
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let offer = h
+            .poll(&agent.heartbeat())
+            .await
+            .remote_config
+            .expect("config offered");
+        let outcome = match agent.uid {
+            u if u == uid(1) => Some(RemoteConfigStatuses::Applied),
+            u if u == uid(2) => Some(RemoteConfigStatuses::Failed),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            h.poll(&agent.report(&offer.config_hash, outcome, offer.config.clone()))
+                .await;
+        }
+    }
+    let mut goodbye = four.heartbeat();
+    goodbye.agent_disconnect = Some(Default::default());
+    h.poll(&goodbye).await;
+    let mut events = h.events().await;
+    until(&mut events, "agent 4 to be offline", || async {
+        let (_, page) = h.get("/api/agents?connection=disconnected").await;
+        page_uids(&page) == uid_strings([4])
+    })
+    .await;
+
+    let (_, all) = h.get("/api/agents?limit=100").await;
+    assert_eq!(
+        all["counts"],
+        json!({
+            "total": 4, "connected": 3, "disconnected": 1,
+            "config": { "none": 1, "pending": 1, "applying": 0, "applied": 1, "failed": 1 },
+            "health": { "healthy": 2, "unhealthy": 1, "unknown": 1 },
+        })
+    );
+    let cases: [(&str, &[u8]); 14] = [
+        ("connection=connected", &[1, 2, 3]),
+        ("connection=disconnected", &[4]),
+        ("config=applied", &[1]),
+        ("config=failed", &[2]),
+        ("config=pending", &[3]),
+        ("config=none", &[4]),
+        ("health=healthy", &[1, 4]),
+        ("health=unhealthy", &[2]),
+        ("health=unknown", &[3]),
+        ("attribute=service.name%3Dcheckout", &[1, 3]),
+        ("attribute=host.name%3Dtest-host", &[1, 2, 3, 4]),
+        ("q=CHECK", &[1, 3]),
+        ("q=paym", &[2]),
+        ("attribute=service.name%3Dcheckout&health=healthy", &[1]),
+    ];
+    for (filter, expected) in cases {
+        let (status, page) = h.get(&format!("/api/agents?{filter}")).await;
+        assert_eq!(status, StatusCode::OK, "{filter}: {page}");
+        assert_eq!(
+            page_uids(&page),
+            uid_strings(expected.iter().copied()),
+            "{filter}"
+        );
+        assert_eq!(page["counts"]["total"], expected.len(), "{filter}");
+    }
+    // Text search also finds a uid, and the counts follow the filter.
+    let (_, by_uid) = h.get(&format!("/api/agents?q={}", uid(2))).await;
+    assert_eq!(page_uids(&by_uid), uid_strings([2]));
+    assert_eq!(by_uid["counts"]["health"]["unhealthy"], 1);
+    assert_eq!(by_uid["counts"]["health"]["healthy"], 0);
+    assert_eq!(by_uid["counts"]["config"]["failed"], 1);
+    // Paging within a filter.
+    let (_, first) = h.get("/api/agents?connection=connected&limit=2").await;
+    assert_eq!(page_uids(&first), uid_strings([1, 2]));
+    let cursor = first["next"].as_str().expect("next");
+    let (_, rest) = h
+        .get(&format!(
+            "/api/agents?connection=connected&limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(page_uids(&rest), uid_strings([3]));
+    assert!(rest["next"].is_null());
+}

@@ -6,7 +6,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast;
 
+use super::agent_query::{self, AgentQuery, ConfigState, Health, MAX_LIMIT};
 use super::assets;
 use super::error::ApiError;
 use super::fleet::{Fleet, UiEvent};
@@ -114,8 +115,106 @@ async fn server_info(State(fleet): Shared) -> Json<serde_json::Value> {
     }))
 }
 
-async fn list_agents(State(fleet): Shared) -> Result<Response, ApiError> {
-    Ok(Json(fleet.list().await?).into_response())
+/// `GET /api/agents` parameters; any of them selects the paged form.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    limit: Option<String>,
+    cursor: Option<String>,
+    /// `connected` or `disconnected`.
+    connection: Option<String>,
+    /// `none`, `pending`, `applying`, `applied` or `failed`.
+    config: Option<String>,
+    /// `healthy`, `unhealthy` or `unknown`.
+    health: Option<String>,
+    /// `key=value`.
+    attribute: Option<String>,
+    /// Text in the uid or a searched attribute.
+    q: Option<String>,
+}
+
+fn invalid(name: &str, value: &str, allowed: &str) -> ApiError {
+    ApiError::BadRequest(format!("{name}={value:?}: expected {allowed}"))
+}
+
+impl ListParams {
+    fn into_query(self) -> Result<AgentQuery, ApiError> {
+        let mut query = AgentQuery::default();
+        if let Some(limit) = self.limit {
+            query.limit = limit
+                .parse::<usize>()
+                .ok()
+                .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+                .ok_or_else(|| invalid("limit", &limit, &format!("1 to {MAX_LIMIT}")))?;
+        }
+        if let Some(cursor) = self.cursor.filter(|cursor| !cursor.is_empty()) {
+            query.after =
+                Some(agent_query::decode_cursor(&cursor).ok_or(ApiError::BadCursor(cursor))?);
+        }
+        if let Some(connection) = self.connection.filter(|value| !value.is_empty()) {
+            query.connected = Some(match connection.as_str() {
+                "connected" => true,
+                "disconnected" => false,
+                _ => {
+                    return Err(invalid(
+                        "connection",
+                        &connection,
+                        "connected or disconnected",
+                    ));
+                }
+            });
+        }
+        if let Some(config) = self.config.filter(|value| !value.is_empty()) {
+            query.config = Some(ConfigState::parse(&config).ok_or_else(|| {
+                invalid(
+                    "config",
+                    &config,
+                    "none, pending, applying, applied or failed",
+                )
+            })?);
+        }
+        if let Some(health) = self.health.filter(|value| !value.is_empty()) {
+            query.health = Some(
+                Health::parse(&health)
+                    .ok_or_else(|| invalid("health", &health, "healthy, unhealthy or unknown"))?,
+            );
+        }
+        if let Some(attribute) = self.attribute.filter(|value| !value.is_empty()) {
+            let (key, value) = attribute
+                .split_once('=')
+                .filter(|(key, _)| !key.is_empty())
+                .ok_or_else(|| invalid("attribute", &attribute, "key=value"))?;
+            query.attribute = Some((key.to_owned(), value.to_owned()));
+        }
+        query.text = self
+            .q
+            .map(|text| text.trim().to_lowercase())
+            .filter(|text| !text.is_empty());
+        Ok(query)
+    }
+}
+
+async fn list_agents(
+    State(fleet): Shared,
+    RawQuery(raw): RawQuery,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    if raw.as_deref().is_none_or(str::is_empty) {
+        // The original form: every agent, as an array. Kept for scripts;
+        // large fleets should page.
+        return Ok(Json(fleet.list().await?).into_response());
+    }
+    let Query(params) = params.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let query = params.into_query()?;
+    let limit = query.limit;
+    let (agents, page) = fleet.page(query).await?;
+    Ok(Json(json!({
+        "agents": agents,
+        "next": page.next.map(agent_query::encode_cursor),
+        "limit": limit,
+        "counts": page.counts,
+    }))
+    .into_response())
 }
 
 async fn agent_detail(State(fleet): Shared, Path(uid): Path<String>) -> Result<Response, ApiError> {

@@ -17,6 +17,8 @@ pub(crate) enum ApiError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("cursor {0:?} is not one this server handed out; start again without a cursor")]
+    BadCursor(String),
     #[error("the agent does not declare the {} capability", capability_names(*.0).join(", "))]
     NotAccepted(AgentCapabilities),
     #[error("the agent has not announced the custom capability {0:?}")]
@@ -41,6 +43,7 @@ impl ApiError {
             Self::UnknownAgent(_) => (StatusCode::NOT_FOUND, "unknown_agent"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::BadCursor(_) => (StatusCode::BAD_REQUEST, "bad_cursor"),
             Self::NotAccepted(_) => (StatusCode::CONFLICT, "capability_not_declared"),
             Self::CustomCapabilityNotAnnounced(_) => {
                 (StatusCode::CONFLICT, "custom_capability_not_announced")

@@ -18,6 +18,7 @@ use opamp_server::{
 };
 use tokio::sync::broadcast;
 
+use super::agent_query::{AgentPage, AgentQuery};
 use super::certs::ClientCa;
 use super::error::ApiError;
 use super::store::{AgentEvent, ConfigSource, FleetStore, Group, HistoryEntry, unix_ms};
@@ -161,6 +162,36 @@ impl Fleet {
             summaries.push(self.summary_of(record).await);
         }
         Ok(summaries)
+    }
+
+    /// One page of agents matching `query` (see [`AgentQuery`]): filtered,
+    /// counted and paged by the store; only the page becomes summaries.
+    pub(crate) async fn page(
+        &self,
+        query: AgentQuery,
+    ) -> Result<(Vec<AgentSummary>, AgentPage), ApiError> {
+        let connected = self
+            .registry
+            .connected()
+            .into_iter()
+            .filter(|uid| self.registry.connection(*uid).is_some())
+            .collect();
+        let mut page = self.store.query_agents(query, connected).await?;
+        // The page's agents are read concurrently (each is a store read or
+        // two); join_all keeps their order.
+        let summaries =
+            futures_util::future::join_all(std::mem::take(&mut page.records).into_iter().map(
+                |stored| async move {
+                    // The registry adds what a live session has not saved
+                    // yet (last seen, sequence number).
+                    let record = self.registry.agent(stored.uid).await?.unwrap_or(stored);
+                    Ok::<_, opamp_server::StoreError>(self.summary_of(&record).await)
+                },
+            ))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((summaries, page))
     }
 
     pub(crate) async fn record(&self, uid: InstanceUid) -> Result<AgentRecord, ApiError> {

@@ -1,6 +1,7 @@
 //! The example fleet server: web page, JSON API and embedded store around
 //! `opamp-server`.
 
+mod agent_query;
 mod api;
 mod assets;
 mod callbacks;

@@ -17,6 +17,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::agent_query::{AgentPage, AgentQuery, ConnectedSet, Pager};
 use super::store_pg::PgFleetData;
 
 /// `uid bytes → AgentRecord::encode()`: the registry's merged agent state.
@@ -374,6 +375,38 @@ impl FleetStore {
                 }
             }
             Ok(records)
+        })
+        .await
+    }
+
+    /// One page of agents matching `query`, in uid order, with counts over
+    /// every match. redb: one read transaction scans the agents table in
+    /// key (uid) order and keeps only the page; `connected` says which
+    /// agents hold a connection. PostgreSQL: SQL on the agent table's
+    /// filter columns with keyset pagination.
+    pub(crate) async fn query_agents(
+        &self,
+        query: AgentQuery,
+        connected: ConnectedSet,
+    ) -> Result<AgentPage, FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.query_agents(&query).await;
+        }
+        self.blocking(move |db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(AGENTS)?;
+            let mut pager = Pager::new(&query);
+            for entry in table.iter()? {
+                let (_, value) = entry?;
+                match AgentRecord::decode(value.value()) {
+                    Ok(record) => {
+                        let is_connected = connected.contains(&record.uid);
+                        pager.offer(record, is_connected);
+                    }
+                    Err(error) => tracing::warn!(%error, "skipping a corrupt agent record"),
+                }
+            }
+            Ok(pager.finish())
         })
         .await
     }

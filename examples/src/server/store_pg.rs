@@ -17,10 +17,15 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use opamp_proto::{AgentConfigMap, InstanceUid, Message};
+use opamp_server::AgentRecord;
 use tokio::sync::broadcast;
 use tokio_postgres::{AsyncMessage, NoTls};
 use uuid::Uuid;
 
+use super::agent_query::{
+    AgentPage, AgentQuery, ConfigCounts, ConfigState, Health, HealthCounts, Pager,
+    SEARCHED_ATTRIBUTES, StatusCounts,
+};
 use super::store::{
     AgentEvent, EVENT_LIMIT, FleetStoreError, Group, HISTORY_LIMIT, HistoryEntry, StoredGroup,
     decode_config, decode_json, encode_json,
@@ -645,6 +650,227 @@ async fn listen_forever(
     }
 }
 
+// ---- the agent list ----
+
+/// The agent table's filter columns for description attributes.
+fn attribute_column(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "service.name" => "service_name",
+        "service.namespace" => "service_namespace",
+        "service.version" => "service_version",
+        "service.instance.id" => "service_instance_id",
+        "host.name" => "host_name",
+        "os.type" => "os_type",
+        _ => return None,
+    })
+}
+
+/// The agent table with a `connected` column: the record says where the
+/// agent is connected and that instance's lease is alive.
+const AGENTS_WITH_CONNECTED: &str = "(SELECT a.*, (a.transport IS NOT NULL AND EXISTS (
+        SELECT 1 FROM opamp_agent_owner o JOIN opamp_instances i ON i.name = o.instance
+         WHERE o.uid = a.uid AND i.lease_expires > now())) AS connected
+     FROM opamp_agents a) f";
+
+type SqlParam = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
+/// A `WHERE` clause and its parameters.
+#[derive(Default)]
+struct Conditions {
+    clauses: Vec<String>,
+    params: Vec<SqlParam>,
+}
+
+impl Conditions {
+    /// Adds a parameter and returns its placeholder.
+    fn bind(&mut self, value: SqlParam) -> String {
+        self.params.push(value);
+        format!("${}", self.params.len())
+    }
+
+    fn sql(&self) -> String {
+        if self.clauses.is_empty() {
+            "TRUE".into()
+        } else {
+            self.clauses.join(" AND ")
+        }
+    }
+
+    fn refs(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|param| param.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect()
+    }
+}
+
+/// The filters SQL can apply; `false` when the attribute filter has no
+/// column and must be applied to decoded records.
+fn conditions(query: &AgentQuery) -> (Conditions, bool) {
+    let mut conditions = Conditions::default();
+    if let Some(connected) = query.connected {
+        let placeholder = conditions.bind(Box::new(connected));
+        conditions
+            .clauses
+            .push(format!("f.connected = {placeholder}"));
+    }
+    if let Some(state) = query.config {
+        let clause = match state {
+            ConfigState::None => "f.remote_config_state IS NULL",
+            ConfigState::Pending => "f.remote_config_state = 'pending'",
+            ConfigState::Applying => "f.remote_config_state = 'applying'",
+            ConfigState::Applied => "f.remote_config_state = 'applied'",
+            ConfigState::Failed => "f.remote_config_state = 'failed'",
+        };
+        conditions.clauses.push(clause.into());
+    }
+    if let Some(health) = query.health {
+        let clause = match health {
+            Health::Healthy => "f.healthy IS TRUE",
+            Health::Unhealthy => "f.healthy IS FALSE",
+            Health::Unknown => "f.healthy IS NULL",
+        };
+        conditions.clauses.push(clause.into());
+    }
+    if let Some(text) = &query.text {
+        let placeholder = conditions.bind(Box::new(text.clone()));
+        let mut fields = vec![format!("strpos(f.uid::text, {placeholder}) > 0")];
+        fields.extend(SEARCHED_ATTRIBUTES.iter().filter_map(|key| {
+            attribute_column(key)
+                .map(|column| format!("strpos(lower(coalesce(f.{column}, '')), {placeholder}) > 0"))
+        }));
+        conditions
+            .clauses
+            .push(format!("({})", fields.join(" OR ")));
+    }
+    let mut in_sql = true;
+    if let Some((key, value)) = &query.attribute {
+        match attribute_column(key) {
+            Some(column) => {
+                let placeholder = conditions.bind(Box::new(value.clone()));
+                conditions
+                    .clauses
+                    .push(format!("f.{column} = {placeholder}"));
+            }
+            None => in_sql = false,
+        }
+    }
+    (conditions, in_sql)
+}
+
+fn count(row: &tokio_postgres::Row, index: usize) -> u64 {
+    u64::try_from(row.get::<_, i64>(index)).unwrap_or(0)
+}
+
+fn decode_record(row: &tokio_postgres::Row) -> Result<AgentRecord, FleetStoreError> {
+    AgentRecord::decode(row.get::<_, &[u8]>("record"))
+        .map_err(|error| FleetStoreError::Corrupt(error.to_string()))
+}
+
+impl PgFleetData {
+    /// One page of agents matching `query`, in uid order. The filters run
+    /// in SQL on the agent table's columns: one aggregate for the counts,
+    /// one keyset query (`uid > cursor ORDER BY uid LIMIT n+1`) for the
+    /// page. An attribute without a column is matched on decoded records
+    /// streamed in uid order instead.
+    pub(crate) async fn query_agents(
+        &self,
+        query: &AgentQuery,
+    ) -> Result<AgentPage, FleetStoreError> {
+        let client = self.client().await?;
+        let (mut conditions, in_sql) = conditions(query);
+        if !in_sql {
+            let sql = format!(
+                "SELECT f.uid, f.record, f.connected FROM {AGENTS_WITH_CONNECTED}
+                  WHERE {} ORDER BY f.uid",
+                conditions.sql()
+            );
+            let rows = client
+                .query_raw(&sql, conditions.refs())
+                .await
+                .map_err(pg_error)?;
+            let mut rows = std::pin::pin!(rows);
+            let mut pager = Pager::new(query);
+            while let Some(row) = rows.next().await {
+                let row = row.map_err(pg_error)?;
+                match decode_record(&row) {
+                    Ok(record) => pager.offer(record, row.get("connected")),
+                    Err(error) => tracing::warn!(%error, "skipping a corrupt agent record"),
+                }
+            }
+            return Ok(pager.finish());
+        }
+        let counts_sql = format!(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE f.connected),
+                    count(*) FILTER (WHERE f.remote_config_state IS NULL),
+                    count(*) FILTER (WHERE f.remote_config_state = 'pending'),
+                    count(*) FILTER (WHERE f.remote_config_state = 'applying'),
+                    count(*) FILTER (WHERE f.remote_config_state = 'applied'),
+                    count(*) FILTER (WHERE f.remote_config_state = 'failed'),
+                    count(*) FILTER (WHERE f.healthy IS TRUE),
+                    count(*) FILTER (WHERE f.healthy IS FALSE),
+                    count(*) FILTER (WHERE f.healthy IS NULL)
+               FROM {AGENTS_WITH_CONNECTED} WHERE {}",
+            conditions.sql()
+        );
+        let row = client
+            .query_one(&counts_sql, &conditions.refs())
+            .await
+            .map_err(pg_error)?;
+        let counts = StatusCounts {
+            total: count(&row, 0),
+            connected: count(&row, 1),
+            disconnected: count(&row, 0).saturating_sub(count(&row, 1)),
+            config: ConfigCounts {
+                none: count(&row, 2),
+                pending: count(&row, 3),
+                applying: count(&row, 4),
+                applied: count(&row, 5),
+                failed: count(&row, 6),
+            },
+            health: HealthCounts {
+                healthy: count(&row, 7),
+                unhealthy: count(&row, 8),
+                unknown: count(&row, 9),
+            },
+        };
+        if let Some(after) = query.after {
+            let placeholder = conditions.bind(Box::new(uuid(after)));
+            conditions.clauses.push(format!("f.uid > {placeholder}"));
+        }
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX - 1) + 1;
+        let limit_placeholder = conditions.bind(Box::new(limit));
+        let page_sql = format!(
+            "SELECT f.uid, f.record, f.connected FROM {AGENTS_WITH_CONNECTED}
+              WHERE {} ORDER BY f.uid LIMIT {limit_placeholder}",
+            conditions.sql()
+        );
+        let rows = client
+            .query(&page_sql, &conditions.refs())
+            .await
+            .map_err(pg_error)?;
+        let mut records = Vec::with_capacity(rows.len().min(query.limit));
+        for row in rows.iter().take(query.limit) {
+            match decode_record(row) {
+                Ok(record) => records.push(record),
+                Err(error) => tracing::warn!(%error, "skipping a corrupt agent record"),
+            }
+        }
+        let next = if rows.len() > query.limit {
+            rows.get(query.limit - 1)
+                .map(|row| InstanceUid::from_array(*row.get::<_, Uuid>("uid").as_bytes()))
+        } else {
+            None
+        };
+        Ok(AgentPage {
+            records,
+            next,
+            counts,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::store::{ConfigSource, FleetStore};
@@ -729,6 +955,179 @@ mod tests {
     /// Two instances on one database: what one writes the other reads, one
     /// agent's events appended from both at once are all kept (coalesced
     /// the same way as in redb), and each hears of the other's changes.
+    /// Agent `n`: service by `n % 3`, health by `n % 4`, remote config by
+    /// `n % 5` (none, applied, failed, pending, applying).
+    fn listed_record(n: u8) -> AgentRecord {
+        use opamp_proto::{
+            AgentDescription, AgentRemoteConfig, ComponentHealth, RemoteConfigStatus,
+            RemoteConfigStatuses,
+        };
+        let mut record = AgentRecord::new(
+            InstanceUid::from_array([n; 16]),
+            std::time::SystemTime::UNIX_EPOCH,
+        );
+        record.status.description = Some(
+            AgentDescription::for_service(
+                ["checkout", "payments", "search"][usize::from(n % 3)],
+                "1",
+            )
+            .with_non_identifying("host.name", format!("host-{n}"))
+            .with_non_identifying("zone", ["a", "b"][usize::from(n % 2)]),
+        );
+        record.status.health = match n % 4 {
+            0 => None,
+            1 => Some(ComponentHealth {
+                healthy: false,
+                ..Default::default()
+            }),
+            _ => Some(ComponentHealth {
+                healthy: true,
+                ..Default::default()
+            }),
+        };
+        let hash = bytes::Bytes::from(vec![n, 1, 2]);
+        if !n.is_multiple_of(5) {
+            record.desired.remote_config = Some(AgentRemoteConfig {
+                config: Some(AgentConfigMap::default()),
+                config_hash: hash.clone(),
+            });
+        }
+        let reported = match n % 5 {
+            1 => Some(RemoteConfigStatuses::Applied),
+            2 => Some(RemoteConfigStatuses::Failed),
+            4 => Some(RemoteConfigStatuses::Applying),
+            _ => None,
+        };
+        record.status.remote_config_status = reported.map(|status| RemoteConfigStatus {
+            last_remote_config_hash: hash,
+            status: status as i32,
+            error_message: String::new(),
+        });
+        record
+    }
+
+    /// The SQL list (filter columns, keyset pages) answers exactly as the
+    /// redb scan does, for every filter, the counts and the cursors.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sql_agent_pages_match_the_redb_scan() {
+        use super::super::agent_query::{AgentQuery, ConfigState, Health};
+        use opamp_server::AgentStore;
+        let Some(config) = fresh_database().await else {
+            return;
+        };
+        let pg = FleetStore::postgres(config, "lib-list").await.unwrap();
+        let redb = FleetStore::in_memory().unwrap();
+        for n in 1..=40u8 {
+            AgentStore::save(&pg, listed_record(n)).await.unwrap();
+            AgentStore::save(&redb, listed_record(n)).await.unwrap();
+        }
+        let queries = [
+            AgentQuery::default(),
+            AgentQuery {
+                limit: 7,
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                connected: Some(false),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                connected: Some(true),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                config: Some(ConfigState::None),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                config: Some(ConfigState::Pending),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                config: Some(ConfigState::Applying),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                config: Some(ConfigState::Applied),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                config: Some(ConfigState::Failed),
+                limit: 3,
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                health: Some(Health::Healthy),
+                limit: 5,
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                health: Some(Health::Unhealthy),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                health: Some(Health::Unknown),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                attribute: Some(("service.name".into(), "payments".into())),
+                ..AgentQuery::default()
+            },
+            // No column for "zone": matched on decoded records.
+            AgentQuery {
+                attribute: Some(("zone".into(), "b".into())),
+                limit: 4,
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                text: Some("host-1".into()),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                text: Some("0a0a0a".into()),
+                ..AgentQuery::default()
+            },
+            AgentQuery {
+                text: Some("check".into()),
+                health: Some(Health::Healthy),
+                ..AgentQuery::default()
+            },
+        ];
+        for query in queries {
+            let mut query = query;
+            let mut pages = 0;
+            loop {
+                let from_sql = pg
+                    .query_agents(query.clone(), Default::default())
+                    .await
+                    .unwrap();
+                let from_scan = redb
+                    .query_agents(query.clone(), Default::default())
+                    .await
+                    .unwrap();
+                let uids =
+                    |page: &AgentPage| page.records.iter().map(|r| r.uid).collect::<Vec<_>>();
+                assert_eq!(uids(&from_sql), uids(&from_scan), "{query:?}");
+                assert_eq!(from_sql.counts, from_scan.counts, "{query:?}");
+                assert_eq!(from_sql.next, from_scan.next, "{query:?}");
+                pages += 1;
+                match from_sql.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
+                }
+            }
+            assert!(pages <= 40, "{query:?}");
+        }
+        let all = pg
+            .query_agents(AgentQuery::default(), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(all.counts.total, 40);
+        assert_eq!(all.counts.config.applied, 8);
+        assert_eq!(all.counts.health.unknown, 10);
+        pg.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_instances_share_history_events_and_changes() {
         let Some(config) = fresh_database().await else {
