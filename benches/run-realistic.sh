@@ -12,7 +12,7 @@
 # (VmRSS from /proc/PID/status, plus smaps_rollup's Anonymous); print
 # KiB per agent = (server RSS - baseline) / N and agent RSS / N. Loopback only.
 #
-# Environment: REALISTIC_AGENTS (5000), REALISTIC_PORT (43400), REALISTIC_SETTLE
+# Environment: REALISTIC_AGENTS (5000), REALISTIC_PORT (random in 44000-51998), REALISTIC_SETTLE
 # (seconds of stable RSS to wait for, 10), REALISTIC_OUT (JSON lines, default
 # target/load/realistic-<time>.jsonl), SERVER_ENV / AGENT_ENV (extra environment,
 # e.g. "MALLOC_ARENA_MAX=2"), REALISTIC_BIN (directory of the binaries, default
@@ -23,7 +23,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 agents="${REALISTIC_AGENTS:-5000}"
-port="${REALISTIC_PORT:-43400}"
+# Default: a random even port, so parallel sessions rarely collide.
+port="${REALISTIC_PORT:-$((44000 + RANDOM % 4000 * 2))}"
 settle="${REALISTIC_SETTLE:-10}"
 mkdir -p target/load
 out="${REALISTIC_OUT:-target/load/realistic-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
@@ -68,6 +69,10 @@ env RUST_LOG=warn ${SERVER_ENV:-} "$bin/server" --store memory \
     --data-dir "$work/server" 2>>target/load/realistic-server.stderr.log &
 server_pid=$!
 for _ in $(seq 1 100); do
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+        echo "run-realistic.sh: the server exited (see target/load/realistic-server.stderr.log)" >&2
+        exit 1
+    fi
     if ss -Htln "( sport = :$port )" | grep -q .; then break; fi
     sleep 0.1
 done
