@@ -20,7 +20,9 @@
 # LOAD_RAMP_RATE (1000), LOAD_STORM (1), LOAD_SERVERS ("example bare go"; also
 # bare-nostate: loadserver --no-state, the registry without status tracking),
 # LOAD_SCENARIOS ("ws-idle ws-throughput http-throughput"), LOAD_OUT (JSON lines
-# file, default target/load/results-<time>.jsonl).
+# file, default target/load/results-<time>.jsonl), LOAD_BIN (directory of the
+# Rust binaries, default target/release; with LOAD_NO_BUILD=1 nothing is built,
+# e.g. to measure binaries saved from an earlier commit).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,16 +38,19 @@ scenarios="${LOAD_SCENARIOS:-ws-idle ws-throughput http-throughput}"
 mkdir -p target/load
 out="${LOAD_OUT:-target/load/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
 
-echo "== building (release)" >&2
-cargo build --release -q -p opamp-benches --bins
-cargo build --release -q -p opamp-examples --bin server
+bin="${LOAD_BIN:-target/release}"
+if [[ "${LOAD_NO_BUILD:-0}" != 1 ]]; then
+    echo "== building (release)" >&2
+    cargo build --release -q -p opamp-benches --bins
+    cargo build --release -q -p opamp-examples --bin server
+fi
 if ! command -v go >/dev/null 2>&1; then
     echo "run-load.sh: 'go' is not on PATH; needed for the opamp-go server" >&2
     exit 127
 fi
 (cd interop && go build -mod=readonly -trimpath -buildvcs=false -o bin/ ./cmd/goloadserver)
 
-loadgen=target/release/loadgen
+loadgen="$bin/loadgen"
 port=43200
 
 # server_args NAME PORT: sets `label`, `command` and `push` for one server.
@@ -54,17 +59,17 @@ server_args() {
     case "$name" in
     example)
         label=opamp-rs-example
-        command="env RUST_LOG=warn target/release/server --store memory --listen 127.0.0.1:$port --web-listen 127.0.0.1:$((port + 1)) --data-dir target/load/data"
+        command="env RUST_LOG=warn $bin/server --store memory --listen 127.0.0.1:$port --web-listen 127.0.0.1:$((port + 1)) --data-dir target/load/data"
         push="api=http://127.0.0.1:$((port + 1))"
         ;;
     bare)
         label=opamp-rs-bare
-        command="target/release/loadserver --listen 127.0.0.1:$port"
+        command="$bin/loadserver --listen 127.0.0.1:$port"
         push=stdin
         ;;
     bare-nostate)
         label=opamp-rs-bare-nostate
-        command="target/release/loadserver --no-state --listen 127.0.0.1:$port"
+        command="$bin/loadserver --no-state --listen 127.0.0.1:$port"
         push=stdin
         ;;
     go)

@@ -94,9 +94,14 @@ pub trait AgentStore: Send + Sync + 'static {
 }
 
 /// The default store: a map in memory, lost on restart.
+///
+/// Records are kept in their [`AgentRecord::encode`] form: a few hundred
+/// bytes for a typical agent instead of the decoded structs (whose
+/// `Bytes` fields may point into, and keep alive, the whole buffer of the
+/// message they were decoded from). `load` decodes a copy.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    records: RwLock<HashMap<InstanceUid, AgentRecord>>,
+    records: RwLock<HashMap<InstanceUid, Box<[u8]>>>,
 }
 
 impl MemoryStore {
@@ -105,13 +110,13 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<InstanceUid, AgentRecord>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<InstanceUid, Box<[u8]>>> {
         self.records
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<InstanceUid, AgentRecord>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<InstanceUid, Box<[u8]>>> {
         self.records
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -120,12 +125,17 @@ impl MemoryStore {
 
 impl AgentStore for MemoryStore {
     fn load(&self, uid: InstanceUid) -> BoxFuture<'_, Result<Option<AgentRecord>, StoreError>> {
-        let record = self.read().get(&uid).cloned();
-        Box::pin(async move { Ok(record) })
+        let record = self
+            .read()
+            .get(&uid)
+            .map(|encoded| AgentRecord::decode(encoded))
+            .transpose();
+        Box::pin(async move { record })
     }
 
     fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.write().insert(record.uid, record);
+        let encoded = record.encode().into_boxed_slice();
+        self.write().insert(record.uid, encoded);
         Box::pin(async { Ok(()) })
     }
 
@@ -135,8 +145,12 @@ impl AgentStore for MemoryStore {
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
-        let records = self.read().values().cloned().collect();
-        Box::pin(async move { Ok(records) })
+        let records = self
+            .read()
+            .values()
+            .map(|encoded| AgentRecord::decode(encoded))
+            .collect();
+        Box::pin(async move { records })
     }
 
     fn contains(&self, uid: InstanceUid) -> BoxFuture<'_, Result<bool, StoreError>> {

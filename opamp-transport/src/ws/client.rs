@@ -5,7 +5,7 @@ use opamp_proto::{AgentToServer, ServerToAgent};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
 use url::Url;
 
-use super::conn::{BoxedIo, ConnSettings, DEFAULT_CLOSE_TIMEOUT, WsConnection};
+use super::conn::{BoxedIo, ConnSettings, DEFAULT_CLOSE_TIMEOUT, OnDemandRead, WsConnection};
 use crate::HeaderlessFrames;
 use crate::connect::{ConnectError, basic_auth_from_userinfo, open_stream, scheme_uses_tls};
 use crate::options::{ClientOptions, redacted_url};
@@ -111,7 +111,7 @@ async fn handshake(
 ) -> Result<Handshake, ConnectError> {
     let stream = open_stream(url, options).await?;
     let request = upgrade_request(url, options)?;
-    let io: BoxedIo = Box::new(stream);
+    let io: BoxedIo = Box::new(OnDemandRead::new(stream));
     match tokio_tungstenite::client_async_with_config(
         request,
         io,

@@ -24,10 +24,15 @@ use crate::frame::{FrameError, HeaderlessFrames, decode_frame, encode_frame};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Read buffer per connection. Small on purpose: a server may hold many
-/// idle agent connections, and tungstenite allocates this eagerly. Large
-/// messages still work; they just take more reads.
-const READ_BUFFER_SIZE: usize = 4 * 1024;
+/// tungstenite's read buffer per connection. Small on purpose: a server may
+/// hold many idle agent connections, and tungstenite allocates (and zeroes)
+/// this eagerly and keeps it for the connection's life. The socket itself is
+/// read in larger blocks by [`OnDemandRead`], so a large message does not
+/// take one system call per 512 bytes.
+const READ_BUFFER_SIZE: usize = 512;
+
+/// How much [`OnDemandRead`] reads from the socket at once (on the stack).
+const SOCKET_READ_SIZE: usize = 8 * 1024;
 
 /// Default bound for the closing handshake (opamp-go uses 5 s as well).
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,6 +58,94 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> WsIo for T {}
 
 pub(crate) type BoxedIo = Box<dyn WsIo>;
 type Ws = WebSocketStream<BoxedIo>;
+
+/// Reads the socket through a stack buffer of [`SOCKET_READ_SIZE`] and keeps
+/// on the heap only what the reader above did not take yet. An idle
+/// connection holds no read-ahead buffer at all; while a message arrives,
+/// the leftover of one socket read lives until tungstenite has consumed it.
+pub(crate) struct OnDemandRead<T> {
+    io: T,
+    /// Bytes read from the socket and not yet handed out; `None` when idle.
+    leftover: Option<bytes::Bytes>,
+}
+
+impl<T> OnDemandRead<T> {
+    pub(crate) fn new(io: T) -> Self {
+        Self { io, leftover: None }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for OnDemandRead<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Some(leftover) = this.leftover.as_mut() {
+            let take = leftover.len().min(buf.remaining());
+            buf.put_slice(&leftover.split_to(take));
+            if leftover.is_empty() {
+                this.leftover = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= SOCKET_READ_SIZE {
+            return std::pin::Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let mut block = [std::mem::MaybeUninit::<u8>::uninit(); SOCKET_READ_SIZE];
+        let mut block = tokio::io::ReadBuf::uninit(&mut block);
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, &mut block) {
+            Poll::Ready(Ok(())) => {
+                let read = block.filled();
+                let take = read.len().min(buf.remaining());
+                buf.put_slice(&read[..take]);
+                if take < read.len() {
+                    this.leftover = Some(bytes::Bytes::copy_from_slice(&read[take..]));
+                }
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for OnDemandRead<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
 
 /// Errors on an established OpAMP WebSocket connection.
 #[derive(Debug, thiserror::Error)]
@@ -679,4 +772,46 @@ impl<Tx: prost::Message, Rx: prost::Message + Default> WsConnection<Tx, Rx> {
 
 fn duration_nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A message far larger than tungstenite's small read buffer arrives
+    /// intact through small reads, and once it is consumed the reader holds
+    /// no buffered bytes: an idle connection keeps no read-ahead buffer.
+    #[tokio::test]
+    async fn on_demand_read_hands_out_everything_and_keeps_nothing_when_idle() {
+        let (mut peer, socket) = tokio::io::duplex(64 * 1024);
+        let mut reader = OnDemandRead::new(socket);
+        let message: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let message = message.clone();
+            tokio::spawn(async move {
+                peer.write_all(&message).await.unwrap();
+                peer
+            })
+        };
+        let mut received = Vec::new();
+        let mut small = [0u8; READ_BUFFER_SIZE];
+        while received.len() < message.len() {
+            let read = reader.read(&mut small).await.unwrap();
+            assert!(read > 0, "early end after {} bytes", received.len());
+            received.extend_from_slice(&small[..read]);
+        }
+        assert_eq!(received, message);
+        assert!(reader.leftover.is_none(), "idle reader keeps a buffer");
+
+        // A read larger than one socket block goes straight to the socket.
+        let mut peer = writer.await.unwrap();
+        peer.write_all(&[7; 3]).await.unwrap();
+        let mut large = vec![0u8; 2 * SOCKET_READ_SIZE];
+        assert_eq!(reader.read(&mut large).await.unwrap(), 3);
+        assert!(reader.leftover.is_none());
+        drop(peer);
+        assert_eq!(reader.read(&mut small).await.unwrap(), 0, "end of stream");
+    }
 }

@@ -17,7 +17,9 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::{DEFAULT_MAX_MESSAGE_SIZE, HeaderlessFrames};
 
-use super::conn::{BoxedIo, ConnSettings, DEFAULT_CLOSE_TIMEOUT, WsConnection, WsError};
+use super::conn::{
+    BoxedIo, ConnSettings, DEFAULT_CLOSE_TIMEOUT, OnDemandRead, WsConnection, WsError,
+};
 
 /// A server's OpAMP WebSocket connection: sends `ServerToAgent`, receives
 /// `AgentToServer`. Made by [`accept_upgrade`].
@@ -213,7 +215,7 @@ pub fn accept_upgrade<ReqB, ResB: Default>(
         let upgraded = on_upgrade
             .await
             .map_err(|e| WsError::UpgradeFailed(Box::new(e)))?;
-        let io: BoxedIo = Box::new(TokioIo::new(upgraded));
+        let io: BoxedIo = Box::new(OnDemandRead::new(TokioIo::new(upgraded)));
         let ws =
             WebSocketStream::from_raw_socket(io, Role::Server, Some(settings.websocket_config()))
                 .await;
