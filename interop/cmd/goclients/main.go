@@ -65,7 +65,7 @@ func sample() procSample {
 }
 
 func round2(v float64) float64 { return float64(int64(v*100+0.5)) / 100 }
-func mib(bytes uint64) float64  { return round2(float64(bytes) / (1024 * 1024)) }
+func mib(bytes uint64) float64 { return round2(float64(bytes) / (1024 * 1024)) }
 
 func main() {
 	url := flag.String("url", "ws://127.0.0.1:4320/v1/opamp", "OpAMP endpoint: ws:// (WebSocket) or http:// (plain HTTP)")
@@ -114,11 +114,12 @@ func main() {
 		}); err != nil {
 			fail("SetAgentDescription: %v", err)
 		}
-		if err := c.SetCapabilities(&caps); err != nil {
-			fail("SetCapabilities: %v", err)
-		}
+		// ReportsHealth is refused while no health is set.
 		if err := c.SetHealth(&protobufs.ComponentHealth{Healthy: true, Status: "running"}); err != nil {
 			fail("SetHealth: %v", err)
+		}
+		if err := c.SetCapabilities(&caps); err != nil {
+			fail("SetCapabilities: %v", err)
 		}
 		once := atomic.Bool{}
 		interval := *heartbeat
@@ -132,8 +133,10 @@ func main() {
 						connected.Add(1)
 					}
 				},
-				OnConnectFailed: func(context.Context, error) {
-					failures.Add(1)
+				OnConnectFailed: func(_ context.Context, err error) {
+					if failures.Add(1) == 1 {
+						fmt.Fprintf(os.Stderr, "goclients: first connect failure: %v\n", err)
+					}
 					if once.Swap(false) {
 						connected.Add(-1)
 					}
