@@ -85,7 +85,10 @@ pub(crate) fn table(report: &Value) -> String {
         ),
     );
     row("ramp: errors", at("/ramp/errors"));
-    if report.get("clients").is_some_and(|clients| !clients.is_null()) {
+    if report
+        .get("clients")
+        .is_some_and(|clients| !clients.is_null())
+    {
         row(
             "clients: connected / connects per s",
             format!(
