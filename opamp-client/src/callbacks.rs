@@ -39,7 +39,7 @@ pub(crate) async fn run(
                 blocking(move || cb.on_connect_failed(&*error)).await;
                 continue;
             }
-            Notice::Core(event) => event,
+            Notice::Core(event) => *event,
         };
         match event {
             Event::Message(data) => {

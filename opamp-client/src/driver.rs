@@ -170,7 +170,7 @@ impl DriverContext {
         loop {
             let event = self.shared.core().poll_event();
             match event {
-                Some(event) => self.outbox.push(Notice::Core(event)),
+                Some(event) => self.outbox.push(Notice::Core(Box::new(event))),
                 None => break,
             }
         }

@@ -54,9 +54,24 @@ pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Something for the callback task.
+/// Something for the callback task. Small on purpose: the callback queue
+/// allocates room for a block of notices per client up front, so an inline
+/// `Event` (a few hundred bytes) cost kilobytes per idle client.
 pub(crate) enum Notice {
-    Core(Event),
+    Core(Box<Event>),
     Connected,
     ConnectFailed(Box<TransportError>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_stay_small_so_idle_callback_queues_stay_cheap() {
+        // The queue's first block holds 32 notices per client from the
+        // start; an unboxed Event would make that several KiB.
+        assert!(std::mem::size_of::<Notice>() <= 24);
+        assert!(std::mem::size_of::<Event>() > 64);
+    }
 }

@@ -175,6 +175,20 @@ pub struct LoadArgs {
     /// Worker threads of the load generator's runtime (default: all cores).
     #[arg(long, env = "LOADGEN_THREADS")]
     pub threads: Option<usize>,
+
+    /// Client measurement: every agent is a real `opamp-client`
+    /// `OpampClient` in this process (WebSocket or plain HTTP by --url's
+    /// scheme). Reports the clients' RSS per idle client, CPU time per
+    /// heartbeat and connect rate instead of the server-side phases.
+    #[arg(long, env = "LOADGEN_OPAMP_CLIENTS", conflicts_with = "clients_cmd")]
+    pub opamp_clients: bool,
+
+    /// Client measurement of another process that runs --agents clients
+    /// against --url (e.g. the example agent with `--count N`), started as
+    /// `sh -c "exec CMD"`; its established connections to the server's port
+    /// are counted from /proc.
+    #[arg(long, env = "LOADGEN_CLIENTS_CMD")]
+    pub clients_cmd: Option<String>,
 }
 
 impl LoadArgs {
@@ -306,6 +320,16 @@ mod tests {
         assert_eq!(args.transport(), Ok(AgentTransport::WebSocket));
         assert_eq!(args.sample_at, [1000, 5000, 10_000, 15_000]);
         assert!(!args.storm);
+        assert!(!args.opamp_clients);
+        assert!(args.clients_cmd.is_none());
+    }
+
+    #[test]
+    fn client_measurement_modes_exclude_each_other() {
+        assert!(parse(&["--opamp-clients"]).unwrap().opamp_clients);
+        let args = parse(&["--clients-cmd", "agent --count 5"]).unwrap();
+        assert_eq!(args.clients_cmd.as_deref(), Some("agent --count 5"));
+        assert!(parse(&["--opamp-clients", "--clients-cmd", "x"]).is_err());
     }
 
     #[test]

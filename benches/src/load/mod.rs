@@ -9,6 +9,7 @@
 
 mod agent;
 mod args;
+mod clients;
 mod histogram;
 mod procfs;
 mod push;
@@ -73,7 +74,15 @@ pub fn run_loadgen(args: LoadArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args.clone(), open_files)) {
+    let measure_clients = args.opamp_clients || args.clients_cmd.is_some();
+    let outcome = runtime.block_on(async {
+        if measure_clients {
+            clients::run(&args, open_files).await
+        } else {
+            run(args.clone(), open_files).await
+        }
+    });
+    match outcome {
         Ok(report) => {
             print!("{}", report::table(&report));
             let line = report.to_string();

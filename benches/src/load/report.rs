@@ -85,6 +85,37 @@ pub(crate) fn table(report: &Value) -> String {
         ),
     );
     row("ramp: errors", at("/ramp/errors"));
+    if report
+        .get("clients")
+        .is_some_and(|clients| !clients.is_null())
+    {
+        row(
+            "clients: connected / connects per s",
+            format!(
+                "{} / {}",
+                at("/clients/connected"),
+                at("/clients/connects_per_s")
+            ),
+        );
+        row(
+            "clients: RSS MiB (baseline) / KiB per client",
+            format!(
+                "{} ({}) / {}",
+                at("/clients/idle_rss_mib"),
+                at("/clients/baseline_mib"),
+                at("/clients/kib_per_client")
+            ),
+        );
+        row(
+            "clients: CPU % / µs per heartbeat",
+            format!(
+                "{} / {} ({} heartbeats)",
+                at("/clients/cpu_percent"),
+                at("/clients/cpu_us_per_heartbeat"),
+                at("/clients/heartbeats")
+            ),
+        );
+    }
     if let Some(Value::Array(samples)) = report.pointer("/memory/samples") {
         for sample in samples {
             let get = |key: &str| show(sample.get(key));
@@ -181,7 +212,7 @@ pub(crate) fn table(report: &Value) -> String {
 
 /// Metrics compared across runs: JSON pointer, name, and whether higher is
 /// better.
-const COMPARED: [(&str, &str, bool); 9] = [
+const COMPARED: [(&str, &str, bool); 12] = [
     ("/steady/messages_per_s", "messages/s", true),
     ("/steady/round_trip/p50_ms", "round trip p50 ms", false),
     ("/steady/round_trip/p99_ms", "round trip p99 ms", false),
@@ -199,6 +230,13 @@ const COMPARED: [(&str, &str, bool); 9] = [
         false,
     ),
     ("/ramp/connect/p99_ms", "connect p99 ms", false),
+    ("/clients/kib_per_client", "client RSS KiB/client", false),
+    (
+        "/clients/cpu_us_per_heartbeat",
+        "client CPU µs/heartbeat",
+        false,
+    ),
+    ("/clients/connects_per_s", "client connects/s", true),
 ];
 
 /// A markdown table per scenario: each label's value and its ratio to
