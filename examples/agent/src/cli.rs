@@ -1,4 +1,4 @@
-//! The `agent` binary's flags.
+//! The `opamp-agent` binary's flags.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,11 +9,11 @@ use clap::Parser;
 /// environment variable named in `--help`.
 #[derive(Debug, Clone, Parser)]
 #[command(
-    name = "agent",
+    name = "opamp-agent",
     version,
     about = "Example OpAMP agent: simulates an agent, or supervises a real one (--supervise -- CMD ARGS...)"
 )]
-pub(crate) struct AgentArgs {
+pub struct AgentArgs {
     /// OpAMP endpoint: ws:// or wss:// for WebSocket, http:// or https://
     /// for plain HTTP.
     #[arg(

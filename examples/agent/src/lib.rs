@@ -1,6 +1,25 @@
-//! The example agent: a simulated agent, a fleet of them (`--count`), or a
-//! supervisor of a real one (`--supervise -- CMD ARGS...`), built on
-//! `opamp-client`.
+//! An example OpAMP agent built on `opamp-client`: a simulated agent, a
+//! fleet of them in one process (`--count N`), or a supervisor of a real
+//! agent (`--supervise -- CMD ARGS...`, see `SUPERVISOR.md` next to this
+//! crate).
+//!
+//! Run it against the example fleet server (crate `opamp-fleet-server`):
+//! `cargo run --release -p opamp-agent -- --endpoint ws://127.0.0.1:4320/v1/opamp`.
+//! `ws://`/`wss://` endpoints use WebSocket, `http://`/`https://` plain
+//! HTTP; `--help` lists every flag. The library is the whole binary:
+//! [`AgentArgs`] are its flags, [`run`] runs the agents until SIGINT or
+//! SIGTERM, and [`LogBridge`] forwards log events to the server's own-logs
+//! destination.
+//!
+//! ```no_run
+//! use clap::Parser;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), opamp_agent::AgentError> {
+//! let args = opamp_agent::AgentArgs::parse_from(["opamp-agent", "--count", "3"]);
+//! opamp_agent::run(args).await
+//! # }
+//! ```
 //!
 //! What it does, and the choices made:
 //! - **Remote config** is validated, written to `STATE/config/` (one file
@@ -22,11 +41,12 @@
 //!   restarts) and its own connection. Only the first reports own
 //!   telemetry, since they all share one process.
 //! - **Supervisor**: see `supervisor.rs`, `packages.rs` and
-//!   `examples/SUPERVISOR.md`.
+//!   `SUPERVISOR.md`.
 //! - **Shutdown**: on SIGTERM or SIGINT a supervisor sends the same signal
 //!   to its child and waits for it (SIGKILL after `--stop-timeout`), then
 //!   the client says goodbye (`agent_disconnect`) and the process exits 0.
 //! - **Own metrics, traces and logs**: see `telemetry.rs`. **Certificates**: see `tls.rs`.
+#![forbid(unsafe_code)]
 
 mod cli;
 mod packages;
@@ -42,14 +62,14 @@ use std::sync::Arc;
 use nix::sys::signal::Signal as StopSignal;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-pub(crate) use cli::AgentArgs;
+pub use cli::AgentArgs;
 use runner::{Agent, AgentSetup};
-pub(crate) use telemetry::LogBridge;
+pub use telemetry::LogBridge;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub(crate) enum AgentError {
+pub enum AgentError {
     /// The state directory is unusable.
     #[error("state directory {path}: {source}")]
     State {
@@ -86,7 +106,7 @@ pub(crate) enum AgentError {
 }
 
 /// Runs the agents until Ctrl-C or SIGTERM, then stops them in order.
-pub(crate) async fn run(args: AgentArgs) -> Result<(), AgentError> {
+pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     if args.supervise && args.count > 1 {
         return Err(AgentError::SuperviseScale);
     }

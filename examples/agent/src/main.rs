@@ -1,12 +1,9 @@
 //! The example agent:
-//! `cargo run --release -p opamp-examples --bin agent -- --endpoint ws://127.0.0.1:4320/v1/opamp`.
+//! `cargo run --release -p opamp-agent -- --endpoint ws://127.0.0.1:4320/v1/opamp`.
 //!
 //! `ws://`/`wss://` endpoints use WebSocket, `http://`/`https://` plain HTTP.
 //! `--count N` runs N agents in one process; `--supervise -- CMD ARGS...`
 //! supervises a real agent. `--help` lists every flag.
-
-#[path = "../agent/mod.rs"]
-mod agent;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -20,10 +17,10 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::registry()
         .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(agent::LogBridge)
+        .with(opamp_agent::LogBridge)
         .init();
-    let args = agent::AgentArgs::parse();
-    match agent::run(args).await {
+    let args = opamp_agent::AgentArgs::parse();
+    match opamp_agent::run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "agent failed");

@@ -102,7 +102,7 @@ thread_local! {
 /// log records while the server has an `own_logs` destination; a no-op
 /// otherwise. The binary installs it next to its stderr output.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct LogBridge;
+pub struct LogBridge;
 
 /// Whether events of `target` are exported: not those of the export's own
 /// machinery (this module, the SDK, the HTTP stack), which would feed back.

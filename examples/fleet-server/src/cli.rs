@@ -1,4 +1,4 @@
-//! The `server` binary's flags and main loop.
+//! The `opamp-fleet-server` binary's flags and main loop.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -80,7 +80,7 @@ fn default_instance_name(port: u16) -> String {
 /// environment variable named in `--help`.
 #[derive(Debug, Clone, Parser)]
 #[command(
-    name = "server",
+    name = "opamp-fleet-server",
     version,
     about = "Example OpAMP fleet server: web page, JSON API and embedded store"
 )]

@@ -1,5 +1,38 @@
-//! The example fleet server: web page, JSON API and embedded store around
-//! `opamp-server`.
+//! An example OpAMP fleet server built on `opamp-server`: a small fleet
+//! manager you can run (`cargo run --release -p opamp-fleet-server`) or
+//! embed.
+//!
+//! What the binary offers: OpAMP over WebSocket and plain HTTP on
+//! `0.0.0.0:4320/v1/opamp`, a live web page and a JSON API on
+//! `127.0.0.1:4321` (documented in `API.md` next to this crate), state in an
+//! embedded redb store (`--data-dir`), in memory (`--store memory`) or, for
+//! several instances sharing one fleet, in PostgreSQL (`--store
+//! postgres://...`, see `docs/postgres.md`). Also TLS and mutual TLS, a
+//! bearer token for agents, remote config per agent, per group of agents
+//! and by default, packages, restart, custom messages, heartbeat offers,
+//! certificate rotation and own-telemetry offers. `--help` lists every flag.
+//!
+//! As a library, [`FleetServer`] joins an `opamp-server` endpoint to the
+//! store ([`FleetStore`]) and the web API, so it can be embedded or tested
+//! in process; [`run`] with [`ServerArgs`] is the whole binary.
+//!
+//! ```
+//! use opamp_fleet_server::{FleetOptions, FleetServer, FleetStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let fleet = FleetServer::new(FleetStore::in_memory()?, FleetOptions::default());
+//! // The OpAMP endpoint: a tower Service for both transports.
+//! let opamp = fleet.opamp_builder().build();
+//! // The page and the JSON API, next to it in one axum app.
+//! let app = fleet.api_router().route_service("/v1/opamp", opamp.clone());
+//! assert!(fleet.registry().agents().await?.is_empty());
+//! # drop(app);
+//! fleet.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
 
 mod api;
 mod assets;

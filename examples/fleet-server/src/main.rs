@@ -1,10 +1,10 @@
-//! The example fleet server: `cargo run --release -p opamp-examples --bin server`.
+//! The example fleet server: `cargo run --release -p opamp-fleet-server`.
 //!
 //! OpAMP endpoint on 0.0.0.0:4320/v1/opamp (WebSocket and plain HTTP), web
 //! page and JSON API on http://127.0.0.1:4321/. `--help` lists every flag.
 
 use clap::Parser;
-use opamp_examples::{ServerArgs, run_server};
+use opamp_fleet_server::{ServerArgs, run};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -16,7 +16,7 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = ServerArgs::parse();
-    match run_server(args).await {
+    match run(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "server failed");

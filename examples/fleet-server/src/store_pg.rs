@@ -660,7 +660,7 @@ mod tests {
                 if let Ok(url) = std::env::var("OPAMP_TEST_DATABASE_URL") {
                     return Some(url);
                 }
-                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/postgres.sh");
+                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/postgres.sh");
                 let dir = format!("/tmp/opamp-pg-test-{}-fleetlib", std::process::id());
                 let output = std::process::Command::new("bash")
                     .args([script, "start", &dir, &std::process::id().to_string()])

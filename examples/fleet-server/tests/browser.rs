@@ -148,7 +148,7 @@ async fn browser_pushes_a_config_and_sees_applied() {
     };
     let data = tempfile::tempdir().expect("temp dir");
 
-    let mut server_command = Command::new(env!("CARGO_BIN_EXE_server"));
+    let mut server_command = Command::new(env!("CARGO_BIN_EXE_opamp-fleet-server"));
     server_command
         .args([
             "--listen",

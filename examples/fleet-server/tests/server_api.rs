@@ -858,7 +858,8 @@ async fn cs_rotate_certificate_offers_a_ca_signed_certificate() {
         .distinguished_name
         .push(rcgen::DnType::CommonName, "fleet test CA");
     let ca_cert = params.self_signed(&ca_key).unwrap();
-    let ca = opamp_examples::ClientCa::from_pem(&ca_cert.pem(), &ca_key.serialize_pem()).unwrap();
+    let ca =
+        opamp_fleet_server::ClientCa::from_pem(&ca_cert.pem(), &ca_key.serialize_pem()).unwrap();
     let h = harness(|options| options.client_ca = Some(ca)).await;
     let mut agent = TestAgent::new(uid(13), "cart", FULL_CAPABILITIES);
     h.poll(&agent.hello()).await;

@@ -5,7 +5,7 @@ mod server_common;
 
 use axum::body::Body;
 use http::{Method, StatusCode};
-use opamp_examples::{FleetOptions, FleetServer, FleetStore};
+use opamp_fleet_server::{FleetOptions, FleetServer, FleetStore};
 use opamp_proto::{InstanceUid, RemoteConfigStatuses, config_hash};
 use opamp_server::{AgentRecord, AgentStore};
 use server_common::*;

@@ -1,4 +1,4 @@
-//! The example fleet server (`opamp-examples`) as a process, driven through
+//! The example fleet server (`opamp-fleet-server`) as a process, driven through
 //! its JSON API (see `examples/API.md`).
 
 use std::net::SocketAddr;

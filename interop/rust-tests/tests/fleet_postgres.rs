@@ -78,7 +78,7 @@ fn with_database(server: &str, name: &str) -> String {
 /// Starts a throw-away cluster for this test process (stopped when it
 /// exits), like opamp-server-postgres's tests do.
 fn start_cluster() -> Option<String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/postgres.sh");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/postgres.sh");
     let dir = format!("/tmp/opamp-pg-test-{}-fleet", std::process::id());
     let output = std::process::Command::new("bash")
         .arg(script)
@@ -124,7 +124,7 @@ fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
 }
 
 async fn start_server(database: &str, name: &str, data_dir: &std::path::Path) -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-server"))
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -453,7 +453,7 @@ fn http_agent_message(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
 }
 
 fn start_agent_process(endpoint: String, state_dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_agent"))
+    Command::new(env!("CARGO_BIN_EXE_example-agent"))
         .args([
             "--endpoint",
             &endpoint,

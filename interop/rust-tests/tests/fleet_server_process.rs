@@ -34,7 +34,7 @@ fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
 }
 
 async fn start_server(data_dir: &std::path::Path) -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-server"))
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -318,7 +318,7 @@ async fn rcfg_configs_apply_over_both_transports_and_survive_a_restart() {
 
 /// The `agent` binary as a process, with its own state directory.
 fn start_agent_process(endpoint: String, service: &str, state_dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_agent"))
+    Command::new(env!("CARGO_BIN_EXE_example-agent"))
         .args([
             "--endpoint",
             &endpoint,

@@ -223,7 +223,7 @@ impl AgentProcess {
     /// Starts `agent` with `args`.
     pub fn spawn(args: &[&str], log: &Path) -> Self {
         let log_file = std::fs::File::create(log).unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_agent"))
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_opamp-agent"))
             .args(args)
             .env("RUST_LOG", "info,opamp_client=debug")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -10,7 +10,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use opamp_examples::{FleetOptions, FleetServer, FleetStore};
+use opamp_fleet_server::{FleetOptions, FleetServer, FleetStore};
 use opamp_proto::{
     AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentToServer,
     ComponentHealth, EffectiveConfig, InstanceUid, Message, RemoteConfigStatus,
