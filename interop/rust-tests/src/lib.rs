@@ -26,7 +26,8 @@
 //! minimal Collector ([`collector_programs`], `interop/build-collector.sh`),
 //! running them ([`SupervisorProcess`], [`CollectorProcess`]), the fleet
 //! server process ([`FleetServerProcess`]) and an OTLP/HTTP receiver
-//! ([`OtlpSink`]). Which test covers which scenario is listed in
+//! ([`OtlpSink`]). For the fleet on PostgreSQL: a test database server
+//! ([`test_database_server`]). Which test covers which scenario is listed in
 //! `interop/MATRIX.md`.
 //!
 //! Without Go (or without the Go module proxy) every Go or Collector test
@@ -42,6 +43,7 @@ mod otlp_sink;
 mod our_agent;
 mod our_server;
 mod pki;
+mod postgres;
 
 pub use collector::{
     COLLECTOR_VERSION, CollectorProcess, CollectorPrograms, NO_OWN_METRICS, REMOTE_RESTARTS_GATE,
@@ -59,6 +61,7 @@ pub use our_agent::{
 };
 pub use our_server::{ConnectAttempt, LosableStore, OurServer, Refuse, ServerRecorder, Transport};
 pub use pki::{Pki, PkiFiles};
+pub use postgres::test_database_server;
 
 /// Lower-case hex of `bytes`, the way the Go programs print hashes.
 pub fn hex(bytes: &[u8]) -> String {

@@ -1,4 +1,4 @@
-//! Issue 13: the `server` binary as three processes on one PostgreSQL
+//! Issue 13: the fleet server as three processes on one PostgreSQL
 //! database. Desired state set through any instance reaches the agent on
 //! whichever instance holds it; every instance's API and event stream show
 //! the whole fleet; a plain-HTTP agent whose polls alternate between
@@ -11,7 +11,6 @@
 //! fails when `CI=true`.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +18,6 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use opamp_client::proto::{
     AgentConfigMap, AgentConfigObject, EffectiveConfig, RemoteConfigStatus, RemoteConfigStatuses,
     config_hash,
@@ -28,19 +26,19 @@ use opamp_client::{AgentCapabilities, AgentDescription, Callbacks, MessageData, 
 use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent, ServerToAgentFlags};
 use prost::Message;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+
+mod fleet_support;
+
+use fleet_support::{call, get, send, start_agent_process, start_fleet_server};
+use opamp_interop_tests::test_database_server;
 
 // ---- a database ----
 
 /// The URL of a fresh, empty database, or `None` (after a notice) when no
 /// PostgreSQL is available outside CI.
 async fn fresh_database_url() -> Option<String> {
-    let server = match std::env::var("OPAMP_TEST_DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => start_cluster()?,
-    };
+    let server = test_database_server("the fleet server's PostgreSQL test")?;
     let admin: tokio_postgres::Config = server.parse().expect("the database URL parses");
     let (client, connection) = admin
         .connect(tokio_postgres::NoTls)
@@ -73,126 +71,6 @@ fn with_database(server: &str, name: &str) -> String {
         url.push_str(query);
     }
     url
-}
-
-/// Starts a throw-away cluster for this test process (stopped when it
-/// exits), like opamp-server-postgres's tests do.
-fn start_cluster() -> Option<String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/postgres.sh");
-    let dir = format!("/tmp/opamp-pg-test-{}-fleet", std::process::id());
-    let output = std::process::Command::new("bash")
-        .arg(script)
-        .arg("start")
-        .arg(&dir)
-        .arg(std::process::id().to_string())
-        .output();
-    let failure = match output {
-        Ok(output) if output.status.success() => {
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            if let Some(url) = stdout
-                .lines()
-                .find_map(|line| line.strip_prefix("OPAMP_TEST_DATABASE_URL="))
-            {
-                return Some(url.to_owned());
-            }
-            format!("postgres.sh printed no URL: {stdout}")
-        }
-        Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
-        Err(error) => error.to_string(),
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true and no PostgreSQL could be started: {failure}");
-    }
-    eprintln!(
-        "notice: skipping the fleet server's PostgreSQL test: no OPAMP_TEST_DATABASE_URL and no cluster could be started ({})",
-        failure.trim()
-    );
-    None
-}
-
-// ---- server processes ----
-
-struct ServerProcess {
-    child: Child,
-    opamp: SocketAddr,
-    web: SocketAddr,
-}
-
-fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
-    let rest = line.split(&format!("{scheme}://")).nth(1)?;
-    rest.split('/').next()?.parse().ok()
-}
-
-async fn start_server(database: &str, name: &str, data_dir: &std::path::Path) -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--web-listen",
-            "127.0.0.1:0",
-            "--instance-name",
-            name,
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        // Through the environment, as a deployment would pass a password.
-        .env("OPAMP_SERVER_STORE", database)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut opamp, mut web) = (None, None);
-    let read = tokio::time::timeout(Duration::from_secs(60), async {
-        while opamp.is_none() || web.is_none() {
-            let line = lines
-                .next_line()
-                .await
-                .expect("read")
-                .expect("server printed its addresses");
-            if line.starts_with("OpAMP endpoint") {
-                opamp = address_after(&line, "ws");
-            } else if line.starts_with("Web page") {
-                web = address_after(&line, "http");
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "server {name} did not announce its addresses");
-    ServerProcess {
-        child,
-        opamp: opamp.expect("opamp address"),
-        web: web.expect("web address"),
-    }
-}
-
-impl ServerProcess {
-    async fn signal(&mut self, signal: &str) {
-        let pid = self.child.id().expect("running");
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(status.success());
-    }
-
-    async fn stop(mut self) {
-        self.signal("-TERM").await;
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the server stops after SIGTERM")
-            .expect("wait");
-        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
-    }
-
-    async fn kill(mut self) {
-        self.signal("-KILL").await;
-        let _ = self.child.wait().await;
-    }
 }
 
 // ---- a round-robin TCP balancer ----
@@ -251,51 +129,6 @@ impl Drop for Balancer {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-// ---- HTTP helpers ----
-
-async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> hyper::Response<Incoming> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(connection);
-    sender.send_request(request).await.expect("response")
-}
-
-async fn call(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    content_type: &str,
-    body: &str,
-) -> (StatusCode, Value) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, addr.to_string())
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-        .expect("request");
-    let response = send(addr, request).await;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = call(addr, Method::GET, path, "application/json", "").await;
-    assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
-    body
 }
 
 /// Pushes a one-file config to `uid` through the API at `web`; returns its
@@ -452,26 +285,6 @@ fn http_agent_message(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
     }
 }
 
-fn start_agent_process(endpoint: String, state_dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_example-agent"))
-        .args([
-            "--endpoint",
-            &endpoint,
-            "--service-name",
-            "fleet-pg-proc",
-            "--heartbeat",
-            "1s",
-        ])
-        .arg("--state-dir")
-        .arg(state_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("agent starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_one_database_share_the_fleet_and_survive_a_kill() {
     let Some(database) = fresh_database_url().await else {
@@ -480,7 +293,15 @@ async fn three_instances_on_one_database_share_the_fleet_and_survive_a_kill() {
     let data = tempfile::tempdir().expect("temp dir");
     let mut servers = Vec::new();
     for name in ["fleet-a", "fleet-b", "fleet-c"] {
-        servers.push(start_server(&database, name, &data.path().join(name)).await);
+        // The store through the environment, as a deployment would pass a password.
+        servers.push(
+            start_fleet_server(
+                &["--instance-name", name],
+                &[("OPAMP_SERVER_STORE", &database)],
+                &data.path().join(name),
+            )
+            .await,
+        );
     }
     let (a, b, c) = (
         (servers[0].opamp, servers[0].web),
@@ -614,6 +435,7 @@ async fn three_instances_on_one_database_share_the_fleet_and_survive_a_kill() {
     let agent_state = tempfile::tempdir().expect("temp dir");
     let mut agent = start_agent_process(
         format!("ws://{}/v1/opamp", balancer.address),
+        "fleet-pg-proc",
         agent_state.path(),
     );
     let find_process_agent = |list: Value| -> Option<(InstanceUid, bool)> {

@@ -1,140 +1,24 @@
-//! The `server` binary as a process, with real agents (opamp-client), one
+//! The fleet server as a process, with real agents (opamp-client), one
 //! over WebSocket and one over plain HTTP: push a config, see APPLIED with
 //! the right hash and the new effective config, restart the server and find
 //! the agents and their history again in the redb store.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use opamp_client::proto::{
     AgentConfigMap, EffectiveConfig, RemoteConfigStatus, RemoteConfigStatuses, config_hash,
 };
 use opamp_client::{AgentCapabilities, AgentDescription, Callbacks, MessageData, OpampClient};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-/// The server process and the addresses it printed.
-struct ServerProcess {
-    child: Child,
-    opamp: SocketAddr,
-    web: SocketAddr,
-}
+mod fleet_support;
 
-fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
-    let rest = line.split(&format!("{scheme}://")).nth(1)?;
-    rest.split('/').next()?.parse().ok()
-}
-
-async fn start_server(data_dir: &std::path::Path) -> ServerProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--web-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut opamp, mut web) = (None, None);
-    let read = tokio::time::timeout(Duration::from_secs(60), async {
-        while opamp.is_none() || web.is_none() {
-            let line = lines
-                .next_line()
-                .await
-                .expect("read")
-                .expect("server printed its addresses");
-            if line.starts_with("OpAMP endpoint") {
-                opamp = address_after(&line, "ws");
-            } else if line.starts_with("Web page") {
-                web = address_after(&line, "http");
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "the server did not announce its addresses");
-    ServerProcess {
-        child,
-        opamp: opamp.expect("opamp address"),
-        web: web.expect("web address"),
-    }
-}
-
-impl ServerProcess {
-    /// Ctrl-C equivalent: SIGTERM, then the exit status must be success.
-    async fn stop(mut self) {
-        let pid = self.child.id().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .expect("kill runs");
-        assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("the server stops after SIGTERM")
-            .expect("wait");
-        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
-    }
-}
-
-async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> hyper::Response<Incoming> {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
-    tokio::spawn(connection);
-    sender.send_request(request).await.expect("response")
-}
-
-async fn call(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    content_type: &str,
-    body: &str,
-) -> (StatusCode, Value) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::HOST, addr.to_string())
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-        .expect("request");
-    let response = send(addr, request).await;
-    let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = call(addr, Method::GET, path, "application/json", "").await;
-    assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
-    body
-}
+use fleet_support::{call, get, send, start_agent_process, start_fleet_server};
 
 /// Re-checks `check` after every event of the page's event stream.
 async fn until<F, Fut>(web: SocketAddr, what: &str, mut check: F)
@@ -212,7 +96,7 @@ async fn start_agent(endpoint: String, service: &str) -> OpampClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rcfg_configs_apply_over_both_transports_and_survive_a_restart() {
     let data = tempfile::tempdir().expect("temp dir");
-    let server = start_server(data.path()).await;
+    let server = start_fleet_server(&[], &[], data.path()).await;
     let ws_agent = start_agent(format!("ws://{}/v1/opamp", server.opamp), "ws-agent").await;
     let http_agent = start_agent(format!("http://{}/v1/opamp", server.opamp), "http-agent").await;
     let uids = [ws_agent.instance_uid(), http_agent.instance_uid()];
@@ -290,7 +174,7 @@ async fn rcfg_configs_apply_over_both_transports_and_survive_a_restart() {
     server.stop().await;
 
     // Same data directory: the agents and their history are still there.
-    let server = start_server(data.path()).await;
+    let server = start_fleet_server(&[], &[], data.path()).await;
     let web = server.web;
     let agents = get(web, "/api/agents").await;
     assert_eq!(agents.as_array().unwrap().len(), 2);
@@ -316,27 +200,6 @@ async fn rcfg_configs_apply_over_both_transports_and_survive_a_restart() {
     server.stop().await;
 }
 
-/// The `agent` binary as a process, with its own state directory.
-fn start_agent_process(endpoint: String, service: &str, state_dir: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_example-agent"))
-        .args([
-            "--endpoint",
-            &endpoint,
-            "--service-name",
-            service,
-            "--heartbeat",
-            "1s",
-        ])
-        .arg("--state-dir")
-        .arg(state_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("agent starts")
-}
-
 /// Issue 7's end-to-end case with both binaries as processes: one agent over
 /// WebSocket, one over plain HTTP; a config pushed through the API is written
 /// by each agent and reported APPLIED with the right hash and as its
@@ -346,7 +209,7 @@ fn start_agent_process(endpoint: String, service: &str, state_dir: &std::path::P
 async fn rcfg_agent_processes_apply_configs_and_return_after_a_server_restart() {
     let data = tempfile::tempdir().expect("temp dir");
     let agent_state = tempfile::tempdir().expect("temp dir");
-    let server = start_server(data.path()).await;
+    let server = start_fleet_server(&[], &[], data.path()).await;
     let web = server.web;
     let endpoints = [
         (
@@ -432,7 +295,7 @@ async fn rcfg_agent_processes_apply_configs_and_return_after_a_server_restart() 
         let _ = agent.wait().await;
     }
     server.stop().await;
-    let server = start_server(data.path()).await;
+    let server = start_fleet_server(&[], &[], data.path()).await;
     let web = server.web;
     for (_, service, _) in &endpoints {
         let endpoint = if service.ends_with("ws") {
