@@ -19,8 +19,7 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use opamp_client::proto::{
-    AgentConfigMap, AgentConfigObject, EffectiveConfig, RemoteConfigStatus, RemoteConfigStatuses,
-    config_hash,
+    AgentConfigMap, EffectiveConfig, RemoteConfigStatus, RemoteConfigStatuses,
 };
 use opamp_client::{AgentCapabilities, AgentDescription, Callbacks, MessageData, OpampClient};
 use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent, ServerToAgentFlags};
@@ -30,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 mod fleet_support;
 
-use fleet_support::{call, get, send, start_agent_process, start_fleet_server};
+use fleet_support::{call, get, push_config, send, start_agent_process, start_fleet_server};
 use opamp_interop_tests::test_database_server;
 
 // ---- a database ----
@@ -129,32 +128,6 @@ impl Drop for Balancer {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// Pushes a one-file config to `uid` through the API at `web`; returns its
-/// hash (hex).
-async fn push_config(web: SocketAddr, uid: InstanceUid, body: &str) -> String {
-    let (status, reply) = call(
-        web,
-        Method::PUT,
-        &format!("/api/agents/{uid}/config?file=collector.yaml"),
-        "text/yaml",
-        body,
-    )
-    .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
-    let mut expected = AgentConfigMap::default();
-    expected.config_map.insert(
-        "collector.yaml".into(),
-        AgentConfigObject {
-            body: body.to_owned().into(),
-            content_type: "text/yaml".into(),
-            ..Default::default()
-        },
-    );
-    let hash = hex::encode(config_hash(&expected));
-    assert_eq!(reply["config_hash"], hash);
-    hash
 }
 
 /// Polls `check` until it holds (60 s at most).

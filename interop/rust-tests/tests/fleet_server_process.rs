@@ -8,17 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
+use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use opamp_client::proto::{
-    AgentConfigMap, EffectiveConfig, RemoteConfigStatus, RemoteConfigStatuses, config_hash,
+    AgentConfigMap, EffectiveConfig, RemoteConfigStatus, RemoteConfigStatuses,
 };
 use opamp_client::{AgentCapabilities, AgentDescription, Callbacks, MessageData, OpampClient};
 use serde_json::Value;
 
 mod fleet_support;
 
-use fleet_support::{call, get, send, start_agent_process, start_fleet_server};
+use fleet_support::{get, push_config, send, start_agent_process, start_fleet_server};
 
 /// Re-checks `check` after every event of the page's event stream.
 async fn until<F, Fut>(web: SocketAddr, what: &str, mut check: F)
@@ -129,26 +129,7 @@ async fn rcfg_configs_apply_over_both_transports_and_survive_a_restart() {
     let mut hashes = Vec::new();
     for (index, uid) in uids.iter().enumerate() {
         let body = format!("exporters:\n  debug: {{}}\n# agent {index}\n");
-        let (status, reply) = call(
-            web,
-            Method::PUT,
-            &format!("/api/agents/{uid}/config?file=collector.yaml"),
-            "text/yaml",
-            &body,
-        )
-        .await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
-        let mut expected = AgentConfigMap::default();
-        expected.config_map.insert(
-            "collector.yaml".into(),
-            opamp_client::proto::AgentConfigObject {
-                body: body.clone().into(),
-                content_type: "text/yaml".into(),
-                ..Default::default()
-            },
-        );
-        let hash = hex::encode(config_hash(&expected));
-        assert_eq!(reply["config_hash"], hash);
+        let hash = push_config(web, uid, &body).await;
         hashes.push((hash, body));
     }
 
@@ -262,19 +243,7 @@ async fn rcfg_agent_processes_apply_configs_and_return_after_a_server_restart() 
     let mut pushed = Vec::new();
     for uid in &uids {
         let body = format!("receivers:\n  otlp: {{}}\n# for {uid}\n");
-        let (status, reply) = call(
-            web,
-            Method::PUT,
-            &format!("/api/agents/{uid}/config?file=collector.yaml"),
-            "text/yaml",
-            &body,
-        )
-        .await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
-        pushed.push((
-            reply["config_hash"].as_str().expect("hash").to_owned(),
-            body,
-        ));
+        pushed.push((push_config(web, uid, &body).await, body));
     }
     for (uid, (hash, body)) in uids.iter().zip(&pushed) {
         let path = format!("/api/agents/{uid}");

@@ -12,6 +12,7 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use opamp_client::proto::{AgentConfigMap, AgentConfigObject, config_hash};
 use opamp_interop_tests::FleetServerProcess;
 use serde_json::Value;
 use tokio::process::{Child, Command};
@@ -99,4 +100,30 @@ pub async fn get(addr: SocketAddr, path: &str) -> Value {
     let (status, body) = call(addr, Method::GET, path, "application/json", "").await;
     assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
     body
+}
+
+/// Pushes a one-file config to `uid` through the API at `web`; returns its
+/// hash (hex).
+pub async fn push_config(web: SocketAddr, uid: impl std::fmt::Display, body: &str) -> String {
+    let (status, reply) = call(
+        web,
+        Method::PUT,
+        &format!("/api/agents/{uid}/config?file=collector.yaml"),
+        "text/yaml",
+        body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+    let mut expected = AgentConfigMap::default();
+    expected.config_map.insert(
+        "collector.yaml".into(),
+        AgentConfigObject {
+            body: body.to_owned().into(),
+            content_type: "text/yaml".into(),
+            ..Default::default()
+        },
+    );
+    let hash = hex::encode(config_hash(&expected));
+    assert_eq!(reply["config_hash"], hash);
+    hash
 }
