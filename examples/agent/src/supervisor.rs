@@ -331,26 +331,18 @@ impl Supervisor {
     /// child could not be started; the supervisor then keeps retrying with
     /// backoff.
     pub(crate) async fn restart(&self, reason: &str) -> Result<(), String> {
-        let (done, result) = oneshot::channel();
-        self.ask(Request::Restart {
+        self.request(|done| Request::Restart {
             reason: reason.to_owned(),
             done,
         })
-        .await?;
-        result
-            .await
-            .map_err(|_| "the supervisor stopped".to_owned())?
+        .await
     }
 
     /// Applies a (checked, non-empty) remote config: validation command,
     /// restart, wait until healthy; on failure the last good config is
     /// restored and the error says what happened (see the module docs).
     pub(crate) async fn apply(&self, config: AgentConfigMap) -> Result<(), String> {
-        let (done, result) = oneshot::channel();
-        self.ask(Request::Apply { config, done }).await?;
-        result
-            .await
-            .map_err(|_| "the supervisor stopped".to_owned())?
+        self.request(|done| Request::Apply { config, done }).await
     }
 
     /// Replaces the executable with `program` (already verified): stops the
@@ -358,11 +350,7 @@ impl Supervisor {
     /// probation period; otherwise the previous executable is started again
     /// and the error says why.
     pub(crate) async fn update(&self, program: PathBuf) -> Result<(), String> {
-        let (done, result) = oneshot::channel();
-        self.ask(Request::Update { program, done }).await?;
-        result
-            .await
-            .map_err(|_| "the supervisor stopped".to_owned())?
+        self.request(|done| Request::Update { program, done }).await
     }
 
     /// Stops the child (`signal`, then SIGKILL after the stop timeout) and
@@ -373,6 +361,19 @@ impl Supervisor {
         if self.ask(Request::Shutdown { signal, done }).await.is_ok() {
             let _ = stopped.await;
         }
+    }
+
+    /// Sends the request `make` builds around its answer channel and waits
+    /// for the answer.
+    async fn request(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Request,
+    ) -> Result<(), String> {
+        let (done, result) = oneshot::channel();
+        self.ask(make(done)).await?;
+        result
+            .await
+            .map_err(|_| "the supervisor stopped".to_owned())?
     }
 
     async fn ask(&self, request: Request) -> Result<(), String> {

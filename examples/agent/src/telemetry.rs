@@ -422,15 +422,14 @@ impl OwnTelemetry {
         let endpoint = offer.destination_endpoint.clone();
         Ok(match kind {
             TelemetryKind::Metrics => {
-                let exporter = MetricExporter::builder()
-                    .with_http()
-                    .with_endpoint(endpoint)
-                    .with_protocol(Protocol::HttpBinary)
-                    .with_timeout(EXPORT_TIMEOUT)
-                    .with_headers(headers)
-                    .with_http_client(client)
-                    .build()
-                    .map_err(built)?;
+                let exporter = otlp_http(
+                    MetricExporter::builder().with_http(),
+                    endpoint,
+                    headers,
+                    client,
+                )
+                .build()
+                .map_err(built)?;
                 let reader = PeriodicReader::builder(exporter)
                     .with_interval(self.interval)
                     .build();
@@ -442,15 +441,14 @@ impl OwnTelemetry {
                 Provider::Metrics(provider)
             }
             TelemetryKind::Traces => {
-                let exporter = SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(endpoint)
-                    .with_protocol(Protocol::HttpBinary)
-                    .with_timeout(EXPORT_TIMEOUT)
-                    .with_headers(headers)
-                    .with_http_client(client)
-                    .build()
-                    .map_err(built)?;
+                let exporter = otlp_http(
+                    SpanExporter::builder().with_http(),
+                    endpoint,
+                    headers,
+                    client,
+                )
+                .build()
+                .map_err(built)?;
                 let processor = BatchSpanProcessor::builder(exporter)
                     .with_batch_config(
                         opentelemetry_sdk::trace::BatchConfigBuilder::default()
@@ -466,15 +464,14 @@ impl OwnTelemetry {
                 )
             }
             TelemetryKind::Logs => {
-                let exporter = LogExporter::builder()
-                    .with_http()
-                    .with_endpoint(endpoint)
-                    .with_protocol(Protocol::HttpBinary)
-                    .with_timeout(EXPORT_TIMEOUT)
-                    .with_headers(headers)
-                    .with_http_client(client)
-                    .build()
-                    .map_err(built)?;
+                let exporter = otlp_http(
+                    LogExporter::builder().with_http(),
+                    endpoint,
+                    headers,
+                    client,
+                )
+                .build()
+                .map_err(built)?;
                 let processor = BatchLogProcessor::builder(exporter)
                     .with_batch_config(
                         opentelemetry_sdk::logs::BatchConfigBuilder::default()
@@ -713,6 +710,23 @@ where
         .await?
         .to_bytes();
     Ok(Response::from_parts(parts, body))
+}
+
+/// The settings every own-telemetry exporter shares: OTLP/HTTP with
+/// protobuf bodies to `endpoint`, the offered headers, the export timeout
+/// and our HTTP client (which carries the offered TLS settings).
+fn otlp_http<B: WithExportConfig + WithHttpConfig>(
+    builder: B,
+    endpoint: String,
+    headers: HashMap<String, String>,
+    client: OtlpHttpClient,
+) -> B {
+    builder
+        .with_endpoint(endpoint)
+        .with_protocol(Protocol::HttpBinary)
+        .with_timeout(EXPORT_TIMEOUT)
+        .with_headers(headers)
+        .with_http_client(client)
 }
 
 #[cfg(test)]

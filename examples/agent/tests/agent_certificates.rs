@@ -6,10 +6,8 @@
 
 mod agent_support;
 
-use agent_support::{AgentProcess, PATIENCE, TestServer};
-use opamp_proto::{
-    ConnectionSettingsOffers, ConnectionSettingsStatuses, OpAmpConnectionSettings, TlsCertificate,
-};
+use agent_support::{AgentProcess, PATIENCE, TestServer, settings_applied, state_dir};
+use opamp_proto::{ConnectionSettingsOffers, OpAmpConnectionSettings, TlsCertificate};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, IsCa, Issuer, KeyPair,
     PublicKeyData, SanType,
@@ -19,16 +17,8 @@ use rcgen::{
 async fn csr_flow_issues_a_certificate_that_is_kept() {
     let mut server = TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
     let endpoint = server.endpoint("ws");
-    let args = [
-        "--endpoint",
-        endpoint.as_str(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--csr",
-    ];
-    let agent = AgentProcess::spawn(&args, &dir.path().join("agent-1.log"));
+    let agent = AgentProcess::start(&endpoint, dir.path(), "agent-1.log", &["--csr"]);
     let (uid, csr) = tokio::time::timeout(PATIENCE, server.csr.recv())
         .await
         .unwrap()
@@ -76,14 +66,7 @@ async fn csr_flow_issues_a_certificate_that_is_kept() {
     // the health says the certificate is saved.
     server
         .wait_for(uid, "the certificate applied and saved", |record| {
-            let applied = record
-                .status
-                .connection_settings_status
-                .as_ref()
-                .is_some_and(|status| {
-                    status.last_connection_settings_hash == offered.hash
-                        && status.status() == ConnectionSettingsStatuses::Applied
-                });
+            let applied = settings_applied(record, &offered.hash);
             let saved = record.status.health.as_ref().is_some_and(|health| {
                 health
                     .component_health_map
@@ -95,7 +78,7 @@ async fn csr_flow_issues_a_certificate_that_is_kept() {
             applied && saved
         })
         .await;
-    let tls = state.join("tls");
+    let tls = state_dir(dir.path()).join("tls");
     assert_eq!(
         std::fs::read_to_string(tls.join("client.crt")).unwrap(),
         cert.pem()
@@ -110,7 +93,7 @@ async fn csr_flow_issues_a_certificate_that_is_kept() {
     assert!(agent.terminate().await.success());
 
     // Restarted: the saved certificate is used, no new CSR is sent.
-    let agent = AgentProcess::spawn(&args, &dir.path().join("agent-2.log"));
+    let agent = AgentProcess::start(&endpoint, dir.path(), "agent-2.log", &["--csr"]);
     let (again, csr) = tokio::time::timeout(PATIENCE, server.csr.recv())
         .await
         .unwrap()

@@ -5,7 +5,9 @@
 
 mod agent_support;
 
-use agent_support::{AgentProcess, PATIENCE, TestServer, attribute, config, effective_body};
+use agent_support::{
+    AgentProcess, PATIENCE, TestServer, attribute, config, effective_body, state_dir,
+};
 use bytes::Bytes;
 use opamp_proto::{
     CustomMessage, DownloadableFile, PackageAvailable, PackageStatusEnum, PackageType,
@@ -17,19 +19,10 @@ use sha2::{Digest, Sha256};
 async fn config_round_trip(scheme: &str, expected_transport: TransportKind) {
     let mut server = TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let state = state_dir(dir.path());
     let endpoint = server.endpoint(scheme);
-    let args = [
-        "--endpoint",
-        endpoint.as_str(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--heartbeat",
-        "1s",
-        "--service-name",
-        "checkout",
-    ];
-    let agent = AgentProcess::spawn(&args, &dir.path().join("agent-1.log"));
+    let args = ["--heartbeat", "1s", "--service-name", "checkout"];
+    let agent = AgentProcess::start(&endpoint, dir.path(), "agent-1.log", &args);
     let (uid, transport) = server.next_connected().await;
     assert_eq!(transport, expected_transport);
     // UID-02: the uid is the one persisted in the state directory.
@@ -226,7 +219,7 @@ async fn config_round_trip(scheme: &str, expected_transport: TransportKind) {
 
     // Restarted on the same state: same uid, and the applied config is
     // reported (not re-applied) from the saved status.
-    let agent = AgentProcess::spawn(&args, &dir.path().join("agent-2.log"));
+    let agent = AgentProcess::start(&endpoint, dir.path(), "agent-2.log", &args);
     let (again, _) = server.next_connected().await;
     assert_eq!(again, uid);
     let record = server

@@ -5,27 +5,20 @@ mod agent_support;
 
 use std::collections::BTreeSet;
 
-use agent_support::{AgentProcess, TestServer};
+use agent_support::{AgentProcess, TestServer, state_dir};
 use opamp_proto::{AgentCapabilities, InstanceUid};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn count_runs_distinct_agents_in_one_process() {
     let mut server = TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
+    let state = state_dir(dir.path());
     let endpoint = server.endpoint("http");
-    let agent = AgentProcess::spawn(
-        &[
-            "--endpoint",
-            &endpoint,
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--heartbeat",
-            "1s",
-            "--count",
-            "3",
-        ],
-        &dir.path().join("agent.log"),
+    let agent = AgentProcess::start(
+        &endpoint,
+        dir.path(),
+        "agent.log",
+        &["--heartbeat", "1s", "--count", "3"],
     );
     let mut uids = BTreeSet::new();
     while uids.len() < 3 {

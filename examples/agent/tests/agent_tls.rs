@@ -59,12 +59,7 @@ async fn mutual_tls_and_bearer_token_flags() {
     let cert = write("client.pem", &pki.client.0);
     let key = write("client.key", &pki.client.1);
     let endpoint = server.endpoint("wss");
-    let state = dir.path().join("state");
     let base = [
-        "--endpoint",
-        endpoint.as_str(),
-        "--state-dir",
-        state.to_str().unwrap(),
         "--ca-file",
         ca.as_str(),
         "--client-cert",
@@ -74,7 +69,7 @@ async fn mutual_tls_and_bearer_token_flags() {
     ];
 
     // Without the token: refused (and the agent keeps trying).
-    let refused = AgentProcess::spawn(&base, &dir.path().join("agent-no-token.log"));
+    let refused = AgentProcess::start(&endpoint, dir.path(), "agent-no-token.log", &base);
     let sent = tokio::time::timeout(PATIENCE, server.refused.recv())
         .await
         .expect("no refused request")
@@ -85,7 +80,7 @@ async fn mutual_tls_and_bearer_token_flags() {
     // With it: connected over TLS, and working.
     let mut args = base.to_vec();
     args.extend(["--bearer-token", "s3cret"]);
-    let agent = AgentProcess::spawn(&args, &dir.path().join("agent.log"));
+    let agent = AgentProcess::start(&endpoint, dir.path(), "agent.log", &args);
     let (uid, transport) = server.next_connected().await;
     assert_eq!(transport, TransportKind::WebSocket);
     let offer = server

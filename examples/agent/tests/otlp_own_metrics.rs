@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use agent_support::{AgentProcess, PATIENCE, TestServer};
 use bytes::Bytes;
 use opamp_proto::{
-    ConnectionSettingsOffers, ConnectionSettingsStatuses, Header, Headers, InstanceUid, Message,
-    TelemetryConnectionSettings,
+    ConnectionSettingsOffers, Header, Headers, InstanceUid, Message, TelemetryConnectionSettings,
 };
 use opamp_server::AgentRecord;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
@@ -127,23 +126,9 @@ async fn offer(server: &mut TestServer, uid: InstanceUid, destination: String) -
         }),
         ..Default::default()
     };
-    let offered = server
-        .registry
-        .offer_connection_settings(uid, settings)
-        .await
-        .unwrap();
     // CS-42: the agent reports the offer APPLIED.
     server
-        .wait_for(uid, "own_metrics APPLIED", |record| {
-            record
-                .status
-                .connection_settings_status
-                .as_ref()
-                .is_some_and(|status| {
-                    status.last_connection_settings_hash == offered.hash
-                        && status.status() == ConnectionSettingsStatuses::Applied
-                })
-        })
+        .offer_settings(uid, "own_metrics APPLIED", settings)
         .await
 }
 
@@ -163,20 +148,17 @@ async fn agent_exports_own_metrics_where_the_server_says() {
     let mut first = Receiver::start().await;
     let mut second = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
     let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::spawn(
+    let agent = AgentProcess::start(
+        &endpoint,
+        dir.path(),
+        "agent.log",
         &[
-            "--endpoint",
-            &endpoint,
-            "--state-dir",
-            state.to_str().unwrap(),
             "--own-metrics-interval",
             "200ms",
             "--service-name",
             "metrics-test",
         ],
-        &dir.path().join("agent.log"),
     );
     let (uid, _) = server.next_connected().await;
     let record = server

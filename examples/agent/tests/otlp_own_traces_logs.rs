@@ -12,8 +12,8 @@ use agent_support::child::{next_child, write_child, write_executable};
 use agent_support::{AgentProcess, PATIENCE, TestServer, config};
 use bytes::Bytes;
 use opamp_proto::{
-    AgentCapabilities, ConnectionSettingsOffers, ConnectionSettingsStatuses, Header, Headers,
-    InstanceUid, Message, TelemetryConnectionSettings,
+    AgentCapabilities, ConnectionSettingsOffers, Header, Headers, InstanceUid, Message,
+    TelemetryConnectionSettings,
 };
 use opamp_server::{AgentRecord, RemoteConfigState};
 use opentelemetry_proto::tonic::collector::logs::v1::{
@@ -212,22 +212,8 @@ fn destination(endpoint: String) -> Option<TelemetryConnectionSettings> {
 }
 
 async fn offer(server: &mut TestServer, uid: InstanceUid, settings: ConnectionSettingsOffers) {
-    let offered = server
-        .registry
-        .offer_connection_settings(uid, settings)
-        .await
-        .unwrap();
     server
-        .wait_for(uid, "the telemetry offer APPLIED", |record| {
-            record
-                .status
-                .connection_settings_status
-                .as_ref()
-                .is_some_and(|status| {
-                    status.last_connection_settings_hash == offered.hash
-                        && status.status() == ConnectionSettingsStatuses::Applied
-                })
-        })
+        .offer_settings(uid, "the telemetry offer APPLIED", settings)
         .await;
 }
 
@@ -254,14 +240,12 @@ async fn supervisor_exports_own_spans_and_logs_where_the_server_says() {
         "#!/bin/bash\nif grep -q bogus \"$1\"; then echo 'bogus is not a receiver' >&2; exit 1; fi\n",
     );
     let validate = format!("{} {{config}}", validator.display());
-    let state = dir.path().join("state");
     let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::spawn(
+    let agent = AgentProcess::start(
+        &endpoint,
+        dir.path(),
+        "agent.log",
         &[
-            "--endpoint",
-            &endpoint,
-            "--state-dir",
-            state.to_str().unwrap(),
             "--own-metrics-interval",
             "200ms",
             "--ready-after",
@@ -273,7 +257,6 @@ async fn supervisor_exports_own_spans_and_logs_where_the_server_says() {
             script.to_str().unwrap(),
             "{config}",
         ],
-        &dir.path().join("agent.log"),
     );
     let first = next_child(&reports).await;
     let (uid, _) = server.next_connected().await;

@@ -45,10 +45,6 @@ impl Setup {
         }
     }
 
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -56,17 +52,7 @@ impl Setup {
     /// Starts the agent supervising the script, with `extra` flags, against
     /// `endpoint`.
     fn agent(&self, endpoint: &str, extra: &[&str], log: &str) -> AgentProcess {
-        let state = self.state();
-        let mut args = vec![
-            "--endpoint",
-            endpoint,
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--heartbeat",
-            "1s",
-            "--health-interval",
-            "100ms",
-        ];
+        let mut args = vec!["--heartbeat", "1s", "--health-interval", "100ms"];
         args.extend_from_slice(extra);
         args.extend_from_slice(&[
             "--supervise",
@@ -74,7 +60,7 @@ impl Setup {
             self.script.to_str().unwrap(),
             "{config}",
         ]);
-        AgentProcess::spawn(&args, &self.path(log))
+        AgentProcess::start(endpoint, self.dir.path(), log, &args)
     }
 
     async fn push(&mut self, uid: InstanceUid, config: AgentConfigMap) -> RemoteConfigState {
@@ -94,6 +80,29 @@ impl Setup {
         .expect("no final remote config status")
         .unwrap()
     }
+}
+
+/// A health endpoint for `--health-url`: `path` answers 200 while the
+/// returned flag is set, 503 otherwise (and every other path 503). Returns
+/// the flag, the URL and the server task.
+async fn health_endpoint(
+    path: &'static str,
+) -> (Arc<AtomicBool>, String, tokio::task::JoinHandle<()>) {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let answer = Arc::clone(&healthy);
+    let (addr, task) = agent_support::serve_http(move |request| {
+        let status = if request.uri().path() == path && answer.load(Ordering::SeqCst) {
+            200
+        } else {
+            503
+        };
+        http::Response::builder()
+            .status(status)
+            .body(Bytes::new())
+            .unwrap()
+    })
+    .await;
+    (healthy, format!("http://{addr}{path}"), task)
 }
 
 /// The supervised child's health component.
@@ -422,21 +431,7 @@ async fn empty_remote_config_keeps_the_child_running_on_its_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_is_reported_when_the_health_endpoint_says_healthy() {
     let mut setup = Setup::new().await;
-    let healthy = Arc::new(AtomicBool::new(true));
-    let answer = Arc::clone(&healthy);
-    let (health_addr, _health_task) = agent_support::serve_http(move |request| {
-        let status = if request.uri().path() == "/healthz" && answer.load(Ordering::SeqCst) {
-            200
-        } else {
-            503
-        };
-        http::Response::builder()
-            .status(status)
-            .body(Bytes::new())
-            .unwrap()
-    })
-    .await;
-    let health_url = format!("http://{health_addr}/healthz");
+    let (healthy, health_url, _health_task) = health_endpoint("/healthz").await;
     let endpoint = setup.server.endpoint("ws");
     // Neither the readiness window nor the apply timeout can produce the
     // APPLIED below: only the health endpoint can.
@@ -513,21 +508,7 @@ async fn applied_is_reported_when_the_health_endpoint_says_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_while_a_config_waits_for_health_keeps_the_last_good_one() {
     let mut setup = Setup::new().await;
-    let healthy = Arc::new(AtomicBool::new(true));
-    let answer = Arc::clone(&healthy);
-    let (health_addr, _health_task) = agent_support::serve_http(move |_| {
-        let status = if answer.load(Ordering::SeqCst) {
-            200
-        } else {
-            503
-        };
-        http::Response::builder()
-            .status(status)
-            .body(Bytes::new())
-            .unwrap()
-    })
-    .await;
-    let health_url = format!("http://{health_addr}/");
+    let (healthy, health_url, _health_task) = health_endpoint("/").await;
     let flags = [
         "--health-url",
         health_url.as_str(),

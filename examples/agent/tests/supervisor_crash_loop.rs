@@ -58,14 +58,12 @@ read -r -u 3 _
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let state = dir.path().join("state");
     let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::spawn(
+    let agent = AgentProcess::start(
+        &endpoint,
+        dir.path(),
+        "agent.log",
         &[
-            "--endpoint",
-            &endpoint,
-            "--state-dir",
-            state.to_str().unwrap(),
             "--heartbeat",
             "1s",
             "--min-uptime",
@@ -79,7 +77,6 @@ read -r -u 3 _
             script.to_str().unwrap(),
             "{config}",
         ],
-        &dir.path().join("agent.log"),
     );
     let (first_pid, first) = next_start(&reports).await;
     let (uid, _) = server.next_connected().await;

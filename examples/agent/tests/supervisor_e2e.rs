@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use agent_support::{AgentProcess, PATIENCE, TestServer, attribute, config, effective_body};
+use agent_support::{
+    AgentProcess, PATIENCE, TestServer, attribute, config, effective_body, state_dir,
+};
 use bytes::Bytes;
 use opamp_proto::{
     DownloadableFile, PackageAvailable, PackageStatusEnum, PackageType, PackagesAvailable,
@@ -188,15 +190,14 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
         base: format!("http://{files_addr}"),
     };
 
-    let state = dir.path().join("state");
+    let state = state_dir(dir.path());
     let endpoint = server.endpoint("ws");
     let public_key = hex::encode(packager.key.public_key().as_ref());
-    let agent = AgentProcess::spawn(
+    let agent = AgentProcess::start(
+        &endpoint,
+        dir.path(),
+        "agent.log",
         &[
-            "--endpoint",
-            &endpoint,
-            "--state-dir",
-            state.to_str().unwrap(),
             "--heartbeat",
             "1s",
             "--update-probation",
@@ -210,7 +211,6 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
             script.to_str().unwrap(),
             "{config}",
         ],
-        &dir.path().join("agent.log"),
     );
 
     // The child starts at once, with the (empty) default config file.

@@ -16,14 +16,12 @@ async fn stops_cleanly_on(signal: Signal) {
     let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let script = write_child(dir.path(), "agent.sh", reports.local_addr().unwrap().port());
-    let state = dir.path().join("state");
     let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::spawn(
+    let agent = AgentProcess::start(
+        &endpoint,
+        dir.path(),
+        "agent.log",
         &[
-            "--endpoint",
-            &endpoint,
-            "--state-dir",
-            state.to_str().unwrap(),
             "--stop-timeout",
             "10m",
             "--supervise",
@@ -31,7 +29,6 @@ async fn stops_cleanly_on(signal: Signal) {
             script.to_str().unwrap(),
             "{config}",
         ],
-        &dir.path().join("agent.log"),
     );
     let child = next_child(&reports).await;
     let (uid, _) = server.next_connected().await;
@@ -86,21 +83,18 @@ read -r -u 3 _
 "#
         ),
     );
-    let state = dir.path().join("state");
     let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::spawn(
+    let agent = AgentProcess::start(
+        &endpoint,
+        dir.path(),
+        "agent.log",
         &[
-            "--endpoint",
-            &endpoint,
-            "--state-dir",
-            state.to_str().unwrap(),
             "--stop-timeout",
             "200ms",
             "--supervise",
             "--",
             script.to_str().unwrap(),
         ],
-        &dir.path().join("agent.log"),
     );
     let (stream, _) = tokio::time::timeout(PATIENCE, reports.accept())
         .await

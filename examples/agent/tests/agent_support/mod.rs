@@ -11,7 +11,10 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use opamp_proto::{AgentConfigMap, AgentConfigObject, AgentToServer, CustomMessage, InstanceUid};
+use opamp_proto::{
+    AgentConfigMap, AgentConfigObject, AgentToServer, ConnectionSettingsOffers,
+    ConnectionSettingsStatuses, CustomMessage, InstanceUid,
+};
 use opamp_server::{
     AgentEvent, AgentRecord, Callbacks, ConnectDecision, ConnectRequest, Connection, OpampServer,
     Refusal, Registry, ServerTlsConfig, TransportKind,
@@ -159,6 +162,23 @@ impl TestServer {
 
     /// Waits until agent `uid`'s record satisfies `check`, re-checking on
     /// every registry event.
+    /// Offers `settings` to `uid` and waits until the agent reports them
+    /// APPLIED (CS-42); returns that record.
+    pub async fn offer_settings(
+        &mut self,
+        uid: InstanceUid,
+        what: &str,
+        settings: ConnectionSettingsOffers,
+    ) -> AgentRecord {
+        let offered = self
+            .registry
+            .offer_connection_settings(uid, settings)
+            .await
+            .unwrap();
+        self.wait_for(uid, what, |record| settings_applied(record, &offered.hash))
+            .await
+    }
+
     pub async fn wait_for(
         &mut self,
         uid: InstanceUid,
@@ -220,7 +240,21 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts `agent` with `args`.
+    /// Starts the agent against `endpoint` with its state in
+    /// [`state_dir`]`(dir)` and its log in `dir/log`, `extra` flags added.
+    pub fn start(endpoint: &str, dir: &Path, log: &str, extra: &[&str]) -> Self {
+        let state = state_dir(dir);
+        let mut args = vec![
+            "--endpoint",
+            endpoint,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, &dir.join(log))
+    }
+
+    /// Starts the agent binary with exactly `args`.
     pub fn spawn(args: &[&str], log: &Path) -> Self {
         let log_file = std::fs::File::create(log).unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_opamp-agent"))
@@ -274,6 +308,24 @@ impl Drop for AgentProcess {
             );
         }
     }
+}
+
+/// Whether `record` reports the connection settings offer `hash` APPLIED.
+pub fn settings_applied(record: &AgentRecord, hash: &[u8]) -> bool {
+    record
+        .status
+        .connection_settings_status
+        .as_ref()
+        .is_some_and(|status| {
+            status.last_connection_settings_hash == hash
+                && status.status() == ConnectionSettingsStatuses::Applied
+        })
+}
+
+/// The agent's state directory under a test's directory `dir`, as
+/// [`AgentProcess::start`] sets it.
+pub fn state_dir(dir: &Path) -> PathBuf {
+    dir.join("state")
 }
 
 /// A config map with one file.
