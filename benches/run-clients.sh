@@ -34,7 +34,7 @@ out="${CLIENTS_OUT:-target/load/clients-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
 if [[ "${CLIENTS_SKIP_BUILD:-0}" != 1 ]]; then
     echo "== building (release)" >&2
     cargo build --release -q -p opamp-benches --bins
-    cargo build --release -q -p opamp-examples --bin agent
+    cargo build --release -q -p opamp-agent
 fi
 if ! command -v go >/dev/null 2>&1; then
     echo "run-clients.sh: 'go' is not on PATH; needed for opamp-go's clients" >&2
@@ -66,7 +66,7 @@ run() {
         local state
         state="$(mktemp -d target/load/agent-state.XXXXXX)"
         timeout 900 "$loadgen" --clients-cmd \
-            "env RUST_LOG=warn target/release/agent --count $count --endpoint $url --state-dir $state --heartbeat $heartbeat 2>>target/load/agent.stderr.log" \
+            "env RUST_LOG=warn target/release/opamp-agent --count $count --endpoint $url --state-dir $state --heartbeat $heartbeat 2>>target/load/agent.stderr.log" \
             --url "$url" --agents "$count" \
             --server-cmd "$server 2>>target/load/loadserver.stderr.log" \
             --heartbeat "$heartbeat" --duration "$duration" \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Server load comparison: the same loadgen runs against
-#   opamp-rs-example  the example fleet server (examples/, --store memory),
+#   opamp-rs-example  the example fleet server (examples/fleet-server, --store memory),
 #   opamp-rs-bare     benches' loadserver (opamp-server with its defaults),
 #   opamp-go          interop/cmd/goloadserver (opamp-go's server, bare),
 # one after the other, then prints the comparison (ratios against opamp-go).
@@ -42,7 +42,7 @@ bin="${LOAD_BIN:-target/release}"
 if [[ "${LOAD_NO_BUILD:-0}" != 1 ]]; then
     echo "== building (release)" >&2
     cargo build --release -q -p opamp-benches --bins
-    cargo build --release -q -p opamp-examples --bin server
+    cargo build --release -q -p opamp-fleet-server
 fi
 if ! command -v go >/dev/null 2>&1; then
     echo "run-load.sh: 'go' is not on PATH; needed for the opamp-go server" >&2
@@ -59,7 +59,7 @@ server_args() {
     case "$name" in
     example)
         label=opamp-rs-example
-        command="env RUST_LOG=warn $bin/server --store memory --listen 127.0.0.1:$port --web-listen 127.0.0.1:$((port + 1)) --data-dir target/load/data"
+        command="env RUST_LOG=warn $bin/opamp-fleet-server --store memory --listen 127.0.0.1:$port --web-listen 127.0.0.1:$((port + 1)) --data-dir target/load/data"
         push="api=http://127.0.0.1:$((port + 1))"
         ;;
     bare)

@@ -22,7 +22,7 @@
 #   size      rows and bytes of the tables after the run.
 #
 # Environment: MULTI_AGENTS (15000), MULTI_WRITE_AGENTS (1000), FLEET_SERVER_BIN
-# (default: build and use target/release/server of opamp-examples),
+# (default: build and use target/release/opamp-fleet-server),
 # MULTI_COMPARE (1: also run --store memory and opamp-go).
 set -euo pipefail
 
@@ -40,8 +40,8 @@ notes="target/load/multi-$stamp.txt"
 echo "== building (release)" >&2
 cargo build --release -q -p opamp-benches --bins
 if [[ -z "${FLEET_SERVER_BIN:-}" ]]; then
-    cargo build --release -q -p opamp-examples --bin server
-    FLEET_SERVER_BIN=target/release/server
+    cargo build --release -q -p opamp-fleet-server
+    FLEET_SERVER_BIN=target/release/opamp-fleet-server
 fi
 server_bin="$FLEET_SERVER_BIN"
 loadgen=target/release/loadgen

@@ -33,7 +33,7 @@ work="$(mktemp -d target/load/realistic.XXXXXX)"
 bin="${REALISTIC_BIN:-target/release}"
 if [[ "${REALISTIC_NO_BUILD:-0}" != 1 ]]; then
     echo "== building (release)" >&2
-    cargo build --release -q -p opamp-examples --bin server --bin agent
+    cargo build --release -q -p opamp-fleet-server -p opamp-agent
 fi
 ulimit -n "$(ulimit -Hn)"
 
@@ -64,7 +64,7 @@ wait_stable() {
 }
 
 echo "== server" >&2
-env RUST_LOG=warn ${SERVER_ENV:-} "$bin/server" --store memory \
+env RUST_LOG=warn ${SERVER_ENV:-} "$bin/opamp-fleet-server" --store memory \
     --listen "127.0.0.1:$port" --web-listen "127.0.0.1:$((port + 1))" \
     --data-dir "$work/server" 2>>target/load/realistic-server.stderr.log &
 server_pid=$!
@@ -82,7 +82,7 @@ server_anon_before="$(anon_kib "$server_pid")"
 
 echo "== $agents agents (one process)" >&2
 start="$(date +%s)"
-env RUST_LOG=warn ${AGENT_ENV:-} "$bin/agent" --count "$agents" \
+env RUST_LOG=warn ${AGENT_ENV:-} "$bin/opamp-agent" --count "$agents" \
     --endpoint "ws://127.0.0.1:$port/v1/opamp" --state-dir "$work/agents" \
     2>>target/load/realistic-agent.stderr.log &
 agent_pid=$!

@@ -348,7 +348,7 @@ mod tests {
             "--push",
             "api=http://127.0.0.1:4321",
             "--server-cmd",
-            "target/release/server --store memory",
+            "target/release/opamp-fleet-server --store memory",
             "--storm",
             "--storm-down",
             "500ms",

@@ -208,7 +208,7 @@ pub(crate) async fn run(args: &LoadArgs, open_files: usize) -> Result<Value, Str
     tokio::time::sleep(args.settle).await;
     let idle = runner.sample();
     let idle_connected = runner.connected();
-    let server_idle = server_sample(server.as_ref(), args.server_pid);
+    let server_idle = server_sample(server.as_ref(), args.server_pid, &args.also_server_pids);
 
     // ---- steady window: CPU per heartbeat ----
     let before = runner.sample();

@@ -1,4 +1,4 @@
-//! The example fleet server (`opamp-examples`) as a process, driven through
+//! The example fleet server (`opamp-fleet-server`) as a process, driven through
 //! its JSON API (see `examples/API.md`).
 
 use std::net::SocketAddr;
@@ -34,15 +34,33 @@ pub struct FleetServerProcess {
 
 impl FleetServerProcess {
     /// Starts `program` (the `fleet-server` binary) on 127.0.0.1 port 0 with
-    /// `args` added, and waits until it printed its addresses.
+    /// an in-memory store and `args` added, and waits until it printed its
+    /// addresses.
     pub async fn start(program: &Path, args: &[String]) -> Self {
+        let mut with_store = vec!["--store".to_owned(), "memory".to_owned()];
+        with_store.extend_from_slice(args);
+        Self::launch(program, &with_store, &[], None).await
+    }
+
+    /// Starts `program` on 127.0.0.1 port 0 with `args` and the environment
+    /// variables `envs` added, its data directory `data_dir` (a fresh
+    /// temporary one when `None`, so a restart can reuse a directory), and
+    /// waits until it printed its addresses. Without `--store` among `args`
+    /// or `OPAMP_SERVER_STORE` among `envs`, the store is redb.
+    pub async fn launch(
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, &str)],
+        data_dir: Option<&Path>,
+    ) -> Self {
         let data = tempfile::tempdir().expect("data directory");
         let mut child = Command::new(program)
             .args(["--listen", "127.0.0.1:0", "--web-listen", "127.0.0.1:0"])
-            .args(["--store", "memory", "--data-dir"])
-            .arg(data.path())
+            .arg("--data-dir")
+            .arg(data_dir.unwrap_or(data.path()))
             .args(args)
             .env("RUST_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -81,6 +99,33 @@ impl FleetServerProcess {
             "the fleet server did not announce its addresses"
         );
         server
+    }
+
+    /// Sends `signal` (a `kill` option such as `-TERM`) to the process.
+    pub async fn signal(&mut self, signal: &str) {
+        let pid = self.child.id().expect("the fleet server is running");
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
+    /// Ctrl-C equivalent: SIGTERM; the server must then exit with success.
+    pub async fn stop(mut self) {
+        self.signal("-TERM").await;
+        let exit = tokio::time::timeout(TIMEOUT, self.child.wait())
+            .await
+            .expect("the fleet server stops after SIGTERM")
+            .expect("wait");
+        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+    }
+
+    /// SIGKILL: the server ends without any goodbye.
+    pub async fn kill(mut self) {
+        self.signal("-KILL").await;
+        let _ = self.child.wait().await;
     }
 
     /// `ws://…/v1/opamp` (or `wss://` with TLS).

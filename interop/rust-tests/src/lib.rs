@@ -9,8 +9,13 @@
 //! - `tests/go_server.rs`: our [`opamp_client::OpampClient`] → opamp-go server;
 //! - `tests/collector_supervisor.rs`, `tests/collector_extension.rs`: the
 //!   Collector's `opampsupervisor` and OpAMP extension → the example fleet
-//!   server (`opamp-examples`, run as the `fleet-server` process), driven
-//!   through its JSON API.
+//!   server (`opamp-fleet-server`, run as the `fleet-server` process), driven
+//!   through its JSON API;
+//! - `tests/fleet_server_process.rs`, `tests/fleet_postgres.rs`: our two
+//!   example products together, the fleet server and the example agent
+//!   (`opamp-agent`, run as the `example-agent` process), with a redb store
+//!   and with several server instances on one PostgreSQL. They need no Go;
+//!   the PostgreSQL one skips without PostgreSQL (fails under `CI`).
 //!
 //! This crate holds what both need: building the Go programs once per test
 //! process ([`go_programs`]), running them ([`GoProcess`]), waiting for
@@ -21,11 +26,12 @@
 //! minimal Collector ([`collector_programs`], `interop/build-collector.sh`),
 //! running them ([`SupervisorProcess`], [`CollectorProcess`]), the fleet
 //! server process ([`FleetServerProcess`]) and an OTLP/HTTP receiver
-//! ([`OtlpSink`]). Which test covers which scenario is listed in
+//! ([`OtlpSink`]). For the fleet on PostgreSQL: a test database server
+//! ([`opamp_testkit::postgres_url`]). Which test covers which scenario is listed in
 //! `interop/MATRIX.md`.
 //!
-//! Without Go (or without the Go module proxy) every test prints a notice
-//! and passes, unless `CI` is set: then it fails and says why.
+//! Without Go (or without the Go module proxy) every Go or Collector test
+//! prints a notice and passes, unless `CI` is set: then it fails and says why.
 #![forbid(unsafe_code)]
 
 mod collector;

@@ -7,134 +7,47 @@
 //! cluster started with `.ci/postgres.sh`); skips with a notice without
 //! either, and fails when `CI=true`.
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::Path;
 
-use opamp_interop_tests::{GoProcess, TIMEOUT, go_programs, http_request};
-use opamp_testkit::{ChildProcess, postgres_url};
-use serde_json::Value;
-use tokio::process::Command;
-
-struct Instance {
-    process: ChildProcess,
-    opamp: SocketAddr,
-    web: SocketAddr,
-    _data: tempfile::TempDir,
-}
-
-fn address_after(line: &str, scheme: &str) -> Option<SocketAddr> {
-    let rest = line.split(&format!("{scheme}://")).nth(1)?;
-    rest.split('/').next()?.parse().ok()
-}
+use opamp_interop_tests::{FleetServerProcess, GoProcess, go_programs};
+use opamp_testkit::postgres_url;
 
 /// A `fleet-server` process on `database` named `name`. The database is the
 /// test server's own: agents have fresh uids and instance names carry the
 /// test's process id, so runs do not meet.
-async fn start_instance(database: &str, name: &str) -> Instance {
-    let data = tempfile::tempdir().expect("data directory");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fleet-server"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--web-listen", "127.0.0.1:0"])
-        .args(["--instance-name", name, "--data-dir"])
-        .arg(data.path())
-        .env("OPAMP_SERVER_STORE", database)
-        .env("RUST_LOG", "warn");
-    let mut process = ChildProcess::spawn(format!("fleet-server {name}"), command);
-    let opamp = process
-        .wait_for_line("the OpAMP endpoint", |line| {
-            line.starts_with("OpAMP endpoint")
-        })
-        .await;
-    let web = process
-        .wait_for_line("the web page", |line| line.starts_with("Web page"))
-        .await;
-    Instance {
-        process,
-        opamp: address_after(&opamp, "ws").expect("opamp address"),
-        web: address_after(&web, "http").expect("web address"),
-        _data: data,
-    }
+async fn start_instance(database: &str, name: &str) -> FleetServerProcess {
+    FleetServerProcess::launch(
+        Path::new(env!("CARGO_BIN_EXE_fleet-server")),
+        &["--instance-name".to_owned(), name.to_owned()],
+        &[("OPAMP_SERVER_STORE", database)],
+        None,
+    )
+    .await
 }
 
-impl Instance {
-    async fn try_agent(&self, uid: &str) -> Option<Value> {
-        let (status, body) = http_request(
-            self.web,
-            "GET",
-            &format!("/api/agents/{uid}"),
-            "application/json",
-            b"",
-        )
-        .await
-        .expect("API answers");
-        match status {
-            200 => Some(serde_json::from_slice(&body).expect("JSON")),
-            404 => None,
-            _ => panic!("GET {uid}: {status} {}", String::from_utf8_lossy(&body)),
-        }
-    }
-
-    async fn agent(&self, uid: &str) -> Value {
-        self.try_agent(uid).await.expect("a known agent")
-    }
-
-    /// Waits until this instance lists `uid` as connected (to any instance).
-    async fn wait_connected(&self, uid: &str) {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        while self
-            .try_agent(uid)
-            .await
-            .is_none_or(|agent| agent["connected"] != true)
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{uid} never shown connected on {}",
-                self.web
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Pushes a one-file config through this instance; returns its hash.
-    async fn push(&self, uid: &str, body: &str) -> String {
-        let (status, reply) = http_request(
-            self.web,
+/// Pushes a one-file config through `instance`; returns its hash.
+async fn push(instance: &FleetServerProcess, uid: &str, body: &str) -> String {
+    let reply = instance
+        .expect(
+            202,
             "PUT",
             &format!("/api/agents/{uid}/config?file=config.yaml"),
             "text/yaml",
-            body.as_bytes(),
+            body,
         )
-        .await
-        .expect("API answers");
-        let reply: Value = serde_json::from_slice(&reply).expect("JSON");
-        assert_eq!(status, 202, "{reply}");
-        reply["config_hash"].as_str().expect("a hash").to_owned()
-    }
+        .await;
+    reply["config_hash"].as_str().expect("a hash").to_owned()
+}
 
-    async fn wait_applied(&self, uid: &str, hash: &str) {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
-            let agent = self.agent(uid).await;
-            if agent["remote_config_status"]["status"] == "APPLIED"
+/// Waits until `instance` shows `uid`'s config `hash` as APPLIED.
+async fn wait_applied(instance: &FleetServerProcess, uid: &str, hash: &str) {
+    instance
+        .wait_agent(uid, "the config APPLIED", |agent| {
+            agent["remote_config_status"]["status"] == "APPLIED"
                 && agent["remote_config_status"]["config_hash"] == hash
                 && agent["config_history"][0]["outcome"] == "APPLIED"
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{uid}: not APPLIED on {}: {agent}",
-                self.web
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn stop(mut self) {
-        self.process.signal("TERM").await;
-        let exit = self.process.wait().await;
-        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
-    }
+        })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,11 +74,16 @@ async fn go_agents_get_configs_pushed_through_the_other_instance() {
         let started = agent.wait_event("started").await;
         let uid = started["uid"].as_str().expect("a uid").to_owned();
         agent.wait_event("connected").await;
-        pushed_through.wait_connected(&uid).await;
-
-        let hash = pushed_through
-            .push(&uid, &format!("receivers: {{}}\n# {transport}\n"))
+        pushed_through
+            .wait_agent(&uid, "connected", |agent| agent["connected"] == true)
             .await;
+
+        let hash = push(
+            pushed_through,
+            &uid,
+            &format!("receivers: {{}}\n# {transport}\n"),
+        )
+        .await;
         let reported = agent
             .wait_for("APPLIED reported by goagent", |event| {
                 event["event"] == "remote_config_status"
@@ -174,9 +92,9 @@ async fn go_agents_get_configs_pushed_through_the_other_instance() {
             })
             .await;
         assert!(reported["error"].as_str().unwrap_or("").is_empty());
-        held_by.wait_applied(&uid, &hash).await;
-        pushed_through.wait_applied(&uid, &hash).await;
-        let detail = pushed_through.agent(&uid).await;
+        wait_applied(held_by, &uid, &hash).await;
+        wait_applied(pushed_through, &uid, &hash).await;
+        let detail = pushed_through.agent(&uid).await.expect("a known agent");
         assert_eq!(
             detail["effective_config"]["hash"],
             hash.as_str(),

@@ -5,6 +5,8 @@
 // Each test binary uses a different part of it.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use opamp_proto::ServerToAgent;

@@ -1,9 +1,9 @@
-//! The example fleet server (`opamp-examples`' `server` binary), built in
-//! this package so that the Collector interop tests can start it as a
+//! The example fleet server (`opamp-fleet-server`), built in this package
+//! so that the Collector interop tests and the fleet tests can start it as a
 //! process (`CARGO_BIN_EXE_fleet-server`): same flags, same behaviour.
 
 use clap::Parser;
-use opamp_examples::{ServerArgs, run_server};
+use opamp_fleet_server::{ServerArgs, run};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -14,7 +14,7 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run_server(ServerArgs::parse()).await {
+    match run(ServerArgs::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
