@@ -3,7 +3,6 @@
 
 mod server_common;
 
-use axum::body::Body;
 use http::{Method, StatusCode};
 use opamp_proto::{AgentCapabilities, RemoteConfigStatuses, config_hash};
 use serde_json::json;
@@ -91,12 +90,7 @@ async fn unknown_uid_is_404_and_a_malformed_one_400() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = h
-        .call(
-            Method::POST,
-            &format!("/api/agents/{}/restart", uid(9)),
-            None,
-            Body::empty(),
-        )
+        .request(Method::POST, &format!("/api/agents/{}/restart", uid(9)))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, body) = h.get("/api/agents/not-a-uuid").await;
@@ -262,12 +256,7 @@ async fn rcfg_roles_and_several_keys_round_trip_through_the_json_api() {
 
     // The agent's own config still wins; dropping it lets the group's through.
     let (status, _) = h
-        .call(
-            Method::DELETE,
-            &format!("/api/agents/{}/config", uid(3)),
-            None,
-            Body::empty(),
-        )
+        .request(Method::DELETE, &format!("/api/agents/{}/config", uid(3)))
         .await;
     assert_eq!(status, StatusCode::OK);
     let offer = h
@@ -319,13 +308,7 @@ async fn undeclared_capabilities_are_409() {
             "a: 1",
         )
         .await,
-        h.call(
-            Method::POST,
-            &format!("{base}/restart"),
-            None,
-            Body::empty(),
-        )
-        .await,
+        h.request(Method::POST, &format!("{base}/restart")).await,
         h.json(
             Method::POST,
             &format!("{base}/packages"),
@@ -426,12 +409,7 @@ async fn rcfg_config_precedence_agent_over_group_over_default() {
 
     // Removing it falls back to the group.
     let (status, reply) = h
-        .call(
-            Method::DELETE,
-            &format!("/api/agents/{}/config", uid(4)),
-            None,
-            Body::empty(),
-        )
+        .request(Method::DELETE, &format!("/api/agents/{}/config", uid(4)))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -505,14 +483,7 @@ async fn rcfg_config_precedence_agent_over_group_over_default() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = h
-        .call(
-            Method::DELETE,
-            "/api/config/groups/nope",
-            None,
-            Body::empty(),
-        )
-        .await;
+    let (status, _) = h.request(Method::DELETE, "/api/config/groups/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
@@ -599,12 +570,7 @@ async fn pkg_offer_names_a_served_file_with_its_sha256() {
 
     // Withdrawing the package sends the smaller set.
     let (status, _) = h
-        .call(
-            Method::DELETE,
-            &format!("{base}/agent-2.0"),
-            None,
-            Body::empty(),
-        )
+        .request(Method::DELETE, &format!("{base}/agent-2.0"))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let offer = h
@@ -733,14 +699,7 @@ async fn restart_custom_message_and_forget() {
     h.poll(&hello).await;
     let base = format!("/api/agents/{}", uid(11));
 
-    let (status, _) = h
-        .call(
-            Method::POST,
-            &format!("{base}/restart"),
-            None,
-            Body::empty(),
-        )
-        .await;
+    let (status, _) = h.request(Method::POST, &format!("{base}/restart")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let reply = h.poll(&agent.heartbeat()).await;
     assert_eq!(
@@ -777,18 +736,13 @@ async fn restart_custom_message_and_forget() {
 
     // No certificate authority configured.
     let (status, body) = h
-        .call(
-            Method::POST,
-            &format!("{base}/rotate-certificate"),
-            None,
-            Body::empty(),
-        )
+        .request(Method::POST, &format!("{base}/rotate-certificate"))
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"], "no_client_ca");
 
     // A connected agent cannot be forgotten; after it says goodbye it can.
-    let (status, _) = h.call(Method::DELETE, &base, None, Body::empty()).await;
+    let (status, _) = h.request(Method::DELETE, &base).await;
     assert_eq!(status, StatusCode::CONFLICT);
     let mut goodbye = agent.heartbeat();
     goodbye.agent_disconnect = Some(Default::default());
@@ -799,7 +753,7 @@ async fn restart_custom_message_and_forget() {
         detail["connected"] == false
     })
     .await;
-    let (status, _) = h.call(Method::DELETE, &base, None, Body::empty()).await;
+    let (status, _) = h.request(Method::DELETE, &base).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = h.get(&base).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -865,11 +819,9 @@ async fn cs_rotate_certificate_offers_a_ca_signed_certificate() {
     h.poll(&agent.hello()).await;
 
     let (status, body) = h
-        .call(
+        .request(
             Method::POST,
             &format!("/api/agents/{}/rotate-certificate", uid(13)),
-            None,
-            Body::empty(),
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -954,14 +906,7 @@ async fn commands_for_disconnected_agents_are_409() {
         h.get(&base).await.1["connected"] == false
     })
     .await;
-    let (status, body) = h
-        .call(
-            Method::POST,
-            &format!("{base}/restart"),
-            None,
-            Body::empty(),
-        )
-        .await;
+    let (status, body) = h.request(Method::POST, &format!("{base}/restart")).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"], "not_connected");
     // A config is kept for when it comes back.

@@ -9,7 +9,6 @@ use opamp_fleet_server::{FleetOptions, FleetServer, FleetStore};
 use opamp_proto::{InstanceUid, RemoteConfigStatuses, config_hash};
 use opamp_server::{AgentRecord, AgentStore};
 use server_common::*;
-use tower::ServiceExt;
 
 #[tokio::test]
 async fn records_survive_reopening_the_file() {
@@ -126,16 +125,9 @@ async fn fleet_state_survives_a_restart_in_process() {
         options(),
     );
     let app = fleet.api_router();
-    let request = http::Request::get(format!("/api/agents/{}", uid(1)))
-        .body(Body::empty())
-        .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let bytes = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let detail: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let path = format!("/api/agents/{}", uid(1));
+    let (status, detail) = call_app(&app, Method::GET, &path, None, Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(detail["connected"], false);
     assert_eq!(detail["desired_config"]["config_hash"], hex::encode(&hash));
     assert_eq!(detail["desired_config"]["state"], "APPLIED");
@@ -149,15 +141,8 @@ async fn fleet_state_survives_a_restart_in_process() {
         );
     }
     assert!(!detail["events"].as_array().unwrap().is_empty());
-    let request = http::Request::get("/api/config")
-        .body(Body::empty())
-        .unwrap();
-    let response = app.oneshot(request).await.unwrap();
-    let bytes = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    let config: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let (status, config) = call_app(&app, Method::GET, "/api/config", None, Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(
         config["groups"]["all-carts"]["selector"]["service.name"],
         "cart"

@@ -45,6 +45,41 @@ pub async fn harness(tweak: impl FnOnce(&mut FleetOptions)) -> Harness {
     Harness { app, fleet, dir }
 }
 
+/// Calls `app`; returns the status and the JSON body (Null if empty, a
+/// string if not JSON).
+pub async fn call_app(
+    app: &Router,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> (StatusCode, serde_json::Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(content_type) = content_type {
+        request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(body.into()).expect("request"))
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        })
+    };
+    (status, json)
+}
+
 impl Harness {
     /// Calls the API; returns the status and the JSON body (Null if empty).
     pub async fn call(
@@ -54,35 +89,16 @@ impl Harness {
         content_type: Option<&str>,
         body: impl Into<Body>,
     ) -> (StatusCode, serde_json::Value) {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(content_type) = content_type {
-            request = request.header(header::CONTENT_TYPE, content_type);
-        }
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(body.into()).expect("request"))
-            .await
-            .expect("infallible");
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let json = if bytes.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
-            })
-        };
-        (status, json)
+        call_app(&self.app, method, path, content_type, body).await
+    }
+
+    /// A call without a body.
+    pub async fn request(&self, method: Method, path: &str) -> (StatusCode, serde_json::Value) {
+        self.call(method, path, None, Body::empty()).await
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, serde_json::Value) {
-        self.call(Method::GET, path, None, Body::empty()).await
+        self.request(Method::GET, path).await
     }
 
     pub async fn json(
