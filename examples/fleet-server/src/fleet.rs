@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use opamp_proto::{
     AgentCapabilities, AgentConfigMap, AgentDescription, AgentToServer, ConnectionSettingsOffers,
     CustomMessage, Header, Headers, InstanceUid, OpAmpConnectionSettings, PackageAvailable,
@@ -24,6 +25,14 @@ use super::error::ApiError;
 use super::store::{AgentEvent, ConfigSource, FleetStore, Group, HistoryEntry, unix_ms};
 use super::store_pg::FleetChange;
 use super::view::{self, AgentDetail, AgentSummary, LiveFacts};
+
+/// How many tasks handle registry events (each agent's in order).
+const EVENT_HANDLERS: usize = 16;
+/// Events waiting per handler before the follower waits for it.
+const EVENT_QUEUE: usize = 256;
+
+/// How many agents a fleet-wide config change offers to at once.
+const APPLY_CONCURRENCY: usize = 64;
 
 /// Settings of the fleet logic that come from the command line.
 #[derive(Debug, Clone, Default)]
@@ -254,12 +263,8 @@ impl Fleet {
         if let Some(config) = self.store.agent_config(record.uid).await? {
             return Ok(Some((ConfigSource::Agent, config)));
         }
-        if let Some(description) = &record.status.description {
-            for (name, group) in self.store.groups().await? {
-                if selector_matches(&group.selector, description) {
-                    return Ok(Some((ConfigSource::Group(name), group.config)));
-                }
-            }
+        if let Some(found) = group_config(record, &self.store.groups().await?) {
+            return Ok(Some(found));
         }
         Ok(self
             .store
@@ -279,6 +284,20 @@ impl Fleet {
         let Some((source, config)) = self.resolve(&record).await? else {
             return Ok((None, None));
         };
+        self.offer_config(&record, source, config, true).await
+    }
+
+    /// Offers `config` (resolved from `source`) to the agent of `record`
+    /// unless it is already desired; `publish` tells the page about the
+    /// agent (a fleet-wide change tells it once instead).
+    async fn offer_config(
+        &self,
+        record: &AgentRecord,
+        source: ConfigSource,
+        config: AgentConfigMap,
+        publish: bool,
+    ) -> Result<(Option<Bytes>, Option<opamp_server::Offer>), ApiError> {
+        let uid = record.uid;
         let hash = config_hash(&config);
         if !record
             .status
@@ -321,22 +340,60 @@ impl Fleet {
         .await;
         // The remote-config status may already match (an agent that kept it).
         self.settle(uid).await;
-        self.publish(uid).await;
+        if publish {
+            self.publish(uid).await;
+        }
         Ok((Some(hash), Some(offer)))
     }
 
     /// Re-resolves every known agent, after a default or group change.
+    /// Groups, the default and who has a config of their own are read once;
+    /// the offers go out many at a time, so their store writes share
+    /// commits and no agent waits for the one before it.
     pub(crate) async fn apply_all(&self) -> Result<(), ApiError> {
-        for record in self.registry.agents().await? {
-            match self.apply_config(record.uid).await {
-                Ok(_) => {}
+        let groups = self.store.groups().await?;
+        let default = self.store.default_config().await?;
+        // A fleet-wide change does not touch agents with their own config.
+        let own = self.store.agents_with_config().await?;
+        let records = self.registry.agents().await?;
+        let mut offers = futures_util::stream::iter(
+            records
+                .into_iter()
+                .filter(|record| !own.contains(&record.uid)),
+        )
+        .map(|record| {
+            let resolved = group_config(&record, &groups).or_else(|| {
+                default
+                    .clone()
+                    .map(|config| (ConfigSource::Default, config))
+            });
+            async move {
+                match resolved {
+                    Some((source, config)) => self
+                        .offer_config(&record, source, config, false)
+                        .await
+                        .map(drop),
+                    None => Ok(()),
+                }
+            }
+        })
+        .buffer_unordered(APPLY_CONCURRENCY);
+        let mut failure = None;
+        while let Some(result) = offers.next().await {
+            match result {
+                Ok(()) => {}
                 // An agent removed meanwhile, or not accepting: nothing to do.
                 Err(ApiError::UnknownAgent(_) | ApiError::NotAccepted(_)) => {}
-                Err(error) => return Err(error),
+                Err(error) => {
+                    failure.get_or_insert(error);
+                }
             }
         }
+        drop(offers);
+        // One reload of the page instead of an update per agent.
+        self.notify(UiEvent::Resync);
         self.notify(UiEvent::Config);
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     pub(crate) async fn set_agent_config(
@@ -735,6 +792,21 @@ impl Fleet {
         let mut events = self.registry.subscribe();
         let mut shutdown = self.shutdown_signal();
         let mut changes = self.store.subscribe_changes();
+        // Each agent's events are handled in order, different agents' side
+        // by side: a fleet-wide push brings thousands at once, and handling
+        // them one after the other would fall behind the registry.
+        let handlers: Vec<tokio::sync::mpsc::Sender<RegistryEvent>> = (0..EVENT_HANDLERS)
+            .map(|_| {
+                let (sender, mut queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+                let fleet = Arc::clone(&self);
+                tokio::spawn(async move {
+                    while let Some(event) = queue.recv().await {
+                        fleet.handle(event).await;
+                    }
+                });
+                sender
+            })
+            .collect();
         loop {
             let next = tokio::select! {
                 next = events.recv() => next,
@@ -765,7 +837,10 @@ impl Fleet {
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             };
-            self.handle(event).await;
+            let handler = &handlers[handler_of(event.uid(), handlers.len())];
+            if handler.send(event).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -883,6 +958,26 @@ fn require(record: &AgentRecord, capability: AgentCapabilities) -> Result<(), Ap
     } else {
         Err(ApiError::NotAccepted(capability))
     }
+}
+
+/// Which of `count` event handlers takes the events of `uid`.
+fn handler_of(uid: InstanceUid, count: usize) -> usize {
+    let spread = uid.as_bytes().iter().fold(0usize, |acc, byte| {
+        acc.wrapping_mul(31).wrapping_add(usize::from(*byte))
+    });
+    spread % count.max(1)
+}
+
+/// The first group by name whose selector matches the agent.
+fn group_config(
+    record: &AgentRecord,
+    groups: &BTreeMap<String, Group>,
+) -> Option<(ConfigSource, AgentConfigMap)> {
+    let description = record.status.description.as_ref()?;
+    groups
+        .iter()
+        .find(|(_, group)| selector_matches(&group.selector, description))
+        .map(|(name, group)| (ConfigSource::Group(name.clone()), group.config.clone()))
 }
 
 /// True when every selector entry equals an identifying or non-identifying

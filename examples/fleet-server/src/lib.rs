@@ -45,6 +45,7 @@ mod error;
 mod fleet;
 mod store;
 mod store_pg;
+mod store_worker;
 mod view;
 
 use std::sync::Arc;

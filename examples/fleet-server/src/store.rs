@@ -4,21 +4,22 @@
 //! PostgreSQL (`opamp-server-postgres` for the agents, `store_pg` for the
 //! rest), shared by several fleet server instances.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opamp_proto::{AgentConfigMap, InstanceUid, Message};
 use opamp_server::{AgentRecord, AgentStore, BoxFuture};
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    backends::InMemoryBackend,
+    WriteTransaction, backends::InMemoryBackend,
 };
 use serde::{Deserialize, Serialize};
 
 use super::agent_query::{AgentPage, AgentQuery, ConnectedSet, Pager};
 use super::store_pg::PgFleetData;
+use super::store_worker::Worker;
 
 /// `uid bytes → AgentRecord::encode()`: the registry's merged agent state.
 const AGENTS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("agents");
@@ -56,9 +57,9 @@ pub enum FleetStoreError {
     /// A stored value could not be decoded.
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
-    /// The blocking task running the operation was lost.
-    #[error("store task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
+    /// The store's reader or writer thread is gone.
+    #[error("the store thread stopped")]
+    Stopped,
     /// A PostgreSQL connection or query failed.
     #[error("PostgreSQL: {0}")]
     Postgres(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -192,12 +193,35 @@ pub struct FleetStore {
 
 #[derive(Clone)]
 enum Backend {
-    Redb(Arc<Database>),
+    Redb(Arc<Redb>),
     Postgres {
         backend: opamp_server_postgres::PgBackend,
         agents: opamp_server_postgres::PgStore,
         fleet: PgFleetData,
     },
+}
+
+/// redb behind its reader and writer threads, and the uids it holds
+/// records of: the registry asks at every heartbeat whether a record
+/// exists, which must not cost a database read.
+struct Redb {
+    worker: Worker,
+    known: RwLock<HashSet<InstanceUid>>,
+}
+
+impl Redb {
+    fn known(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<InstanceUid>> {
+        self.known
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn is_known(&self, uid: InstanceUid) -> bool {
+        self.known
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&uid)
+    }
 }
 
 impl std::fmt::Debug for FleetStore {
@@ -231,8 +255,21 @@ impl FleetStore {
         txn.open_table(HISTORY)?;
         txn.open_table(EVENTS)?;
         txn.commit()?;
+        let mut known = HashSet::new();
+        {
+            let txn = db.begin_read()?;
+            for entry in txn.open_table(AGENTS)?.iter()? {
+                let (uid, _) = entry?;
+                if let Ok(bytes) = <[u8; 16]>::try_from(uid.value()) {
+                    known.insert(InstanceUid::from_array(bytes));
+                }
+            }
+        }
         Ok(Self {
-            backend: Backend::Redb(Arc::new(db)),
+            backend: Backend::Redb(Arc::new(Redb {
+                worker: Worker::start(Arc::new(db))?,
+                known: RwLock::new(known),
+            })),
         })
     }
 
@@ -304,20 +341,32 @@ impl FleetStore {
         }
     }
 
-    /// Runs a database operation off the async threads: commits wait for
-    /// the disk.
-    async fn blocking<T, F>(&self, operation: F) -> Result<T, FleetStoreError>
+    fn redb(&self) -> Result<&Redb, FleetStoreError> {
+        match &self.backend {
+            Backend::Redb(redb) => Ok(redb),
+            Backend::Postgres { .. } => Err(FleetStoreError::Corrupt(
+                "a redb operation on a PostgreSQL store".into(),
+            )),
+        }
+    }
+
+    /// Runs a read on the store's reader thread, off the async threads.
+    async fn read<T, F>(&self, operation: F) -> Result<T, FleetStoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, FleetStoreError> + Send + 'static,
     {
-        let Backend::Redb(db) = &self.backend else {
-            return Err(FleetStoreError::Corrupt(
-                "a redb operation on a PostgreSQL store".into(),
-            ));
-        };
-        let db = Arc::clone(db);
-        tokio::task::spawn_blocking(move || operation(&db)).await?
+        self.redb()?.worker.read(operation).await
+    }
+
+    /// Runs a write in the writer thread's next transaction (shared with
+    /// the other writes waiting then) and returns once it is committed.
+    async fn write<T, F>(&self, operation: F) -> Result<T, FleetStoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, FleetStoreError> + Send + 'static,
+    {
+        self.redb()?.worker.write(operation).await
     }
 
     // ---- agent records (the registry's storage) ----
@@ -326,7 +375,7 @@ impl FleetStore {
         &self,
         uid: InstanceUid,
     ) -> Result<Option<AgentRecord>, FleetStoreError> {
-        self.blocking(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(AGENTS)?;
             let Some(bytes) = table.get(uid.as_bytes().as_slice())? else {
@@ -340,29 +389,32 @@ impl FleetStore {
     }
 
     pub(crate) async fn save_record(&self, record: AgentRecord) -> Result<(), FleetStoreError> {
-        self.blocking(move |db| {
-            let encoded = record.encode();
-            let txn = db.begin_write()?;
+        let uid = record.uid;
+        // Encoded here, on the caller's thread, so the writer only copies.
+        let encoded = record.encode();
+        drop(record);
+        self.write(move |txn| {
             txn.open_table(AGENTS)?
-                .insert(record.uid.as_bytes().as_slice(), encoded.as_slice())?;
-            txn.commit()?;
+                .insert(uid.as_bytes().as_slice(), encoded.as_slice())?;
             Ok(())
         })
-        .await
+        .await?;
+        self.redb()?.known().insert(uid);
+        Ok(())
     }
 
     pub(crate) async fn remove_record(&self, uid: InstanceUid) -> Result<(), FleetStoreError> {
-        self.blocking(move |db| {
-            let txn = db.begin_write()?;
+        self.write(move |txn| {
             txn.open_table(AGENTS)?.remove(uid.as_bytes().as_slice())?;
-            txn.commit()?;
             Ok(())
         })
-        .await
+        .await?;
+        self.redb()?.known().remove(&uid);
+        Ok(())
     }
 
     pub(crate) async fn list_records(&self) -> Result<Vec<AgentRecord>, FleetStoreError> {
-        self.blocking(|db| {
+        self.read(|db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(AGENTS)?;
             let mut records = Vec::with_capacity(usize::try_from(table.len()?).unwrap_or(0));
@@ -392,7 +444,7 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.query_agents(&query).await;
         }
-        self.blocking(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(AGENTS)?;
             let mut pager = Pager::new(&query);
@@ -421,13 +473,33 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.agent_config(uid).await;
         }
-        self.blocking(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(AGENT_CONFIGS)?;
             table
                 .get(uid.as_bytes().as_slice())?
                 .map(|bytes| decode_config(bytes.value()))
                 .transpose()
+        })
+        .await
+    }
+
+    /// The agents with a config of their own, in one read: a fleet-wide
+    /// change skips them.
+    pub(crate) async fn agents_with_config(&self) -> Result<HashSet<InstanceUid>, FleetStoreError> {
+        if let Some(pg) = self.pg() {
+            return pg.agents_with_config().await;
+        }
+        self.read(|db| {
+            let txn = db.begin_read()?;
+            let mut uids = HashSet::new();
+            for entry in txn.open_table(AGENT_CONFIGS)?.iter()? {
+                let (uid, _) = entry?;
+                if let Ok(bytes) = <[u8; 16]>::try_from(uid.value()) {
+                    uids.insert(InstanceUid::from_array(bytes));
+                }
+            }
+            Ok(uids)
         })
         .await
     }
@@ -441,21 +513,17 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.set_agent_config(uid, config).await;
         }
-        self.blocking(move |db| {
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(AGENT_CONFIGS)?;
-                match config {
-                    Some(config) => {
-                        table
-                            .insert(uid.as_bytes().as_slice(), config.encode_to_vec().as_slice())?;
-                    }
-                    None => {
-                        table.remove(uid.as_bytes().as_slice())?;
-                    }
+        let encoded = config.map(|config| config.encode_to_vec());
+        self.write(move |txn| {
+            let mut table = txn.open_table(AGENT_CONFIGS)?;
+            match &encoded {
+                Some(encoded) => {
+                    table.insert(uid.as_bytes().as_slice(), encoded.as_slice())?;
+                }
+                None => {
+                    table.remove(uid.as_bytes().as_slice())?;
                 }
             }
-            txn.commit()?;
             Ok(())
         })
         .await
@@ -466,7 +534,7 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.default_config().await;
         }
-        self.blocking(|db| {
+        self.read(|db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(SETTINGS)?;
             table
@@ -485,20 +553,17 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.set_default_config(config).await;
         }
-        self.blocking(move |db| {
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(SETTINGS)?;
-                match config {
-                    Some(config) => {
-                        table.insert(DEFAULT_CONFIG_KEY, config.encode_to_vec().as_slice())?;
-                    }
-                    None => {
-                        table.remove(DEFAULT_CONFIG_KEY)?;
-                    }
+        let encoded = config.map(|config| config.encode_to_vec());
+        self.write(move |txn| {
+            let mut table = txn.open_table(SETTINGS)?;
+            match &encoded {
+                Some(encoded) => {
+                    table.insert(DEFAULT_CONFIG_KEY, encoded.as_slice())?;
+                }
+                None => {
+                    table.remove(DEFAULT_CONFIG_KEY)?;
                 }
             }
-            txn.commit()?;
             Ok(())
         })
         .await
@@ -509,7 +574,7 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.groups().await;
         }
-        self.blocking(|db| {
+        self.read(|db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(GROUPS)?;
             let mut groups = BTreeMap::new();
@@ -542,17 +607,14 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.put_group(name, group).await;
         }
-        self.blocking(move |db| {
-            let stored = StoredGroup {
-                selector: group.selector,
-                config: hex::encode(group.config.encode_to_vec()),
-            };
-            let json = serde_json::to_vec(&stored)
-                .map_err(|error| FleetStoreError::Corrupt(error.to_string()))?;
-            let txn = db.begin_write()?;
+        let stored = StoredGroup {
+            selector: group.selector,
+            config: hex::encode(group.config.encode_to_vec()),
+        };
+        let json = encode_json(&stored)?;
+        self.write(move |txn| {
             txn.open_table(GROUPS)?
                 .insert(name.as_str(), json.as_slice())?;
-            txn.commit()?;
             Ok(())
         })
         .await
@@ -563,13 +625,8 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.remove_group(name).await;
         }
-        self.blocking(move |db| {
-            let txn = db.begin_write()?;
-            let existed = txn.open_table(GROUPS)?.remove(name.as_str())?.is_some();
-            txn.commit()?;
-            Ok(existed)
-        })
-        .await
+        self.write(move |txn| Ok(txn.open_table(GROUPS)?.remove(name.as_str())?.is_some()))
+            .await
     }
 
     // ---- config history ----
@@ -584,9 +641,10 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.push_history(uid, entry).await;
         }
-        self.blocking(move |db| {
+        let encoded = encode_json(&entry)?;
+        let offered_at_ms = entry.offered_at_ms;
+        self.write(move |txn| {
             let key = *uid.as_bytes();
-            let txn = db.begin_write()?;
             {
                 let mut table = txn.open_table(HISTORY)?;
                 let mut open = Vec::new();
@@ -599,12 +657,11 @@ impl FleetStore {
                 }
                 for (number, mut old) in open {
                     old.outcome = "SUPERSEDED".into();
-                    old.updated_at_ms = entry.offered_at_ms;
+                    old.updated_at_ms = offered_at_ms;
                     table.insert((key, number), encode_json(&old)?.as_slice())?;
                 }
-                append_bounded(&mut table, key, &encode_json(&entry)?, HISTORY_LIMIT)?;
+                append_bounded(&mut table, key, &encoded, HISTORY_LIMIT)?;
             }
-            txn.commit()?;
             Ok(())
         })
         .await
@@ -625,9 +682,8 @@ impl FleetStore {
                 .settle_history(uid, config_hash, outcome, error_message, now_ms)
                 .await;
         }
-        self.blocking(move |db| {
+        self.write(move |txn| {
             let key = *uid.as_bytes();
-            let txn = db.begin_write()?;
             let updated = {
                 let mut table = txn.open_table(HISTORY)?;
                 let mut found = None;
@@ -643,8 +699,8 @@ impl FleetStore {
                     Some((number, mut entry))
                         if entry.outcome != outcome || entry.error_message != error_message =>
                     {
-                        entry.outcome = outcome;
-                        entry.error_message = error_message;
+                        entry.outcome.clone_from(&outcome);
+                        entry.error_message.clone_from(&error_message);
                         entry.updated_at_ms = now_ms;
                         table.insert((key, number), encode_json(&entry)?.as_slice())?;
                         Some(entry)
@@ -652,7 +708,6 @@ impl FleetStore {
                     _ => None,
                 }
             };
-            txn.commit()?;
             Ok(updated)
         })
         .await
@@ -666,7 +721,7 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.history(uid).await;
         }
-        self.blocking(move |db| read_newest_first(db, HISTORY, *uid.as_bytes()))
+        self.read(move |db| read_newest_first(db, HISTORY, *uid.as_bytes()))
             .await
     }
 
@@ -681,16 +736,13 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.push_event(uid, event).await;
         }
-        self.blocking(move |db| {
-            let txn = db.begin_write()?;
+        self.write(move |txn| {
             append_event(
                 &mut txn.open_table(EVENTS)?,
                 *uid.as_bytes(),
-                event,
+                event.clone(),
                 EVENT_LIMIT,
-            )?;
-            txn.commit()?;
-            Ok(())
+            )
         })
         .await
     }
@@ -703,7 +755,7 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.events(uid).await;
         }
-        self.blocking(move |db| read_newest_first(db, EVENTS, *uid.as_bytes()))
+        self.read(move |db| read_newest_first(db, EVENTS, *uid.as_bytes()))
             .await
     }
 
@@ -712,19 +764,19 @@ impl FleetStore {
         if let Some(pg) = self.pg() {
             return pg.forget_agent(uid).await;
         }
-        self.blocking(move |db| {
+        self.write(move |txn| {
             let key = *uid.as_bytes();
-            let txn = db.begin_write()?;
             txn.open_table(AGENTS)?.remove(key.as_slice())?;
             txn.open_table(AGENT_CONFIGS)?.remove(key.as_slice())?;
             txn.open_table(HISTORY)?
                 .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
             txn.open_table(EVENTS)?
                 .retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
-            txn.commit()?;
             Ok(())
         })
-        .await
+        .await?;
+        self.redb()?.known().remove(&uid);
+        Ok(())
     }
 }
 
@@ -906,13 +958,8 @@ impl AgentStore for FleetStore {
         if let Backend::Postgres { agents, .. } = &self.backend {
             return agents.contains(uid);
         }
-        Box::pin(async move {
-            Ok(self
-                .load_record(uid)
-                .await
-                .map_err(backend_error)?
-                .is_some())
-        })
+        let known = self.redb().map(|redb| redb.is_known(uid));
+        Box::pin(async move { known.map_err(backend_error) })
     }
 }
 

@@ -210,6 +210,21 @@ impl PgFleetData {
             .transpose()
     }
 
+    /// The agents with a config of their own.
+    pub(crate) async fn agents_with_config(
+        &self,
+    ) -> Result<std::collections::HashSet<InstanceUid>, FleetStoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT uid FROM fleet_agent_configs", &[])
+            .await
+            .map_err(pg_error)?;
+        Ok(rows
+            .iter()
+            .map(|row| InstanceUid::from_array(*row.get::<_, Uuid>(0).as_bytes()))
+            .collect())
+    }
+
     pub(crate) async fn set_agent_config(
         &self,
         uid: InstanceUid,
