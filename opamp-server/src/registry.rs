@@ -1113,11 +1113,18 @@ impl RegistryInner {
 
     async fn connection_closed(&self, connection: &Connection, reason: &DisconnectReason) {
         let uids: Vec<InstanceUid> = {
+            // The connection lists every uid it carried (each live entry is
+            // noted on its connection first), so closing costs its own few
+            // agents, not a scan of the whole fleet: a network blip that
+            // drops every agent at once stays linear.
+            let carried = connection.agents();
             let mut live = lock(&self.live);
-            let uids: Vec<_> = live
-                .iter()
-                .filter(|(_, entry)| entry.connection == *connection)
-                .map(|(uid, _)| *uid)
+            let uids: Vec<_> = carried
+                .into_iter()
+                .filter(|uid| {
+                    live.get(uid)
+                        .is_some_and(|entry| entry.connection == *connection)
+                })
                 .collect();
             let mut parked = lock(&self.parked);
             for uid in &uids {

@@ -32,7 +32,7 @@ const EVENT_HANDLERS: usize = 16;
 const EVENT_QUEUE: usize = 256;
 
 /// How many agents a fleet-wide config change offers to at once.
-const APPLY_CONCURRENCY: usize = 64;
+const APPLY_CONCURRENCY: usize = 256;
 
 /// Settings of the fleet logic that come from the command line.
 #[derive(Debug, Clone, Default)]

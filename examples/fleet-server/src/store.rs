@@ -647,13 +647,17 @@ impl FleetStore {
             let key = *uid.as_bytes();
             {
                 let mut table = txn.open_table(HISTORY)?;
+                // Every offer closes the ones before it, so the open entries
+                // are the newest few: read back from the newest to the first
+                // closed one instead of decoding the whole history.
                 let mut open = Vec::new();
-                for item in table.range((key, 0)..=(key, u64::MAX))? {
+                for item in table.range((key, 0)..=(key, u64::MAX))?.rev() {
                     let (k, v) = item?;
                     let old: HistoryEntry = decode_json(v.value())?;
-                    if matches!(old.outcome.as_str(), "PENDING" | "APPLYING") {
-                        open.push((k.value().1, old));
+                    if !matches!(old.outcome.as_str(), "PENDING" | "APPLYING") {
+                        break;
                     }
+                    open.push((k.value().1, old));
                 }
                 for (number, mut old) in open {
                     old.outcome = "SUPERSEDED".into();
@@ -856,6 +860,11 @@ fn append_event(
         .first()
         .map_or(0, |(number, _)| number.saturating_add(1));
     table.insert((uid, next), encode_json(&event)?.as_slice())?;
+    // Counting needs no decoding: only a full log is decoded, to pick what goes.
+    let count = table.range(range.clone())?.count();
+    if u64::try_from(count).unwrap_or(u64::MAX) <= limit {
+        return Ok(());
+    }
     let mut kept = Vec::new();
     for item in table.range(range)? {
         let (key, value) = item?;
