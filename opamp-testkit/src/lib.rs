@@ -90,4 +90,4 @@ pub use raw_agent::{
 };
 pub use server::{RunningServer, until_agent, until_all};
 pub use server_recorder::{ServerEvent, ServerRecorder, next_server_event};
-pub use timeout::{Inbox, TIMEOUT, eventually, within, within_for};
+pub use timeout::{Inbox, TIMEOUT, count_reaches, eventually, within, within_for};
