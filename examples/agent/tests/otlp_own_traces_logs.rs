@@ -291,33 +291,15 @@ async fn supervisor_exports_own_spans_and_logs_where_the_server_says() {
         .await;
 
     // A config that applies, one the validator rejects, a restart command.
-    let offered = server
-        .registry
-        .set_remote_config(uid, config("", "receivers: [otlp]\n"))
-        .await
-        .unwrap();
-    let applied = tokio::time::timeout(
-        PATIENCE,
-        server.registry.wait_for_remote_config(uid, &offered.hash),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let applied = server
+        .push_config(uid, config("", "receivers: [otlp]\n"))
+        .await;
     assert_eq!(applied, RemoteConfigState::Applied);
     let second = next_child(&reports).await;
     first.exited().await;
-    let offered = server
-        .registry
-        .set_remote_config(uid, config("", "receivers: [bogus]\n"))
-        .await
-        .unwrap();
-    let failed = tokio::time::timeout(
-        PATIENCE,
-        server.registry.wait_for_remote_config(uid, &offered.hash),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let failed = server
+        .push_config(uid, config("", "receivers: [bogus]\n"))
+        .await;
     assert!(
         matches!(failed, RemoteConfigState::Failed { .. }),
         "{failed:?}"

@@ -59,6 +59,22 @@ pub fn write_executable(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// Accepts the next child's connection and reads the line it reports
+/// first; the connection stays open until the child exits.
+pub async fn accept_report(reports: &TcpListener) -> (BufReader<TcpStream>, String) {
+    let (stream, _) = tokio::time::timeout(PATIENCE, reports.accept())
+        .await
+        .expect("no child started")
+        .unwrap();
+    let mut connection = BufReader::new(stream);
+    let mut line = String::new();
+    tokio::time::timeout(PATIENCE, connection.read_line(&mut line))
+        .await
+        .expect("the child did not report")
+        .unwrap();
+    (connection, line)
+}
+
 /// One start of the child, as it reported itself.
 pub struct ChildStart {
     pub pid: String,
@@ -70,16 +86,7 @@ pub struct ChildStart {
 
 /// Waits for the next child to start and report.
 pub async fn next_child(reports: &TcpListener) -> ChildStart {
-    let (stream, _) = tokio::time::timeout(PATIENCE, reports.accept())
-        .await
-        .expect("no child started")
-        .unwrap();
-    let mut connection = BufReader::new(stream);
-    let mut line = String::new();
-    tokio::time::timeout(PATIENCE, connection.read_line(&mut line))
-        .await
-        .expect("the child did not report")
-        .unwrap();
+    let (connection, line) = accept_report(reports).await;
     let (pid, config) = line.trim_end().split_once(' ').unwrap_or((line.trim(), ""));
     ChildStart {
         pid: pid.to_owned(),
