@@ -41,7 +41,10 @@ pub fn mixed_fleet(
     (0..count)
         .map(|index| {
             let uid = InstanceUid::new_v7();
-            (uid, build(index, mixed_scheme(index, websocket_agents), uid))
+            (
+                uid,
+                build(index, mixed_scheme(index, websocket_agents), uid),
+            )
         })
         .collect()
 }
