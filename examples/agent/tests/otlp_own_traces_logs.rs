@@ -8,7 +8,7 @@ mod agent_support;
 
 use std::sync::{Arc, Mutex};
 
-use agent_support::child::{next_child, write_child, write_executable};
+use agent_support::child::{ChildHome, next_child, write_child, write_executable};
 use agent_support::{AgentProcess, PATIENCE, TestServer, config};
 use bytes::Bytes;
 use opamp_proto::{
@@ -25,7 +25,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// A span or a log record as the receiver saw it, flattened.
@@ -231,9 +230,8 @@ fn component_status(record: &AgentRecord, name: &str) -> Option<String> {
 async fn supervisor_exports_own_spans_and_logs_where_the_server_says() {
     let mut server = TestServer::start().await;
     let mut receiver = Receiver::start().await;
-    let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let script = write_child(dir.path(), "agent.sh", reports.local_addr().unwrap().port());
+    let ChildHome { dir, reports, port } = ChildHome::new().await;
+    let script = write_child(dir.path(), "agent.sh", port);
     let validator = dir.path().join("validate.sh");
     write_executable(
         &validator,
@@ -241,7 +239,7 @@ async fn supervisor_exports_own_spans_and_logs_where_the_server_says() {
     );
     let validate = format!("{} {{config}}", validator.display());
     let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::supervising(
         &endpoint,
         dir.path(),
         "agent.log",
@@ -252,11 +250,8 @@ async fn supervisor_exports_own_spans_and_logs_where_the_server_says() {
             "500ms",
             "--validate-command",
             &validate,
-            "--supervise",
-            "--",
-            script.to_str().unwrap(),
-            "{config}",
         ],
+        &script,
     );
     let first = next_child(&reports).await;
     let (uid, _) = server.next_connected().await;

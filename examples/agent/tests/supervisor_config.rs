@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use agent_support::child::{CRASH_LINES, ChildStart, next_child, write_child, write_executable};
+use agent_support::child::{
+    CRASH_LINES, ChildHome, ChildStart, next_child, write_child, write_executable,
+};
 use agent_support::{
     AgentProcess, TestServer, assert_contains, attribute, config, effective_body, process_health,
 };
@@ -36,9 +38,8 @@ struct Setup {
 impl Setup {
     async fn new() -> Self {
         let server = TestServer::start().await;
-        let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let script = write_child(dir.path(), "agent.sh", reports.local_addr().unwrap().port());
+        let ChildHome { dir, reports, port } = ChildHome::new().await;
+        let script = write_child(dir.path(), "agent.sh", port);
         Self {
             server,
             reports,
@@ -54,15 +55,9 @@ impl Setup {
     /// Starts the agent supervising the script, with `extra` flags, against
     /// `endpoint`.
     fn agent(&self, endpoint: &str, extra: &[&str], log: &str) -> AgentProcess {
-        let mut args = vec!["--heartbeat", "1s", "--health-interval", "100ms"];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&[
-            "--supervise",
-            "--",
-            self.script.to_str().unwrap(),
-            "{config}",
-        ]);
-        AgentProcess::start(endpoint, self.dir.path(), log, &args)
+        let mut options = vec!["--heartbeat", "1s", "--health-interval", "100ms"];
+        options.extend_from_slice(extra);
+        AgentProcess::supervising(endpoint, self.dir.path(), log, &options, &self.script)
     }
 }
 

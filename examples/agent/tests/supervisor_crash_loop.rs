@@ -5,7 +5,7 @@
 
 mod agent_support;
 
-use agent_support::child::{accept_report, write_executable};
+use agent_support::child::{ChildHome, accept_report, write_executable};
 use agent_support::{AgentProcess, TestServer, assert_contains, attribute, config, process_health};
 use opamp_server::AgentRecord;
 use tokio::io::BufReader;
@@ -25,9 +25,7 @@ async fn next_start(reports: &TcpListener) -> (String, BufReader<tokio::net::Tcp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_looping_child_backs_off_and_is_reported_unhealthy() {
     let mut server = TestServer::start().await;
-    let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = reports.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
+    let ChildHome { dir, reports, port } = ChildHome::new().await;
     let script = dir.path().join("crashy.sh");
     // It crashes while the marker exists, unless its config says "fixed",
     // and exits (status 0) when the test closes its connection.
@@ -45,7 +43,7 @@ read -r -u 3 _
         ),
     );
     let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::supervising(
         &endpoint,
         dir.path(),
         "agent.log",
@@ -58,11 +56,8 @@ read -r -u 3 _
             "1s",
             "--ready-after",
             "1s",
-            "--supervise",
-            "--",
-            script.to_str().unwrap(),
-            "{config}",
         ],
+        &script,
     );
     let (first_pid, first) = next_start(&reports).await;
     let (uid, _) = server.next_connected().await;

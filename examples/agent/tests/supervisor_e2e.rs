@@ -12,7 +12,7 @@ mod agent_support;
 
 use std::collections::BTreeMap;
 
-use agent_support::child::{accept_report, write_executable};
+use agent_support::child::{ChildHome, accept_report, write_executable};
 use agent_support::{
     AgentProcess, PATIENCE, TestServer, assert_contains, attribute, config, effective_body,
     process_health, state_dir,
@@ -147,9 +147,7 @@ async fn wait_package(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_restarts_updates_and_rolls_back_its_child() {
     let mut server = TestServer::start().await;
-    let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = reports.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
+    let ChildHome { dir, reports, port } = ChildHome::new().await;
     let script = dir.path().join("child-v1.sh");
     write_executable(&script, &child_script("v1", port));
 
@@ -174,7 +172,7 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
     let state = state_dir(dir.path());
     let endpoint = server.endpoint("ws");
     let public_key = hex::encode(packager.key.public_key().as_ref());
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::supervising(
         &endpoint,
         dir.path(),
         "agent.log",
@@ -187,11 +185,8 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
             "10s",
             "--package-key",
             &public_key,
-            "--supervise",
-            "--",
-            script.to_str().unwrap(),
-            "{config}",
         ],
+        &script,
     );
 
     // The child starts at once, with the (empty) default config file.

@@ -20,6 +20,26 @@ pub const CRASH_LINES: [&str; 3] = [
     "fatal: cannot start with this config",
 ];
 
+/// Where a supervised child lives: a temporary directory for the agent and
+/// its scripts, and the listener the child reports to (on `port`).
+pub struct ChildHome {
+    pub dir: tempfile::TempDir,
+    pub reports: TcpListener,
+    pub port: u16,
+}
+
+impl ChildHome {
+    pub async fn new() -> Self {
+        let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = reports.local_addr().unwrap().port();
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            reports,
+            port,
+        }
+    }
+}
+
 /// Writes the script to `dir/name` and returns its path; it reports to
 /// `port`.
 pub fn write_child(dir: &Path, name: &str, port: u16) -> PathBuf {

@@ -268,6 +268,21 @@ impl AgentProcess {
         Self::spawn(&args, &dir.join(log))
     }
 
+    /// Like [`start`](Self::start), supervising `script`, which gets the
+    /// config file's path as its argument; `options` come before
+    /// `--supervise`.
+    pub fn supervising(
+        endpoint: &str,
+        dir: &Path,
+        log: &str,
+        options: &[&str],
+        script: &Path,
+    ) -> Self {
+        let mut args = options.to_vec();
+        args.extend(["--supervise", "--", script.to_str().unwrap(), "{config}"]);
+        Self::start(endpoint, dir, log, &args)
+    }
+
     /// Starts the agent binary with exactly `args`.
     pub fn spawn(args: &[&str], log: &Path) -> Self {
         let log_file = std::fs::File::create(log).unwrap();
