@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use opamp_proto::{InstanceUid, Message, ServerToAgent};
-use opamp_server::{AgentEvent, Delivery, MessageBus, OpampServer, Registry, TransportKind};
+use opamp_server::{AgentEvent, Delivery, MessageBus, Registry, TransportKind};
 use opamp_server_postgres::{Config, PgBus};
 use support::*;
-use tokio::net::TcpListener;
 
 /// One server instance: backend, registry and a listening OpAMP endpoint.
 struct Instance {
@@ -26,16 +25,8 @@ struct Instance {
 
 async fn instance(config: &Config, name: &str) -> Instance {
     let backend = backend(config, name).await;
+    let (registry, addr) = serve_backend(&backend).await;
     let bus = backend.bus();
-    let registry = Registry::builder()
-        .store(backend.store())
-        .bus(bus.clone())
-        .build();
-    let server = OpampServer::builder().registry(registry.clone()).build();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server.serve_with_shutdown(listener, std::future::pending()));
-    backend.listening().await;
     Instance {
         bus,
         registry,

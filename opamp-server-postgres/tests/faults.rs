@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use opamp_proto::{AgentDescription, AgentToServer, InstanceUid, ServerToAgentFlags};
-use opamp_server::{Delivery, OpampServer, Registry};
+use opamp_server::{Delivery, Registry};
 use opamp_server_postgres::{Config, PgBackend};
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
@@ -78,15 +78,7 @@ async fn instance(config: &Config, name: &str) -> Instance {
         .connect()
         .await
         .expect("backend connects");
-    let registry = Registry::builder()
-        .store(backend.store())
-        .bus(backend.bus())
-        .build();
-    let server = OpampServer::builder().registry(registry.clone()).build();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server.serve_with_shutdown(listener, std::future::pending()));
-    backend.listening().await;
+    let (registry, addr) = serve_backend(&backend).await;
     Instance {
         backend,
         registry,

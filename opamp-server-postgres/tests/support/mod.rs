@@ -5,15 +5,18 @@
 // Each test binary uses a different part of it.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use opamp_proto::ServerToAgent;
+use opamp_server::{OpampServer, Registry};
 use opamp_server_postgres::{Config, PgBackend};
 pub use opamp_testkit::{
     CAPS, Ws, body_of, config_map, eventually, heartbeat, report, within, ws_send,
 };
+use tokio::net::TcpListener;
 
 /// A new, empty database of its own, or `None` (after a notice; a failure
 /// when `CI=true`) when no PostgreSQL is available.
@@ -29,6 +32,21 @@ pub async fn backend(config: &Config, name: &str) -> PgBackend {
         .connect()
         .await
         .expect("backend connects")
+}
+
+/// Serves a registry whose store and bus are `backend`'s, once the backend
+/// listens for the other instances; returns the registry and the address.
+pub async fn serve_backend(backend: &PgBackend) -> (Registry, SocketAddr) {
+    let registry = Registry::builder()
+        .store(backend.store())
+        .bus(backend.bus())
+        .build();
+    let server = OpampServer::builder().registry(registry.clone()).build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve_with_shutdown(listener, std::future::pending()));
+    backend.listening().await;
+    (registry, addr)
 }
 
 /// Runs one query on a connection of its own.
