@@ -6,6 +6,7 @@
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -95,34 +96,17 @@ impl Cluster {
             std::process::id(),
             CLUSTERS.fetch_add(1, Ordering::Relaxed)
         );
-        let output = Command::new("bash")
-            .arg(SCRIPT)
-            .args(["start", &dir])
-            .arg(std::process::id().to_string())
-            .output();
-        let failure = match output {
-            Ok(output) if output.status.success() => {
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                if let Some(url) = stdout
-                    .lines()
-                    .find_map(|line| line.strip_prefix("OPAMP_TEST_DATABASE_URL="))
-                {
-                    let port = url
-                        .rsplit(':')
-                        .next()
-                        .and_then(|tail| tail.split('/').next())
-                        .and_then(|port| port.parse().ok())
-                        .expect("a port in the URL");
-                    return Some(Self {
-                        dir,
-                        url: url.to_owned(),
-                        port,
-                    });
-                }
-                format!("postgres.sh printed no URL: {stdout}")
+        let failure = match opamp_testkit::start_postgres_cluster(Path::new(&dir)) {
+            Ok(url) => {
+                let port = url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|tail| tail.split('/').next())
+                    .and_then(|port| port.parse().ok())
+                    .expect("a port in the URL");
+                return Some(Self { dir, url, port });
             }
-            Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
-            Err(error) => error.to_string(),
+            Err(failure) => failure,
         };
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("CI=true and no PostgreSQL cluster could be started: {failure}");
