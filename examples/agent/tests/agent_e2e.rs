@@ -6,8 +6,8 @@
 mod agent_support;
 
 use agent_support::{
-    AgentProcess, PATIENCE, TestServer, assert_contains, attribute, config, effective_body,
-    state_dir,
+    AgentProcess, PATIENCE, TestServer, assert_contains, attribute, component_health, config,
+    effective_body, state_dir,
 };
 use bytes::Bytes;
 use opamp_proto::{
@@ -94,12 +94,7 @@ async fn config_round_trip(scheme: &str, expected_transport: TransportKind) {
     );
     let record = server
         .wait_for(uid, "unhealthy config component", |record| {
-            record.status.health.as_ref().is_some_and(|health| {
-                health
-                    .component_health_map
-                    .get("config")
-                    .is_some_and(|config| !config.healthy)
-            })
+            component_health(record, "config").is_some_and(|config| !config.healthy)
         })
         .await;
     assert_eq!(
@@ -112,14 +107,10 @@ async fn config_round_trip(scheme: &str, expected_transport: TransportKind) {
     server.registry.restart(uid).await.unwrap();
     server
         .wait_for(uid, "a restarted pipeline", |record| {
-            record.status.health.as_ref().is_some_and(|health| {
-                health
-                    .component_health_map
-                    .get("pipeline")
-                    .and_then(|pipeline| attribute(pipeline, "restart_count"))
-                    .as_deref()
-                    == Some("1")
-            })
+            component_health(record, "pipeline")
+                .and_then(|pipeline| attribute(pipeline, "restart_count"))
+                .as_deref()
+                == Some("1")
         })
         .await;
 

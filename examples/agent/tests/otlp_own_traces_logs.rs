@@ -9,7 +9,7 @@ mod agent_support;
 use std::sync::{Arc, Mutex};
 
 use agent_support::child::{ChildHome, next_child, write_child, write_executable};
-use agent_support::{AgentProcess, PATIENCE, TestServer, config};
+use agent_support::{AgentProcess, PATIENCE, TestServer, component_health, config};
 use bytes::Bytes;
 use opamp_proto::{
     AgentCapabilities, ConnectionSettingsOffers, Header, Headers, InstanceUid, Message,
@@ -217,13 +217,7 @@ async fn offer(server: &mut TestServer, uid: InstanceUid, settings: ConnectionSe
 }
 
 fn component_status(record: &AgentRecord, name: &str) -> Option<String> {
-    record
-        .status
-        .health
-        .as_ref()?
-        .component_health_map
-        .get(name)
-        .map(|component| component.status.clone())
+    component_health(record, name).map(|component| component.status.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,6 +121,26 @@ fn key_pair() -> Ed25519KeyPair {
     Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
 }
 
+/// Waits for the offer `all_packages_hash` to fail to install; returns the
+/// record and the package's error message.
+async fn install_failed(
+    server: &mut TestServer,
+    uid: opamp_proto::InstanceUid,
+    all_packages_hash: &Bytes,
+) -> (AgentRecord, String) {
+    let record = wait_package(
+        server,
+        uid,
+        all_packages_hash,
+        PackageStatusEnum::InstallFailed,
+    )
+    .await;
+    let error = record.status.package_statuses.as_ref().unwrap().packages[""]
+        .error_message
+        .clone();
+    (record, error)
+}
+
 async fn wait_package(
     server: &mut TestServer,
     uid: opamp_proto::InstanceUid,
@@ -276,16 +296,9 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
     let rolled_back = next_child(&reports).await;
     assert_eq!(rolled_back.version, "v2");
     previous.exited().await;
-    let record = wait_package(
-        &mut server,
-        uid,
-        &offer.hash,
-        PackageStatusEnum::InstallFailed,
-    )
-    .await;
-    let status = &record.status.package_statuses.as_ref().unwrap().packages[""];
-    assert_contains(&status.error_message, "rolled back");
-    assert_contains(&status.error_message, "exit status: 3");
+    let (_, error) = install_failed(&mut server, uid, &offer.hash).await;
+    assert_contains(&error, "rolled back");
+    assert_contains(&error, "exit status: 3");
     let pid = rolled_back.pid.clone();
     let record = server
         .wait_for(uid, "the rolled-back child running", |record| {
@@ -305,15 +318,8 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
     // PKG-09: a package signed with another key is refused before it runs.
     let forged = packager.offer("4.0.0", &child_script("v4", port), &key_pair());
     let offer = server.registry.offer_packages(uid, forged).await.unwrap();
-    let record = wait_package(
-        &mut server,
-        uid,
-        &offer.hash,
-        PackageStatusEnum::InstallFailed,
-    )
-    .await;
-    let status = &record.status.package_statuses.as_ref().unwrap().packages[""];
-    assert_contains(&status.error_message, "signature");
+    let (record, error) = install_failed(&mut server, uid, &offer.hash).await;
+    assert_contains(&error, "signature");
     let health = child_health(&record).unwrap();
     assert_eq!(attribute(health, "restart_count").unwrap(), restarts);
     assert_eq!(attribute(health, "process.pid").unwrap(), rolled_back.pid);

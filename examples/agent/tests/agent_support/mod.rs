@@ -391,12 +391,20 @@ pub fn process_health<'a>(
     record: &'a AgentRecord,
     program: &str,
 ) -> Option<&'a opamp_proto::ComponentHealth> {
+    component_health(record, &format!("process/{program}"))
+}
+
+/// The health of the agent's component `name`, if it reports one.
+pub fn component_health<'a>(
+    record: &'a AgentRecord,
+    name: &str,
+) -> Option<&'a opamp_proto::ComponentHealth> {
     record
         .status
         .health
         .as_ref()?
         .component_health_map
-        .get(&format!("process/{program}"))
+        .get(name)
 }
 
 /// Fails the test, showing `text`, unless `text` contains `part`.
