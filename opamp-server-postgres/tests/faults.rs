@@ -366,18 +366,8 @@ async fn the_database_restarts_under_load() {
     .await;
 
     // Live routing works both ways again (listeners and pools recovered).
-    let offer = b
-        .registry
-        .set_remote_config(on_a[1].uid, config_map("live: b-to-a\n"))
-        .await
-        .expect("b writes");
-    assert_eq!(offer.delivery, Some(Delivery::Forwarded));
-    let offer = a
-        .registry
-        .set_remote_config(on_b[1].uid, config_map("live: a-to-b\n"))
-        .await
-        .expect("a writes");
-    assert_eq!(offer.delivery, Some(Delivery::Forwarded));
+    set_config_forwarded(&b.registry, on_a[1].uid, "live: b-to-a\n").await;
+    set_config_forwarded(&a.registry, on_b[1].uid, "live: a-to-b\n").await;
     eventually("b's push reaches a's agent", || async {
         on_a[1].got_config("live: b-to-a\n")
     })

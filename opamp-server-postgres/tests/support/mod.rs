@@ -50,6 +50,20 @@ pub async fn serve_backend(backend: &PgBackend) -> (Registry, SocketAddr) {
     (registry, addr)
 }
 
+/// Sets `agent`'s remote config to `body` through `registry` (an instance
+/// that does not hold the agent) and checks it was forwarded to the owner.
+pub async fn set_config_forwarded(
+    registry: &Registry,
+    agent: opamp_proto::InstanceUid,
+    body: &str,
+) {
+    let offer = registry
+        .set_remote_config(agent, config_map(body))
+        .await
+        .expect("the instance writes");
+    assert_eq!(offer.delivery, Some(opamp_server::Delivery::Forwarded));
+}
+
 /// Runs one query on a connection of its own.
 pub async fn sql(config: &Config) -> tokio_postgres::Client {
     let (client, connection) = config
