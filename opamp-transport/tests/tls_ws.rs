@@ -70,7 +70,7 @@ async fn conn_01_wss_with_a_custom_root_ca() {
             .parse()
             .unwrap();
         let options = ClientOptions::new(url).with_tls(trusting(&pki));
-        let (mut client, mut server_side) = connect_and_roundtrip(&options, &mut accepted).await;
+        let (client, mut server_side) = connect_and_roundtrip(&options, &mut accepted).await;
         // Clean close over TLS: the server must be reading to answer.
         let server_end = tokio::spawn(async move { server_side.recv().await.map(|m| m.is_none()) });
         client.close().await.unwrap();

@@ -230,7 +230,7 @@ async fn browser_pushes_a_config_and_sees_applied() {
         // The group's two keys are tabs of one configuration: "" under a
         // readable label, with its role; switching shows the other key.
         for needle in ["(empty key)", "role expanded", "env:EXPORTERS"] {
-            wait_for_field_text(&browser, "effective", &needle).await?;
+            wait_for_field_text(&browser, "effective", needle).await?;
         }
         assert_eq!(
             browser.execute(VISIBLE_TAB, vec![]).await?,
@@ -290,7 +290,7 @@ async fn browser_pushes_a_config_and_sees_applied() {
         // The effective config the agent reports is the pushed one, role
         // included, and a single key needs no tabs.
         for needle in ["pushed from the browser", "role main"] {
-            wait_for_field_text(&browser, "effective", &needle).await?;
+            wait_for_field_text(&browser, "effective", needle).await?;
         }
         assert_eq!(
             browser.execute(VISIBLE_TAB, vec![]).await?,
