@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    Reply, TestServer, caps_for_switch, description, opamp_offer, retrying_client, settings_status,
+    Reply, TestServer, client_with, description, opamp_offer, retrying_client, settings_status,
+    switching_client,
 };
 use http::StatusCode;
 use opamp_client::Callbacks as _;
 use opamp_client::{AgentCapabilities, MemoryPackageStore, OpampClient};
 use opamp_proto::{
     ComponentHealth, ConnectionSettingsStatuses, DownloadableFile, PackageAvailable,
-    PackageStatusEnum, PackageType, PackagesAvailable, ServerToAgent,
+    PackageStatusEnum, PackageStatuses, PackageType, PackagesAvailable, ServerToAgent,
 };
 use opamp_testkit::{ClientEvent, ClientRecorder, ack, expect_client_event};
 use sha2::{Digest, Sha256};
@@ -156,18 +157,10 @@ async fn offering_server(offer: ServerToAgent) -> TestServer {
 async fn cs_05_http_switch_to_verified_new_server() {
     let mut new = TestServer::start(|_, message| Reply::Message(ack(message))).await;
     let mut old = offering_server(opamp_offer(new.http_url(), b"h-http")).await;
-    let (recorder, mut seen) = ClientRecorder::new();
-    let client = OpampClient::builder(old.http_url())
-        .agent_description(description())
-        .capabilities(caps_for_switch())
-        .callbacks(recorder)
-        .build()
-        .unwrap();
-    client.start().await.unwrap();
+    let (client, mut seen) = switching_client(old.http_url()).await;
     old.next().await;
     // HTTP-24: goodbye to the old server before switching.
-    old.next_matching(|r| r.message.agent_disconnect.is_some())
-        .await;
+    old.next_goodbye().await;
     let first = new.next().await.message;
     assert!(
         first.agent_description.is_some(),
@@ -184,8 +177,7 @@ async fn cs_05_http_switch_to_verified_new_server() {
     })
     .await;
     client.stop().await;
-    new.next_matching(|r| r.message.agent_disconnect.is_some())
-        .await;
+    new.next_goodbye().await;
 }
 
 #[tokio::test]
@@ -195,17 +187,9 @@ async fn cs_06_cs_08_http_failed_switch_goes_back_to_the_old_server() {
     let dead = format!("http://{}/v1/opamp", unused.local_addr().unwrap());
     drop(unused);
     let mut old = offering_server(opamp_offer(dead, b"h-dead")).await;
-    let (recorder, mut seen) = ClientRecorder::new();
-    let client = OpampClient::builder(old.http_url())
-        .agent_description(description())
-        .capabilities(caps_for_switch())
-        .callbacks(recorder)
-        .build()
-        .unwrap();
-    client.start().await.unwrap();
+    let (client, mut seen) = switching_client(old.http_url()).await;
     old.next().await;
-    old.next_matching(|r| r.message.agent_disconnect.is_some())
-        .await;
+    old.next_goodbye().await;
     // CS-06 step 9: back on the old server, with the full state and FAILED.
     let back = old
         .next_matching(|r| {
@@ -231,8 +215,48 @@ async fn cs_06_cs_08_http_failed_switch_goes_back_to_the_old_server() {
     })
     .await;
     client.stop().await;
-    old.next_matching(|r| r.message.agent_disconnect.is_some())
-        .await;
+    old.next_goodbye().await;
+}
+
+/// A started client that takes packages into memory, and the server that
+/// offers it `packages`.
+async fn client_offered(
+    packages: PackagesAvailable,
+    recorder: ClientRecorder,
+) -> (OpampClient, TestServer) {
+    let server = offering_server(ServerToAgent {
+        packages_available: Some(packages),
+        ..Default::default()
+    })
+    .await;
+    let client = OpampClient::builder(server.http_url())
+        .agent_description(description())
+        .capabilities(
+            AgentCapabilities::ACCEPTS_PACKAGES | AgentCapabilities::REPORTS_PACKAGE_STATUSES,
+        )
+        .package_store(Arc::new(MemoryPackageStore::new()))
+        .callbacks(recorder)
+        .build()
+        .unwrap();
+    client.start().await.unwrap();
+    (client, server)
+}
+
+/// The first package statuses `server` receives with the package "addon"
+/// in `status`.
+async fn addon_reported(server: &mut TestServer, status: PackageStatusEnum) -> PackageStatuses {
+    server
+        .next_matching(|r| {
+            r.message.package_statuses.as_ref().is_some_and(|s| {
+                s.packages
+                    .get("addon")
+                    .is_some_and(|p| p.status == status as i32)
+            })
+        })
+        .await
+        .message
+        .package_statuses
+        .unwrap()
 }
 
 #[tokio::test]
@@ -260,34 +284,9 @@ async fn pkg_06_pkg_08_pkg_13_packages_are_downloaded_verified_and_reported() {
         all_packages_hash: Bytes::from_static(b"all-1"),
     };
     let good = offer(Bytes::from(Sha256::digest(&content).to_vec()));
-    let mut server = offering_server(ServerToAgent {
-        packages_available: Some(good),
-        ..Default::default()
-    })
-    .await;
     let (recorder, mut seen) = ClientRecorder::new();
-    let client = OpampClient::builder(server.http_url())
-        .agent_description(description())
-        .capabilities(
-            AgentCapabilities::ACCEPTS_PACKAGES | AgentCapabilities::REPORTS_PACKAGE_STATUSES,
-        )
-        .package_store(Arc::new(MemoryPackageStore::new()))
-        .callbacks(recorder)
-        .build()
-        .unwrap();
-    client.start().await.unwrap();
-    let installed = server
-        .next_matching(|r| {
-            r.message.package_statuses.as_ref().is_some_and(|s| {
-                s.packages
-                    .get("addon")
-                    .is_some_and(|p| p.status == PackageStatusEnum::Installed as i32)
-            })
-        })
-        .await
-        .message
-        .package_statuses
-        .unwrap();
+    let (client, mut server) = client_offered(good, recorder).await;
+    let installed = addon_reported(&mut server, PackageStatusEnum::Installed).await;
     assert_eq!(
         installed.server_provided_all_packages_hash,
         Bytes::from_static(b"all-1")
@@ -305,32 +304,8 @@ async fn pkg_06_pkg_08_pkg_13_packages_are_downloaded_verified_and_reported() {
 
     // A wrong content hash: the download is refused, reported InstallFailed.
     let bad = offer(Bytes::from(vec![0u8; 32]));
-    let mut server = offering_server(ServerToAgent {
-        packages_available: Some(bad),
-        ..Default::default()
-    })
-    .await;
-    let client = OpampClient::builder(server.http_url())
-        .agent_description(description())
-        .capabilities(
-            AgentCapabilities::ACCEPTS_PACKAGES | AgentCapabilities::REPORTS_PACKAGE_STATUSES,
-        )
-        .package_store(Arc::new(MemoryPackageStore::new()))
-        .build()
-        .unwrap();
-    client.start().await.unwrap();
-    let failed = server
-        .next_matching(|r| {
-            r.message.package_statuses.as_ref().is_some_and(|s| {
-                s.packages
-                    .get("addon")
-                    .is_some_and(|p| p.status == PackageStatusEnum::InstallFailed as i32)
-            })
-        })
-        .await
-        .message
-        .package_statuses
-        .unwrap();
+    let (client, mut server) = client_offered(bad, ClientRecorder::new().0).await;
+    let failed = addon_reported(&mut server, PackageStatusEnum::InstallFailed).await;
     assert!(!failed.packages["addon"].error_message.is_empty());
     client.stop().await;
 }
@@ -348,12 +323,11 @@ impl opamp_client::Callbacks for ConfigProvider {
 #[tokio::test]
 async fn ecfg_02_effective_config_provider_feeds_the_first_message() {
     let mut server = TestServer::start(|_, message| Reply::Message(ack(message))).await;
-    let client = OpampClient::builder(server.http_url())
-        .agent_description(description())
-        .capabilities(AgentCapabilities::REPORTS_EFFECTIVE_CONFIG)
-        .callbacks(ConfigProvider)
-        .build()
-        .unwrap();
+    let client = client_with(
+        server.http_url(),
+        AgentCapabilities::REPORTS_EFFECTIVE_CONFIG,
+        ConfigProvider,
+    );
     client.start().await.unwrap();
     let first = server.next().await.message;
     assert_eq!(first.effective_config, ConfigProvider.effective_config());

@@ -59,6 +59,13 @@ async fn start_with(
     }
 }
 
+async fn start_with_idle_timeout(idle_timeout: Duration) -> Harness {
+    start_with(MemoryPackageStore::new(), |builder| {
+        builder.idle_timeout(idle_timeout)
+    })
+    .await
+}
+
 async fn start() -> Harness {
     start_with(MemoryPackageStore::new(), |builder| builder).await
 }
@@ -578,17 +585,9 @@ async fn pkg13_pkg16_pkg17_pkg20_statuses_order_and_shape() {
 
 #[tokio::test(start_paused = true)]
 async fn stalled_body_fails_with_a_typed_error_after_the_idle_timeout() {
-    let h = start_with(MemoryPackageStore::new(), |b| {
-        b.idle_timeout(Duration::from_secs(5))
-    })
-    .await;
-    h.downloader.reply(
-        "mem://slow",
-        Reply::Body {
-            content_length: Some(10),
-            steps: vec![Step::Chunk(Bytes::from_static(b"half!")), Step::Stall],
-        },
-    );
+    let h = start_with_idle_timeout(Duration::from_secs(5)).await;
+    h.downloader
+        .reply("mem://slow", Reply::stalling_after(b"half!", 10));
     let started = tokio::time::Instant::now();
     h.sync(offer(&[(
         "slow",
@@ -616,10 +615,7 @@ async fn stalled_body_fails_with_a_typed_error_after_the_idle_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn stalled_response_fails_with_a_typed_error() {
-    let h = start_with(MemoryPackageStore::new(), |b| {
-        b.idle_timeout(Duration::from_secs(7))
-    })
-    .await;
+    let h = start_with_idle_timeout(Duration::from_secs(7)).await;
     h.downloader.reply("mem://silent", Reply::NeverAnswer);
     h.downloader.serve("mem://next", b"next");
     h.sync(offer(&[
@@ -741,29 +737,15 @@ async fn missing_file_and_unknown_type_fail_the_package_only() {
 
 #[tokio::test]
 async fn a_new_offer_supersedes_a_running_download() {
-    let mut h = start_with(MemoryPackageStore::new(), |b| {
-        b.idle_timeout(Duration::from_secs(3600))
-    })
-    .await;
-    h.downloader.reply(
-        "mem://x",
-        Reply::Body {
-            content_length: Some(8),
-            steps: vec![Step::Chunk(Bytes::from_static(b"1234")), Step::Stall],
-        },
-    );
+    let mut h = start_with_idle_timeout(Duration::from_secs(3600)).await;
+    h.downloader
+        .reply("mem://x", Reply::stalling_after(b"1234", 8));
     h.downloader.serve("mem://y", b"why");
     assert!(
         h.syncer
             .offer(offer(&[("x", package("1", "mem://x", b"12345678"))]))
     );
-    h.log
-        .wait_for(|s| {
-            s.packages
-                .get("x")
-                .is_some_and(|p| p.status() == Downloading)
-        })
-        .await;
+    h.log.wait_for_status("x", Downloading).await;
 
     let second = offer(&[("y", package("1", "mem://y", b"why"))]);
     assert!(h.syncer.offer(second.clone()));
@@ -801,13 +783,7 @@ async fn a_duplicate_offer_does_not_restart_the_running_download() {
     );
     let offered = offer(&[("x", package("1", "mem://x", b"1234"))]);
     assert!(h.syncer.offer(offered.clone()));
-    h.log
-        .wait_for(|s| {
-            s.packages
-                .get("x")
-                .is_some_and(|p| p.status() == Downloading)
-        })
-        .await;
+    h.log.wait_for_status("x", Downloading).await;
 
     assert!(
         !h.syncer.offer(offered.clone()),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    Reply, TestServer, caps_for_switch, description, opamp_offer, retrying_client, settings_status,
+    Reply, TestServer, client_with, description, opamp_offer, retrying_client, settings_status,
+    switching_client,
 };
 use opamp_client::{AgentCapabilities, OpampClient};
 use opamp_proto::{
@@ -59,14 +60,11 @@ async fn sts_01_rcfg_06_ws_17_first_message_remote_config_and_goodbye() {
             });
         }
     });
-    let client = OpampClient::builder(server.ws_url())
-        .agent_description(description())
-        .capabilities(
-            AgentCapabilities::ACCEPTS_REMOTE_CONFIG | AgentCapabilities::REPORTS_REMOTE_CONFIG,
-        )
-        .callbacks(recorder)
-        .build()
-        .unwrap();
+    let client = client_with(
+        server.ws_url(),
+        AgentCapabilities::ACCEPTS_REMOTE_CONFIG | AgentCapabilities::REPORTS_REMOTE_CONFIG,
+        recorder,
+    );
     client.start().await.unwrap();
 
     let first = server.next().await.message;
@@ -212,12 +210,11 @@ async fn slow_callback_does_not_stall_the_connection() {
     let (recorder, mut seen) = ClientRecorder::new();
     let (release, gate) = std::sync::mpsc::channel();
     *recorder.gate.lock().unwrap() = Some(gate);
-    let client = OpampClient::builder(server.ws_url())
-        .agent_description(description())
-        .capabilities(AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
-        .callbacks(recorder)
-        .build()
-        .unwrap();
+    let client = client_with(
+        server.ws_url(),
+        AgentCapabilities::ACCEPTS_REMOTE_CONFIG,
+        recorder,
+    );
     client.start().await.unwrap();
     server.next().await;
     // The config callback blocks ...
@@ -252,12 +249,11 @@ async fn uid_08_cmd_01_cus_new_uid_command_and_custom_messages() {
     let new_uid = InstanceUid::from([5; 16]);
     let mut server = TestServer::start(|_, message| Reply::Message(ack(message))).await;
     let (recorder, mut seen) = ClientRecorder::new();
-    let client = OpampClient::builder(server.ws_url())
-        .agent_description(description())
-        .capabilities(AgentCapabilities::ACCEPTS_RESTART_COMMAND)
-        .callbacks(recorder)
-        .build()
-        .unwrap();
+    let client = client_with(
+        server.ws_url(),
+        AgentCapabilities::ACCEPTS_RESTART_COMMAND,
+        recorder,
+    );
     client.set_custom_capabilities(CustomCapabilities {
         capabilities: vec!["io.example.echo".into()],
     });
@@ -330,14 +326,7 @@ async fn uid_08_cmd_01_cus_new_uid_command_and_custom_messages() {
 async fn cs_05_cs_08_switch_to_verified_new_server() {
     let mut old = TestServer::start(|_, message| Reply::Message(ack(message))).await;
     let mut new = TestServer::start(|_, message| Reply::Message(ack(message))).await;
-    let (recorder, mut seen) = ClientRecorder::new();
-    let client = OpampClient::builder(old.ws_url())
-        .agent_description(description())
-        .capabilities(caps_for_switch())
-        .callbacks(recorder)
-        .build()
-        .unwrap();
-    client.start().await.unwrap();
+    let (client, mut seen) = switching_client(old.ws_url()).await;
     old.next().await;
     old.push(1, opamp_offer(new.ws_url(), b"switch-1"));
     // CS-07: APPLYING, then goodbye to the old server (WS-21).
@@ -349,8 +338,7 @@ async fn cs_05_cs_08_switch_to_verified_new_server() {
         applying.connection_settings_status.unwrap().status,
         ConnectionSettingsStatuses::Applying as i32
     );
-    old.next_matching(|r| r.message.agent_disconnect.is_some())
-        .await;
+    old.next_goodbye().await;
     // The new server gets the full state and then APPLIED (CS-08).
     let first = new.next().await.message;
     assert!(first.agent_description.is_some());
@@ -364,8 +352,7 @@ async fn cs_05_cs_08_switch_to_verified_new_server() {
         expect_client_event(&mut seen, |s| matches!(s, ClientEvent::OpampOutcome(..))).await;
     assert!(matches!(outcome, ClientEvent::OpampOutcome(_, Ok(()))));
     client.stop().await;
-    new.next_matching(|r| r.message.agent_disconnect.is_some())
-        .await;
+    new.next_goodbye().await;
 }
 
 #[tokio::test]
@@ -375,18 +362,10 @@ async fn cs_06_failed_switch_rolls_back_and_reports_failed() {
     let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead = format!("ws://{}/v1/opamp", unused.local_addr().unwrap());
     drop(unused);
-    let (recorder, mut seen) = ClientRecorder::new();
-    let client = OpampClient::builder(old.ws_url())
-        .agent_description(description())
-        .capabilities(caps_for_switch())
-        .callbacks(recorder)
-        .build()
-        .unwrap();
-    client.start().await.unwrap();
+    let (client, mut seen) = switching_client(old.ws_url()).await;
     old.next().await;
     old.push(1, opamp_offer(dead, b"switch-2"));
-    old.next_matching(|r| r.message.agent_disconnect.is_some())
-        .await;
+    old.next_goodbye().await;
     // Back on the old server (a second connection), reporting FAILED.
     let failed = old
         .next_matching(|r| {

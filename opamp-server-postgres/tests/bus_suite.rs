@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use opamp_proto::{InstanceUid, Message, ServerToAgent};
-use opamp_server::{AgentEvent, Delivery, MessageBus, OpampServer, Registry, TransportKind};
+use opamp_server::{AgentEvent, MessageBus, Registry, TransportKind};
 use opamp_server_postgres::{Config, PgBus};
 use support::*;
-use tokio::net::TcpListener;
 
 /// One server instance: backend, registry and a listening OpAMP endpoint.
 struct Instance {
@@ -26,16 +25,8 @@ struct Instance {
 
 async fn instance(config: &Config, name: &str) -> Instance {
     let backend = backend(config, name).await;
+    let (registry, addr) = serve_backend(&backend).await;
     let bus = backend.bus();
-    let registry = Registry::builder()
-        .store(backend.store())
-        .bus(bus.clone())
-        .build();
-    let server = OpampServer::builder().registry(registry.clone()).build();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server.serve_with_shutdown(listener, std::future::pending()));
-    backend.listening().await;
     Instance {
         bus,
         registry,
@@ -109,12 +100,7 @@ async fn forward_reaches_the_owning_instance_and_heartbeats_write_nothing() {
     let (mut ws, _epoch) = connect_agent(&a, agent).await;
 
     // Desired state set through b travels to a's WebSocket at once.
-    let offer = b
-        .registry
-        .set_remote_config(agent, config_map("from: b\n"))
-        .await
-        .unwrap();
-    assert_eq!(offer.delivery, Some(Delivery::Forwarded));
+    set_config_forwarded(&b.registry, agent, "from: b\n").await;
     let pushed = ws_recv(&mut ws).await;
     assert_eq!(body_of(&pushed), "from: b\n");
     assert_eq!(pushed.instance_uid, agent.to_bytes());
@@ -252,12 +238,7 @@ async fn a_row_for_a_stale_epoch_is_never_delivered() {
     // the first thing the agent gets: the stale row was dropped.
     let third = a.bus.claim(agent, TransportKind::WebSocket).await.unwrap();
     assert!(third > second);
-    let offer = b
-        .registry
-        .set_remote_config(agent, config_map("fresh: true\n"))
-        .await
-        .unwrap();
-    assert_eq!(offer.delivery, Some(Delivery::Forwarded));
+    set_config_forwarded(&b.registry, agent, "fresh: true\n").await;
     let pushed = ws_recv(&mut ws).await;
     assert_eq!(body_of(&pushed), "fresh: true\n");
     eventually("the outbox to empty", || async {

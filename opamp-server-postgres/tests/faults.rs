@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use opamp_proto::{AgentDescription, AgentToServer, InstanceUid, ServerToAgentFlags};
-use opamp_server::{Delivery, OpampServer, Registry};
+use opamp_server::{Delivery, Registry};
 use opamp_server_postgres::{Config, PgBackend};
 use support::*;
 use tokio::net::{TcpListener, TcpStream};
@@ -78,15 +78,7 @@ async fn instance(config: &Config, name: &str) -> Instance {
         .connect()
         .await
         .expect("backend connects");
-    let registry = Registry::builder()
-        .store(backend.store())
-        .bus(backend.bus())
-        .build();
-    let server = OpampServer::builder().registry(registry.clone()).build();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server.serve_with_shutdown(listener, std::future::pending()));
-    backend.listening().await;
+    let (registry, addr) = serve_backend(&backend).await;
     Instance {
         backend,
         registry,
@@ -374,18 +366,8 @@ async fn the_database_restarts_under_load() {
     .await;
 
     // Live routing works both ways again (listeners and pools recovered).
-    let offer = b
-        .registry
-        .set_remote_config(on_a[1].uid, config_map("live: b-to-a\n"))
-        .await
-        .expect("b writes");
-    assert_eq!(offer.delivery, Some(Delivery::Forwarded));
-    let offer = a
-        .registry
-        .set_remote_config(on_b[1].uid, config_map("live: a-to-b\n"))
-        .await
-        .expect("a writes");
-    assert_eq!(offer.delivery, Some(Delivery::Forwarded));
+    set_config_forwarded(&b.registry, on_a[1].uid, "live: b-to-a\n").await;
+    set_config_forwarded(&a.registry, on_b[1].uid, "live: a-to-b\n").await;
     eventually("b's push reaches a's agent", || async {
         on_a[1].got_config("live: b-to-a\n")
     })

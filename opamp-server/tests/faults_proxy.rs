@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fault_support::{Fault, FaultyProxy, config, panics};
+use fault_support::{Fault, FaultyProxy, config, mixed_fleet, panics, start_all};
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{InstanceUid, RemoteConfigStatuses};
 use opamp_server::{AgentRecord, Callbacks, Connection, DisconnectReason, OpampServer};
@@ -101,15 +101,9 @@ async fn cut_stalled_and_trickled_connections_recover_on_both_sides() {
     })
     .await;
 
-    let agents: Vec<(InstanceUid, OpampClient)> = (0..AGENTS)
-        .map(|index| {
-            let scheme = if index < WEBSOCKET_AGENTS {
-                "ws"
-            } else {
-                "http"
-            };
-            let uid = InstanceUid::new_v7();
-            let client = OpampClient::builder(format!("{scheme}://{}/v1/opamp", proxy.addr))
+    let agents: Vec<(InstanceUid, OpampClient)> =
+        mixed_fleet(AGENTS, WEBSOCKET_AGENTS, |_, scheme, uid| {
+            OpampClient::builder(format!("{scheme}://{}/v1/opamp", proxy.addr))
                 .instance_uid(uid)
                 .agent_description(AgentDescription::for_service("io.example.proxied", "1.0"))
                 .capabilities(
@@ -121,13 +115,9 @@ async fn cut_stalled_and_trickled_connections_recover_on_both_sides() {
                 .polling_interval(Duration::from_secs(2))
                 .callbacks(Applier)
                 .build()
-                .expect("valid client settings");
-            (uid, client)
-        })
-        .collect();
-    for (_, client) in &agents {
-        client.start().await.unwrap();
-    }
+                .expect("valid client settings")
+        });
+    start_all(&agents).await;
     let uids: Vec<InstanceUid> = agents.iter().map(|(uid, _)| *uid).collect();
 
     // The faulty phase lasts until the proxy has cut CUTS connections.

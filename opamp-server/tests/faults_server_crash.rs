@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fault_support::{CrashableServer, config, ensure_open_files, quantile};
+use fault_support::{
+    CrashableServer, config, ensure_open_files, mixed_scheme, quantile, start_all,
+};
 use opamp_client::{
     AgentCapabilities, AgentDescription, ExponentialBackoff, OpampClient, RetryPolicy,
     TransportError,
@@ -29,7 +31,7 @@ use opamp_proto::{InstanceUid, RemoteConfigStatus, RemoteConfigStatuses};
 use opamp_server::{
     AgentRecord, Callbacks, ConnectDecision, ConnectRequest, OpampServer, Registry,
 };
-use opamp_testkit::{header_number, until_all, within_for};
+use opamp_testkit::{count_reaches, header_number, until_all, within_for};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -142,11 +144,7 @@ fn backoff() -> opamp_client::RetryPolicyFactory {
 
 fn agent(index: usize, addr: SocketAddr, fleet: &Arc<Fleet>) -> (InstanceUid, OpampClient) {
     let uid = InstanceUid::new_v7();
-    let scheme = if index < WEBSOCKET_AGENTS {
-        "ws"
-    } else {
-        "http"
-    };
+    let scheme = mixed_scheme(index, WEBSOCKET_AGENTS);
     let client = OpampClient::builder(format!("{scheme}://{addr}/v1/opamp"))
         .instance_uid(uid)
         .agent_description(AgentDescription::for_service("io.example.fleet", "1.0.0"))
@@ -226,9 +224,7 @@ async fn crash_and_restart() {
         .map(|index| agent(index, addr, &fleet))
         .collect();
     let uids: Vec<InstanceUid> = agents.iter().map(|(uid, _)| *uid).collect();
-    for (_, client) in &agents {
-        client.start().await.expect("client starts");
-    }
+    start_all(&agents).await;
 
     // Everyone is known with a description, then gets config v1.
     let registry = first.server.registry().clone();
@@ -295,13 +291,7 @@ async fn crash_and_restart() {
     fleet.ack_all.store(true, Ordering::SeqCst);
     // Restart only once every agent is deep in its backoff.
     let mut ready = fleet.ready.subscribe();
-    within_for(
-        PHASE,
-        "every agent fails repeatedly",
-        ready.wait_for(|ready| *ready >= AGENTS),
-    )
-    .await
-    .unwrap();
+    count_reaches(PHASE, "every agent fails repeatedly", &mut ready, AGENTS).await;
     let failures: Vec<u32> = fleet
         .failures
         .iter()

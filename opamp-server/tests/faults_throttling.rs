@@ -7,18 +7,21 @@
 //! Paused time: the agents' clocks are the server's, so the spacing of each
 //! agent's attempts is exact, not a wall-clock estimate.
 
+mod fault_support;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fault_support::{mixed_fleet, start_all};
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent};
 use opamp_server::{
     Callbacks, ConnectDecision, ConnectRequest, Connection, OpampServer, Refusal, TransportKind,
     unavailable_response,
 };
-use opamp_testkit::{RunningServer, header_number, until_all, within_for};
+use opamp_testkit::{RunningServer, count_reaches, header_number, until_all, within_for};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -39,38 +42,27 @@ async fn start_agents<C: Callbacks>(
 ) -> (Instant, Vec<(InstanceUid, OpampClient)>) {
     let storm_started = Instant::now();
     let agents = agents(|scheme| serving.endpoint(scheme));
-    for (_, client) in &agents {
-        client.start().await.unwrap();
-    }
+    start_all(&agents).await;
     (storm_started, agents)
 }
 
 fn agents(serving_endpoint: impl Fn(&str) -> String) -> Vec<(InstanceUid, OpampClient)> {
-    (0..AGENTS)
-        .map(|index| {
-            let scheme = if index < WEBSOCKET_AGENTS {
-                "ws"
-            } else {
-                "http"
-            };
-            let uid = InstanceUid::new_v7();
-            let client = OpampClient::builder(serving_endpoint(scheme))
-                .instance_uid(uid)
-                .agent_description(AgentDescription::for_service("io.example.storm", "1.0"))
-                .capabilities(AgentCapabilities::REPORTS_HEARTBEAT)
-                // Polling and heartbeats far more often than the server
-                // allows retries: they must not count as permission.
-                .heartbeat_interval(Duration::from_secs(1))
-                .polling_interval(Duration::from_secs(1))
-                .header(
-                    http::HeaderName::from_static(AGENT_HEADER),
-                    http::HeaderValue::from(index),
-                )
-                .build()
-                .expect("valid client settings");
-            (uid, client)
-        })
-        .collect()
+    mixed_fleet(AGENTS, WEBSOCKET_AGENTS, |index, scheme, uid| {
+        OpampClient::builder(serving_endpoint(scheme))
+            .instance_uid(uid)
+            .agent_description(AgentDescription::for_service("io.example.storm", "1.0"))
+            .capabilities(AgentCapabilities::REPORTS_HEARTBEAT)
+            // Polling and heartbeats far more often than the server
+            // allows retries: they must not count as permission.
+            .heartbeat_interval(Duration::from_secs(1))
+            .polling_interval(Duration::from_secs(1))
+            .header(
+                http::HeaderName::from_static(AGENT_HEADER),
+                http::HeaderValue::from(index),
+            )
+            .build()
+            .expect("valid client settings")
+    })
 }
 
 /// Per-agent arrival times during the storm, and the count of agents that
@@ -118,13 +110,7 @@ impl<K: std::hash::Hash + Eq + Copy> StormLog<K> {
     /// Ends the storm once every agent was turned away `REFUSALS` times.
     async fn end_when_everyone_waited(&self) -> Instant {
         let mut enough = self.enough.subscribe();
-        within_for(
-            BOUND,
-            "every agent is turned away",
-            enough.wait_for(|n| *n >= AGENTS),
-        )
-        .await
-        .unwrap();
+        count_reaches(BOUND, "every agent is turned away", &mut enough, AGENTS).await;
         self.storming.store(false, Ordering::SeqCst);
         Instant::now()
     }

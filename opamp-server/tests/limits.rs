@@ -39,12 +39,8 @@ fn big_config(bytes: usize) -> ServerToAgent {
 
 #[tokio::test]
 async fn ws_09_oversize_incoming_message_closes_with_1009() {
-    let (recorder, mut seen) = ServerRecorder::new();
-    let server = OpampServer::builder()
-        .callbacks(recorder)
-        .max_message_size(4096)
-        .build();
-    let running = RunningServer::start(server).await;
+    let (running, mut seen) =
+        RunningServer::recorded_with(|builder| builder.max_message_size(4096)).await;
     let mut ws = ws_connect(running.addr).await;
     let mut frame = vec![0u8];
     frame.extend(std::iter::repeat_n(0x08, 8192));
@@ -87,13 +83,12 @@ async fn ws_11_oversize_outgoing_message_is_not_sent() {
 
 #[tokio::test]
 async fn connection_limit_answers_503_with_retry_after() {
-    let (recorder, mut seen) = ServerRecorder::new();
-    let server = OpampServer::builder()
-        .callbacks(recorder)
-        .max_connections(1)
-        .busy_retry_after(Duration::from_secs(17))
-        .build();
-    let running = RunningServer::start(server).await;
+    let (running, mut seen) = RunningServer::recorded_with(|builder| {
+        builder
+            .max_connections(1)
+            .busy_retry_after(Duration::from_secs(17))
+    })
+    .await;
     let mut first = ws_connect(running.addr).await;
     ws_exchange(&mut first, &report(uid(2), 0)).await;
     assert_eq!(running.server.active_connections(), 1);
@@ -131,13 +126,12 @@ async fn connection_limit_answers_503_with_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_websockets_are_closed_after_missed_heartbeats() {
-    let (recorder, mut seen) = ServerRecorder::new();
-    let server = OpampServer::builder()
-        .callbacks(recorder)
-        .heartbeat_interval(Duration::from_secs(10))
-        .idle_timeout_heartbeats(3)
-        .build();
-    let running = RunningServer::start(server).await;
+    let (running, mut seen) = RunningServer::recorded_with(|builder| {
+        builder
+            .heartbeat_interval(Duration::from_secs(10))
+            .idle_timeout_heartbeats(3)
+    })
+    .await;
 
     // A client that upgrades and then says nothing.
     let mut silent = ws_connect(running.addr).await;
@@ -244,13 +238,12 @@ async fn silent_connections_and_half_http2_prefaces_time_out() {
 
 #[tokio::test]
 async fn an_agent_that_never_reads_is_disconnected() {
-    let (recorder, mut seen) = ServerRecorder::new();
-    let server = OpampServer::builder()
-        .callbacks(recorder)
-        .send_queue_capacity(2)
-        .close_timeout(Duration::from_millis(200))
-        .build();
-    let running = RunningServer::start(server).await;
+    let (running, mut seen) = RunningServer::recorded_with(|builder| {
+        builder
+            .send_queue_capacity(2)
+            .close_timeout(Duration::from_millis(200))
+    })
+    .await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(6);
     ws_exchange(&mut ws, &report(agent, 0)).await;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use opamp_proto::{
     AgentCapabilities, AgentDisconnect, CommandType, Message, ServerErrorResponseType,
@@ -22,49 +22,45 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap()
 }
 
+/// POSTs `compressed`, declared as gzip-encoded, to the server at `addr`.
+async fn post_gzipped(addr: std::net::SocketAddr, compressed: Vec<u8>) -> Response<Bytes> {
+    let request = post(addr)
+        .header(header::CONTENT_ENCODING, "gzip")
+        .body(Full::new(Bytes::from(compressed)))
+        .unwrap();
+    http_request(addr, request).await
+}
+
 #[tokio::test]
 async fn ws_16_http_04_requests_are_classified_by_their_head() {
     let running = RunningServer::start(OpampServer::builder().build()).await;
     let addr = running.addr;
-    let host = addr.to_string();
-    let request = |method: http::Method, path: &str| {
-        Request::builder()
+    const PROTOBUF: Option<&str> = Some("application/x-protobuf");
+    // (method, path, content type, body, expected status)
+    let cases = [
+        ("GET", "/v1/opamp", None, "", 400),
+        ("PUT", "/v1/opamp", PROTOBUF, "", 405),
+        // Unsupported media type.
+        ("POST", "/v1/opamp", Some("text/plain"), "hi", 415),
+        // GEN-03: one endpoint, at the configured path.
+        ("POST", "/v2/other", PROTOBUF, "", 404),
+    ];
+    for (method, path, content_type, body, expected) in cases {
+        let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{addr}{path}"))
-            .header(header::HOST, host.clone())
-    };
-    let plain_get = request(http::Method::GET, "/v1/opamp")
-        .body(Full::default())
-        .unwrap();
-    assert_eq!(
-        http_request(addr, plain_get).await.status(),
-        StatusCode::BAD_REQUEST
-    );
-    let put = request(http::Method::PUT, "/v1/opamp")
-        .header(header::CONTENT_TYPE, "application/x-protobuf")
-        .body(Full::default())
-        .unwrap();
-    assert_eq!(
-        http_request(addr, put).await.status(),
-        StatusCode::METHOD_NOT_ALLOWED
-    );
-    let text = request(http::Method::POST, "/v1/opamp")
-        .header(header::CONTENT_TYPE, "text/plain")
-        .body(Full::new(Bytes::from_static(b"hi")))
-        .unwrap();
-    assert_eq!(
-        http_request(addr, text).await.status(),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE
-    );
-    // GEN-03: one endpoint, at the configured path.
-    let elsewhere = request(http::Method::POST, "/v2/other")
-        .header(header::CONTENT_TYPE, "application/x-protobuf")
-        .body(Full::default())
-        .unwrap();
-    assert_eq!(
-        http_request(addr, elsewhere).await.status(),
-        StatusCode::NOT_FOUND
-    );
+            .header(header::HOST, addr.to_string());
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let request = request.body(Full::new(Bytes::from(body))).unwrap();
+        let status = http_request(addr, request).await.status();
+        assert_eq!(
+            status.as_u16(),
+            expected,
+            "{method} {path} {content_type:?}"
+        );
+    }
     running.stop().await;
 }
 
@@ -129,11 +125,7 @@ async fn http_01_cap_07_uid_06_exchange_and_session() {
 async fn http_06_gzip_request_bodies_are_accepted() {
     let running = RunningServer::start(OpampServer::builder().build()).await;
     let message = report(uid(2), 0);
-    let request = post(running.addr)
-        .header(header::CONTENT_ENCODING, "gzip")
-        .body(Full::new(Bytes::from(gzip(&message.encode_to_vec()))))
-        .unwrap();
-    let response = http_request(running.addr, request).await;
+    let response = post_gzipped(running.addr, gzip(&message.encode_to_vec())).await;
     assert_eq!(response.status(), StatusCode::OK);
     let reply = ServerToAgent::decode(response.into_body()).unwrap();
     assert_eq!(reply.instance_uid, uid(2).to_bytes());
@@ -142,12 +134,8 @@ async fn http_06_gzip_request_bodies_are_accepted() {
 
 #[tokio::test]
 async fn http_17_oversize_after_decompression_is_413() {
-    let (recorder, mut seen) = ServerRecorder::new();
-    let server = OpampServer::builder()
-        .callbacks(recorder)
-        .max_message_size(64 * 1024)
-        .build();
-    let running = RunningServer::start(server).await;
+    let (running, mut seen) =
+        RunningServer::recorded_with(|builder| builder.max_message_size(64 * 1024)).await;
     // A gzip bomb: ~1 KiB on the wire, 1 MiB inflated.
     let mut message = report(uid(3), 0);
     message
@@ -161,11 +149,7 @@ async fn http_17_oversize_after_decompression_is_413() {
         ));
     let compressed = gzip(&message.encode_to_vec());
     assert!(compressed.len() < 64 * 1024);
-    let request = post(running.addr)
-        .header(header::CONTENT_ENCODING, "gzip")
-        .body(Full::new(Bytes::from(compressed)))
-        .unwrap();
-    let response = http_request(running.addr, request).await;
+    let response = post_gzipped(running.addr, compressed).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(matches!(
         next_server_event(&mut seen).await,

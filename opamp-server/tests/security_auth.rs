@@ -7,18 +7,21 @@
 //! The raw 401 response (status, `WWW-Authenticate`) is checked in
 //! `plain_http.rs` (`conn_06_on_connecting_refuses_with_401_and_429`).
 
+mod fault_support;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fault_support::{mixed_fleet, start_all};
 use opamp_client::{
     AgentCapabilities, AgentDescription, ExponentialBackoff, OpampClient, RetryPolicy,
     TransportError,
 };
 use opamp_proto::{AgentToServer, InstanceUid, ServerToAgent};
 use opamp_server::{Callbacks, ConnectDecision, ConnectRequest, Connection, OpampServer, Refusal};
-use opamp_testkit::{RunningServer, header_number, until_all, within_for};
+use opamp_testkit::{RunningServer, count_reaches, header_number, until_all, within_for};
 use opamp_transport::ConnectError;
 use opamp_transport::http::client::HttpError;
 use tokio::sync::watch;
@@ -107,18 +110,12 @@ async fn conn_06_bad_tokens_get_401_until_the_header_hook_has_a_good_one() {
     )));
     let other_failures = Arc::new(Mutex::new(Vec::new()));
     let mut refusals = Vec::new();
-    let agents: Vec<(InstanceUid, OpampClient)> = (0..AGENTS)
-        .map(|index| {
-            let scheme = if index < WEBSOCKET_AGENTS {
-                "ws"
-            } else {
-                "http"
-            };
-            let uid = InstanceUid::new_v7();
+    let agents: Vec<(InstanceUid, OpampClient)> =
+        mixed_fleet(AGENTS, WEBSOCKET_AGENTS, |index, scheme, uid| {
             let (unauthorized, seen) = watch::channel(0);
             refusals.push(seen);
             let token = Arc::clone(&token);
-            let client = OpampClient::builder(serving.endpoint(scheme))
+            OpampClient::builder(serving.endpoint(scheme))
                 .instance_uid(uid)
                 .agent_description(AgentDescription::for_service("io.example.auth", "1.0"))
                 .capabilities(AgentCapabilities::REPORTS_HEARTBEAT)
@@ -141,21 +138,11 @@ async fn conn_06_bad_tokens_get_401_until_the_header_hook_has_a_good_one() {
                     other: Arc::clone(&other_failures),
                 })
                 .build()
-                .expect("valid client settings");
-            (uid, client)
-        })
-        .collect();
-    for (_, client) in &agents {
-        client.start().await.unwrap();
-    }
+                .expect("valid client settings")
+        });
+    start_all(&agents).await;
     for seen in &mut refusals {
-        within_for(
-            BOUND,
-            "an agent is refused repeatedly",
-            seen.wait_for(|count| *count >= REFUSALS),
-        )
-        .await
-        .unwrap();
+        count_reaches(BOUND, "an agent is refused repeatedly", seen, REFUSALS).await;
     }
     let check = serving.server.callbacks();
     assert_eq!(

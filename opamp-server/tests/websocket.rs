@@ -18,12 +18,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 #[tokio::test]
 async fn sts_04_uid_06_cap_07_every_message_answered_first_with_capabilities() {
-    let (recorder, _seen) = ServerRecorder::new();
-    let server = OpampServer::builder()
-        .callbacks(recorder)
-        .custom_capabilities(["io.example.echo"])
-        .build();
-    let running = RunningServer::start(server).await;
+    let (running, _seen) =
+        RunningServer::recorded_with(|builder| builder.custom_capabilities(["io.example.echo"]))
+            .await;
     let mut ws = ws_connect(running.addr).await;
     let agent = uid(1);
 

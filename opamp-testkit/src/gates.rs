@@ -1,7 +1,7 @@
 //! Gates for tests that need a tool from outside Rust: skip with a notice
 //! locally, fail when `CI=true`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -91,16 +91,26 @@ fn start_postgres() -> Result<String, String> {
     if let Ok(url) = std::env::var("OPAMP_TEST_DATABASE_URL") {
         return Ok(url);
     }
+    let dir = std::env::temp_dir().join(format!("opamp-pg-test-{}", std::process::id()));
+    start_postgres_cluster(&dir).map_err(|failure| {
+        format!(
+            "no OPAMP_TEST_DATABASE_URL and no cluster could be started ({})",
+            failure.trim()
+        )
+    })
+}
+
+/// Starts a throw-away PostgreSQL cluster in `dir` with `.ci/postgres.sh`,
+/// stopped when this process exits: its URL, or why there is none.
+pub fn start_postgres_cluster(dir: &Path) -> Result<String, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/postgres.sh");
-    let process = std::process::id().to_string();
-    let dir = std::env::temp_dir().join(format!("opamp-pg-test-{process}"));
     let output = Command::new("bash")
         .arg(script)
         .arg("start")
-        .arg(&dir)
-        .arg(&process)
+        .arg(dir)
+        .arg(std::process::id().to_string())
         .output();
-    let failure = match output {
+    Err(match output {
         Ok(output) if output.status.success() => {
             let stdout = String::from_utf8_lossy(&output.stdout);
             if let Some(url) = stdout
@@ -113,11 +123,7 @@ fn start_postgres() -> Result<String, String> {
         }
         Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
         Err(error) => error.to_string(),
-    };
-    Err(format!(
-        "no OPAMP_TEST_DATABASE_URL and no cluster could be started ({})",
-        failure.trim()
-    ))
+    })
 }
 
 /// A new, empty database of its own on the [`postgres_url`] server (named
@@ -148,4 +154,31 @@ pub async fn fresh_database(label: &str) -> Option<tokio_postgres::Config> {
     let mut config = admin;
     config.dbname(&name);
     Some(config)
+}
+
+/// Like [`fresh_database`], as a URL, for programs the test runs as
+/// processes.
+#[cfg(feature = "postgres")]
+pub async fn fresh_database_url(label: &str) -> Option<String> {
+    let config = fresh_database(label).await?;
+    let name = config.get_dbname().expect("a database name");
+    Some(with_database(&postgres_url()?, name))
+}
+
+/// The database URL `server` with its database path replaced by `name`.
+pub fn with_database(server: &str, name: &str) -> String {
+    let (base, query) = match server.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (server, None),
+    };
+    let scheme_end = base.find("://").expect("a URL") + 3;
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |slash| scheme_end + slash);
+    let mut url = format!("{}/{name}", &base[..authority_end]);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
 }

@@ -121,3 +121,15 @@ pub async fn serve_http(handler: Handler, tls: Option<Arc<rustls::ServerConfig>>
         task,
     }
 }
+
+/// The whole body of `response`, read to its end.
+pub async fn body_bytes<B>(response: Response<B>) -> Bytes
+where
+    B: hyper::body::Body,
+    B::Error: std::fmt::Debug,
+{
+    http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes()
+}

@@ -72,11 +72,15 @@ mod timeout;
 pub use client_recorder::{
     ClientEvent, ClientRecorder, QuickRetry, expect_client_event, quick_retry, report_applied,
 };
+pub use gates::{
+    chromium, go, on_path, postgres_url, running_in_ci, skip_or_fail, start_postgres_cluster,
+    with_database,
+};
 #[cfg(feature = "postgres")]
-pub use gates::fresh_database;
-pub use gates::{chromium, go, on_path, postgres_url, running_in_ci, skip_or_fail};
+pub use gates::{fresh_database, fresh_database_url};
 pub use http_server::{
-    BoxResponse, FullResponse, Handler, HttpServer, handler, serve_http, status_response,
+    BoxResponse, FullResponse, Handler, HttpServer, body_bytes, handler, serve_http,
+    status_response,
 };
 pub use messages::{
     CAPS, ack, body_of, config_file, config_map, heartbeat, offer_config, remote_config, report,
@@ -90,4 +94,4 @@ pub use raw_agent::{
 };
 pub use server::{RunningServer, until_agent, until_all};
 pub use server_recorder::{ServerEvent, ServerRecorder, next_server_event};
-pub use timeout::{Inbox, TIMEOUT, eventually, within, within_for};
+pub use timeout::{Inbox, TIMEOUT, count_reaches, eventually, within, within_for};

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use opamp_proto::InstanceUid;
-use opamp_server::{AgentRecord, Callbacks, NoCallbacks, OpampServer, Registry, ServeError};
+use opamp_server::{
+    AgentRecord, Callbacks, NoCallbacks, OpampServer, Registry, ServeError, ServerBuilder,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -97,6 +99,16 @@ impl RunningServer<ServerRecorder> {
     pub async fn recorded() -> (Self, mpsc::UnboundedReceiver<ServerEvent>) {
         let (recorder, events) = ServerRecorder::new();
         (Self::start(OpampServer::new(recorder)).await, events)
+    }
+
+    /// Like [`recorded`](Self::recorded), with the server's settings made
+    /// by `configure`.
+    pub async fn recorded_with(
+        configure: impl FnOnce(ServerBuilder<ServerRecorder>) -> ServerBuilder<ServerRecorder>,
+    ) -> (Self, mpsc::UnboundedReceiver<ServerEvent>) {
+        let (recorder, events) = ServerRecorder::new();
+        let server = configure(OpampServer::builder().callbacks(recorder)).build();
+        (Self::start(server).await, events)
     }
 }
 

@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// How long any single wait may take before the test fails. Generous, for a
@@ -29,6 +29,19 @@ pub async fn within_for<T>(limit: Duration, what: &str, work: impl Future<Output
         Ok(output) => output,
         Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
     }
+}
+
+/// Waits until the value watched by `counter` reaches `at_least`; fails the
+/// test with `what` after `limit`, or when the sender is gone.
+pub async fn count_reaches<T: PartialOrd>(
+    limit: Duration,
+    what: &str,
+    counter: &mut watch::Receiver<T>,
+    at_least: T,
+) {
+    within_for(limit, what, counter.wait_for(|count| *count >= at_least))
+        .await
+        .unwrap_or_else(|_| panic!("the counter for {what} was dropped"));
 }
 
 /// Re-checks `condition` every few milliseconds until it holds; fails the

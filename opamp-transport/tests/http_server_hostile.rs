@@ -53,13 +53,21 @@ fn headers(encoding: Option<&'static str>) -> HeaderMap {
 }
 
 async fn read(body: Vec<u8>, encoding: Option<&'static str>) -> Result<AgentToServer, ReadError> {
-    read_agent_message(
-        Full::new(Bytes::from(body)),
-        &headers(encoding),
-        LIMIT,
-        READ_TIMEOUT,
-    )
-    .await
+    read_limited(Full::new(Bytes::from(body)), encoding, LIMIT).await
+}
+
+/// Reads an agent message of at most `limit` bytes from `body`, sent with
+/// `encoding`.
+async fn read_limited<B>(
+    body: B,
+    encoding: Option<&'static str>,
+    limit: usize,
+) -> Result<AgentToServer, ReadError>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    read_agent_message(body, &headers(encoding), limit, READ_TIMEOUT).await
 }
 
 /// HTTP-06: both plain and gzipped bodies are accepted.
@@ -103,41 +111,25 @@ async fn http_17_limit_is_measured_after_decompression() {
     let packed = gzip(&encoded);
     assert!(packed.len() < LIMIT / 10);
 
-    let fits = read_agent_message(
-        Full::new(Bytes::from(packed.clone())),
-        &headers(Some("gzip")),
-        size,
-        READ_TIMEOUT,
-    )
-    .await;
+    let fits = read_limited(Full::new(Bytes::from(packed.clone())), Some("gzip"), size).await;
     assert_eq!(fits.unwrap(), big);
-    let error = read_agent_message(
-        Full::new(Bytes::from(packed)),
-        &headers(Some("gzip")),
-        size - 1,
-        READ_TIMEOUT,
-    )
-    .await
-    .unwrap_err();
+    let error = read_limited(Full::new(Bytes::from(packed)), Some("gzip"), size - 1)
+        .await
+        .unwrap_err();
     assert!(matches!(error, ReadError::TooLarge { .. }), "{error:?}");
     assert_eq!(error.to_response().status(), StatusCode::PAYLOAD_TOO_LARGE);
 
     // Uncompressed over the limit: refused from the declared length.
-    let error = read_agent_message(
-        Full::new(Bytes::from(encoded)),
-        &headers(None),
-        size - 1,
-        READ_TIMEOUT,
-    )
-    .await
-    .unwrap_err();
+    let error = read_limited(Full::new(Bytes::from(encoded)), None, size - 1)
+        .await
+        .unwrap_err();
     assert!(matches!(error, ReadError::TooLarge { .. }), "{error:?}");
 }
 
 /// A missing (empty) body carries no instance uid: 400.
 #[tokio::test]
 async fn missing_body_is_400() {
-    let error = read_agent_message(Empty::<Bytes>::new(), &headers(None), LIMIT, READ_TIMEOUT)
+    let error = read_limited(Empty::<Bytes>::new(), None, LIMIT)
         .await
         .unwrap_err();
     assert!(matches!(error, ReadError::EmptyBody), "{error:?}");
@@ -212,9 +204,7 @@ async fn bad_encodings_are_typed() {
 #[tokio::test(start_paused = true)]
 async fn slow_body_never_arriving_is_408() {
     let body = StreamBody::new(stream::pending::<Result<Frame<Bytes>, Infallible>>());
-    let error = read_agent_message(body, &headers(None), LIMIT, READ_TIMEOUT)
-        .await
-        .unwrap_err();
+    let error = read_limited(body, None, LIMIT).await.unwrap_err();
     assert!(
         matches!(error, ReadError::Timeout { timeout } if timeout == READ_TIMEOUT),
         "{error:?}"
@@ -237,14 +227,9 @@ async fn trickling_body_is_408() {
             (),
         ))
     });
-    let error = read_agent_message(
-        StreamBody::new(trickle),
-        &headers(None),
-        LIMIT,
-        READ_TIMEOUT,
-    )
-    .await
-    .unwrap_err();
+    let error = read_limited(StreamBody::new(trickle), None, LIMIT)
+        .await
+        .unwrap_err();
     assert!(matches!(error, ReadError::Timeout { .. }), "{error:?}");
 }
 

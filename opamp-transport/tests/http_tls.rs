@@ -12,7 +12,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use http_support::{echo, opamp_handler};
 use opamp_proto::{AgentToServer, InstanceUid};
-use opamp_testkit::{Handler, TestPki, serve_http};
+use opamp_testkit::{Handler, HttpServer, TestPki, serve_http};
 use opamp_transport::http::client::{HttpError, HttpPoster};
 use opamp_transport::{ClientAuth, ClientOptions, ClientTlsConfig, ConnectError, SystemRoots};
 
@@ -32,6 +32,19 @@ fn trusting(ca_pem: &str) -> ClientTlsConfig {
     ClientTlsConfig::new()
         .with_root_ca_pem(ca_pem.as_bytes().to_vec())
         .with_system_roots(SystemRoots::None)
+}
+
+/// A poster for `server`'s OpAMP endpoint over HTTPS with `tls`.
+fn https_poster(server: &HttpServer, tls: ClientTlsConfig) -> HttpPoster {
+    HttpPoster::new(ClientOptions::new(server.url("https", "/v1/opamp")).with_tls(tls)).unwrap()
+}
+
+/// How one exchange with `server`, trusting `ca_pem`, fails.
+async fn exchange_error(server: &HttpServer, ca_pem: &str) -> HttpError {
+    https_poster(server, trusting(ca_pem))
+        .exchange(uid(), &message())
+        .await
+        .unwrap_err()
 }
 
 #[tokio::test]
@@ -59,10 +72,7 @@ async fn https_with_untrusted_certificate_fails_the_handshake() {
     let tls = pki.server_tls().build().unwrap();
     let (handler, _seen) = opamp_handler(1 << 20, echo);
     let server = serve_http(handler, Some(tls)).await;
-    let options =
-        ClientOptions::new(server.url("https", "/v1/opamp")).with_tls(trusting(&other.ca_pem));
-    let poster = HttpPoster::new(options).unwrap();
-    let error = poster.exchange(uid(), &message()).await.unwrap_err();
+    let error = exchange_error(&server, &other.ca_pem).await;
     assert!(
         matches!(error, HttpError::Connect(ConnectError::TlsHandshake(_))),
         "{error:?}"
@@ -84,8 +94,7 @@ async fn mutual_tls_accepted_and_refused() {
 
     let with_identity = trusting(&pki.ca_pem)
         .with_client_identity_pem(pki.client_cert_pem.clone(), pki.client_key_pem.clone());
-    let options = ClientOptions::new(server.url("https", "/v1/opamp")).with_tls(with_identity);
-    let poster = HttpPoster::new(options).unwrap();
+    let poster = https_poster(&server, with_identity);
     assert_eq!(
         poster
             .exchange(uid(), &message())
@@ -96,10 +105,7 @@ async fn mutual_tls_accepted_and_refused() {
     );
     assert_eq!(seen.recv().await.unwrap().message, message());
 
-    let options =
-        ClientOptions::new(server.url("https", "/v1/opamp")).with_tls(trusting(&pki.ca_pem));
-    let poster = HttpPoster::new(options).unwrap();
-    let error = poster.exchange(uid(), &message()).await.unwrap_err();
+    let error = exchange_error(&server, &pki.ca_pem).await;
     // With TLS 1.3 the client learns of the refusal after its handshake
     // completes, when the server's alert arrives with the first read.
     assert!(
@@ -130,10 +136,7 @@ async fn https_to_http_redirect_is_refused() {
         })
     });
     let server = serve_http(handler, Some(tls)).await;
-    let options =
-        ClientOptions::new(server.url("https", "/v1/opamp")).with_tls(trusting(&pki.ca_pem));
-    let poster = HttpPoster::new(options).unwrap();
-    let error = poster.exchange(uid(), &message()).await.unwrap_err();
+    let error = exchange_error(&server, &pki.ca_pem).await;
     assert!(
         matches!(error, HttpError::Connect(ConnectError::InsecureRedirect(_))),
         "{error:?}"

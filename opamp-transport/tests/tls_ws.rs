@@ -22,18 +22,22 @@ fn trusting(pki: &TestPki) -> ClientTlsConfig {
         .with_system_roots(SystemRoots::None)
 }
 
-async fn tls_server(
-    server_tls: ServerTlsConfig,
-) -> (
-    HttpServer,
-    mpsc::UnboundedReceiver<(String, WsServerConnection)>,
-) {
+type Accepted = mpsc::UnboundedReceiver<(String, WsServerConnection)>;
+
+async fn tls_server(server_tls: ServerTlsConfig) -> (HttpServer, Accepted) {
     let (handler, accepted) = opamp_ws_handler(WsServerConfig::default());
     let server = serve_http(handler, Some(server_tls.build().unwrap())).await;
     (server, accepted)
 }
 
-async fn assert_roundtrip(client: &mut WsClientConnection, server_side: &mut WsServerConnection) {
+/// Connects with `options` and checks one message each way with the
+/// connection the server accepted; returns both ends.
+async fn connect_and_roundtrip(
+    options: &ClientOptions,
+    accepted: &mut Accepted,
+) -> (WsClientConnection, WsServerConnection) {
+    let mut client = WsClientConnection::connect(options).await.unwrap();
+    let (_, mut server_side) = accepted.recv().await.unwrap();
     let hello = AgentToServer {
         instance_uid: Bytes::from_static(&[2; 16]),
         sequence_num: 1,
@@ -47,6 +51,13 @@ async fn assert_roundtrip(client: &mut WsClientConnection, server_side: &mut WsS
     };
     server_side.send(&reply).await.unwrap();
     assert_eq!(client.recv().await.unwrap(), Some(reply));
+    (client, server_side)
+}
+
+/// How connecting to `server` over `wss://` with `tls` fails.
+async fn connect_error(server: &HttpServer, tls: ClientTlsConfig) -> ConnectError {
+    let options = ClientOptions::new(server.url("wss", "/")).with_tls(tls);
+    WsClientConnection::connect(&options).await.unwrap_err()
 }
 
 #[tokio::test]
@@ -59,9 +70,7 @@ async fn conn_01_wss_with_a_custom_root_ca() {
             .parse()
             .unwrap();
         let options = ClientOptions::new(url).with_tls(trusting(&pki));
-        let mut client = WsClientConnection::connect(&options).await.unwrap();
-        let (_, mut server_side) = accepted.recv().await.unwrap();
-        assert_roundtrip(&mut client, &mut server_side).await;
+        let (client, mut server_side) = connect_and_roundtrip(&options, &mut accepted).await;
         // Clean close over TLS: the server must be reading to answer.
         let server_end = tokio::spawn(async move { server_side.recv().await.map(|m| m.is_none()) });
         client.close().await.unwrap();
@@ -77,9 +86,7 @@ async fn https_endpoint_is_upgraded_as_wss() {
     let pki = TestPki::generate();
     let (server, mut accepted) = tls_server(pki.server_tls()).await;
     let options = ClientOptions::new(server.url("https", "/v1/opamp")).with_tls(trusting(&pki));
-    let mut client = WsClientConnection::connect(&options).await.unwrap();
-    let (_, mut server_side) = accepted.recv().await.unwrap();
-    assert_roundtrip(&mut client, &mut server_side).await;
+    connect_and_roundtrip(&options, &mut accepted).await;
 }
 
 #[tokio::test]
@@ -87,8 +94,7 @@ async fn untrusted_server_certificate_is_a_tls_handshake_error() {
     let pki = TestPki::generate();
     let other = TestPki::generate();
     let (server, _accepted) = tls_server(pki.server_tls()).await;
-    let options = ClientOptions::new(server.url("wss", "/")).with_tls(trusting(&other));
-    let error = WsClientConnection::connect(&options).await.unwrap_err();
+    let error = connect_error(&server, trusting(&other)).await;
     assert!(matches!(error, ConnectError::TlsHandshake(_)), "{error:?}");
 }
 
@@ -101,9 +107,7 @@ async fn sec_13_insecure_skip_verify_accepts_an_untrusted_certificate() {
         .with_insecure_skip_verify(true);
     assert!(tls.insecure_skip_verify());
     let options = ClientOptions::new(server.url("wss", "/")).with_tls(tls);
-    let mut client = WsClientConnection::connect(&options).await.unwrap();
-    let (_, mut server_side) = accepted.recv().await.unwrap();
-    assert_roundtrip(&mut client, &mut server_side).await;
+    connect_and_roundtrip(&options, &mut accepted).await;
 }
 
 fn mtls_server_config(pki: &TestPki, auth: ClientAuth) -> ServerTlsConfig {
@@ -118,9 +122,7 @@ async fn mtls_client_certificate_accepted() {
     let tls = trusting(&pki)
         .with_client_identity_pem(pki.client_cert_pem.clone(), pki.client_key_pem.clone());
     let options = ClientOptions::new(server.url("wss", "/")).with_tls(tls);
-    let mut client = WsClientConnection::connect(&options).await.unwrap();
-    let (_, mut server_side) = accepted.recv().await.unwrap();
-    assert_roundtrip(&mut client, &mut server_side).await;
+    connect_and_roundtrip(&options, &mut accepted).await;
 }
 
 #[tokio::test]
@@ -131,8 +133,7 @@ async fn mtls_without_client_certificate_is_refused() {
         let tls = trusting(&pki)
             .with_min_version(version)
             .with_max_version(version);
-        let options = ClientOptions::new(server.url("wss", "/")).with_tls(tls);
-        let error = WsClientConnection::connect(&options).await.unwrap_err();
+        let error = connect_error(&server, tls).await;
         assert!(
             matches!(error, ConnectError::TlsHandshake(_)),
             "{version:?}: {error:?}"
@@ -148,8 +149,7 @@ async fn mtls_certificate_from_an_unknown_ca_is_refused() {
         pki.rogue_client_cert_pem.clone(),
         pki.rogue_client_key_pem.clone(),
     );
-    let options = ClientOptions::new(server.url("wss", "/")).with_tls(tls);
-    let error = WsClientConnection::connect(&options).await.unwrap_err();
+    let error = connect_error(&server, tls).await;
     assert!(matches!(error, ConnectError::TlsHandshake(_)), "{error:?}");
 }
 
@@ -158,9 +158,7 @@ async fn optional_client_auth_accepts_clients_without_a_certificate() {
     let pki = TestPki::generate();
     let (server, mut accepted) = tls_server(mtls_server_config(&pki, ClientAuth::Optional)).await;
     let options = ClientOptions::new(server.url("wss", "/")).with_tls(trusting(&pki));
-    let mut client = WsClientConnection::connect(&options).await.unwrap();
-    let (_, mut server_side) = accepted.recv().await.unwrap();
-    assert_roundtrip(&mut client, &mut server_side).await;
+    connect_and_roundtrip(&options, &mut accepted).await;
 }
 
 #[tokio::test]
@@ -171,9 +169,7 @@ async fn wss_through_a_connect_proxy() {
     let options = ClientOptions::new(server.url("wss", "/v1/opamp"))
         .with_tls(trusting(&pki))
         .with_proxy(ProxyConfig::new(proxy.url("")));
-    let mut client = WsClientConnection::connect(&options).await.unwrap();
-    let (_, mut server_side) = accepted.recv().await.unwrap();
-    assert_roundtrip(&mut client, &mut server_side).await;
+    connect_and_roundtrip(&options, &mut accepted).await;
     let requests = proxy.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(

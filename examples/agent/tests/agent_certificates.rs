@@ -6,7 +6,9 @@
 
 mod agent_support;
 
-use agent_support::{AgentProcess, PATIENCE, TestServer, settings_applied, state_dir};
+use agent_support::{
+    AgentProcess, PATIENCE, TestServer, component_health, settings_applied, state_dir,
+};
 use opamp_proto::{ConnectionSettingsOffers, OpAmpConnectionSettings, TlsCertificate};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, IsCa, Issuer, KeyPair,
@@ -67,13 +69,8 @@ async fn csr_flow_issues_a_certificate_that_is_kept() {
     server
         .wait_for(uid, "the certificate applied and saved", |record| {
             let applied = settings_applied(record, &offered.hash);
-            let saved = record.status.health.as_ref().is_some_and(|health| {
-                health
-                    .component_health_map
-                    .get("client-certificate")
-                    .is_some_and(|component| {
-                        component.status == "rotated certificate in use and saved"
-                    })
+            let saved = component_health(record, "client-certificate").is_some_and(|component| {
+                component.status == "rotated certificate in use and saved"
             });
             applied && saved
         })
@@ -102,12 +99,8 @@ async fn csr_flow_issues_a_certificate_that_is_kept() {
     assert!(csr.is_none(), "a second CSR was sent");
     server
         .wait_for(uid, "the saved certificate reported", |record| {
-            record.status.health.as_ref().is_some_and(|health| {
-                health
-                    .component_health_map
-                    .get("client-certificate")
-                    .is_some_and(|component| component.status == "saved rotated certificate in use")
-            })
+            component_health(record, "client-certificate")
+                .is_some_and(|component| component.status == "saved rotated certificate in use")
         })
         .await;
     assert!(agent.terminate().await.success());

@@ -6,7 +6,8 @@
 mod agent_support;
 
 use agent_support::{
-    AgentProcess, PATIENCE, TestServer, attribute, config, effective_body, state_dir,
+    AgentProcess, PATIENCE, TestServer, assert_contains, attribute, component_health, config,
+    effective_body, state_dir,
 };
 use bytes::Bytes;
 use opamp_proto::{
@@ -56,13 +57,7 @@ async fn config_round_trip(scheme: &str, expected_transport: TransportKind) {
         .set_remote_config(uid, pushed.clone())
         .await
         .unwrap();
-    let state_of_offer = tokio::time::timeout(
-        PATIENCE,
-        server.registry.wait_for_remote_config(uid, &offer.hash),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let state_of_offer = server.config_outcome(uid, &offer.hash).await;
     assert_eq!(state_of_offer, RemoteConfigState::Applied);
     assert_eq!(
         std::fs::read_to_string(state.join("config").join("collector.yaml")).unwrap(),
@@ -88,29 +83,18 @@ async fn config_round_trip(scheme: &str, expected_transport: TransportKind) {
         .set_remote_config(uid, config("collector.yaml", "invalid: true\n"))
         .await
         .unwrap();
-    let failed = tokio::time::timeout(
-        PATIENCE,
-        server.registry.wait_for_remote_config(uid, &bad.hash),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let failed = server.config_outcome(uid, &bad.hash).await;
     let RemoteConfigState::Failed { message } = failed else {
         panic!("expected FAILED, got {failed:?}");
     };
-    assert!(message.contains("invalid:"), "{message}");
+    assert_contains(&message, "invalid:");
     assert_eq!(
         std::fs::read_to_string(state.join("config").join("collector.yaml")).unwrap(),
         body
     );
     let record = server
         .wait_for(uid, "unhealthy config component", |record| {
-            record.status.health.as_ref().is_some_and(|health| {
-                health
-                    .component_health_map
-                    .get("config")
-                    .is_some_and(|config| !config.healthy)
-            })
+            component_health(record, "config").is_some_and(|config| !config.healthy)
         })
         .await;
     assert_eq!(
@@ -123,14 +107,10 @@ async fn config_round_trip(scheme: &str, expected_transport: TransportKind) {
     server.registry.restart(uid).await.unwrap();
     server
         .wait_for(uid, "a restarted pipeline", |record| {
-            record.status.health.as_ref().is_some_and(|health| {
-                health
-                    .component_health_map
-                    .get("pipeline")
-                    .and_then(|pipeline| attribute(pipeline, "restart_count"))
-                    .as_deref()
-                    == Some("1")
-            })
+            component_health(record, "pipeline")
+                .and_then(|pipeline| attribute(pipeline, "restart_count"))
+                .as_deref()
+                == Some("1")
         })
         .await;
 

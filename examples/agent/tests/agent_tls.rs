@@ -83,18 +83,9 @@ async fn mutual_tls_and_bearer_token_flags() {
     let agent = AgentProcess::start(&endpoint, dir.path(), "agent.log", &args);
     let (uid, transport) = server.next_connected().await;
     assert_eq!(transport, TransportKind::WebSocket);
-    let offer = server
-        .registry
-        .set_remote_config(uid, config("app.yaml", "tls: true\n"))
-        .await
-        .unwrap();
-    let outcome = tokio::time::timeout(
-        PATIENCE,
-        server.registry.wait_for_remote_config(uid, &offer.hash),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let outcome = server
+        .push_config(uid, config("app.yaml", "tls: true\n"))
+        .await;
     assert_eq!(outcome, RemoteConfigState::Applied);
     assert!(agent.terminate().await.success());
 }

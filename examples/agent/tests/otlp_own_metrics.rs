@@ -7,7 +7,7 @@ mod agent_support;
 
 use std::sync::{Arc, Mutex};
 
-use agent_support::{AgentProcess, PATIENCE, TestServer};
+use agent_support::{AgentProcess, PATIENCE, TestServer, component_health};
 use bytes::Bytes;
 use opamp_proto::{
     ConnectionSettingsOffers, Header, Headers, InstanceUid, Message, TelemetryConnectionSettings,
@@ -133,13 +133,7 @@ async fn offer(server: &mut TestServer, uid: InstanceUid, destination: String) -
 }
 
 fn exporting_to(record: &AgentRecord) -> Option<String> {
-    record
-        .status
-        .health
-        .as_ref()?
-        .component_health_map
-        .get("own-metrics")
-        .map(|component| component.status.clone())
+    component_health(record, "own-metrics").map(|component| component.status.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

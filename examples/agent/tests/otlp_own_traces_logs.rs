@@ -8,8 +8,8 @@ mod agent_support;
 
 use std::sync::{Arc, Mutex};
 
-use agent_support::child::{next_child, write_child, write_executable};
-use agent_support::{AgentProcess, PATIENCE, TestServer, config};
+use agent_support::child::{ChildHome, next_child, write_child, write_executable};
+use agent_support::{AgentProcess, PATIENCE, TestServer, component_health, config};
 use bytes::Bytes;
 use opamp_proto::{
     AgentCapabilities, ConnectionSettingsOffers, Header, Headers, InstanceUid, Message,
@@ -25,7 +25,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// A span or a log record as the receiver saw it, flattened.
@@ -218,22 +217,15 @@ async fn offer(server: &mut TestServer, uid: InstanceUid, settings: ConnectionSe
 }
 
 fn component_status(record: &AgentRecord, name: &str) -> Option<String> {
-    record
-        .status
-        .health
-        .as_ref()?
-        .component_health_map
-        .get(name)
-        .map(|component| component.status.clone())
+    component_health(record, name).map(|component| component.status.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_exports_own_spans_and_logs_where_the_server_says() {
     let mut server = TestServer::start().await;
     let mut receiver = Receiver::start().await;
-    let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let script = write_child(dir.path(), "agent.sh", reports.local_addr().unwrap().port());
+    let ChildHome { dir, reports, port } = ChildHome::new().await;
+    let script = write_child(dir.path(), "agent.sh", port);
     let validator = dir.path().join("validate.sh");
     write_executable(
         &validator,
@@ -241,7 +233,7 @@ async fn supervisor_exports_own_spans_and_logs_where_the_server_says() {
     );
     let validate = format!("{} {{config}}", validator.display());
     let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::supervising(
         &endpoint,
         dir.path(),
         "agent.log",
@@ -252,11 +244,8 @@ async fn supervisor_exports_own_spans_and_logs_where_the_server_says() {
             "500ms",
             "--validate-command",
             &validate,
-            "--supervise",
-            "--",
-            script.to_str().unwrap(),
-            "{config}",
         ],
+        &script,
     );
     let first = next_child(&reports).await;
     let (uid, _) = server.next_connected().await;
@@ -291,33 +280,15 @@ async fn supervisor_exports_own_spans_and_logs_where_the_server_says() {
         .await;
 
     // A config that applies, one the validator rejects, a restart command.
-    let offered = server
-        .registry
-        .set_remote_config(uid, config("", "receivers: [otlp]\n"))
-        .await
-        .unwrap();
-    let applied = tokio::time::timeout(
-        PATIENCE,
-        server.registry.wait_for_remote_config(uid, &offered.hash),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let applied = server
+        .push_config(uid, config("", "receivers: [otlp]\n"))
+        .await;
     assert_eq!(applied, RemoteConfigState::Applied);
     let second = next_child(&reports).await;
     first.exited().await;
-    let offered = server
-        .registry
-        .set_remote_config(uid, config("", "receivers: [bogus]\n"))
-        .await
-        .unwrap();
-    let failed = tokio::time::timeout(
-        PATIENCE,
-        server.registry.wait_for_remote_config(uid, &offered.hash),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let failed = server
+        .push_config(uid, config("", "receivers: [bogus]\n"))
+        .await;
     assert!(
         matches!(failed, RemoteConfigState::Failed { .. }),
         "{failed:?}"

@@ -15,8 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use agent_support::child::{CRASH_LINES, ChildStart, next_child, write_child, write_executable};
-use agent_support::{AgentProcess, PATIENCE, TestServer, attribute, config, effective_body};
+use agent_support::child::{
+    CRASH_LINES, ChildHome, ChildStart, next_child, write_child, write_executable,
+};
+use agent_support::{
+    AgentProcess, TestServer, assert_contains, attribute, config, effective_body, process_health,
+};
 use bytes::Bytes;
 use opamp_proto::{AgentConfigMap, InstanceUid};
 use opamp_server::{AgentRecord, RemoteConfigState};
@@ -34,9 +38,8 @@ struct Setup {
 impl Setup {
     async fn new() -> Self {
         let server = TestServer::start().await;
-        let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let script = write_child(dir.path(), "agent.sh", reports.local_addr().unwrap().port());
+        let ChildHome { dir, reports, port } = ChildHome::new().await;
+        let script = write_child(dir.path(), "agent.sh", port);
         Self {
             server,
             reports,
@@ -52,33 +55,9 @@ impl Setup {
     /// Starts the agent supervising the script, with `extra` flags, against
     /// `endpoint`.
     fn agent(&self, endpoint: &str, extra: &[&str], log: &str) -> AgentProcess {
-        let mut args = vec!["--heartbeat", "1s", "--health-interval", "100ms"];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&[
-            "--supervise",
-            "--",
-            self.script.to_str().unwrap(),
-            "{config}",
-        ]);
-        AgentProcess::start(endpoint, self.dir.path(), log, &args)
-    }
-
-    async fn push(&mut self, uid: InstanceUid, config: AgentConfigMap) -> RemoteConfigState {
-        let offer = self
-            .server
-            .registry
-            .set_remote_config(uid, config)
-            .await
-            .unwrap();
-        tokio::time::timeout(
-            PATIENCE,
-            self.server
-                .registry
-                .wait_for_remote_config(uid, &offer.hash),
-        )
-        .await
-        .expect("no final remote config status")
-        .unwrap()
+        let mut options = vec!["--heartbeat", "1s", "--health-interval", "100ms"];
+        options.extend_from_slice(extra);
+        AgentProcess::supervising(endpoint, self.dir.path(), log, &options, &self.script)
     }
 }
 
@@ -107,12 +86,7 @@ async fn health_endpoint(
 
 /// The supervised child's health component.
 fn child_health(record: &AgentRecord) -> Option<&opamp_proto::ComponentHealth> {
-    record
-        .status
-        .health
-        .as_ref()?
-        .component_health_map
-        .get("process/agent.sh")
+    process_health(record, "agent.sh")
 }
 
 /// A health command that passes while `marker` exists.
@@ -181,7 +155,10 @@ async fn startup_runs_the_fallback_config_then_the_last_persisted_one() {
             effective_body(record, "").as_deref() == Some(b"mode: fallback\n".as_slice())
         })
         .await;
-    let state = setup.push(uid, config("", "mode: remote\n")).await;
+    let state = setup
+        .server
+        .push_config(uid, config("", "mode: remote\n"))
+        .await;
     assert_eq!(state, RemoteConfigState::Applied);
     let remote = next_child(&setup.reports).await;
     assert_eq!(remote.config, "mode: remote");
@@ -217,7 +194,10 @@ async fn failed_config_rolls_back_to_the_last_good_one() {
     healthy_child(&mut setup.server, uid, &first).await;
 
     // A config the child is healthy with: the last good one from now on.
-    let state = setup.push(uid, config("", "mode: good\n")).await;
+    let state = setup
+        .server
+        .push_config(uid, config("", "mode: good\n"))
+        .await;
     assert_eq!(state, RemoteConfigState::Applied);
     let good = next_child(&setup.reports).await;
     assert_eq!(good.config, "mode: good");
@@ -226,15 +206,15 @@ async fn failed_config_rolls_back_to_the_last_good_one() {
     // A config the child dies on: FAILED, and the child runs the good
     // config again.
     std::fs::remove_file(&marker).unwrap();
-    let state = setup.push(uid, config("", "crash: yes\n")).await;
+    let state = setup
+        .server
+        .push_config(uid, config("", "crash: yes\n"))
+        .await;
     let RemoteConfigState::Failed { message } = state else {
         panic!("expected FAILED, got {state:?}");
     };
-    assert!(
-        message.contains("rolled back to the last good config"),
-        "{message}"
-    );
-    assert!(message.contains("exit status: 2"), "{message}");
+    assert_contains(&message, "rolled back to the last good config");
+    assert_contains(&message, "exit status: 2");
     good.exited().await;
     let restored = next_child(&setup.reports).await;
     assert_eq!(restored.config, "mode: good");
@@ -256,11 +236,7 @@ async fn failed_config_rolls_back_to_the_last_good_one() {
     std::fs::write(&marker, "").unwrap();
     let record = healthy_child(&mut setup.server, uid, &restored).await;
     let health = child_health(&record).unwrap();
-    assert!(
-        health.last_error.contains("rolled back"),
-        "{}",
-        health.last_error
-    );
+    assert_contains(&health.last_error, "rolled back");
     // The effective config is the restored one; the config component keeps
     // the failure.
     assert_eq!(
@@ -290,14 +266,17 @@ async fn failure_messages_carry_the_last_lines_of_the_childs_stderr() {
     healthy_child(&mut setup.server, uid, &first).await;
 
     std::fs::remove_file(&marker).unwrap();
-    let state = setup.push(uid, config("", "crash: now\n")).await;
+    let state = setup
+        .server
+        .push_config(uid, config("", "crash: now\n"))
+        .await;
     let RemoteConfigState::Failed { message } = state else {
         panic!("expected FAILED, got {state:?}");
     };
     // All three lines, in order, not just the last one.
     let expected = CRASH_LINES.join("\n");
-    assert!(message.contains(&expected), "{message}");
-    assert!(message.contains("last stderr lines"), "{message}");
+    assert_contains(&message, &expected);
+    assert_contains(&message, "last stderr lines");
     first.exited().await;
     let restored = next_child(&setup.reports).await;
     assert_eq!(restored.config, "");
@@ -305,11 +284,7 @@ async fn failure_messages_carry_the_last_lines_of_the_childs_stderr() {
     std::fs::write(&marker, "").unwrap();
     let record = healthy_child(&mut setup.server, uid, &restored).await;
     let health = child_health(&record).unwrap();
-    assert!(
-        health.last_error.contains(&expected),
-        "{}",
-        health.last_error
-    );
+    assert_contains(&health.last_error, &expected);
     assert!(agent.terminate().await.success());
     restored.exited().await;
 }
@@ -341,7 +316,10 @@ fi
     );
     let first = next_child(&setup.reports).await;
     let (uid, _) = setup.server.next_connected().await;
-    let state = setup.push(uid, config("", "receivers: [otlp]\n")).await;
+    let state = setup
+        .server
+        .push_config(uid, config("", "receivers: [otlp]\n"))
+        .await;
     assert_eq!(state, RemoteConfigState::Applied);
     let running = next_child(&setup.reports).await;
     first.exited().await;
@@ -350,17 +328,17 @@ fi
 
     // A config the validator rejects: FAILED with its output, and the
     // child was never stopped (same pid, same restart count, same config).
-    let state = setup.push(uid, config("", "receivers: [bogus]\n")).await;
+    let state = setup
+        .server
+        .push_config(uid, config("", "receivers: [bogus]\n"))
+        .await;
     let RemoteConfigState::Failed { message } = state else {
         panic!("expected FAILED, got {state:?}");
     };
-    assert!(message.contains("validation failed"), "{message}");
-    assert!(message.contains("exit status: 1"), "{message}");
-    assert!(
-        message.contains("unknown receiver type \"bogus\""),
-        "{message}"
-    );
-    assert!(message.contains("checking _default"), "{message}");
+    assert_contains(&message, "validation failed");
+    assert_contains(&message, "exit status: 1");
+    assert_contains(&message, "unknown receiver type \"bogus\"");
+    assert_contains(&message, "checking _default");
     let record = setup
         .server
         .wait_for(uid, "the health after the rejected config", |record| {
@@ -382,7 +360,8 @@ fi
 
     // A config it accepts goes through.
     let state = setup
-        .push(uid, config("", "receivers: [otlp, zipkin]\n"))
+        .server
+        .push_config(uid, config("", "receivers: [otlp, zipkin]\n"))
         .await;
     assert_eq!(state, RemoteConfigState::Applied);
     let next = next_child(&setup.reports).await;
@@ -399,7 +378,10 @@ async fn empty_remote_config_keeps_the_child_running_on_its_config() {
     let agent = setup.agent(&endpoint, &["--ready-after", "1s"], "agent.log");
     let first = next_child(&setup.reports).await;
     let (uid, _) = setup.server.next_connected().await;
-    let state = setup.push(uid, config("", "mode: kept\n")).await;
+    let state = setup
+        .server
+        .push_config(uid, config("", "mode: kept\n"))
+        .await;
     assert_eq!(state, RemoteConfigState::Applied);
     let running = next_child(&setup.reports).await;
     first.exited().await;
@@ -411,7 +393,7 @@ async fn empty_remote_config_keeps_the_child_running_on_its_config() {
         .into_iter()
         .enumerate()
     {
-        let state = setup.push(uid, empty).await;
+        let state = setup.server.push_config(uid, empty).await;
         assert_eq!(state, RemoteConfigState::Applied, "round {round}");
         let record = setup.server.registry.agent(uid).await.unwrap().unwrap();
         let health = child_health(&record).unwrap();
@@ -478,16 +460,7 @@ async fn applied_is_reported_when_the_health_endpoint_says_healthy() {
 
     // Healthy: APPLIED follows.
     healthy.store(true, Ordering::SeqCst);
-    let state = tokio::time::timeout(
-        PATIENCE,
-        setup
-            .server
-            .registry
-            .wait_for_remote_config(uid, &offer.hash),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let state = setup.server.config_outcome(uid, &offer.hash).await;
     assert_eq!(state, RemoteConfigState::Applied);
     healthy_child(&mut setup.server, uid, &started).await;
 
@@ -519,7 +492,10 @@ async fn shutdown_while_a_config_waits_for_health_keeps_the_last_good_one() {
     let agent = setup.agent(&endpoint, &flags, "agent-1.log");
     let first = next_child(&setup.reports).await;
     let (uid, _) = setup.server.next_connected().await;
-    let state = setup.push(uid, config("", "mode: proven\n")).await;
+    let state = setup
+        .server
+        .push_config(uid, config("", "mode: proven\n"))
+        .await;
     assert_eq!(state, RemoteConfigState::Applied);
     let proven = next_child(&setup.reports).await;
     first.exited().await;

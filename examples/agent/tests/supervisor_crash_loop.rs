@@ -5,31 +5,19 @@
 
 mod agent_support;
 
-use std::os::unix::fs::PermissionsExt;
-
-use agent_support::{AgentProcess, PATIENCE, TestServer, attribute, config};
+use agent_support::child::{ChildHome, accept_report, write_executable};
+use agent_support::{AgentProcess, TestServer, assert_contains, attribute, config, process_health};
 use opamp_server::AgentRecord;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::net::TcpListener;
 
 fn child(record: &AgentRecord) -> Option<&opamp_proto::ComponentHealth> {
-    record
-        .status
-        .health
-        .as_ref()?
-        .component_health_map
-        .get("process/crashy.sh")
+    process_health(record, "crashy.sh")
 }
 
 /// Accepts the next child start and returns its pid.
 async fn next_start(reports: &TcpListener) -> (String, BufReader<tokio::net::TcpStream>) {
-    let (stream, _) = tokio::time::timeout(PATIENCE, reports.accept())
-        .await
-        .expect("no child started")
-        .unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).await.unwrap();
+    let (reader, line) = accept_report(reports).await;
     let pid = line.trim().strip_prefix("up ").unwrap().to_owned();
     (pid, reader)
 }
@@ -37,16 +25,14 @@ async fn next_start(reports: &TcpListener) -> (String, BufReader<tokio::net::Tcp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_looping_child_backs_off_and_is_reported_unhealthy() {
     let mut server = TestServer::start().await;
-    let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = reports.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
+    let ChildHome { dir, reports, port } = ChildHome::new().await;
     let script = dir.path().join("crashy.sh");
     // It crashes while the marker exists, unless its config says "fixed",
     // and exits (status 0) when the test closes its connection.
     let marker = dir.path().join("crash");
-    std::fs::write(
+    write_executable(
         &script,
-        format!(
+        &format!(
             r#"#!/bin/bash
 if [ -e '{marker}' ] && ! grep -q fixed "$1"; then echo "boom: cannot start" >&2; exit 1; fi
 exec 3<>/dev/tcp/127.0.0.1/{port}
@@ -55,11 +41,9 @@ read -r -u 3 _
 "#,
             marker = marker.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::supervising(
         &endpoint,
         dir.path(),
         "agent.log",
@@ -72,11 +56,8 @@ read -r -u 3 _
             "1s",
             "--ready-after",
             "1s",
-            "--supervise",
-            "--",
-            script.to_str().unwrap(),
-            "{config}",
         ],
+        &script,
     );
     let (first_pid, first) = next_start(&reports).await;
     let (uid, _) = server.next_connected().await;
@@ -98,16 +79,8 @@ read -r -u 3 _
         })
         .await;
     let health = child(&record).unwrap();
-    assert!(
-        health.last_error.contains("exit status: 1"),
-        "{}",
-        health.last_error
-    );
-    assert!(
-        health.last_error.contains("boom: cannot start"),
-        "{}",
-        health.last_error
-    );
+    assert_contains(&health.last_error, "exit status: 1");
+    assert_contains(&health.last_error, "boom: cannot start");
     assert_eq!(
         attribute(health, "last_exit").as_deref(),
         Some("exit status: 1")

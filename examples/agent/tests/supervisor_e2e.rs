@@ -11,11 +11,11 @@
 mod agent_support;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
+use agent_support::child::{ChildHome, accept_report, write_executable};
 use agent_support::{
-    AgentProcess, PATIENCE, TestServer, attribute, config, effective_body, state_dir,
+    AgentProcess, PATIENCE, TestServer, assert_contains, attribute, config, effective_body,
+    process_health, state_dir,
 };
 use bytes::Bytes;
 use opamp_proto::{
@@ -50,16 +50,7 @@ struct ChildStart {
 }
 
 async fn next_child(reports: &TcpListener) -> ChildStart {
-    let (stream, _) = tokio::time::timeout(PATIENCE, reports.accept())
-        .await
-        .expect("no child started")
-        .unwrap();
-    let mut connection = BufReader::new(stream);
-    let mut line = String::new();
-    tokio::time::timeout(PATIENCE, connection.read_line(&mut line))
-        .await
-        .unwrap()
-        .unwrap();
+    let (connection, line) = accept_report(reports).await;
     let mut parts = line.trim_end().splitn(4, ' ');
     let version = parts.next().unwrap().to_owned();
     let pid = parts.next().unwrap().to_owned();
@@ -90,12 +81,7 @@ impl ChildStart {
 
 /// The supervised child's health component.
 fn child_health(record: &AgentRecord) -> Option<&opamp_proto::ComponentHealth> {
-    record
-        .status
-        .health
-        .as_ref()?
-        .component_health_map
-        .get("process/child-v1.sh")
+    process_health(record, "child-v1.sh")
 }
 
 struct Packager {
@@ -135,9 +121,24 @@ fn key_pair() -> Ed25519KeyPair {
     Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
 }
 
-fn write_script(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+/// Waits for the offer `all_packages_hash` to fail to install; returns the
+/// record and the package's error message.
+async fn install_failed(
+    server: &mut TestServer,
+    uid: opamp_proto::InstanceUid,
+    all_packages_hash: &Bytes,
+) -> (AgentRecord, String) {
+    let record = wait_package(
+        server,
+        uid,
+        all_packages_hash,
+        PackageStatusEnum::InstallFailed,
+    )
+    .await;
+    let error = record.status.package_statuses.as_ref().unwrap().packages[""]
+        .error_message
+        .clone();
+    (record, error)
 }
 
 async fn wait_package(
@@ -166,11 +167,9 @@ async fn wait_package(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_restarts_updates_and_rolls_back_its_child() {
     let mut server = TestServer::start().await;
-    let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = reports.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
+    let ChildHome { dir, reports, port } = ChildHome::new().await;
     let script = dir.path().join("child-v1.sh");
-    write_script(&script, &child_script("v1", port));
+    write_executable(&script, &child_script("v1", port));
 
     let files = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<String, Bytes>::new()));
     let served = std::sync::Arc::clone(&files);
@@ -193,7 +192,7 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
     let state = state_dir(dir.path());
     let endpoint = server.endpoint("ws");
     let public_key = hex::encode(packager.key.public_key().as_ref());
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::supervising(
         &endpoint,
         dir.path(),
         "agent.log",
@@ -206,11 +205,8 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
             "10s",
             "--package-key",
             &public_key,
-            "--supervise",
-            "--",
-            script.to_str().unwrap(),
-            "{config}",
         ],
+        &script,
     );
 
     // The child starts at once, with the (empty) default config file.
@@ -239,13 +235,7 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
         assert_eq!(started.config, format!("mode: {mode}"));
         assert_ne!(started.pid, previous.pid);
         previous.exited().await;
-        let outcome = tokio::time::timeout(
-            PATIENCE,
-            server.registry.wait_for_remote_config(uid, &offer.hash),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        let outcome = server.config_outcome(uid, &offer.hash).await;
         assert_eq!(outcome, RemoteConfigState::Applied);
         let restarts = (round + 1).to_string();
         let pid = started.pid.clone();
@@ -306,24 +296,9 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
     let rolled_back = next_child(&reports).await;
     assert_eq!(rolled_back.version, "v2");
     previous.exited().await;
-    let record = wait_package(
-        &mut server,
-        uid,
-        &offer.hash,
-        PackageStatusEnum::InstallFailed,
-    )
-    .await;
-    let status = &record.status.package_statuses.as_ref().unwrap().packages[""];
-    assert!(
-        status.error_message.contains("rolled back"),
-        "{}",
-        status.error_message
-    );
-    assert!(
-        status.error_message.contains("exit status: 3"),
-        "{}",
-        status.error_message
-    );
+    let (_, error) = install_failed(&mut server, uid, &offer.hash).await;
+    assert_contains(&error, "rolled back");
+    assert_contains(&error, "exit status: 3");
     let pid = rolled_back.pid.clone();
     let record = server
         .wait_for(uid, "the rolled-back child running", |record| {
@@ -337,29 +312,14 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
         attribute(health, "process.executable.path").unwrap(),
         program
     );
-    assert!(
-        health.last_error.contains("rolled back"),
-        "{}",
-        health.last_error
-    );
+    assert_contains(&health.last_error, "rolled back");
     let restarts = attribute(health, "restart_count").unwrap();
 
     // PKG-09: a package signed with another key is refused before it runs.
     let forged = packager.offer("4.0.0", &child_script("v4", port), &key_pair());
     let offer = server.registry.offer_packages(uid, forged).await.unwrap();
-    let record = wait_package(
-        &mut server,
-        uid,
-        &offer.hash,
-        PackageStatusEnum::InstallFailed,
-    )
-    .await;
-    let status = &record.status.package_statuses.as_ref().unwrap().packages[""];
-    assert!(
-        status.error_message.contains("signature"),
-        "{}",
-        status.error_message
-    );
+    let (record, error) = install_failed(&mut server, uid, &offer.hash).await;
+    assert_contains(&error, "signature");
     let health = child_health(&record).unwrap();
     assert_eq!(attribute(health, "restart_count").unwrap(), restarts);
     assert_eq!(attribute(health, "process.pid").unwrap(), rolled_back.pid);

@@ -5,30 +5,22 @@
 
 mod agent_support;
 
-use agent_support::child::{next_child, write_child, write_executable};
+use agent_support::child::{ChildHome, accept_report, next_child, write_child, write_executable};
 use agent_support::{AgentProcess, PATIENCE, TestServer};
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::io::AsyncBufReadExt;
 
 async fn stops_cleanly_on(signal: Signal) {
     let mut server = TestServer::start().await;
-    let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let script = write_child(dir.path(), "agent.sh", reports.local_addr().unwrap().port());
+    let ChildHome { dir, reports, port } = ChildHome::new().await;
+    let script = write_child(dir.path(), "agent.sh", port);
     let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::supervising(
         &endpoint,
         dir.path(),
         "agent.log",
-        &[
-            "--stop-timeout",
-            "10m",
-            "--supervise",
-            "--",
-            script.to_str().unwrap(),
-            "{config}",
-        ],
+        &["--stop-timeout", "10m"],
+        &script,
     );
     let child = next_child(&reports).await;
     let (uid, _) = server.next_connected().await;
@@ -68,9 +60,7 @@ async fn sigint_stops_the_child_and_sends_agent_disconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_ignores_the_signal_is_killed_after_the_stop_timeout() {
     let mut server = TestServer::start().await;
-    let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = reports.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
+    let ChildHome { dir, reports, port } = ChildHome::new().await;
     let script = dir.path().join("stubborn.sh");
     write_executable(
         &script,
@@ -84,25 +74,14 @@ read -r -u 3 _
         ),
     );
     let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::start(
+    let agent = AgentProcess::supervising(
         &endpoint,
         dir.path(),
         "agent.log",
-        &[
-            "--stop-timeout",
-            "200ms",
-            "--supervise",
-            "--",
-            script.to_str().unwrap(),
-        ],
+        &["--stop-timeout", "200ms"],
+        &script,
     );
-    let (stream, _) = tokio::time::timeout(PATIENCE, reports.accept())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut connection = BufReader::new(stream);
-    let mut line = String::new();
-    connection.read_line(&mut line).await.unwrap();
+    let (mut connection, mut line) = accept_report(&reports).await;
     assert_eq!(line, "up\n");
     let (uid, _) = server.next_connected().await;
 

@@ -6,8 +6,7 @@
 //! on PATH. Without them the test fails when `CI=true` and is skipped with a
 //! notice otherwise. Set `OPAMP_SCREENSHOT_DIR` to keep screenshots.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -18,44 +17,6 @@ use opamp_proto::{AgentConfigMap, AgentConfigObject, config_hash};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-fn on_path(names: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| names.iter().map(move |name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
-
-/// The browser and its driver, or `None` when the test should be skipped.
-fn browser() -> Option<(PathBuf, PathBuf)> {
-    let chromium = on_path(&["chromium", "chromium-browser"]);
-    let driver = on_path(&["chromedriver"]);
-    match (chromium, driver) {
-        (Some(chromium), Some(driver)) => Some((chromium, driver)),
-        (chromium, driver) => {
-            let missing = [
-                ("chromium", chromium.is_none()),
-                ("chromedriver", driver.is_none()),
-            ]
-            .iter()
-            .filter(|(_, missing)| *missing)
-            .map(|(name, _)| *name)
-            .collect::<Vec<_>>()
-            .join(" and ");
-            if std::env::var("CI").is_ok_and(|value| value == "true") {
-                panic!(
-                    "{missing} not on PATH: CI must install them (apt-get install -y chromium chromium-driver)"
-                );
-            }
-            // Straight to stderr: the test harness captures eprintln!.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED browser test: {missing} not on PATH (apt-get install chromium chromium-driver to run it)"
-            );
-            None
-        }
-    }
-}
 
 /// Starts a process and returns it with the first stdout line containing
 /// `marker`.
@@ -133,6 +94,30 @@ const observer = new MutationObserver(() => {
 observer.observe(document.body, { subtree: true, childList: true, characterData: true });
 "#;
 
+/// Waits until the detail view's `field` shows `text`.
+async fn wait_for_field_text(
+    browser: &fantoccini::Client,
+    field: &str,
+    text: &str,
+) -> Result<(), fantoccini::error::CmdError> {
+    let selector = format!("#detail-view [data-field=\"{field}\"]");
+    browser
+        .execute_async(WAIT_FOR_TEXT, vec![json!(selector), json!(text)])
+        .await?;
+    Ok(())
+}
+
+/// Waits until the JavaScript expression `condition` holds on the page.
+async fn wait_until(
+    browser: &fantoccini::Client,
+    condition: &str,
+) -> Result<(), fantoccini::error::CmdError> {
+    browser
+        .execute_async(WAIT_UNTIL, vec![json!(condition)])
+        .await?;
+    Ok(())
+}
+
 fn is_stale(error: &fantoccini::error::CmdError) -> bool {
     matches!(
         error,
@@ -189,7 +174,7 @@ async fn open_browser(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_pushes_a_config_and_sees_applied() {
-    let Some((chromium, chromedriver)) = browser() else {
+    let Some((chromium, chromedriver)) = opamp_testkit::chromium() else {
         return;
     };
     let data = tempfile::tempdir().expect("temp dir");
@@ -240,28 +225,12 @@ async fn browser_pushes_a_config_and_sees_applied() {
         }
 
         // The detail view starts the editor from the agent's effective config.
-        browser
-            .execute_async(
-                WAIT_FOR_TEXT,
-                vec![
-                    json!("#detail-view [data-field=\"health\"]"),
-                    json!("healthy"),
-                ],
-            )
-            .await?;
+        wait_for_field_text(&browser, "health", "healthy").await?;
 
         // The group's two keys are tabs of one configuration: "" under a
         // readable label, with its role; switching shows the other key.
         for needle in ["(empty key)", "role expanded", "env:EXPORTERS"] {
-            browser
-                .execute_async(
-                    WAIT_FOR_TEXT,
-                    vec![
-                        json!("#detail-view [data-field=\"effective\"]"),
-                        json!(needle),
-                    ],
-                )
-                .await?;
+            wait_for_field_text(&browser, "effective", needle).await?;
         }
         assert_eq!(
             browser.execute(VISIBLE_TAB, vec![]).await?,
@@ -316,36 +285,12 @@ async fn browser_pushes_a_config_and_sees_applied() {
             },
         );
         let short = hex::encode(config_hash(&pushed))[..12].to_owned();
-        browser
-            .execute_async(
-                WAIT_FOR_TEXT,
-                vec![
-                    json!("#detail-view [data-field=\"push-status\"]"),
-                    json!(short),
-                ],
-            )
-            .await?;
-        browser
-            .execute_async(
-                WAIT_FOR_TEXT,
-                vec![
-                    json!("#detail-view [data-field=\"push-status\"]"),
-                    json!("APPLIED"),
-                ],
-            )
-            .await?;
+        wait_for_field_text(&browser, "push-status", &short).await?;
+        wait_for_field_text(&browser, "push-status", "APPLIED").await?;
         // The effective config the agent reports is the pushed one, role
         // included, and a single key needs no tabs.
         for needle in ["pushed from the browser", "role main"] {
-            browser
-                .execute_async(
-                    WAIT_FOR_TEXT,
-                    vec![
-                        json!("#detail-view [data-field=\"effective\"]"),
-                        json!(needle),
-                    ],
-                )
-                .await?;
+            wait_for_field_text(&browser, "effective", needle).await?;
         }
         assert_eq!(
             browser.execute(VISIBLE_TAB, vec![]).await?,
@@ -422,7 +367,7 @@ async fn plain_http_hello(app: &axum::Router, uid: opamp_proto::InstanceUid) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_pages_and_filters_ten_thousand_agents() {
     const SEEDED: u32 = 10_000;
-    let Some((chromium, chromedriver)) = browser() else {
+    let Some((chromium, chromedriver)) = opamp_testkit::chromium() else {
         return;
     };
     let store = opamp_fleet_server::FleetStore::in_memory().expect("memory store");
@@ -452,14 +397,7 @@ async fn browser_pages_and_filters_ten_thousand_agents() {
     let uid_of = |index: u32| json!(fleet_seed::seeded_uid(index).to_string());
     let result = async {
         browser.goto(&format!("{web}/")).await?;
-        browser
-            .execute_async(
-                WAIT_UNTIL,
-                vec![json!(
-                    "document.querySelectorAll('#agent-rows tr').length > 0 && document.querySelector('#counts [data-count]')"
-                )],
-            )
-            .await?;
+        wait_until(&browser, "document.querySelectorAll('#agent-rows tr').length > 0 && document.querySelector('#counts [data-count]')").await?;
         let state = browser.execute(LIST_STATE, vec![]).await?;
         save_screenshot(&browser.screenshot().await?, "fleet-list.png");
         assert_eq!(
@@ -478,12 +416,7 @@ async fn browser_pages_and_filters_ten_thousand_agents() {
 
         // Next page: the server's cursor, the next hundred in uid order.
         browser.find(Locator::Css("#page-next")).await?.click().await?;
-        browser
-            .execute_async(
-                WAIT_UNTIL,
-                vec![json!("document.querySelector('#page-info').textContent.startsWith('101–200')")],
-            )
-            .await?;
+        wait_until(&browser, "document.querySelector('#page-info').textContent.startsWith('101–200')").await?;
         let state = browser.execute(LIST_STATE, vec![]).await?;
         assert_eq!(state["uids"][0], uid_of(100));
         assert_eq!(state["uids"].as_array().unwrap().len(), 100);
@@ -494,12 +427,7 @@ async fn browser_pages_and_filters_ten_thousand_agents() {
             .await?
             .select_by_value("unhealthy")
             .await?;
-        browser
-            .execute_async(
-                WAIT_UNTIL,
-                vec![json!("document.querySelector('#page-info').textContent === '1–100 of 1,000'")],
-            )
-            .await?;
+        wait_until(&browser, "document.querySelector('#page-info').textContent === '1–100 of 1,000'").await?;
         let state = browser.execute(LIST_STATE, vec![]).await?;
         assert_eq!(state["health"], json!(["unhealthy"]), "{state}");
         assert_eq!(state["counts"]["total"], "1,000");
@@ -509,22 +437,12 @@ async fn browser_pages_and_filters_ten_thousand_agents() {
         // Text search on top: host-00040 is unhealthy, host-00042 is not.
         let search = browser.find(Locator::Css("#filter")).await?;
         search.send_keys("host-00040").await?;
-        browser
-            .execute_async(
-                WAIT_UNTIL,
-                vec![json!("document.querySelector('#counts [data-count=total]').textContent === '1 agent'")],
-            )
-            .await?;
+        wait_until(&browser, "document.querySelector('#counts [data-count=total]').textContent === '1 agent'").await?;
         let state = browser.execute(LIST_STATE, vec![]).await?;
         assert_eq!(state["uids"], json!([uid_of(40)]));
         search.clear().await?;
         search.send_keys("host-00042").await?;
-        browser
-            .execute_async(
-                WAIT_UNTIL,
-                vec![json!("!document.querySelector('#no-match').hidden")],
-            )
-            .await?;
+        wait_until(&browser, "!document.querySelector('#no-match').hidden").await?;
         let state = browser.execute(LIST_STATE, vec![]).await?;
         assert_eq!(state["uids"], json!([]));
 
@@ -540,12 +458,7 @@ async fn browser_pages_and_filters_ten_thousand_agents() {
             .await?
             .send_keys("service.name=payments")
             .await?;
-        browser
-            .execute_async(
-                WAIT_UNTIL,
-                vec![json!("document.querySelector('#page-info').textContent === '1–100 of 2,000'")],
-            )
-            .await?;
+        wait_until(&browser, "document.querySelector('#page-info').textContent === '1–100 of 2,000'").await?;
         let state = browser.execute(LIST_STATE, vec![]).await?;
         assert_eq!(state["uids"][0], uid_of(1));
         assert_eq!(state["uids"][1], uid_of(6));

@@ -176,6 +176,17 @@ impl FleetServerProcess {
         answer
     }
 
+    /// PUTs `body` (YAML) as file `file` of `uid`'s remote config through
+    /// the API; returns the config hash the server computed.
+    pub async fn put_config(&self, uid: &str, file: &str, body: &str) -> String {
+        let path = format!("/api/agents/{uid}/config?file={file}");
+        let reply = self.expect(202, "PUT", &path, "text/yaml", body).await;
+        reply["config_hash"]
+            .as_str()
+            .expect("config_hash")
+            .to_owned()
+    }
+
     /// `GET /api/agents/{uid}`; `None` while the server does not know it.
     pub async fn agent(&self, uid: &str) -> Option<Value> {
         let (status, body) = self

@@ -62,6 +62,24 @@ pub use our_server::{ConnectAttempt, LosableStore, OurServer, Refuse, ServerReco
 // Shared with the other suites.
 pub use opamp_testkit::{Inbox, PkiFiles, TIMEOUT, TestPki, free_port};
 
+/// Two tests of one scenario: `fn $ws` runs `$scenario` over WebSocket,
+/// `fn $http` over plain HTTP. The names are written out in full, so
+/// `CONFORMANCE.md` can cite them.
+#[macro_export]
+macro_rules! over_both_transports {
+    ($scenario:ident: fn $ws:ident, fn $http:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $ws() {
+            $scenario($crate::Transport::WebSocket).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $http() {
+            $scenario($crate::Transport::Http).await;
+        }
+    };
+}
+
 /// Lower-case hex of `bytes`, the way the Go programs print hashes.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;

@@ -129,26 +129,17 @@ async fn registers(transport: &str) {
     assert!(health.contains("receiver:otlp"), "health: {health}");
 
     // The server refuses what the extension did not declare.
-    let refused = server
-        .expect(
-            409,
-            "PUT",
-            &format!("/api/agents/{uid}/config"),
-            "text/yaml",
-            "receivers: {}\n",
-        )
-        .await;
-    assert_eq!(refused["error"], "capability_not_declared");
-    let refused = server
-        .expect(
-            409,
-            "POST",
-            &format!("/api/agents/{uid}/restart"),
-            "application/json",
-            "{}",
-        )
-        .await;
-    assert_eq!(refused["error"], "capability_not_declared");
+    for (method, action, content_type, body) in [
+        ("PUT", "config", "text/yaml", "receivers: {}\n"),
+        ("POST", "restart", "application/json", "{}"),
+    ] {
+        let path = format!("/api/agents/{uid}/{action}");
+        let refused = server.expect(409, method, &path, content_type, body).await;
+        assert_eq!(
+            refused["error"], "capability_not_declared",
+            "{method} {path}"
+        );
+    }
 
     collector.interrupt().await;
     if transport == "websocket" {

@@ -31,19 +31,7 @@ async fn fleet(args: &[String]) -> FleetServerProcess {
 /// Puts `body` as the agent's own config (file `collector.yaml`); returns
 /// the config hash the server computed.
 async fn push_config(server: &FleetServerProcess, uid: &str, body: &str) -> String {
-    let answer = server
-        .expect(
-            202,
-            "PUT",
-            &format!("/api/agents/{uid}/config?file=collector.yaml"),
-            "text/yaml",
-            body,
-        )
-        .await;
-    answer["config_hash"]
-        .as_str()
-        .expect("config_hash")
-        .to_owned()
+    server.put_config(uid, "collector.yaml", body).await
 }
 
 /// Waits until the agent reports `status` for `hash` (RCFG status as the

@@ -30,47 +30,9 @@ use tokio::net::{TcpListener, TcpStream};
 mod fleet_support;
 
 use fleet_support::{call, get, push_config, send, start_agent_process, start_fleet_server};
-use opamp_testkit::postgres_url;
+use opamp_testkit::{body_bytes, fresh_database_url, with_database};
 
 // ---- a database ----
-
-/// The URL of a fresh, empty database, or `None` (after a notice) when no
-/// PostgreSQL is available outside CI.
-async fn fresh_database_url() -> Option<String> {
-    let server = postgres_url()?;
-    let admin: tokio_postgres::Config = server.parse().expect("the database URL parses");
-    let (client, connection) = admin
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test server");
-    let driver = tokio::spawn(connection);
-    let name = format!("opamp_fleet_test_{}", std::process::id());
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create a test database");
-    drop(client);
-    let _ = driver.await;
-    Some(with_database(&server, &name))
-}
-
-/// `server` with its database path replaced by `name`.
-fn with_database(server: &str, name: &str) -> String {
-    let (base, query) = match server.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (server, None),
-    };
-    let scheme_end = base.find("://").expect("a URL") + 3;
-    let authority_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |slash| scheme_end + slash);
-    let mut url = format!("{}/{name}", &base[..authority_end]);
-    if let Some(query) = query {
-        url.push('?');
-        url.push_str(query);
-    }
-    url
-}
 
 // ---- a round-robin TCP balancer ----
 
@@ -240,12 +202,7 @@ async fn poll(opamp: SocketAddr, message: &AgentToServer) -> ServerToAgent {
         .expect("request");
     let response = send(opamp, request).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = body_bytes(response).await;
     ServerToAgent::decode(body).expect("a ServerToAgent")
 }
 
@@ -260,7 +217,7 @@ fn http_agent_message(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_on_one_database_share_the_fleet_and_survive_a_kill() {
-    let Some(database) = fresh_database_url().await else {
+    let Some(database) = fresh_database_url("fleet").await else {
         return;
     };
     let data = tempfile::tempdir().expect("temp dir");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use opamp_interop_tests::{
     GoProcess, GoPrograms, INTEROP_CAPABILITY, OurServer, Refuse, StaticFile, TIMEOUT, TestPki,
-    Transport, go_programs, hex,
+    Transport, go_programs, hex, over_both_transports,
 };
 use opamp_proto::{
     AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentToServer, ConnectionSettingsOffers,
@@ -215,15 +215,9 @@ async fn full_state_and_heartbeats(transport: Transport) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s1_full_state_merged_and_heartbeats_ws() {
-    full_state_and_heartbeats(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s1_full_state_merged_and_heartbeats_http() {
-    full_state_and_heartbeats(Transport::Http).await;
-}
+over_both_transports!(full_state_and_heartbeats:
+    fn s1_full_state_merged_and_heartbeats_ws,
+    fn s1_full_state_merged_and_heartbeats_http);
 
 // ---------------------------------------------------------------- scenario 2
 
@@ -271,15 +265,9 @@ async fn remote_config_applied(transport: Transport) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s2_remote_config_applied_ws() {
-    remote_config_applied(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s2_remote_config_applied_http() {
-    remote_config_applied(Transport::Http).await;
-}
+over_both_transports!(remote_config_applied:
+    fn s2_remote_config_applied_ws,
+    fn s2_remote_config_applied_http);
 
 /// RCFG-07: a config opamp-go cannot apply is tracked as FAILED, with its
 /// error message.
@@ -339,15 +327,9 @@ async fn full_state_after_state_loss(transport: Transport) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_full_state_resent_after_state_loss_ws() {
-    full_state_after_state_loss(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_full_state_resent_after_state_loss_http() {
-    full_state_after_state_loss(Transport::Http).await;
-}
+over_both_transports!(full_state_after_state_loss:
+    fn s3_full_state_resent_after_state_loss_ws,
+    fn s3_full_state_resent_after_state_loss_http);
 
 // ---------------------------------------------------------------- scenario 4
 
@@ -406,15 +388,9 @@ async fn new_instance_uid(transport: Transport) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s4_new_instance_uid_adopted_ws() {
-    new_instance_uid(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s4_new_instance_uid_adopted_http() {
-    new_instance_uid(Transport::Http).await;
-}
+over_both_transports!(new_instance_uid:
+    fn s4_new_instance_uid_adopted_ws,
+    fn s4_new_instance_uid_adopted_http);
 
 // ---------------------------------------------------------------- scenario 5
 
@@ -475,15 +451,9 @@ async fn restart_and_custom_messages(transport: Transport) {
     assert_eq!(&pong.data[..], b"from opamp-go");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s5_restart_and_custom_messages_ws() {
-    restart_and_custom_messages(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s5_restart_and_custom_messages_http() {
-    restart_and_custom_messages(Transport::Http).await;
-}
+over_both_transports!(restart_and_custom_messages:
+    fn s5_restart_and_custom_messages_ws,
+    fn s5_restart_and_custom_messages_http);
 
 /// CONN-06, WS-24, HTTP-21, CONN-04: our server answers the first attempt
 /// with 401 and the second with 503 + `Retry-After: 2`; opamp-go comes back
@@ -532,15 +502,9 @@ async fn refused_then_back(transport: Transport) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s5_refused_401_then_503_retry_after_ws() {
-    refused_then_back(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s5_refused_401_then_503_retry_after_http() {
-    refused_then_back(Transport::Http).await;
-}
+over_both_transports!(refused_then_back:
+    fn s5_refused_401_then_503_retry_after_ws,
+    fn s5_refused_401_then_503_retry_after_http);
 
 // ---------------------------------------------------------------- scenario 8
 
@@ -636,15 +600,9 @@ async fn tls(transport: Transport) {
     assert_eq!(state, RemoteConfigState::Applied);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s8_tls_ws() {
-    tls(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s8_tls_http() {
-    tls(Transport::Http).await;
-}
+over_both_transports!(tls:
+    fn s8_tls_ws,
+    fn s8_tls_http);
 
 // ------------------------------------------------- beyond the list
 
@@ -733,15 +691,9 @@ async fn package_offered_to_go_agent(transport: Transport) {
     assert_eq!(tool.agent_has_version, "1.2.3");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pkg_offered_to_go_agent_ws() {
-    package_offered_to_go_agent(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pkg_offered_to_go_agent_http() {
-    package_offered_to_go_agent(Transport::Http).await;
-}
+over_both_transports!(package_offered_to_go_agent:
+    fn pkg_offered_to_go_agent_ws,
+    fn pkg_offered_to_go_agent_http);
 
 /// CS-02, CS-07..11, HB-03: our registry offers OpAMP connection settings
 /// with a heartbeat interval; opamp-go takes them and reports APPLIED with
@@ -777,12 +729,6 @@ async fn connection_settings_to_go_agent(transport: Transport) {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cs_heartbeat_offer_applied_by_go_agent_ws() {
-    connection_settings_to_go_agent(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cs_heartbeat_offer_applied_by_go_agent_http() {
-    connection_settings_to_go_agent(Transport::Http).await;
-}
+over_both_transports!(connection_settings_to_go_agent:
+    fn cs_heartbeat_offer_applied_by_go_agent_ws,
+    fn cs_heartbeat_offer_applied_by_go_agent_http);

@@ -27,16 +27,7 @@ async fn start_instance(database: &str, name: &str) -> FleetServerProcess {
 
 /// Pushes a one-file config through `instance`; returns its hash.
 async fn push(instance: &FleetServerProcess, uid: &str, body: &str) -> String {
-    let reply = instance
-        .expect(
-            202,
-            "PUT",
-            &format!("/api/agents/{uid}/config?file=config.yaml"),
-            "text/yaml",
-            body,
-        )
-        .await;
-    reply["config_hash"].as_str().expect("a hash").to_owned()
+    instance.put_config(uid, "config.yaml", body).await
 }
 
 /// Waits until `instance` shows `uid`'s config `hash` as APPLIED.

@@ -12,7 +12,7 @@ use opamp_client::proto::{
 };
 use opamp_interop_tests::{
     ClientEvent, GoProcess, GoPrograms, INTEROP_CAPABILITY, OurAgent, TestPki, Transport,
-    agent_capabilities, go_programs, hex,
+    agent_capabilities, go_programs, hex, over_both_transports,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -144,15 +144,9 @@ async fn full_state(transport: Transport) {
     assert_eq!(agent.client.instance_uid().to_string(), uid);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_full_state_to_go_server_ws() {
-    full_state(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_full_state_to_go_server_http() {
-    full_state(Transport::Http).await;
-}
+over_both_transports!(full_state:
+    fn s6_full_state_to_go_server_ws,
+    fn s6_full_state_to_go_server_http);
 
 /// RCFG-05/06: opamp-go's offer arrives with the hash our `config_hash`
 /// computes; we apply it and report APPLIED with that hash and the new
@@ -244,15 +238,9 @@ async fn remote_config_applied(transport: Transport) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_remote_config_applied_and_acknowledged_ws() {
-    remote_config_applied(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_remote_config_applied_and_acknowledged_http() {
-    remote_config_applied(Transport::Http).await;
-}
+over_both_transports!(remote_config_applied:
+    fn s6_remote_config_applied_and_acknowledged_ws,
+    fn s6_remote_config_applied_and_acknowledged_http);
 
 /// HB-03, HTTP-14, CS-05..08: our client is configured with a one-hour
 /// heartbeat; opamp-go offers 1 s in the OpAMP connection settings. The
@@ -364,15 +352,9 @@ impl<M: FnMut(&Value) -> bool, C: FnMut(&Value) -> bool> AfterMarker<M, C> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_heartbeat_interval_from_connection_settings_ws() {
-    heartbeat_from_connection_settings(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_heartbeat_interval_from_connection_settings_http() {
-    heartbeat_from_connection_settings(Transport::Http).await;
-}
+over_both_transports!(heartbeat_from_connection_settings:
+    fn s6_heartbeat_interval_from_connection_settings_ws,
+    fn s6_heartbeat_interval_from_connection_settings_http);
 
 /// PKG-01..08, PKG-16: opamp-go's package offer is downloaded from its file
 /// server (with the offered download headers, without which it answers
@@ -469,15 +451,9 @@ async fn package_verified(transport: Transport) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_package_downloaded_and_sha256_verified_ws() {
-    package_verified(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_package_downloaded_and_sha256_verified_http() {
-    package_verified(Transport::Http).await;
-}
+over_both_transports!(package_verified:
+    fn s6_package_downloaded_and_sha256_verified_ws,
+    fn s6_package_downloaded_and_sha256_verified_http);
 
 /// CMD-01/03, CUS-04..06: opamp-go's restart command and custom message
 /// reach us; our custom message reaches opamp-go.
@@ -531,15 +507,9 @@ async fn restart_and_custom_messages(transport: Transport) {
     assert_eq!(pong["data"], "from opamp-rs");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_restart_and_custom_messages_ws() {
-    restart_and_custom_messages(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s6_restart_and_custom_messages_http() {
-    restart_and_custom_messages(Transport::Http).await;
-}
+over_both_transports!(restart_and_custom_messages:
+    fn s6_restart_and_custom_messages_ws,
+    fn s6_restart_and_custom_messages_http);
 
 /// SEQ-06 (client side of scenario 3): opamp-go's ReportFullState makes us
 /// resend description, health and effective config.
@@ -567,15 +537,9 @@ async fn full_state_on_request(transport: Transport) {
     assert!(resent["custom_capabilities"].is_array(), "{resent}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_client_resends_full_state_on_request_ws() {
-    full_state_on_request(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s3_client_resends_full_state_on_request_http() {
-    full_state_on_request(Transport::Http).await;
-}
+over_both_transports!(full_state_on_request:
+    fn s3_client_resends_full_state_on_request_ws,
+    fn s3_client_resends_full_state_on_request_http);
 
 /// UID-08 (client side of scenario 4): opamp-go assigns a new uid; we adopt
 /// it and every later message carries it.
@@ -613,15 +577,9 @@ async fn adopts_new_instance_uid(transport: Transport) {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s4_client_adopts_new_instance_uid_ws() {
-    adopts_new_instance_uid(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s4_client_adopts_new_instance_uid_http() {
-    adopts_new_instance_uid(Transport::Http).await;
-}
+over_both_transports!(adopts_new_instance_uid:
+    fn s4_client_adopts_new_instance_uid_ws,
+    fn s4_client_adopts_new_instance_uid_http);
 
 // ---------------------------------------------------------------- scenario 7
 
@@ -786,15 +744,9 @@ async fn unavailable_503_retry_after(transport: Transport) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s7_503_retry_after_honoured_ws() {
-    unavailable_503_retry_after(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s7_503_retry_after_honoured_http() {
-    unavailable_503_retry_after(Transport::Http).await;
-}
+over_both_transports!(unavailable_503_retry_after:
+    fn s7_503_retry_after_honoured_ws,
+    fn s7_503_retry_after_honoured_http);
 
 /// WS-19, SEQ-01, STS-01: opamp-go's server drops our WebSocket; we
 /// reconnect at once (the first retry has no backoff) and go on with the
@@ -945,12 +897,6 @@ async fn tls(transport: Transport) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s8_tls_ws() {
-    tls(Transport::WebSocket).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s8_tls_http() {
-    tls(Transport::Http).await;
-}
+over_both_transports!(tls:
+    fn s8_tls_ws,
+    fn s8_tls_http);

@@ -147,6 +147,13 @@ impl TestServer {
             .expect("server gone")
     }
 
+    /// Skips received messages until the agent's goodbye
+    /// (`agent_disconnect`).
+    pub async fn next_goodbye(&mut self) -> Received {
+        self.next_matching(|r| r.message.agent_disconnect.is_some())
+            .await
+    }
+
     /// Skips received messages until one matches.
     pub async fn next_matching(&mut self, mut wanted: impl FnMut(&Received) -> bool) -> Received {
         loop {
@@ -296,6 +303,29 @@ pub fn opamp_offer(endpoint: String, hash: &'static [u8]) -> ServerToAgent {
 pub fn caps_for_switch() -> AgentCapabilities {
     AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS
         | AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS
+}
+
+/// A started client for `url` that takes connection settings offers
+/// ([`caps_for_switch`]), and the events it records.
+pub async fn switching_client(url: String) -> (OpampClient, mpsc::UnboundedReceiver<ClientEvent>) {
+    let (recorder, seen) = ClientRecorder::new();
+    let client = client_with(url, caps_for_switch(), recorder);
+    client.start().await.unwrap();
+    (client, seen)
+}
+
+/// A client for `url` with [`description`], `capabilities` and `callbacks`.
+pub fn client_with(
+    url: String,
+    capabilities: AgentCapabilities,
+    callbacks: impl opamp_client::Callbacks,
+) -> OpampClient {
+    OpampClient::builder(url)
+        .agent_description(description())
+        .capabilities(capabilities)
+        .callbacks(callbacks)
+        .build()
+        .unwrap()
 }
 
 /// The connection settings status of the first message reporting `status`:

@@ -60,6 +60,14 @@ impl Reply {
                 .collect(),
         }
     }
+
+    /// A body announced as `content_length` bytes that stops after `part`.
+    pub fn stalling_after(part: &'static [u8], content_length: u64) -> Self {
+        Reply::Body {
+            content_length: Some(content_length),
+            steps: vec![Step::Chunk(Bytes::from_static(part)), Step::Stall],
+        }
+    }
 }
 
 /// A downloader answering from a table of URL → reply, recording requests.
@@ -219,6 +227,12 @@ impl StatusLog {
             out.push(statuses);
         }
         out
+    }
+
+    /// Waits for the next snapshot in which package `name` is `status`.
+    pub async fn wait_for_status(&mut self, name: &str, status: PackageStatusEnum) {
+        self.wait_for(|s| s.packages.get(name).is_some_and(|p| p.status() == status))
+            .await;
     }
 
     /// Waits for the next snapshot satisfying `predicate`.

@@ -5,15 +5,19 @@
 // Each test binary uses a different part of it.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use opamp_proto::ServerToAgent;
+use opamp_server::{OpampServer, Registry};
 use opamp_server_postgres::{Config, PgBackend};
 pub use opamp_testkit::{
     CAPS, Ws, body_of, config_map, eventually, heartbeat, report, within, ws_send,
 };
+use tokio::net::TcpListener;
 
 /// A new, empty database of its own, or `None` (after a notice; a failure
 /// when `CI=true`) when no PostgreSQL is available.
@@ -29,6 +33,35 @@ pub async fn backend(config: &Config, name: &str) -> PgBackend {
         .connect()
         .await
         .expect("backend connects")
+}
+
+/// Serves a registry whose store and bus are `backend`'s, once the backend
+/// listens for the other instances; returns the registry and the address.
+pub async fn serve_backend(backend: &PgBackend) -> (Registry, SocketAddr) {
+    let registry = Registry::builder()
+        .store(backend.store())
+        .bus(backend.bus())
+        .build();
+    let server = OpampServer::builder().registry(registry.clone()).build();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve_with_shutdown(listener, std::future::pending()));
+    backend.listening().await;
+    (registry, addr)
+}
+
+/// Sets `agent`'s remote config to `body` through `registry` (an instance
+/// that does not hold the agent) and checks it was forwarded to the owner.
+pub async fn set_config_forwarded(
+    registry: &Registry,
+    agent: opamp_proto::InstanceUid,
+    body: &str,
+) {
+    let offer = registry
+        .set_remote_config(agent, config_map(body))
+        .await
+        .expect("the instance writes");
+    assert_eq!(offer.delivery, Some(opamp_server::Delivery::Forwarded));
 }
 
 /// Runs one query on a connection of its own.
@@ -77,34 +110,17 @@ impl Cluster {
             std::process::id(),
             CLUSTERS.fetch_add(1, Ordering::Relaxed)
         );
-        let output = Command::new("bash")
-            .arg(SCRIPT)
-            .args(["start", &dir])
-            .arg(std::process::id().to_string())
-            .output();
-        let failure = match output {
-            Ok(output) if output.status.success() => {
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                if let Some(url) = stdout
-                    .lines()
-                    .find_map(|line| line.strip_prefix("OPAMP_TEST_DATABASE_URL="))
-                {
-                    let port = url
-                        .rsplit(':')
-                        .next()
-                        .and_then(|tail| tail.split('/').next())
-                        .and_then(|port| port.parse().ok())
-                        .expect("a port in the URL");
-                    return Some(Self {
-                        dir,
-                        url: url.to_owned(),
-                        port,
-                    });
-                }
-                format!("postgres.sh printed no URL: {stdout}")
+        let failure = match opamp_testkit::start_postgres_cluster(Path::new(&dir)) {
+            Ok(url) => {
+                let port = url
+                    .rsplit(':')
+                    .next()
+                    .and_then(|tail| tail.split('/').next())
+                    .and_then(|port| port.parse().ok())
+                    .expect("a port in the URL");
+                return Some(Self { dir, url, port });
             }
-            Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
-            Err(error) => error.to_string(),
+            Err(failure) => failure,
         };
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("CI=true and no PostgreSQL cluster could be started: {failure}");

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use opamp_proto::AgentConfigMap;
+use opamp_client::OpampClient;
+use opamp_proto::{AgentConfigMap, InstanceUid};
 use opamp_server::{Callbacks, OpampServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -18,6 +19,41 @@ use tokio::sync::{oneshot, watch};
 /// A one-file remote configuration whose body names `version`.
 pub fn config(version: &str) -> AgentConfigMap {
     opamp_testkit::config_map(&format!("version: {version}\n"))
+}
+
+/// The URL scheme of agent `index` in a mixed fleet: the first
+/// `websocket_agents` use WebSocket, the rest plain HTTP.
+pub fn mixed_scheme(index: usize, websocket_agents: usize) -> &'static str {
+    if index < websocket_agents {
+        "ws"
+    } else {
+        "http"
+    }
+}
+
+/// `count` agents with fresh uids, mixed as by [`mixed_scheme`]; `build`
+/// makes the client of agent `index` from its URL scheme and uid.
+pub fn mixed_fleet(
+    count: usize,
+    websocket_agents: usize,
+    mut build: impl FnMut(usize, &str, InstanceUid) -> OpampClient,
+) -> Vec<(InstanceUid, OpampClient)> {
+    (0..count)
+        .map(|index| {
+            let uid = InstanceUid::new_v7();
+            (
+                uid,
+                build(index, mixed_scheme(index, websocket_agents), uid),
+            )
+        })
+        .collect()
+}
+
+/// Starts every agent of a fleet.
+pub async fn start_all(agents: &[(InstanceUid, OpampClient)]) {
+    for (_, client) in agents {
+        client.start().await.unwrap();
+    }
 }
 
 /// Counts panics in this test binary, on any thread (server tasks swallow

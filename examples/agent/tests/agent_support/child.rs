@@ -20,6 +20,26 @@ pub const CRASH_LINES: [&str; 3] = [
     "fatal: cannot start with this config",
 ];
 
+/// Where a supervised child lives: a temporary directory for the agent and
+/// its scripts, and the listener the child reports to (on `port`).
+pub struct ChildHome {
+    pub dir: tempfile::TempDir,
+    pub reports: TcpListener,
+    pub port: u16,
+}
+
+impl ChildHome {
+    pub async fn new() -> Self {
+        let reports = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = reports.local_addr().unwrap().port();
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            reports,
+            port,
+        }
+    }
+}
+
 /// Writes the script to `dir/name` and returns its path; it reports to
 /// `port`.
 pub fn write_child(dir: &Path, name: &str, port: u16) -> PathBuf {
@@ -59,6 +79,22 @@ pub fn write_executable(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// Accepts the next child's connection and reads the line it reports
+/// first; the connection stays open until the child exits.
+pub async fn accept_report(reports: &TcpListener) -> (BufReader<TcpStream>, String) {
+    let (stream, _) = tokio::time::timeout(PATIENCE, reports.accept())
+        .await
+        .expect("no child started")
+        .unwrap();
+    let mut connection = BufReader::new(stream);
+    let mut line = String::new();
+    tokio::time::timeout(PATIENCE, connection.read_line(&mut line))
+        .await
+        .expect("the child did not report")
+        .unwrap();
+    (connection, line)
+}
+
 /// One start of the child, as it reported itself.
 pub struct ChildStart {
     pub pid: String,
@@ -70,16 +106,7 @@ pub struct ChildStart {
 
 /// Waits for the next child to start and report.
 pub async fn next_child(reports: &TcpListener) -> ChildStart {
-    let (stream, _) = tokio::time::timeout(PATIENCE, reports.accept())
-        .await
-        .expect("no child started")
-        .unwrap();
-    let mut connection = BufReader::new(stream);
-    let mut line = String::new();
-    tokio::time::timeout(PATIENCE, connection.read_line(&mut line))
-        .await
-        .expect("the child did not report")
-        .unwrap();
+    let (connection, line) = accept_report(reports).await;
     let (pid, config) = line.trim_end().split_once(' ').unwrap_or((line.trim(), ""));
     ChildStart {
         pid: pid.to_owned(),

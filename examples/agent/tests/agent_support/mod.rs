@@ -17,7 +17,7 @@ use opamp_proto::{
 };
 use opamp_server::{
     AgentEvent, AgentRecord, Callbacks, ConnectDecision, ConnectRequest, Connection, OpampServer,
-    Refusal, Registry, ServerTlsConfig, TransportKind,
+    Refusal, Registry, RemoteConfigState, ServerTlsConfig, TransportKind,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
@@ -97,6 +97,20 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start() -> Self {
         Self::start_with(None, None).await
+    }
+
+    /// Offers `config` to agent `uid` and waits for its final status.
+    pub async fn push_config(&self, uid: InstanceUid, config: AgentConfigMap) -> RemoteConfigState {
+        let offer = self.registry.set_remote_config(uid, config).await.unwrap();
+        self.config_outcome(uid, &offer.hash).await
+    }
+
+    /// The final status (APPLIED or FAILED) of the config offered with `hash`.
+    pub async fn config_outcome(&self, uid: InstanceUid, hash: &[u8]) -> RemoteConfigState {
+        tokio::time::timeout(PATIENCE, self.registry.wait_for_remote_config(uid, hash))
+            .await
+            .expect("no final remote config status")
+            .unwrap()
     }
 
     /// A server that requires a bearer token and/or serves TLS.
@@ -254,6 +268,21 @@ impl AgentProcess {
         Self::spawn(&args, &dir.join(log))
     }
 
+    /// Like [`start`](Self::start), supervising `script`, which gets the
+    /// config file's path as its argument; `options` come before
+    /// `--supervise`.
+    pub fn supervising(
+        endpoint: &str,
+        dir: &Path,
+        log: &str,
+        options: &[&str],
+        script: &Path,
+    ) -> Self {
+        let mut args = options.to_vec();
+        args.extend(["--supervise", "--", script.to_str().unwrap(), "{config}"]);
+        Self::start(endpoint, dir, log, &args)
+    }
+
     /// Starts the agent binary with exactly `args`.
     pub fn spawn(args: &[&str], log: &Path) -> Self {
         let log_file = std::fs::File::create(log).unwrap();
@@ -356,6 +385,34 @@ pub fn effective_body(record: &AgentRecord, name: &str) -> Option<Bytes> {
 }
 
 /// A string attribute of a health component.
+/// The health the supervisor reports for its child `program` (the file
+/// name of the executable).
+pub fn process_health<'a>(
+    record: &'a AgentRecord,
+    program: &str,
+) -> Option<&'a opamp_proto::ComponentHealth> {
+    component_health(record, &format!("process/{program}"))
+}
+
+/// The health of the agent's component `name`, if it reports one.
+pub fn component_health<'a>(
+    record: &'a AgentRecord,
+    name: &str,
+) -> Option<&'a opamp_proto::ComponentHealth> {
+    record
+        .status
+        .health
+        .as_ref()?
+        .component_health_map
+        .get(name)
+}
+
+/// Fails the test, showing `text`, unless `text` contains `part`.
+#[track_caller]
+pub fn assert_contains(text: &str, part: &str) {
+    assert!(text.contains(part), "expected {part:?} in: {text}");
+}
+
 pub fn attribute(health: &opamp_proto::ComponentHealth, key: &str) -> Option<String> {
     health
         .attributes

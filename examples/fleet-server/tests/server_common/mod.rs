@@ -12,10 +12,11 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use opamp_fleet_server::{FleetOptions, FleetServer, FleetStore};
 use opamp_proto::{
-    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentDescription, AgentToServer,
-    ComponentHealth, EffectiveConfig, InstanceUid, Message, RemoteConfigStatus,
-    RemoteConfigStatuses, ServerToAgent,
+    AgentCapabilities, AgentConfigMap, AgentDescription, AgentToServer, ComponentHealth,
+    EffectiveConfig, InstanceUid, Message, RemoteConfigStatus, RemoteConfigStatuses, ServerToAgent,
 };
+use opamp_testkit::body_bytes;
+pub use opamp_testkit::config_file as config;
 use tower::ServiceExt;
 
 pub struct Harness {
@@ -64,12 +65,7 @@ pub async fn call_app(
         .await
         .expect("infallible");
     let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let bytes = body_bytes(response).await;
     let json = if bytes.is_empty() {
         serde_json::Value::Null
     } else {
@@ -137,12 +133,7 @@ impl Harness {
         if response.status() != StatusCode::OK {
             return Err(response.status());
         }
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let bytes = body_bytes(response).await;
         Ok(ServerToAgent::decode(bytes).expect("ServerToAgent"))
     }
 
@@ -241,19 +232,6 @@ pub const FULL_CAPABILITIES: AgentCapabilities = AgentCapabilities::REPORTS_STAT
     .union(AgentCapabilities::REPORTS_PACKAGE_STATUSES)
     .union(AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS)
     .union(AgentCapabilities::REPORTS_HEARTBEAT);
-
-pub fn config(name: &str, content_type: &str, body: &str) -> AgentConfigMap {
-    let mut config = AgentConfigMap::default();
-    config.config_map.insert(
-        name.into(),
-        AgentConfigObject {
-            body: Bytes::copy_from_slice(body.as_bytes()),
-            content_type: content_type.into(),
-            ..Default::default()
-        },
-    );
-    config
-}
 
 /// A simulated plain-HTTP agent that keeps its sequence numbers straight.
 pub struct TestAgent {

@@ -9,11 +9,12 @@ use std::process::Stdio;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use opamp_client::proto::{AgentConfigMap, AgentConfigObject, config_hash};
+use opamp_client::proto::config_hash;
 use opamp_interop_tests::FleetServerProcess;
+use opamp_testkit::{body_bytes, config_file};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -83,12 +84,7 @@ pub async fn call(
         .expect("request");
     let response = send(addr, request).await;
     let status = response.status();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let bytes = body_bytes(response).await;
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
@@ -114,15 +110,7 @@ pub async fn push_config(web: SocketAddr, uid: impl std::fmt::Display, body: &st
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
-    let mut expected = AgentConfigMap::default();
-    expected.config_map.insert(
-        "collector.yaml".into(),
-        AgentConfigObject {
-            body: body.to_owned().into(),
-            content_type: "text/yaml".into(),
-            ..Default::default()
-        },
-    );
+    let expected = config_file("collector.yaml", "text/yaml", body);
     let hash = hex::encode(config_hash(&expected));
     assert_eq!(reply["config_hash"], hash);
     hash
