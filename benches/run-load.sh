@@ -51,7 +51,9 @@ fi
 (cd interop && go build -mod=readonly -trimpath -buildvcs=false -o bin/ ./cmd/goloadserver)
 
 loadgen="$bin/loadgen"
-port=43200
+# Below the ephemeral range (32768-60999 here): the load generator's own
+# outgoing connections would otherwise take a later server's port.
+port=23200
 
 # server_args NAME PORT: sets `label`, `command` and `push` for one server.
 server_args() {

@@ -62,7 +62,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-base_port=44300
+base_port=25300 # below the ephemeral range (32768-60999), which loadgen's connections use
 # instance N: OpAMP on base+10N, web/API on base+10N+1.
 opamp_port() { echo $((base_port + 10 * $1)); }
 web_port() { echo $((base_port + 10 * $1 + 1)); }
