@@ -31,7 +31,7 @@ use super::histogram::LatencyHistogram;
 use super::procfs::ProcSample;
 use super::report::{errors_json, latency_json, mib, round2};
 use super::server::ServerProcess;
-use super::{resolve, self_sample, server_sample, unix_millis};
+use super::{resolve, run_header, self_sample, server_sample, unix_millis};
 
 /// Connection counts shared by every in-process client's callbacks.
 struct ClientCounters {
@@ -251,17 +251,8 @@ pub(crate) async fn run(args: &LoadArgs, open_files: usize) -> Result<Value, Str
     } else {
         "opamp-client"
     };
-    Ok(json!({
-        "loadgen": 1,
-        "label": args.label,
-        "scenario": args.scenario,
-        "transport": transport.name(),
-        "url": args.url.as_str(),
-        "agents": args.agents,
-        "heartbeat_s": args.heartbeat.as_secs_f64(),
-        "ramp_rate": args.ramp_rate,
-        "open_files_limit": open_files,
-        "unix_time": unix_millis() / 1000,
+    let mut report = run_header(args, transport, open_files);
+    let Value::Object(rest) = json!({
         "client_impl": implementation,
         "ramp": {
             "connected": connected,
@@ -273,7 +264,11 @@ pub(crate) async fn run(args: &LoadArgs, open_files: usize) -> Result<Value, Str
         "steady": {
             "server_rss_mib": server_idle.map(|sample| mib(sample.rss_bytes)),
         },
-    }))
+    }) else {
+        unreachable!("json! of an object literal is an object")
+    };
+    report.extend(rest);
+    Ok(Value::Object(report))
 }
 
 fn build_client(

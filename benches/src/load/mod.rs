@@ -406,7 +406,24 @@ async fn run(args: LoadArgs, open_files: usize) -> Result<Value, String> {
         server.stop(Duration::from_secs(10)).await;
     }
 
-    Ok(json!({
+    let mut report = run_header(&args, transport, open_files);
+    report.extend([
+        ("ramp".to_owned(), ramp),
+        ("memory".to_owned(), memory),
+        ("steady".to_owned(), steady),
+        ("push".to_owned(), push),
+        ("storm".to_owned(), storm),
+    ]);
+    Ok(Value::Object(report))
+}
+
+/// The fields every JSON line starts with: what was run, against what, when.
+fn run_header(
+    args: &LoadArgs,
+    transport: AgentTransport,
+    open_files: usize,
+) -> serde_json::Map<String, Value> {
+    let Value::Object(header) = json!({
         "loadgen": 1,
         "label": args.label,
         "scenario": args.scenario,
@@ -417,12 +434,10 @@ async fn run(args: LoadArgs, open_files: usize) -> Result<Value, String> {
         "ramp_rate": args.ramp_rate,
         "open_files_limit": open_files,
         "unix_time": unix_millis() / 1000,
-        "ramp": ramp,
-        "memory": memory,
-        "steady": steady,
-        "push": push,
-        "storm": storm,
-    }))
+    }) else {
+        unreachable!("json! of an object literal is an object")
+    };
+    header
 }
 
 type MemorySample = (usize, usize, Option<ProcSample>, Option<ProcSample>);

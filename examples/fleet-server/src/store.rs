@@ -873,29 +873,26 @@ fn append_event(
             decode_json::<AgentEvent>(value.value())?.is_churn(),
         ));
     }
+    for number in events_to_drop(&kept, limit) {
+        table.remove((uid, number))?;
+    }
+    Ok(())
+}
+
+/// Which events of a log (`(key, is churn)`, oldest first) go so that at most
+/// `limit` stay: the oldest churn events first, then the oldest others. Both
+/// stores trim their logs with it.
+pub(crate) fn events_to_drop<K: Copy>(kept: &[(K, bool)], limit: u64) -> Vec<K> {
     let excess = kept
         .len()
         .saturating_sub(usize::try_from(limit).unwrap_or(usize::MAX));
-    if excess > 0 {
-        let mut doomed: Vec<u64> = kept
-            .iter()
-            .filter(|(_, churn)| *churn)
-            .map(|(number, _)| *number)
-            .take(excess)
-            .collect();
-        for (number, churn) in &kept {
-            if doomed.len() == excess {
-                break;
-            }
-            if !churn {
-                doomed.push(*number);
-            }
-        }
-        for number in doomed {
-            table.remove((uid, number))?;
-        }
-    }
-    Ok(())
+    let churn = kept.iter().filter(|(_, churn)| *churn);
+    let others = kept.iter().filter(|(_, churn)| !*churn);
+    churn
+        .chain(others)
+        .map(|(key, _)| *key)
+        .take(excess)
+        .collect()
 }
 
 fn read_newest_first<T: for<'de> Deserialize<'de>>(
@@ -1021,6 +1018,17 @@ mod tests {
 
     /// Past the limit, churn goes before anything else; once only other
     /// events are left, the oldest of them goes.
+    #[test]
+    fn a_full_log_drops_the_oldest_churn_then_the_oldest_others() {
+        // (key, is churn), oldest first.
+        let log = [(1, false), (2, true), (3, false), (4, true), (5, false)];
+        assert_eq!(events_to_drop(&log, 5), Vec::<i32>::new());
+        assert_eq!(events_to_drop(&log, 4), [2]);
+        assert_eq!(events_to_drop(&log, 3), [2, 4]);
+        assert_eq!(events_to_drop(&log, 1), [2, 4, 1, 3]);
+        assert_eq!(events_to_drop(&log, 0), [2, 4, 1, 3, 5]);
+    }
+
     #[tokio::test]
     async fn a_full_history_drops_churn_first() {
         let store = FleetStore::in_memory().unwrap();

@@ -507,23 +507,8 @@ impl PgFleetData {
                 .map(|(id, old)| (*id, old.is_churn()))
                 .collect();
             kept.push((id, churn));
-            let limit = usize::try_from(EVENT_LIMIT).unwrap_or(usize::MAX);
-            let excess = kept.len().saturating_sub(limit);
-            if excess > 0 {
-                let mut doomed: Vec<i64> = kept
-                    .iter()
-                    .filter(|(_, churn)| *churn)
-                    .map(|(id, _)| *id)
-                    .take(excess)
-                    .collect();
-                for (id, churn) in &kept {
-                    if doomed.len() == excess {
-                        break;
-                    }
-                    if !churn {
-                        doomed.push(*id);
-                    }
-                }
+            let doomed = super::store::events_to_drop(&kept, EVENT_LIMIT);
+            if !doomed.is_empty() {
                 txn.execute("DELETE FROM fleet_events WHERE id = ANY($1)", &[&doomed])
                     .await
                     .map_err(pg_error)?;
