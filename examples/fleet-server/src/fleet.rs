@@ -788,10 +788,22 @@ impl Fleet {
     }
 
     /// Follows registry events: history outcomes, agent events, page updates.
-    pub(crate) async fn follow(self: Arc<Self>) {
-        let mut events = self.registry.subscribe();
-        let mut shutdown = self.shutdown_signal();
-        let mut changes = self.store.subscribe_changes();
+    ///
+    /// Subscribes before it returns the future, so an agent that arrives
+    /// before the spawned task first runs is not missed.
+    pub(crate) fn follow(self: Arc<Self>) -> impl Future<Output = ()> + Send + 'static {
+        let events = self.registry.subscribe();
+        let shutdown = self.shutdown_signal();
+        let changes = self.store.subscribe_changes();
+        self.follow_from(events, shutdown, changes)
+    }
+
+    async fn follow_from(
+        self: Arc<Self>,
+        mut events: broadcast::Receiver<RegistryEvent>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        mut changes: Option<broadcast::Receiver<FleetChange>>,
+    ) {
         // Each agent's events are handled in order, different agents' side
         // by side: a fleet-wide push brings thousands at once, and handling
         // them one after the other would fall behind the registry.
