@@ -7,7 +7,7 @@ mod agent_support;
 
 use std::sync::{Arc, Mutex};
 
-use agent_support::{AgentProcess, PATIENCE, TestServer, component_health};
+use agent_support::{PATIENCE, TestServer, component_health};
 use bytes::Bytes;
 use opamp_proto::{
     ConnectionSettingsOffers, Header, Headers, InstanceUid, Message, TelemetryConnectionSettings,
@@ -142,11 +142,8 @@ async fn agent_exports_own_metrics_where_the_server_says() {
     let mut first = Receiver::start().await;
     let mut second = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::start(
-        &endpoint,
+    let agent = server.start_agent(
         dir.path(),
-        "agent.log",
         &[
             "--own-metrics-interval",
             "200ms",

@@ -9,7 +9,7 @@ mod agent_support;
 use std::sync::{Arc, Mutex};
 
 use agent_support::child::{ChildHome, next_child, write_child, write_executable};
-use agent_support::{AgentProcess, PATIENCE, TestServer, component_health, config};
+use agent_support::{PATIENCE, TestServer, component_health, config};
 use bytes::Bytes;
 use opamp_proto::{
     AgentCapabilities, ConnectionSettingsOffers, Header, Headers, InstanceUid, Message,
@@ -232,11 +232,8 @@ async fn supervisor_exports_own_spans_and_logs_where_the_server_says() {
         "#!/bin/bash\nif grep -q bogus \"$1\"; then echo 'bogus is not a receiver' >&2; exit 1; fi\n",
     );
     let validate = format!("{} {{config}}", validator.display());
-    let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::supervising(
-        &endpoint,
+    let agent = server.start_supervisor(
         dir.path(),
-        "agent.log",
         &[
             "--own-metrics-interval",
             "200ms",

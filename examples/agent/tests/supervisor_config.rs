@@ -22,7 +22,7 @@ use agent_support::{
     AgentProcess, TestServer, assert_contains, attribute, config, effective_body, process_health,
 };
 use bytes::Bytes;
-use opamp_proto::{AgentConfigMap, InstanceUid};
+use opamp_proto::{AgentConfigMap, ComponentHealth, InstanceUid};
 use opamp_server::{AgentRecord, RemoteConfigState};
 use tokio::net::TcpListener;
 
@@ -59,6 +59,162 @@ impl Setup {
         options.extend_from_slice(extra);
         AgentProcess::supervising(endpoint, self.dir.path(), log, &options, &self.script)
     }
+
+    /// Starts the agent against the test server with `extra` flags;
+    /// returns it, its first child and its uid.
+    async fn start(&mut self, extra: &[&str]) -> (AgentProcess, ChildStart, InstanceUid) {
+        let endpoint = self.server.endpoint("ws");
+        let agent = self.agent(&endpoint, extra, "agent.log");
+        let child = next_child(&self.reports).await;
+        let (uid, _) = self.server.next_connected().await;
+        (agent, child, uid)
+    }
+
+    /// Starts the agent with the child's health being whether the file
+    /// `healthy` exists, so the test decides when a child is healthy and a
+    /// crash is caught by the exit alone, whatever the timing. Writes the
+    /// file once the agent is connected and waits for the first child to
+    /// be healthy; returns the agent, that child, its uid and the file.
+    async fn start_with_marker_health(
+        &mut self,
+    ) -> (AgentProcess, ChildStart, InstanceUid, PathBuf) {
+        let marker = self.path("healthy");
+        let check = marker_check(self.dir.path(), &marker);
+        let (agent, first, uid) = self
+            .start(&["--health-command", &check, "--apply-timeout", "10m"])
+            .await;
+        std::fs::write(&marker, "").unwrap();
+        self.healthy_child(uid, &first).await;
+        (agent, first, uid, marker)
+    }
+
+    /// Starts the agent with the server unreachable; returns the config its
+    /// child started with, once both are stopped.
+    async fn offline_config(&self, flags: &[&str], log: &str) -> String {
+        let agent = self.agent(&unreachable_endpoint().await, flags, log);
+        let child = next_child(&self.reports).await;
+        let config = child.config.clone();
+        stop(agent, child).await;
+        config
+    }
+
+    /// Offers a config with `body` (one line) without waiting for its
+    /// outcome: the `running` child exits and a new one starts on that
+    /// config. Returns the offer's hash and the new child.
+    async fn offer(
+        &mut self,
+        uid: InstanceUid,
+        running: ChildStart,
+        body: &str,
+    ) -> (Bytes, ChildStart) {
+        let offer = self
+            .server
+            .registry
+            .set_remote_config(uid, config("", body))
+            .await
+            .unwrap();
+        let next = next_child(&self.reports).await;
+        assert_eq!(next.config, body.trim_end());
+        running.exited().await;
+        (offer.hash, next)
+    }
+
+    /// Like [`offer`](Self::offer), and the config must be APPLIED.
+    async fn apply(&mut self, uid: InstanceUid, running: ChildStart, body: &str) -> ChildStart {
+        let (hash, next) = self.offer(uid, running, body).await;
+        let state = self.server.config_outcome(uid, &hash).await;
+        assert_eq!(state, RemoteConfigState::Applied, "{body:?}");
+        next
+    }
+
+    /// Pushes a config with `body` that must FAIL; returns the message.
+    async fn fail(&mut self, uid: InstanceUid, body: &str) -> String {
+        let state = self.server.push_config(uid, config("", body)).await;
+        let RemoteConfigState::Failed { message } = state else {
+            panic!("expected FAILED for {body:?}, got {state:?}");
+        };
+        message
+    }
+
+    /// Pushes a config with `body` the child crashes on: it must FAIL, the
+    /// `running` child exits and a new one starts on the config it rolls
+    /// back to. Returns the failure message and the new child.
+    async fn roll_back(
+        &mut self,
+        uid: InstanceUid,
+        running: ChildStart,
+        body: &str,
+    ) -> (String, ChildStart) {
+        let message = self.fail(uid, body).await;
+        running.exited().await;
+        (message, next_child(&self.reports).await)
+    }
+
+    /// Waits until the child's health, as reported for `child` (its pid),
+    /// satisfies `check` with the record; returns that record.
+    async fn wait_child(
+        &mut self,
+        uid: InstanceUid,
+        what: &str,
+        child: &ChildStart,
+        check: impl Fn(&AgentRecord, &ComponentHealth) -> bool,
+    ) -> AgentRecord {
+        let pid = child.pid.clone();
+        self.server
+            .wait_for(uid, what, |record| {
+                child_health(record).is_some_and(|health| {
+                    attribute(health, "process.pid").as_deref() == Some(&pid)
+                        && check(record, health)
+                })
+            })
+            .await
+    }
+
+    async fn healthy_child(&mut self, uid: InstanceUid, child: &ChildStart) -> AgentRecord {
+        self.wait_child(uid, "the child healthy", child, |_, health| health.healthy)
+            .await
+    }
+
+    /// Waits until `child` is healthy; returns its restart count then.
+    async fn healthy_restart_count(&mut self, uid: InstanceUid, child: &ChildStart) -> String {
+        let record = self.healthy_child(uid, child).await;
+        attribute(child_health(&record).unwrap(), "restart_count").unwrap()
+    }
+}
+
+/// Stops the agent (SIGTERM, clean exit), then waits for `child` to exit.
+async fn stop(agent: AgentProcess, child: ChildStart) {
+    assert!(agent.terminate().await.success());
+    child.exited().await;
+}
+
+/// Asserts that `record` shows `running` still healthy, not restarted since
+/// its restart count was `restarts`, with `body` as the effective config.
+#[track_caller]
+fn assert_still_running(
+    record: &AgentRecord,
+    running: &ChildStart,
+    restarts: &str,
+    body: &str,
+    context: &str,
+) {
+    let health = child_health(record).unwrap();
+    assert!(health.healthy, "{context}");
+    assert_eq!(
+        attribute(health, "process.pid").unwrap(),
+        running.pid,
+        "{context}"
+    );
+    assert_eq!(
+        attribute(health, "restart_count").unwrap(),
+        restarts,
+        "{context}"
+    );
+    assert_eq!(
+        effective_body(record, "").as_deref(),
+        Some(body.as_bytes()),
+        "{context}"
+    );
 }
 
 /// A health endpoint for `--health-url`: `path` answers 200 while the
@@ -85,7 +241,7 @@ async fn health_endpoint(
 }
 
 /// The supervised child's health component.
-fn child_health(record: &AgentRecord) -> Option<&opamp_proto::ComponentHealth> {
+fn child_health(record: &AgentRecord) -> Option<&ComponentHealth> {
     process_health(record, "agent.sh")
 }
 
@@ -97,21 +253,6 @@ fn marker_check(dir: &Path, marker: &Path) -> String {
         &format!("#!/bin/bash\ntest -e '{}'\n", marker.display()),
     );
     check.display().to_string()
-}
-
-async fn healthy_child(
-    server: &mut TestServer,
-    uid: InstanceUid,
-    child: &ChildStart,
-) -> AgentRecord {
-    let pid = child.pid.clone();
-    server
-        .wait_for(uid, "the child healthy", |record| {
-            child_health(record).is_some_and(|health| {
-                health.healthy && attribute(health, "process.pid").as_deref() == Some(&pid)
-            })
-        })
-        .await
 }
 
 /// An address nothing listens on: the server is unreachable.
@@ -135,106 +276,57 @@ async fn startup_runs_the_fallback_config_then_the_last_persisted_one() {
     ];
 
     // Server unreachable, nothing persisted: the fallback config runs.
-    let unreachable = unreachable_endpoint().await;
-    let agent = setup.agent(&unreachable, &flags, "agent-1.log");
-    let child = next_child(&setup.reports).await;
-    assert_eq!(child.config, "mode: fallback");
-    assert!(agent.terminate().await.success());
-    child.exited().await;
+    let config = setup.offline_config(&flags, "agent-1.log").await;
+    assert_eq!(config, "mode: fallback");
 
     // With the server: the fallback runs and is reported as the effective
     // config until a remote config replaces it.
-    let endpoint = setup.server.endpoint("ws");
-    let agent = setup.agent(&endpoint, &flags, "agent-2.log");
-    let child = next_child(&setup.reports).await;
+    let (agent, child, uid) = setup.start(&flags).await;
     assert_eq!(child.config, "mode: fallback");
-    let (uid, _) = setup.server.next_connected().await;
     setup
         .server
         .wait_for(uid, "the fallback as effective config", |record| {
             effective_body(record, "").as_deref() == Some(b"mode: fallback\n".as_slice())
         })
         .await;
-    let state = setup
-        .server
-        .push_config(uid, config("", "mode: remote\n"))
-        .await;
-    assert_eq!(state, RemoteConfigState::Applied);
-    let remote = next_child(&setup.reports).await;
-    assert_eq!(remote.config, "mode: remote");
-    child.exited().await;
-    assert!(agent.terminate().await.success());
-    remote.exited().await;
+    let remote = setup.apply(uid, child, "mode: remote\n").await;
+    stop(agent, remote).await;
 
     // Server unreachable again: the persisted remote config runs, not the
     // fallback.
-    let agent = setup.agent(&unreachable, &flags, "agent-3.log");
-    let child = next_child(&setup.reports).await;
-    assert_eq!(child.config, "mode: remote");
-    assert!(agent.terminate().await.success());
-    child.exited().await;
+    let config = setup.offline_config(&flags, "agent-3.log").await;
+    assert_eq!(config, "mode: remote");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_config_rolls_back_to_the_last_good_one() {
     let mut setup = Setup::new().await;
-    // Health is the marker file, so the test decides when a child is
-    // healthy and a crash is caught by the exit alone, whatever the timing.
-    let marker = setup.path("healthy");
-    let check = marker_check(setup.dir.path(), &marker);
-    let endpoint = setup.server.endpoint("ws");
-    let agent = setup.agent(
-        &endpoint,
-        &["--health-command", &check, "--apply-timeout", "10m"],
-        "agent.log",
-    );
-    let first = next_child(&setup.reports).await;
-    let (uid, _) = setup.server.next_connected().await;
-    std::fs::write(&marker, "").unwrap();
-    healthy_child(&mut setup.server, uid, &first).await;
+    let (agent, first, uid, marker) = setup.start_with_marker_health().await;
 
     // A config the child is healthy with: the last good one from now on.
-    let state = setup
-        .server
-        .push_config(uid, config("", "mode: good\n"))
-        .await;
-    assert_eq!(state, RemoteConfigState::Applied);
-    let good = next_child(&setup.reports).await;
-    assert_eq!(good.config, "mode: good");
-    first.exited().await;
+    let good = setup.apply(uid, first, "mode: good\n").await;
 
     // A config the child dies on: FAILED, and the child runs the good
     // config again.
     std::fs::remove_file(&marker).unwrap();
-    let state = setup
-        .server
-        .push_config(uid, config("", "crash: yes\n"))
-        .await;
-    let RemoteConfigState::Failed { message } = state else {
-        panic!("expected FAILED, got {state:?}");
-    };
+    let (message, restored) = setup.roll_back(uid, good, "crash: yes\n").await;
     assert_contains(&message, "rolled back to the last good config");
     assert_contains(&message, "exit status: 2");
-    good.exited().await;
-    let restored = next_child(&setup.reports).await;
     assert_eq!(restored.config, "mode: good");
 
     // The health follows the restored child: not healthy until its check
     // passes, then healthy, with the failure kept as its last error.
-    let pid = restored.pid.clone();
     let record = setup
-        .server
-        .wait_for(uid, "the restored child probed unhealthy", |record| {
-            child_health(record).is_some_and(|health| {
-                !health.healthy
-                    && health.status.starts_with("not healthy")
-                    && attribute(health, "process.pid").as_deref() == Some(&pid)
-            })
-        })
+        .wait_child(
+            uid,
+            "the restored child probed unhealthy",
+            &restored,
+            |_, health| !health.healthy && health.status.starts_with("not healthy"),
+        )
         .await;
     assert!(!record.status.health.as_ref().unwrap().healthy);
     std::fs::write(&marker, "").unwrap();
-    let record = healthy_child(&mut setup.server, uid, &restored).await;
+    let record = setup.healthy_child(uid, &restored).await;
     let health = child_health(&record).unwrap();
     assert_contains(&health.last_error, "rolled back");
     // The effective config is the restored one; the config component keeps
@@ -245,48 +337,27 @@ async fn failed_config_rolls_back_to_the_last_good_one() {
     );
     let config_health = &record.status.health.as_ref().unwrap().component_health_map["config"];
     assert!(!config_health.healthy);
-    assert!(agent.terminate().await.success());
-    restored.exited().await;
+    stop(agent, restored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_messages_carry_the_last_lines_of_the_childs_stderr() {
     let mut setup = Setup::new().await;
-    let marker = setup.path("healthy");
-    std::fs::write(&marker, "").unwrap();
-    let check = marker_check(setup.dir.path(), &marker);
-    let endpoint = setup.server.endpoint("ws");
-    let agent = setup.agent(
-        &endpoint,
-        &["--health-command", &check, "--apply-timeout", "10m"],
-        "agent.log",
-    );
-    let first = next_child(&setup.reports).await;
-    let (uid, _) = setup.server.next_connected().await;
-    healthy_child(&mut setup.server, uid, &first).await;
+    let (agent, first, uid, marker) = setup.start_with_marker_health().await;
 
     std::fs::remove_file(&marker).unwrap();
-    let state = setup
-        .server
-        .push_config(uid, config("", "crash: now\n"))
-        .await;
-    let RemoteConfigState::Failed { message } = state else {
-        panic!("expected FAILED, got {state:?}");
-    };
+    let (message, restored) = setup.roll_back(uid, first, "crash: now\n").await;
     // All three lines, in order, not just the last one.
     let expected = CRASH_LINES.join("\n");
     assert_contains(&message, &expected);
     assert_contains(&message, "last stderr lines");
-    first.exited().await;
-    let restored = next_child(&setup.reports).await;
     assert_eq!(restored.config, "");
     // The child's health carries the same context.
     std::fs::write(&marker, "").unwrap();
-    let record = healthy_child(&mut setup.server, uid, &restored).await;
+    let record = setup.healthy_child(uid, &restored).await;
     let health = child_health(&record).unwrap();
     assert_contains(&health.last_error, &expected);
-    assert!(agent.terminate().await.success());
-    restored.exited().await;
+    stop(agent, restored).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,33 +379,15 @@ fi
 "#,
     );
     let validate = format!("{} validate {{config}}", validator.display());
-    let endpoint = setup.server.endpoint("ws");
-    let agent = setup.agent(
-        &endpoint,
-        &["--ready-after", "1s", "--validate-command", &validate],
-        "agent.log",
-    );
-    let first = next_child(&setup.reports).await;
-    let (uid, _) = setup.server.next_connected().await;
-    let state = setup
-        .server
-        .push_config(uid, config("", "receivers: [otlp]\n"))
+    let (agent, first, uid) = setup
+        .start(&["--ready-after", "1s", "--validate-command", &validate])
         .await;
-    assert_eq!(state, RemoteConfigState::Applied);
-    let running = next_child(&setup.reports).await;
-    first.exited().await;
-    let record = healthy_child(&mut setup.server, uid, &running).await;
-    let restarts = attribute(child_health(&record).unwrap(), "restart_count").unwrap();
+    let running = setup.apply(uid, first, "receivers: [otlp]\n").await;
+    let restarts = setup.healthy_restart_count(uid, &running).await;
 
     // A config the validator rejects: FAILED with its output, and the
     // child was never stopped (same pid, same restart count, same config).
-    let state = setup
-        .server
-        .push_config(uid, config("", "receivers: [bogus]\n"))
-        .await;
-    let RemoteConfigState::Failed { message } = state else {
-        panic!("expected FAILED, got {state:?}");
-    };
+    let message = setup.fail(uid, "receivers: [bogus]\n").await;
     assert_contains(&message, "validation failed");
     assert_contains(&message, "exit status: 1");
     assert_contains(&message, "unknown receiver type \"bogus\"");
@@ -349,44 +402,27 @@ fi
                 .is_some_and(|health| !health.component_health_map["config"].healthy)
         })
         .await;
-    let health = child_health(&record).unwrap();
-    assert!(health.healthy);
-    assert_eq!(attribute(health, "process.pid").unwrap(), running.pid);
-    assert_eq!(attribute(health, "restart_count").unwrap(), restarts);
-    assert_eq!(
-        effective_body(&record, "").as_deref(),
-        Some(b"receivers: [otlp]\n".as_slice())
+    assert_still_running(
+        &record,
+        &running,
+        &restarts,
+        "receivers: [otlp]\n",
+        "after the rejected config",
     );
 
     // A config it accepts goes through.
-    let state = setup
-        .server
-        .push_config(uid, config("", "receivers: [otlp, zipkin]\n"))
+    let next = setup
+        .apply(uid, running, "receivers: [otlp, zipkin]\n")
         .await;
-    assert_eq!(state, RemoteConfigState::Applied);
-    let next = next_child(&setup.reports).await;
-    assert_eq!(next.config, "receivers: [otlp, zipkin]");
-    running.exited().await;
-    assert!(agent.terminate().await.success());
-    next.exited().await;
+    stop(agent, next).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_remote_config_keeps_the_child_running_on_its_config() {
     let mut setup = Setup::new().await;
-    let endpoint = setup.server.endpoint("ws");
-    let agent = setup.agent(&endpoint, &["--ready-after", "1s"], "agent.log");
-    let first = next_child(&setup.reports).await;
-    let (uid, _) = setup.server.next_connected().await;
-    let state = setup
-        .server
-        .push_config(uid, config("", "mode: kept\n"))
-        .await;
-    assert_eq!(state, RemoteConfigState::Applied);
-    let running = next_child(&setup.reports).await;
-    first.exited().await;
-    let record = healthy_child(&mut setup.server, uid, &running).await;
-    let restarts = attribute(child_health(&record).unwrap(), "restart_count").unwrap();
+    let (agent, first, uid) = setup.start(&["--ready-after", "1s"]).await;
+    let running = setup.apply(uid, first, "mode: kept\n").await;
+    let restarts = setup.healthy_restart_count(uid, &running).await;
 
     // Both kinds of empty: no files at all, and a file without content.
     for (round, empty) in [AgentConfigMap::default(), config("", "")]
@@ -396,86 +432,69 @@ async fn empty_remote_config_keeps_the_child_running_on_its_config() {
         let state = setup.server.push_config(uid, empty).await;
         assert_eq!(state, RemoteConfigState::Applied, "round {round}");
         let record = setup.server.registry.agent(uid).await.unwrap().unwrap();
-        let health = child_health(&record).unwrap();
-        assert!(health.healthy);
-        assert_eq!(attribute(health, "process.pid").unwrap(), running.pid);
-        assert_eq!(attribute(health, "restart_count").unwrap(), restarts);
-        assert_eq!(
-            effective_body(&record, "").as_deref(),
-            Some(b"mode: kept\n".as_slice()),
-            "round {round}"
+        assert_still_running(
+            &record,
+            &running,
+            &restarts,
+            "mode: kept\n",
+            &format!("round {round}"),
         );
     }
-    assert!(agent.terminate().await.success());
-    running.exited().await;
+    stop(agent, running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applied_is_reported_when_the_health_endpoint_says_healthy() {
     let mut setup = Setup::new().await;
     let (healthy, health_url, _health_task) = health_endpoint("/healthz").await;
-    let endpoint = setup.server.endpoint("ws");
     // Neither the readiness window nor the apply timeout can produce the
     // APPLIED below: only the health endpoint can.
-    let agent = setup.agent(
-        &endpoint,
-        &[
+    let (agent, first, uid) = setup
+        .start(&[
             "--health-url",
             &health_url,
             "--ready-after",
             "10m",
             "--apply-timeout",
             "10m",
-        ],
-        "agent.log",
-    );
-    let first = next_child(&setup.reports).await;
-    let (uid, _) = setup.server.next_connected().await;
-    healthy_child(&mut setup.server, uid, &first).await;
+        ])
+        .await;
+    setup.healthy_child(uid, &first).await;
 
     // The endpoint answers 503: the restarted child is up but not healthy,
     // and the config stays APPLYING.
     healthy.store(false, Ordering::SeqCst);
-    let offer = setup
-        .server
-        .registry
-        .set_remote_config(uid, config("", "mode: slow start\n"))
-        .await
-        .unwrap();
-    let started = next_child(&setup.reports).await;
-    first.exited().await;
-    let pid = started.pid.clone();
-    let record = setup
-        .server
-        .wait_for(uid, "the new child unhealthy while APPLYING", |record| {
-            record.remote_config_state() == Some(RemoteConfigState::Applying)
-                && child_health(record).is_some_and(|health| {
-                    !health.healthy
-                        && health.status.contains("503")
-                        && attribute(health, "process.pid").as_deref() == Some(&pid)
-                })
-        })
+    let (hash, started) = setup.offer(uid, first, "mode: slow start\n").await;
+    setup
+        .wait_child(
+            uid,
+            "the new child unhealthy while APPLYING",
+            &started,
+            |record, health| {
+                record.remote_config_state() == Some(RemoteConfigState::Applying)
+                    && !health.healthy
+                    && health.status.contains("503")
+            },
+        )
         .await;
-    drop(record);
 
     // Healthy: APPLIED follows.
     healthy.store(true, Ordering::SeqCst);
-    let state = setup.server.config_outcome(uid, &offer.hash).await;
+    let state = setup.server.config_outcome(uid, &hash).await;
     assert_eq!(state, RemoteConfigState::Applied);
-    healthy_child(&mut setup.server, uid, &started).await;
+    setup.healthy_child(uid, &started).await;
 
     // Later failures of the check show in the health, without a restart.
     healthy.store(false, Ordering::SeqCst);
     setup
-        .server
-        .wait_for(uid, "the child reported unhealthy", |record| {
-            child_health(record).is_some_and(|health| {
-                !health.healthy && attribute(health, "process.pid").as_deref() == Some(&pid)
-            })
-        })
+        .wait_child(
+            uid,
+            "the child reported unhealthy",
+            &started,
+            |_, health| !health.healthy,
+        )
         .await;
-    assert!(agent.terminate().await.success());
-    started.exited().await;
+    stop(agent, started).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,30 +507,13 @@ async fn shutdown_while_a_config_waits_for_health_keeps_the_last_good_one() {
         "--apply-timeout",
         "10m",
     ];
-    let endpoint = setup.server.endpoint("ws");
-    let agent = setup.agent(&endpoint, &flags, "agent-1.log");
-    let first = next_child(&setup.reports).await;
-    let (uid, _) = setup.server.next_connected().await;
-    let state = setup
-        .server
-        .push_config(uid, config("", "mode: proven\n"))
-        .await;
-    assert_eq!(state, RemoteConfigState::Applied);
-    let proven = next_child(&setup.reports).await;
-    first.exited().await;
+    let (agent, first, uid) = setup.start(&flags).await;
+    let proven = setup.apply(uid, first, "mode: proven\n").await;
 
     // The next config never gets healthy; SIGTERM comes while the agent
     // waits for it (ten minutes at most), and it still stops at once.
     healthy.store(false, Ordering::SeqCst);
-    setup
-        .server
-        .registry
-        .set_remote_config(uid, config("", "mode: unproven\n"))
-        .await
-        .unwrap();
-    let unproven = next_child(&setup.reports).await;
-    assert_eq!(unproven.config, "mode: unproven");
-    proven.exited().await;
+    let (_, unproven) = setup.offer(uid, proven, "mode: unproven\n").await;
     setup
         .server
         .wait_for(uid, "the new config APPLYING", |record| {
@@ -523,9 +525,6 @@ async fn shutdown_while_a_config_waits_for_health_keeps_the_last_good_one() {
 
     // The next start (server unreachable) runs the proven config.
     healthy.store(true, Ordering::SeqCst);
-    let agent = setup.agent(&unreachable_endpoint().await, &flags, "agent-2.log");
-    let child = next_child(&setup.reports).await;
-    assert_eq!(child.config, "mode: proven");
-    assert!(agent.terminate().await.success());
-    child.exited().await;
+    let config = setup.offline_config(&flags, "agent-2.log").await;
+    assert_eq!(config, "mode: proven");
 }

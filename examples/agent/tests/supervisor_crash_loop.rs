@@ -6,7 +6,7 @@
 mod agent_support;
 
 use agent_support::child::{ChildHome, accept_report, write_executable};
-use agent_support::{AgentProcess, TestServer, assert_contains, attribute, config, process_health};
+use agent_support::{TestServer, assert_contains, attribute, config, process_health};
 use opamp_server::AgentRecord;
 use tokio::io::BufReader;
 use tokio::net::TcpListener;
@@ -42,11 +42,8 @@ read -r -u 3 _
             marker = marker.display()
         ),
     );
-    let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::supervising(
-        &endpoint,
+    let agent = server.start_supervisor(
         dir.path(),
-        "agent.log",
         &[
             "--heartbeat",
             "1s",

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 
 use agent_support::child::{ChildHome, accept_report, write_executable};
 use agent_support::{
-    AgentProcess, PATIENCE, TestServer, assert_contains, attribute, config, effective_body,
-    process_health, state_dir,
+    PATIENCE, TestServer, assert_contains, attribute, config, effective_body, process_health,
+    state_dir,
 };
 use bytes::Bytes;
 use opamp_proto::{
@@ -190,12 +190,9 @@ async fn supervisor_restarts_updates_and_rolls_back_its_child() {
     };
 
     let state = state_dir(dir.path());
-    let endpoint = server.endpoint("ws");
     let public_key = hex::encode(packager.key.public_key().as_ref());
-    let agent = AgentProcess::supervising(
-        &endpoint,
+    let agent = server.start_supervisor(
         dir.path(),
-        "agent.log",
         &[
             "--heartbeat",
             "1s",

@@ -6,7 +6,7 @@
 mod agent_support;
 
 use agent_support::child::{ChildHome, accept_report, next_child, write_child, write_executable};
-use agent_support::{AgentProcess, PATIENCE, TestServer};
+use agent_support::{PATIENCE, TestServer};
 use nix::sys::signal::Signal;
 use tokio::io::AsyncBufReadExt;
 
@@ -14,14 +14,7 @@ async fn stops_cleanly_on(signal: Signal) {
     let mut server = TestServer::start().await;
     let ChildHome { dir, reports, port } = ChildHome::new().await;
     let script = write_child(dir.path(), "agent.sh", port);
-    let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::supervising(
-        &endpoint,
-        dir.path(),
-        "agent.log",
-        &["--stop-timeout", "10m"],
-        &script,
-    );
+    let agent = server.start_supervisor(dir.path(), &["--stop-timeout", "10m"], &script);
     let child = next_child(&reports).await;
     let (uid, _) = server.next_connected().await;
     server
@@ -40,11 +33,7 @@ async fn stops_cleanly_on(signal: Signal) {
         "TERM"
     };
     assert_eq!(child.exited().await, [format!("signal {name}")]);
-    let goodbye = tokio::time::timeout(PATIENCE, server.goodbyes.recv())
-        .await
-        .expect("no agent_disconnect")
-        .unwrap();
-    assert_eq!(goodbye, uid);
+    assert_eq!(server.next_goodbye().await, uid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,14 +62,7 @@ read -r -u 3 _
 "#
         ),
     );
-    let endpoint = server.endpoint("ws");
-    let agent = AgentProcess::supervising(
-        &endpoint,
-        dir.path(),
-        "agent.log",
-        &["--stop-timeout", "200ms"],
-        &script,
-    );
+    let agent = server.start_supervisor(dir.path(), &["--stop-timeout", "200ms"], &script);
     let (mut connection, mut line) = accept_report(&reports).await;
     assert_eq!(line, "up\n");
     let (uid, _) = server.next_connected().await;
@@ -93,11 +75,7 @@ read -r -u 3 _
         .expect("the stubborn child is still running")
         .unwrap();
     assert_eq!(read, 0, "{line:?}");
-    let goodbye = tokio::time::timeout(PATIENCE, server.goodbyes.recv())
-        .await
-        .expect("no agent_disconnect")
-        .unwrap();
-    assert_eq!(goodbye, uid);
+    assert_eq!(server.next_goodbye().await, uid);
     // The last report before the goodbye carried the child's end.
     let record = server
         .wait_for(uid, "the child reported stopped", |record| {

@@ -159,6 +159,26 @@ impl TestServer {
         format!("{scheme}://{}/v1/opamp", self.addr)
     }
 
+    /// Starts the agent against this server over WebSocket, with its state
+    /// and its log (`agent.log`) in `dir`, `extra` flags added.
+    pub fn start_agent(&self, dir: &Path, extra: &[&str]) -> AgentProcess {
+        AgentProcess::start(&self.endpoint("ws"), dir, "agent.log", extra)
+    }
+
+    /// Like [`start_agent`](Self::start_agent), supervising `script` (see
+    /// [`AgentProcess::supervising`]).
+    pub fn start_supervisor(&self, dir: &Path, options: &[&str], script: &Path) -> AgentProcess {
+        AgentProcess::supervising(&self.endpoint("ws"), dir, "agent.log", options, script)
+    }
+
+    /// Waits for the next agent to say goodbye (`agent_disconnect`).
+    pub async fn next_goodbye(&mut self) -> InstanceUid {
+        tokio::time::timeout(PATIENCE, self.goodbyes.recv())
+            .await
+            .expect("no agent_disconnect")
+            .unwrap()
+    }
+
     /// Waits for the next agent to connect; returns its uid and transport.
     pub async fn next_connected(&mut self) -> (InstanceUid, TransportKind) {
         tokio::time::timeout(PATIENCE, async {
