@@ -34,7 +34,7 @@ use opamp_client::proto::TelemetryConnectionSettings;
 use opamp_transport::ClientTlsConfig;
 use opentelemetry::KeyValue;
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
-use opentelemetry::metrics::MeterProvider;
+use opentelemetry::metrics::{Meter, MeterProvider};
 use opentelemetry::trace::{Span as _, Status, Tracer as _, TracerProvider as _};
 use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_otlp::{
@@ -53,6 +53,32 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// The instrumentation scope of everything the agent exports about itself.
 const SCOPE: &str = "opamp-rs-example-agent";
+
+/// The provider of a batched export (traces or logs) to `target`, flushed
+/// every `interval`: the SDK has the same steps for both signals on types
+/// that share no trait (the exporter, its batch processor and its config,
+/// the provider and the method that adds the processor). Evaluates to the
+/// exporter's build result.
+macro_rules! batch_provider {
+    (
+        $target:expr, $resource:expr, $interval:expr,
+        $exporter:ident, $processor:ident, $config:ty, $provider:ident::$add_processor:ident
+    ) => {
+        $target
+            .configure($exporter::builder().with_http())
+            .build()
+            .map(|exporter| {
+                let config = <$config>::default().with_scheduled_delay($interval).build();
+                let processor = $processor::builder(exporter)
+                    .with_batch_config(config)
+                    .build();
+                $provider::builder()
+                    .with_resource($resource)
+                    .$add_processor(processor)
+                    .build()
+            })
+    };
+}
 
 /// Counters about the agent's own work, exported next to the process metrics.
 #[derive(Debug, Default)]
@@ -409,9 +435,13 @@ impl OwnTelemetry {
             .flat_map(|headers| &headers.headers)
             .map(|header| (header.key.clone(), header.value.clone()))
             .collect();
-        let client = OtlpHttpClient {
-            runtime: self.runtime.clone(),
-            tls,
+        let target = OtlpTarget {
+            endpoint: offer.destination_endpoint.clone(),
+            headers,
+            client: OtlpHttpClient {
+                runtime: self.runtime.clone(),
+                tls,
+            },
         };
         let resource = Resource::builder_empty()
             .with_attributes(self.resource.clone())
@@ -419,17 +449,12 @@ impl OwnTelemetry {
         let built = |error: opentelemetry_otlp::ExporterBuildError| {
             format!("cannot build the OTLP exporter: {error}")
         };
-        let endpoint = offer.destination_endpoint.clone();
         Ok(match kind {
             TelemetryKind::Metrics => {
-                let exporter = otlp_http(
-                    MetricExporter::builder().with_http(),
-                    endpoint,
-                    headers,
-                    client,
-                )
-                .build()
-                .map_err(built)?;
+                let exporter = target
+                    .configure(MetricExporter::builder().with_http())
+                    .build()
+                    .map_err(built)?;
                 let reader = PeriodicReader::builder(exporter)
                     .with_interval(self.interval)
                     .build();
@@ -440,52 +465,30 @@ impl OwnTelemetry {
                 register_instruments(&provider, Arc::clone(&self.stats));
                 Provider::Metrics(provider)
             }
-            TelemetryKind::Traces => {
-                let exporter = otlp_http(
-                    SpanExporter::builder().with_http(),
-                    endpoint,
-                    headers,
-                    client,
+            TelemetryKind::Traces => Provider::Traces(
+                batch_provider!(
+                    target,
+                    resource,
+                    self.interval,
+                    SpanExporter,
+                    BatchSpanProcessor,
+                    opentelemetry_sdk::trace::BatchConfigBuilder,
+                    SdkTracerProvider::with_span_processor
                 )
-                .build()
-                .map_err(built)?;
-                let processor = BatchSpanProcessor::builder(exporter)
-                    .with_batch_config(
-                        opentelemetry_sdk::trace::BatchConfigBuilder::default()
-                            .with_scheduled_delay(self.interval)
-                            .build(),
-                    )
-                    .build();
-                Provider::Traces(
-                    SdkTracerProvider::builder()
-                        .with_resource(resource)
-                        .with_span_processor(processor)
-                        .build(),
+                .map_err(built)?,
+            ),
+            TelemetryKind::Logs => Provider::Logs(
+                batch_provider!(
+                    target,
+                    resource,
+                    self.interval,
+                    LogExporter,
+                    BatchLogProcessor,
+                    opentelemetry_sdk::logs::BatchConfigBuilder,
+                    SdkLoggerProvider::with_log_processor
                 )
-            }
-            TelemetryKind::Logs => {
-                let exporter = otlp_http(
-                    LogExporter::builder().with_http(),
-                    endpoint,
-                    headers,
-                    client,
-                )
-                .build()
-                .map_err(built)?;
-                let processor = BatchLogProcessor::builder(exporter)
-                    .with_batch_config(
-                        opentelemetry_sdk::logs::BatchConfigBuilder::default()
-                            .with_scheduled_delay(self.interval)
-                            .build(),
-                    )
-                    .build();
-                Provider::Logs(
-                    SdkLoggerProvider::builder()
-                        .with_resource(resource)
-                        .with_log_processor(processor)
-                        .build(),
-                )
-            }
+                .map_err(built)?,
+            ),
         })
     }
 
@@ -539,57 +542,99 @@ fn register_instruments(provider: &SdkMeterProvider, stats: Arc<AgentStats>) {
             }
         })
         .build();
-    meter
-        .i64_observable_up_down_counter("process.memory.usage")
-        .with_unit("By")
-        .with_description("Resident memory of the agent process")
-        .with_callback(|observer| {
-            if let Some(bytes) = proc_status_kib("VmRSS:") {
-                observer.observe(bytes.saturating_mul(1024), &[]);
-            }
-        })
-        .build();
-    meter
-        .i64_observable_up_down_counter("process.memory.virtual")
-        .with_unit("By")
-        .with_description("Virtual memory of the agent process")
-        .with_callback(|observer| {
-            if let Some(bytes) = proc_status_kib("VmSize:") {
-                observer.observe(bytes.saturating_mul(1024), &[]);
-            }
-        })
-        .build();
-    meter
-        .i64_observable_up_down_counter("process.thread.count")
-        .with_unit("{thread}")
-        .with_description("Threads of the agent process")
-        .with_callback(|observer| {
-            if let Some(threads) = proc_status_kib("Threads:") {
-                observer.observe(threads, &[]);
-            }
-        })
-        .build();
+    proc_status_instrument(
+        &meter,
+        [
+            "process.memory.usage",
+            "By",
+            "Resident memory of the agent process",
+        ],
+        "VmRSS:",
+        1024,
+    );
+    proc_status_instrument(
+        &meter,
+        [
+            "process.memory.virtual",
+            "By",
+            "Virtual memory of the agent process",
+        ],
+        "VmSize:",
+        1024,
+    );
+    proc_status_instrument(
+        &meter,
+        [
+            "process.thread.count",
+            "{thread}",
+            "Threads of the agent process",
+        ],
+        "Threads:",
+        1,
+    );
     meter
         .f64_observable_gauge("process.uptime")
         .with_unit("s")
         .with_description("Seconds since the export started")
         .with_callback(move |observer| observer.observe(started.elapsed().as_secs_f64(), &[]))
         .build();
-    let restarts = Arc::clone(&stats);
+    stats_counter(
+        &meter,
+        [
+            "opamp.agent.restarts",
+            "{restart}",
+            "Restarts of the agent's work (simulated or supervised)",
+        ],
+        Arc::clone(&stats),
+        |stats| &stats.restarts,
+    );
+    stats_counter(
+        &meter,
+        [
+            "opamp.agent.remote_config.applied",
+            "{config}",
+            "Remote configs applied",
+        ],
+        stats,
+        |stats| &stats.configs_applied,
+    );
+}
+
+/// An instrument's name, unit and description.
+type Instrument = [&'static str; 3];
+
+/// An up-down counter of `field` in `/proc/self/status`, times `scale`.
+fn proc_status_instrument(
+    meter: &Meter,
+    [name, unit, description]: Instrument,
+    field: &'static str,
+    scale: i64,
+) {
     meter
-        .u64_observable_counter("opamp.agent.restarts")
-        .with_unit("{restart}")
-        .with_description("Restarts of the agent's work (simulated or supervised)")
+        .i64_observable_up_down_counter(name)
+        .with_unit(unit)
+        .with_description(description)
         .with_callback(move |observer| {
-            observer.observe(restarts.restarts.load(Ordering::Relaxed), &[]);
+            if let Some(value) = proc_status_kib(field) {
+                observer.observe(value.saturating_mul(scale), &[]);
+            }
         })
         .build();
+}
+
+/// A counter that reads one of the agent's own `stats`.
+fn stats_counter(
+    meter: &Meter,
+    [name, unit, description]: Instrument,
+    stats: Arc<AgentStats>,
+    counter: fn(&AgentStats) -> &AtomicU64,
+) {
     meter
-        .u64_observable_counter("opamp.agent.remote_config.applied")
-        .with_unit("{config}")
-        .with_description("Remote configs applied")
+        .u64_observable_counter(name)
+        .with_unit(unit)
+        .with_description(description)
         .with_callback(move |observer| {
-            observer.observe(stats.configs_applied.load(Ordering::Relaxed), &[]);
+            observer.observe(counter(&stats).load(Ordering::Relaxed), &[]);
         })
         .build();
 }
@@ -712,21 +757,25 @@ where
     Ok(Response::from_parts(parts, body))
 }
 
-/// The settings every own-telemetry exporter shares: OTLP/HTTP with
-/// protobuf bodies to `endpoint`, the offered headers, the export timeout
+/// Where an own-telemetry exporter sends: the offered endpoint and headers,
 /// and our HTTP client (which carries the offered TLS settings).
-fn otlp_http<B: WithExportConfig + WithHttpConfig>(
-    builder: B,
+struct OtlpTarget {
     endpoint: String,
     headers: HashMap<String, String>,
     client: OtlpHttpClient,
-) -> B {
-    builder
-        .with_endpoint(endpoint)
-        .with_protocol(Protocol::HttpBinary)
-        .with_timeout(EXPORT_TIMEOUT)
-        .with_headers(headers)
-        .with_http_client(client)
+}
+
+impl OtlpTarget {
+    /// The settings every own-telemetry exporter shares: OTLP/HTTP with
+    /// protobuf bodies to this target, with the export timeout.
+    fn configure<B: WithExportConfig + WithHttpConfig>(self, builder: B) -> B {
+        builder
+            .with_endpoint(self.endpoint)
+            .with_protocol(Protocol::HttpBinary)
+            .with_timeout(EXPORT_TIMEOUT)
+            .with_headers(self.headers)
+            .with_http_client(self.client)
+    }
 }
 
 #[cfg(test)]

@@ -84,66 +84,19 @@ impl Receiver {
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned);
             seen.lock().unwrap().push(path.clone());
-            let reply = match path.as_str() {
+            match path.as_str() {
                 "/v1/traces" => {
-                    let Ok(export) = ExportTraceServiceRequest::decode(request.body().clone())
-                    else {
-                        return bad_request();
-                    };
-                    for spans in export.resource_spans {
-                        let instance = instance_id(spans.resource.as_ref());
-                        for span in spans.scope_spans.into_iter().flat_map(|scope| scope.spans) {
-                            let error = span
-                                .status
-                                .filter(|status| status.code == StatusCode::Error as i32)
-                                .map(|status| status.message);
-                            let _ = tx.send(Item::Span {
-                                name: span.name,
-                                error,
-                                instance: instance.clone(),
-                                token: token.clone(),
-                            });
-                        }
-                    }
-                    ExportTraceServiceResponse::default().encode_to_vec()
+                    answer_export::<_, ExportTraceServiceResponse>(request.body(), |export| {
+                        send_spans(export, &token, &tx)
+                    })
                 }
                 "/v1/logs" => {
-                    let Ok(export) = ExportLogsServiceRequest::decode(request.body().clone())
-                    else {
-                        return bad_request();
-                    };
-                    for logs in export.resource_logs {
-                        let instance = instance_id(logs.resource.as_ref());
-                        for record in logs
-                            .scope_logs
-                            .into_iter()
-                            .flat_map(|scope| scope.log_records)
-                        {
-                            let _ = tx.send(Item::Log {
-                                body: text(record.body.as_ref()).unwrap_or_default(),
-                                severity: record.severity_number,
-                                instance: instance.clone(),
-                                attributes: record
-                                    .attributes
-                                    .iter()
-                                    .map(|kv| {
-                                        (
-                                            kv.key.clone(),
-                                            text(kv.value.as_ref()).unwrap_or_default(),
-                                        )
-                                    })
-                                    .collect(),
-                            });
-                        }
-                    }
-                    ExportLogsServiceResponse::default().encode_to_vec()
+                    answer_export::<_, ExportLogsServiceResponse>(request.body(), |export| {
+                        send_logs(export, &tx)
+                    })
                 }
-                _ => return bad_request(),
-            };
-            http::Response::builder()
-                .header("content-type", "application/x-protobuf")
-                .body(Bytes::from(reply))
-                .unwrap()
+                _ => bad_request(),
+            }
         })
         .await;
         Self {
@@ -187,6 +140,68 @@ impl Receiver {
             .iter()
             .filter(|seen| *seen == path)
             .count()
+    }
+}
+
+/// Answers an OTLP export: decodes the request as `R` and hands it to
+/// `received`, then replies with an empty `A`; 400 if it does not decode.
+fn answer_export<R: Message + Default, A: Message + Default>(
+    body: &Bytes,
+    received: impl FnOnce(R),
+) -> http::Response<Bytes> {
+    let Ok(export) = R::decode(body.clone()) else {
+        return bad_request();
+    };
+    received(export);
+    http::Response::builder()
+        .header("content-type", "application/x-protobuf")
+        .body(Bytes::from(A::default().encode_to_vec()))
+        .unwrap()
+}
+
+/// Sends each span of `export` (which came with `token`) as an item.
+fn send_spans(
+    export: ExportTraceServiceRequest,
+    token: &Option<String>,
+    tx: &mpsc::UnboundedSender<Item>,
+) {
+    for spans in export.resource_spans {
+        let instance = instance_id(spans.resource.as_ref());
+        for span in spans.scope_spans.into_iter().flat_map(|scope| scope.spans) {
+            let error = span
+                .status
+                .filter(|status| status.code == StatusCode::Error as i32)
+                .map(|status| status.message);
+            let _ = tx.send(Item::Span {
+                name: span.name,
+                error,
+                instance: instance.clone(),
+                token: token.clone(),
+            });
+        }
+    }
+}
+
+/// Sends each log record of `export` as an item.
+fn send_logs(export: ExportLogsServiceRequest, tx: &mpsc::UnboundedSender<Item>) {
+    for logs in export.resource_logs {
+        let instance = instance_id(logs.resource.as_ref());
+        for record in logs
+            .scope_logs
+            .into_iter()
+            .flat_map(|scope| scope.log_records)
+        {
+            let _ = tx.send(Item::Log {
+                body: text(record.body.as_ref()).unwrap_or_default(),
+                severity: record.severity_number,
+                instance: instance.clone(),
+                attributes: record
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.clone(), text(kv.value.as_ref()).unwrap_or_default()))
+                    .collect(),
+            });
+        }
     }
 }
 
