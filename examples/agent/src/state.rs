@@ -16,6 +16,7 @@
 //! - `supervised/`: the supervisor's executables (supervisor mode).
 
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -322,6 +323,12 @@ fn content_type_for(file_name: &str) -> String {
 /// Writes `path` so that readers see the old or the new content, never a
 /// mix: a temporary file in the same directory, synced, then renamed.
 pub(crate) fn write_atomically(path: &Path, content: &[u8]) -> io::Result<()> {
+    write_atomically_with_mode(path, content, 0o666)
+}
+
+/// Like [`write_atomically`], a new file getting the permissions `mode`
+/// (less the umask), as `open(2)` gives them.
+pub(crate) fn write_atomically_with_mode(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let file_name = path
@@ -329,7 +336,12 @@ pub(crate) fn write_atomically(path: &Path, content: &[u8]) -> io::Result<()> {
         .and_then(|name| name.to_str())
         .unwrap_or("file");
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
     file.write_all(content)?;
     file.sync_all()?;
     drop(file);
@@ -338,7 +350,24 @@ pub(crate) fn write_atomically(path: &Path, content: &[u8]) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
+
+    #[test]
+    fn atomic_writes_replace_the_file_with_the_given_mode_and_leave_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tls").join("client.key");
+        write_atomically_with_mode(&path, b"one", 0o600).unwrap();
+        write_atomically_with_mode(&path, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tls")).unwrap().count(),
+            1
+        );
+    }
 
     fn map(entries: &[(&str, &str)]) -> AgentConfigMap {
         AgentConfigMap {

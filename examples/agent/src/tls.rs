@@ -12,8 +12,6 @@
 //! only when that works is it saved in `tls/` and used for every later
 //! connection, including after a restart (CS-15).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -25,6 +23,7 @@ use opamp_client::{ClientTlsConfig, InstanceUid};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 
 use super::cli::AgentArgs;
+use super::state::write_atomically_with_mode;
 
 const CERT_FILE: &str = "client.crt";
 const KEY_FILE: &str = "client.key";
@@ -154,19 +153,7 @@ pub(crate) fn make_csr(uid: InstanceUid) -> Result<(String, String), rcgen::Erro
 
 /// Writes a file readable by the owner only, atomically.
 fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(content)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)
+    write_atomically_with_mode(path, content, 0o600)
 }
 
 #[cfg(test)]
