@@ -105,6 +105,33 @@ pub enum AgentError {
     Client(#[from] opamp_client::ClientError),
 }
 
+/// The whole `opamp-agent` binary, for its `main` and for packages that
+/// build the agent as a binary of their own: log events go to stderr,
+/// filtered by `RUST_LOG` or else by `default_filter`, and to the server's
+/// own-logs destination once it offers one ([`LogBridge`]); then the flags
+/// are parsed and the agents [`run`]. A failure is logged and printed, and
+/// the exit code says it.
+pub async fn main_with_log_filter(default_filter: &str) -> std::process::ExitCode {
+    use clap::Parser;
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    tracing_subscriber::registry()
+        .with(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(LogBridge)
+        .init();
+    match run(AgentArgs::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "agent failed");
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the agents until Ctrl-C or SIGTERM, then stops them in order.
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     if args.supervise && args.count > 1 {

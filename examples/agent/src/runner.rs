@@ -140,21 +140,9 @@ impl Agent {
             .map_err(|error| AgentError::Packages(error.to_string()))?;
         let description = describe(&args, uid);
         let telemetry = setup.own_telemetry.then(|| {
-            let resource = description
-                .identifying_attributes
-                .iter()
-                .map(|kv| {
-                    let value = kv
-                        .value
-                        .as_ref()
-                        .map(|v| v.to_display_string())
-                        .unwrap_or_default();
-                    (kv.key.clone(), value)
-                })
-                .collect();
             Arc::new(OwnTelemetry::new(
                 runtime.clone(),
-                resource,
+                &description.identifying_attributes,
                 args.own_metrics_interval,
                 args.insecure,
                 Arc::clone(&stats),

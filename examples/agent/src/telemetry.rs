@@ -30,7 +30,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use opamp_client::proto::TelemetryConnectionSettings;
+use opamp_client::proto::{AnyValue as ProtoValue, TelemetryConnectionSettings};
 use opamp_transport::ClientTlsConfig;
 use opentelemetry::KeyValue;
 use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
@@ -293,19 +293,23 @@ impl std::fmt::Debug for OwnTelemetry {
 }
 
 impl OwnTelemetry {
-    /// `resource` holds the agent's identifying attributes (CS-46).
+    /// The exports' resource is the agent's `identifying` attributes
+    /// (CS-46), their values as text.
     pub(crate) fn new(
         runtime: tokio::runtime::Handle,
-        resource: Vec<(String, String)>,
+        identifying: &[opamp_client::proto::KeyValue],
         interval: Duration,
         insecure: bool,
         stats: Arc<AgentStats>,
     ) -> Self {
         Self {
             runtime,
-            resource: resource
-                .into_iter()
-                .map(|(key, value)| KeyValue::new(key, value))
+            resource: identifying
+                .iter()
+                .map(|kv| {
+                    let value = kv.value.as_ref().map(ProtoValue::to_display_string);
+                    KeyValue::new(kv.key.clone(), value.unwrap_or_default())
+                })
                 .collect(),
             interval,
             insecure,
