@@ -49,22 +49,15 @@ impl Default for WsServerConfig {
 }
 
 impl WsServerConfig {
-    /// Sets the message size limit.
-    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
-        self
-    }
+    crate::builder_setters! {
+        /// Sets the message size limit.
+        pub fn with_max_message_size(bytes: usize) => max_message_size = bytes;
 
-    /// Sets the closing-handshake bound.
-    pub fn with_close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
-        self
-    }
+        /// Sets the closing-handshake bound.
+        pub fn with_close_timeout(timeout: Duration) => close_timeout = timeout;
 
-    /// Chooses how to treat headerless legacy frames.
-    pub fn with_headerless_frames(mut self, mode: HeaderlessFrames) -> Self {
-        self.headerless_frames = mode;
-        self
+        /// Chooses how to treat headerless legacy frames.
+        pub fn with_headerless_frames(mode: HeaderlessFrames) => headerless_frames = mode;
     }
 }
 
