@@ -8,16 +8,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{opamp_ws_handler, raw_ws_client, raw_ws_handler};
+use common::{RawServerSocket, opamp_ws_handler, raw_ws_client, raw_ws_handler};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, StatusCode, header};
-use opamp_proto::{AgentDisconnect, AgentToServer, CustomMessage, Message as _, ServerToAgent};
+use opamp_proto::{AgentDisconnect, AgentToServer, CustomMessage, Message, ServerToAgent};
 use opamp_testkit::{Handler, HttpServer, handler, serve_http, status_response};
 use opamp_transport::ws::client::WsClientConnection;
 use opamp_transport::ws::server::{WsServerConfig, WsServerConnection};
 use opamp_transport::ws::{
     CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, WsConnection,
-    WsError,
+    WsError, WsReceiver,
 };
 use opamp_transport::{ClientOptions, ConnectError, FrameError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -74,6 +74,17 @@ async fn connect_pair(
     (server, client, server_side)
 }
 
+/// A client connected to a raw WebSocket peer, which speaks no OpAMP.
+async fn client_with_raw_peer() -> (HttpServer, WsClientConnection, RawServerSocket) {
+    let (handler, mut raw_sockets) = raw_ws_handler();
+    let server = serve_http(handler, None).await;
+    let client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
+        .await
+        .unwrap();
+    let raw = raw_sockets.recv().await.unwrap();
+    (server, client, raw)
+}
+
 #[tokio::test]
 async fn ws_01_ws_07_messages_flow_both_ways() {
     let (_server, mut client, mut server_side) =
@@ -103,12 +114,7 @@ async fn ws_06_empty_messages_cross_the_wire() {
 
 #[tokio::test]
 async fn ws_03_frames_on_the_wire_carry_the_zero_header() {
-    let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve_http(handler, None).await;
-    let client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap();
-    let mut raw = raw_sockets.recv().await.unwrap();
+    let (_server, client, mut raw) = client_with_raw_peer().await;
     client.send(&agent(9)).await.unwrap();
     let Some(Ok(Raw::Binary(data))) = raw.next().await else {
         panic!("expected a binary frame")
@@ -213,13 +219,8 @@ async fn ws_18_server_initiated_close_with_going_away() {
 
 #[tokio::test]
 async fn ws_17_close_wait_is_bounded_when_the_peer_never_answers() {
-    let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve_http(handler, None).await;
-    let client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap();
     // The raw peer is never polled, so it never answers the Close frame.
-    let _silent_peer = raw_sockets.recv().await.unwrap();
+    let (_server, client, _silent_peer) = client_with_raw_peer().await;
     client.set_close_timeout(Duration::from_millis(50));
     let result = client.close().await;
     assert!(
@@ -234,16 +235,11 @@ async fn ws_09_server_closes_with_1009_on_a_65_mib_message() {
         o.with_max_message_size(128 * MIB)
     })
     .await;
-    client.set_close_timeout(Duration::from_millis(50));
-    let (client_tx, mut client_rx) = client.split();
-    // The send cannot finish: the server stops reading after the header.
-    let _stuck_send = tokio::spawn(async move {
-        let big = AgentToServer {
-            custom_message: custom(65 * MIB),
-            ..agent(1)
-        };
-        let _ = client_tx.send(&big).await;
-    });
+    let big = AgentToServer {
+        custom_message: custom(65 * MIB),
+        ..agent(1)
+    };
+    let mut client_rx = send_too_big(client, big);
 
     let error = server_side.recv().await.unwrap_err();
     match error {
@@ -259,6 +255,22 @@ async fn ws_09_server_closes_with_1009_on_a_65_mib_message() {
     assert_eq!(client_rx.peer_close().unwrap().code, CLOSE_MESSAGE_TOO_BIG);
 }
 
+/// Sends `big` on `connection` from a task that never finishes (the peer
+/// stops reading after the header), with a short close timeout; returns the
+/// receiving half.
+fn send_too_big<Tx, Rx>(connection: WsConnection<Tx, Rx>, big: Tx) -> WsReceiver<Rx>
+where
+    Tx: Message + Send + Sync + 'static,
+    Rx: Message + Default,
+{
+    connection.set_close_timeout(Duration::from_millis(50));
+    let (sender, receiver) = connection.split();
+    tokio::spawn(async move {
+        let _ = sender.send(&big).await;
+    });
+    receiver
+}
+
 fn error_is_fatal<T: std::fmt::Debug>(result: &Result<T, WsError>) -> bool {
     matches!(result, Err(e) if e.is_fatal())
 }
@@ -270,15 +282,11 @@ async fn ws_10_client_closes_with_1009_on_a_65_mib_message() {
         |o| o,
     )
     .await;
-    server_side.set_close_timeout(Duration::from_millis(50));
-    let (server_tx, mut server_rx) = server_side.split();
-    let _stuck_send = tokio::spawn(async move {
-        let big = ServerToAgent {
-            custom_message: custom(65 * MIB),
-            ..server_message(0)
-        };
-        let _ = server_tx.send(&big).await;
-    });
+    let big = ServerToAgent {
+        custom_message: custom(65 * MIB),
+        ..server_message(0)
+    };
+    let mut server_rx = send_too_big(server_side, big);
 
     let error = client.recv().await.unwrap_err();
     assert!(
@@ -369,12 +377,7 @@ async fn ws_01_text_frame_to_server_is_typed_error_and_closed_1003() {
 
 #[tokio::test]
 async fn ws_01_text_frame_to_client_is_typed_error_and_closed_1003() {
-    let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve_http(handler, None).await;
-    let mut client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap();
-    let mut raw = raw_sockets.recv().await.unwrap();
+    let (_server, mut client, mut raw) = client_with_raw_peer().await;
     raw.send(Raw::text("hello")).await.unwrap();
     assert!(matches!(client.recv().await, Err(WsError::TextFrame)));
     let Some(Ok(Raw::Close(Some(frame)))) = raw.next().await else {
@@ -448,12 +451,7 @@ async fn amb_14_headerless_frames_rejected_by_default_accepted_on_opt_in() {
 
 #[tokio::test]
 async fn ws_15_pings_are_answered_while_receiving() {
-    let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve_http(handler, None).await;
-    let mut client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap();
-    let mut raw = raw_sockets.recv().await.unwrap();
+    let (_server, mut client, mut raw) = client_with_raw_peer().await;
     let receiving = tokio::spawn(async move { client.recv().await });
 
     raw.send(Raw::Ping(Bytes::from_static(b"are you there")))
@@ -472,12 +470,8 @@ async fn ws_15_pings_are_answered_while_receiving() {
 
 #[tokio::test]
 async fn peer_vanishing_without_close_is_a_reset() {
-    let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve_http(handler, None).await;
-    let mut client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap();
-    drop(raw_sockets.recv().await.unwrap());
+    let (_server, mut client, raw) = client_with_raw_peer().await;
+    drop(raw);
     let error = client.recv().await.unwrap_err();
     assert!(
         matches!(error, WsError::ConnectionReset | WsError::Io(_)),
