@@ -12,7 +12,8 @@ use common::{RawServerSocket, opamp_ws_handler, raw_ws_client, raw_ws_handler};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, StatusCode, header};
 use opamp_proto::{AgentDisconnect, AgentToServer, CustomMessage, Message, ServerToAgent};
-use opamp_testkit::{Handler, HttpServer, handler, serve_http, status_response};
+use opamp_testkit::{FullResponse, Handler, HttpServer, handler, serve_http, status_response};
+use opamp_transport::http::server::{service_unavailable, unauthorized};
 use opamp_transport::ws::client::WsClientConnection;
 use opamp_transport::ws::server::{WsServerConfig, WsServerConnection};
 use opamp_transport::ws::{
@@ -22,7 +23,7 @@ use opamp_transport::ws::{
 use opamp_transport::{ClientOptions, ConnectError, FrameError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message as Raw;
+use tokio_tungstenite::tungstenite::{Error as WsProtocolError, Message as Raw};
 
 const MIB: usize = 1024 * 1024;
 
@@ -235,11 +236,10 @@ async fn ws_09_server_closes_with_1009_on_a_65_mib_message() {
         o.with_max_message_size(128 * MIB)
     })
     .await;
-    let big = AgentToServer {
-        custom_message: custom(65 * MIB),
+    let mut client_rx = send_65_mib(client, |custom_message| AgentToServer {
+        custom_message,
         ..agent(1)
-    };
-    let mut client_rx = send_too_big(client, big);
+    });
 
     let error = server_side.recv().await.unwrap_err();
     match error {
@@ -255,14 +255,19 @@ async fn ws_09_server_closes_with_1009_on_a_65_mib_message() {
     assert_eq!(client_rx.peer_close().unwrap().code, CLOSE_MESSAGE_TOO_BIG);
 }
 
-/// Sends `big` on `connection` from a task that never finishes (the peer
-/// stops reading after the header), with a short close timeout; returns the
+/// Sends a message carrying a 65 MiB custom message (`with_custom` puts it
+/// in) on `connection`, from a task that never finishes (the peer stops
+/// reading after the header), with a short close timeout; returns the
 /// receiving half.
-fn send_too_big<Tx, Rx>(connection: WsConnection<Tx, Rx>, big: Tx) -> WsReceiver<Rx>
+fn send_65_mib<Tx, Rx>(
+    connection: WsConnection<Tx, Rx>,
+    with_custom: impl FnOnce(Option<CustomMessage>) -> Tx,
+) -> WsReceiver<Rx>
 where
     Tx: Message + Send + Sync + 'static,
     Rx: Message + Default,
 {
+    let big = with_custom(custom(65 * MIB));
     connection.set_close_timeout(Duration::from_millis(50));
     let (sender, receiver) = connection.split();
     tokio::spawn(async move {
@@ -282,11 +287,10 @@ async fn ws_10_client_closes_with_1009_on_a_65_mib_message() {
         |o| o,
     )
     .await;
-    let big = ServerToAgent {
-        custom_message: custom(65 * MIB),
+    let mut server_rx = send_65_mib(server_side, |custom_message| ServerToAgent {
+        custom_message,
         ..server_message(0)
-    };
-    let mut server_rx = send_too_big(server_side, big);
+    });
 
     let error = client.recv().await.unwrap_err();
     assert!(
@@ -367,19 +371,28 @@ async fn ws_01_text_frame_to_server_is_typed_error_and_closed_1003() {
     let (server, mut accepted, _) = opamp_server(WsServerConfig::default()).await;
     let mut raw = raw_ws_client(&server.url("ws", "/")).await;
     let (_, mut server_side) = accepted.recv().await.unwrap();
-    raw.send(Raw::text("hello")).await.unwrap();
-    assert!(matches!(server_side.recv().await, Err(WsError::TextFrame)));
-    let Some(Ok(Raw::Close(Some(frame)))) = raw.next().await else {
-        panic!("expected a Close frame")
-    };
-    assert_eq!(u16::from(frame.code), CLOSE_UNSUPPORTED_DATA);
+    text_frame_is_refused_with_1003(&mut server_side, &mut raw).await;
 }
 
 #[tokio::test]
 async fn ws_01_text_frame_to_client_is_typed_error_and_closed_1003() {
     let (_server, mut client, mut raw) = client_with_raw_peer().await;
+    text_frame_is_refused_with_1003(&mut client, &mut raw).await;
+}
+
+/// WS-01: a text frame from the raw peer is a typed error for `connection`,
+/// which closes with 1003.
+async fn text_frame_is_refused_with_1003<Tx, Rx, S>(
+    connection: &mut WsConnection<Tx, Rx>,
+    raw: &mut S,
+) where
+    Tx: Message,
+    Rx: Message + Default,
+    S: SinkExt<Raw> + StreamExt<Item = Result<Raw, WsProtocolError>> + Unpin,
+    S::Error: std::fmt::Debug,
+{
     raw.send(Raw::text("hello")).await.unwrap();
-    assert!(matches!(client.recv().await, Err(WsError::TextFrame)));
+    assert!(matches!(connection.recv().await, Err(WsError::TextFrame)));
     let Some(Ok(Raw::Close(Some(frame)))) = raw.next().await else {
         panic!("expected a Close frame")
     };
@@ -481,19 +494,13 @@ async fn peer_vanishing_without_close_is_a_reset() {
 }
 
 /// The error a WebSocket connect gets from a server that answers every
-/// request with `status` and `headers`.
-async fn refusal(status: StatusCode, headers: &[(header::HeaderName, String)]) -> ConnectError {
-    let headers = headers.to_vec();
+/// request with `respond()`.
+async fn refusal(respond: impl Fn() -> FullResponse + Send + Sync + 'static) -> ConnectError {
+    let respond = Arc::new(respond);
     let server = serve_http(
         handler(move |_| {
-            let headers = headers.clone();
-            async move {
-                let headers: Vec<_> = headers
-                    .iter()
-                    .map(|(name, value)| (name.clone(), value.as_str()))
-                    .collect();
-                status_response(status, &headers)
-            }
+            let response = respond();
+            async move { response }
         }),
         None,
     )
@@ -505,11 +512,7 @@ async fn refusal(status: StatusCode, headers: &[(header::HeaderName, String)]) -
 
 #[tokio::test]
 async fn ws_24_503_refusal_carries_retry_after_seconds() {
-    let error = refusal(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &[(header::RETRY_AFTER, "120".to_owned())],
-    )
-    .await;
+    let error = refusal(|| service_unavailable(Some(Duration::from_secs(120)))).await;
     match error {
         ConnectError::Refused {
             status,
@@ -526,10 +529,12 @@ async fn ws_24_503_refusal_carries_retry_after_seconds() {
 #[tokio::test]
 async fn ws_24_429_refusal_carries_retry_after_date() {
     let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
-    let error = refusal(
-        StatusCode::TOO_MANY_REQUESTS,
-        &[(header::RETRY_AFTER, when)],
-    )
+    let error = refusal(move || {
+        status_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &[(header::RETRY_AFTER, &when)],
+        )
+    })
     .await;
     assert_eq!(error.status(), Some(StatusCode::TOO_MANY_REQUESTS));
     let retry_after = error.retry_after().expect("Retry-After parsed");
@@ -542,11 +547,7 @@ async fn ws_24_429_refusal_carries_retry_after_date() {
 
 #[tokio::test]
 async fn conn_06_401_refusal_is_unauthorized() {
-    let error = refusal(
-        StatusCode::UNAUTHORIZED,
-        &[(header::WWW_AUTHENTICATE, "Bearer".to_owned())],
-    )
-    .await;
+    let error = refusal(|| unauthorized(Some(HeaderValue::from_static("Bearer")))).await;
     match error {
         ConnectError::Unauthorized { headers } => {
             assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer")
@@ -557,7 +558,7 @@ async fn conn_06_401_refusal_is_unauthorized() {
 
 #[tokio::test]
 async fn other_refusal_status_is_typed_without_retry_after() {
-    let error = refusal(StatusCode::FORBIDDEN, &[]).await;
+    let error = refusal(|| status_response(StatusCode::FORBIDDEN, &[])).await;
     assert!(
         matches!(
             error,
