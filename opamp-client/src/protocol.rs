@@ -600,12 +600,7 @@ impl ClientCore {
     /// [`ClientError::CustomMessagePending`]. The capability must be one of
     /// the agent's custom capabilities.
     pub fn send_custom_message(&mut self, message: CustomMessage) -> Result<(), ClientError> {
-        let declared = self
-            .custom_capabilities
-            .value
-            .as_ref()
-            .is_some_and(|caps| caps.capabilities.contains(&message.capability));
-        if !declared {
+        if !self.declares_custom_capability(&message.capability) {
             return Err(ClientError::CustomCapabilityNotDeclared(message.capability));
         }
         if self.custom_message.is_some() {
@@ -1043,12 +1038,7 @@ impl ClientCore {
 
         data.custom_capabilities = message.custom_capabilities;
         if let Some(custom) = message.custom_message {
-            let declared = self
-                .custom_capabilities
-                .value
-                .as_ref()
-                .is_some_and(|caps| caps.capabilities.contains(&custom.capability));
-            if declared {
+            if self.declares_custom_capability(&custom.capability) {
                 data.custom_message = Some(custom);
             } else {
                 tracing::debug!(capability = %custom.capability, "ignoring custom message for undeclared capability");
@@ -1057,6 +1047,14 @@ impl ClientCore {
         if !data.is_empty() {
             self.events.push_back(Event::Message(data));
         }
+    }
+
+    /// Whether `capability` is one of the agent's own custom capabilities.
+    fn declares_custom_capability(&self, capability: &str) -> bool {
+        self.custom_capabilities
+            .value
+            .as_ref()
+            .is_some_and(|custom| custom.capabilities.iter().any(|own| own == capability))
     }
 
     /// Whether a remote config with `hash` was already applied, per the last
