@@ -14,6 +14,7 @@ use opamp_client::{
     SignatureCheck, VerifyError,
 };
 use opamp_proto::{PackageStatusEnum, PackageStatuses, PackageType};
+use opamp_testkit::{FakeDownloader, Reply, Step};
 use packages_support::*;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
