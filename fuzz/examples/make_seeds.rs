@@ -1,6 +1,7 @@
 //! Writes the seed corpora under `fuzz/corpus/<target>/` from real protocol
 //! messages (a full agent status, heartbeats, offers, error responses) built
-//! with `opamp-proto`'s types. Run from the repository root:
+//! with `opamp-proto`'s types; the first three are the benchmark messages of
+//! `opamp-benches`. Run from the repository root:
 //!
 //! ```text
 //! cargo run --manifest-path fuzz/Cargo.toml --example make_seeds
@@ -10,6 +11,7 @@ use std::io::Write;
 use std::path::Path;
 
 use bytes::Bytes;
+use opamp_benches::messages;
 use opamp_proto::{
     AgentCapabilities, AgentDisconnect, AgentIdentification, AgentRemoteConfig, AgentToServer,
     ConnectionSettingsOffers, Message, OpAmpConnectionSettings, RetryInfo, ServerErrorResponse,
@@ -17,149 +19,6 @@ use opamp_proto::{
 };
 use opamp_testkit::config_map;
 
-/// Messages an agent and a server really exchange.
-mod messages {
-    use bytes::Bytes;
-    use opamp_proto::{
-        AgentCapabilities, AgentDescription, AgentToServer, AnyValue, AvailableComponents,
-        ComponentDetails, ComponentHealth, DownloadableFile, EffectiveConfig, Header, Headers,
-        KeyValue, PackageAvailable, PackageStatus, PackageStatusEnum, PackageStatuses, PackageType,
-        PackagesAvailable, RemoteConfigStatus, RemoteConfigStatuses, ServerToAgent,
-    };
-    use opamp_testkit::config_file;
-
-    const UID: [u8; 16] = [
-        0x01, 0x91, 0xe3, 0xa8, 0xc4, 0xb2, 0x7c, 0x3d, 0x8e, 0x9f, 0x0a, 0x1b, 0x2c, 0x3d, 0x4e,
-        0x5f,
-    ];
-
-    fn capabilities() -> AgentCapabilities {
-        AgentCapabilities::REPORTS_STATUS
-            | AgentCapabilities::ACCEPTS_REMOTE_CONFIG
-            | AgentCapabilities::REPORTS_EFFECTIVE_CONFIG
-            | AgentCapabilities::ACCEPTS_PACKAGES
-            | AgentCapabilities::REPORTS_PACKAGE_STATUSES
-            | AgentCapabilities::REPORTS_HEALTH
-            | AgentCapabilities::REPORTS_REMOTE_CONFIG
-            | AgentCapabilities::REPORTS_HEARTBEAT
-    }
-
-    pub(crate) fn heartbeat() -> AgentToServer {
-        AgentToServer {
-            instance_uid: Bytes::from_static(&UID),
-            sequence_num: 42,
-            capabilities: capabilities().bits(),
-            ..Default::default()
-        }
-    }
-
-    /// A first status report with every sub-message an agent reports.
-    pub(crate) fn full_status() -> AgentToServer {
-        let mut description = AgentDescription::for_service("io.opentelemetry.collector", "1.2.3");
-        description
-            .non_identifying_attributes
-            .push(KeyValue::new("os.type", "linux"));
-        let components = (0..4u64)
-            .map(|n| {
-                let health = ComponentHealth {
-                    healthy: n != 2,
-                    last_error: if n == 2 {
-                        "queue full".into()
-                    } else {
-                        String::new()
-                    },
-                    status: "ok".into(),
-                    ..Default::default()
-                };
-                (format!("component-{n}"), health)
-            })
-            .collect();
-        let effective = config_file("collector.yaml", "text/yaml", "receivers: {otlp: {}}\n");
-        let packages = (0..2u8)
-            .map(|n| {
-                let name = format!("pkg-{n}");
-                let status = PackageStatus {
-                    name: name.clone(),
-                    agent_has_version: format!("1.0.{n}"),
-                    agent_has_hash: vec![n; 32].into(),
-                    server_offered_version: format!("1.0.{n}"),
-                    server_offered_hash: vec![n; 32].into(),
-                    status: PackageStatusEnum::Installed as i32,
-                    ..Default::default()
-                };
-                (name, status)
-            })
-            .collect();
-        let receivers = ComponentDetails {
-            metadata: vec![KeyValue::new("code.namespace", AnyValue::string("otlp"))],
-            sub_component_map: Default::default(),
-        };
-        AgentToServer {
-            instance_uid: Bytes::from_static(&UID),
-            sequence_num: 0,
-            capabilities: (capabilities() | AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS).bits(),
-            agent_description: Some(description),
-            health: Some(ComponentHealth {
-                healthy: true,
-                status: "running".into(),
-                component_health_map: components,
-                ..Default::default()
-            }),
-            effective_config: Some(EffectiveConfig {
-                config_map: Some(effective),
-            }),
-            remote_config_status: Some(RemoteConfigStatus {
-                last_remote_config_hash: vec![3u8; 32].into(),
-                status: RemoteConfigStatuses::Applied as i32,
-                error_message: String::new(),
-            }),
-            package_statuses: Some(PackageStatuses {
-                packages,
-                server_provided_all_packages_hash: vec![9u8; 32].into(),
-                error_message: String::new(),
-            }),
-            available_components: Some(AvailableComponents {
-                components: [("receivers".to_owned(), receivers)].into(),
-                hash: vec![7u8; 32].into(),
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// Three add-on packages with download details.
-    pub(crate) fn packages_available() -> ServerToAgent {
-        let packages = (0..3u8)
-            .map(|n| {
-                let name = format!("package-{n}");
-                let package = PackageAvailable {
-                    r#type: PackageType::Addon as i32,
-                    version: format!("2.0.{n}"),
-                    file: Some(DownloadableFile {
-                        download_url: format!("https://packages.example.com/{name}.tar.gz"),
-                        content_hash: vec![n; 32].into(),
-                        signature: Bytes::new(),
-                        headers: Some(Headers {
-                            headers: vec![Header {
-                                key: "Authorization".into(),
-                                value: format!("Bearer token-{n}"),
-                            }],
-                        }),
-                    }),
-                    hash: vec![0x10 + n; 32].into(),
-                };
-                (name, package)
-            })
-            .collect();
-        ServerToAgent {
-            instance_uid: Bytes::from_static(&UID),
-            packages_available: Some(PackagesAvailable {
-                packages,
-                all_packages_hash: vec![0xee; 32].into(),
-            }),
-            ..Default::default()
-        }
-    }
-}
 use opamp_transport::encode_frame;
 
 fn main() {
@@ -418,20 +277,20 @@ fn settings_switches(dir: &Path) {
     receive(&mut ws, &offer(b"h3", "wss://c.example.com/v1/opamp"));
     ws.extend(tick.repeat(2));
     write(dir, "websocket-settings-switch", &ws);
-    // Plain HTTP: every received message answers the request in flight.
+    // Plain HTTP: every received message answers the request in flight. An
+    // offer, then empty replies to the two requests that follow it.
+    let http_offer = |ops: &mut Vec<u8>, hash: &'static [u8], endpoint: &str| {
+        receive(ops, &offer(hash, endpoint));
+        ops.extend(tick);
+        receive(ops, &[]);
+        receive(ops, &[]);
+        ops.extend(tick);
+    };
     let mut http = vec![0x21];
     http.extend(tick);
-    receive(&mut http, &offer(b"h1", "https://a.example.com/v1/opamp"));
-    http.extend(tick);
-    receive(&mut http, &[]);
-    receive(&mut http, &[]);
-    http.extend(tick);
+    http_offer(&mut http, b"h1", "https://a.example.com/v1/opamp");
     http.extend([7, 2]);
-    receive(&mut http, &offer(b"h2", "https://b.example.com/v1/opamp"));
-    http.extend(tick);
-    receive(&mut http, &[]);
-    receive(&mut http, &[]);
-    http.extend(tick);
+    http_offer(&mut http, b"h2", "https://b.example.com/v1/opamp");
     http.extend([3, 1]);
     http.extend(tick.repeat(2));
     receive(&mut http, &[]);

@@ -1,24 +1,20 @@
-//! `PackageSyncer` over `MemoryPackageStore` and an in-memory downloader,
-//! fed a sequence of offers: raw protobuf `PackagesAvailable` messages, or
-//! offers built from structured fuzz data so that hashes can match and
-//! installs can succeed.
+//! `PackageSyncer` over `MemoryPackageStore` and opamp-testkit's in-memory
+//! `FakeDownloader`, fed a sequence of offers: raw protobuf
+//! `PackagesAvailable` messages, or offers built from structured fuzz data so
+//! that hashes can match and installs can succeed.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use futures_util::{StreamExt, stream};
-use opamp_client::{
-    Download, DownloadError, Downloader, IgnoreSignatures, MemoryPackageStore, PackageStore,
-    PackageSyncer,
-};
+use opamp_client::{IgnoreSignatures, MemoryPackageStore, PackageStore, PackageSyncer};
 use opamp_proto::{
     DownloadableFile, Header, Message, PackageAvailable, PackageStatusEnum, PackageType,
     PackagesAvailable,
 };
+use opamp_testkit::{FakeDownloader, Reply, Step};
 use sha2::{Digest, Sha256};
 
 use crate::runtime::{self, within};
@@ -68,75 +64,46 @@ struct FuzzOffer {
     settle: bool,
 }
 
-type Served = BTreeMap<String, (Bytes, Behaviour)>;
-
-/// Serves URLs from a table the offers fill in; unknown URLs get 404.
-#[derive(Default)]
-struct MemoryDownloader {
-    served: Mutex<Served>,
-}
-
-impl Downloader for MemoryDownloader {
-    fn download<'a>(
-        &'a self,
-        url: &'a str,
-        headers: &'a [Header],
-    ) -> BoxFuture<'a, Result<Download, DownloadError>> {
-        let _ = headers;
-        let entry = self
-            .served
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(url)
-            .cloned();
-        Box::pin(async move {
-            let Some((content, behaviour)) = entry else {
-                return Err(DownloadError::Status(404));
-            };
-            let length = content.len() as u64;
-            let prefix = |bytes: u8| content.slice(..usize::from(bytes).min(content.len()));
-            match behaviour {
-                Behaviour::Serve {
-                    chunk,
-                    announce_length,
-                } => {
-                    let size = if chunk == 0 {
-                        content.len().max(1)
-                    } else {
-                        usize::from(chunk)
-                    };
-                    let chunks: Vec<Result<Bytes, DownloadError>> = content
+impl Behaviour {
+    /// What the download server answers for `content`.
+    fn reply(self, content: Bytes) -> Reply {
+        let length = content.len() as u64;
+        let prefix =
+            |bytes: u8| Step::Chunk(content.slice(..usize::from(bytes).min(content.len())));
+        match self {
+            Behaviour::Serve {
+                chunk,
+                announce_length,
+            } => {
+                let size = if chunk == 0 {
+                    content.len().max(1)
+                } else {
+                    usize::from(chunk)
+                };
+                Reply::Body {
+                    content_length: announce_length.then_some(length),
+                    steps: content
                         .chunks(size)
-                        .map(|piece| Ok(Bytes::copy_from_slice(piece)))
-                        .collect();
-                    Ok(Download {
-                        content_length: announce_length.then_some(length),
-                        body: stream::iter(chunks).boxed(),
-                    })
+                        .map(|piece| Step::Chunk(Bytes::copy_from_slice(piece)))
+                        .collect(),
                 }
-                Behaviour::LieAboutLength { delta } => Ok(Download {
-                    content_length: Some(length.saturating_add_signed(i64::from(delta))),
-                    body: stream::iter([Ok(content)]).boxed(),
-                }),
-                Behaviour::Status(status) => Err(DownloadError::Status(status)),
-                Behaviour::Refuse => Err(DownloadError::Transport("connection refused".into())),
-                Behaviour::StallBeforeResponse => std::future::pending().await,
-                Behaviour::StallMidway { bytes } => Ok(Download {
-                    content_length: Some(length),
-                    body: stream::iter([Ok(prefix(bytes))])
-                        .chain(stream::pending())
-                        .boxed(),
-                }),
-                Behaviour::BreakMidway { bytes } => Ok(Download {
-                    content_length: None,
-                    body: stream::iter([
-                        Ok(prefix(bytes)),
-                        Err(DownloadError::Transport("connection reset".into())),
-                    ])
-                    .boxed(),
-                }),
             }
-        })
+            Behaviour::LieAboutLength { delta } => Reply::Body {
+                content_length: Some(length.saturating_add_signed(i64::from(delta))),
+                steps: vec![Step::Chunk(content)],
+            },
+            Behaviour::Status(status) => Reply::Status(status),
+            Behaviour::Refuse => Reply::Refuse,
+            Behaviour::StallBeforeResponse => Reply::NeverAnswer,
+            Behaviour::StallMidway { bytes } => Reply::Body {
+                content_length: Some(length),
+                steps: vec![prefix(bytes), Step::Stall],
+            },
+            Behaviour::BreakMidway { bytes } => Reply::Body {
+                content_length: None,
+                steps: vec![prefix(bytes), Step::Fail],
+            },
+        }
     }
 }
 
@@ -148,7 +115,8 @@ pub fn package_syncer(data: &[u8]) {
     let Some((&control, rest)) = data.split_first() else {
         return;
     };
-    let downloader = Arc::new(MemoryDownloader::default());
+    // Serves URLs from a table the offers fill in; unknown URLs get 404.
+    let downloader = FakeDownloader::new();
     let offers = if control & 1 != 0 {
         raw_offers(rest, &downloader)
     } else {
@@ -249,15 +217,11 @@ async fn check(
     }
 }
 
-fn raw_offers(mut rest: &[u8], downloader: &MemoryDownloader) -> Vec<(PackagesAvailable, bool)> {
+fn raw_offers(mut rest: &[u8], downloader: &FakeDownloader) -> Vec<(PackagesAvailable, bool)> {
     let mut offers = Vec::new();
     while let [low, high, tail @ ..] = rest {
         let len = usize::from(u16::from_le_bytes([*low, *high])).min(tail.len());
         if let Ok(offer) = PackagesAvailable::decode(&tail[..len]) {
-            let mut served = downloader
-                .served
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for package in offer.packages.values() {
                 if let Some(file) = &package.file {
                     let body = Bytes::from(file.download_url.clone().into_bytes());
@@ -265,7 +229,7 @@ fn raw_offers(mut rest: &[u8], downloader: &MemoryDownloader) -> Vec<(PackagesAv
                         chunk: 3,
                         announce_length: true,
                     };
-                    served.insert(file.download_url.clone(), (body, behaviour));
+                    downloader.reply(&file.download_url, behaviour.reply(body));
                 }
             }
             offers.push((offer, len % 2 == 0));
@@ -275,7 +239,7 @@ fn raw_offers(mut rest: &[u8], downloader: &MemoryDownloader) -> Vec<(PackagesAv
     offers
 }
 
-fn structured_offers(rest: &[u8], downloader: &MemoryDownloader) -> Vec<(PackagesAvailable, bool)> {
+fn structured_offers(rest: &[u8], downloader: &FakeDownloader) -> Vec<(PackagesAvailable, bool)> {
     let mut unstructured = Unstructured::new(rest);
     let mut fuzz_offers = Vec::new();
     while fuzz_offers.len() < 6 && !unstructured.is_empty() {
@@ -284,10 +248,6 @@ fn structured_offers(rest: &[u8], downloader: &MemoryDownloader) -> Vec<(Package
             Err(_) => break,
         }
     }
-    let mut served = downloader
-        .served
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut offers = Vec::new();
     for (index, fuzz_offer) in fuzz_offers.into_iter().enumerate() {
         let mut packages = BTreeMap::new();
@@ -316,7 +276,7 @@ fn structured_offers(rest: &[u8], downloader: &MemoryDownloader) -> Vec<(Package
                     headers: vec![Header { key, value }],
                 }),
             });
-            served.insert(url, (content, package.behaviour));
+            downloader.reply(&url, package.behaviour.reply(content));
             let r#type = if package.unknown_type {
                 7
             } else if package.top_level {

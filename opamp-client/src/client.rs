@@ -23,6 +23,22 @@ use crate::packages::{PackageEvent, PackageStore, PackageVerifier};
 use crate::protocol::{ClientCore, MessageData, ProtocolError, SettingsOutcome, TransportKind};
 use crate::shared::{Shared, TransportError};
 
+/// Writes [`OpampClient`] methods that pass a value to the
+/// [`ClientCore`] setter of the same name.
+macro_rules! core_setters {
+    ($(
+        $(#[$attr:meta])*
+        pub fn $name:ident($arg:ident: $ty:ty);
+    )*) => {
+        $(
+            $(#[$attr])*
+            pub fn $name(&self, $arg: $ty) {
+                self.inner.shared.update(|core| core.$name($arg));
+            }
+        )*
+    };
+}
+
 /// Hooks through which the client hands server requests to the agent.
 /// Every method has a do-nothing default.
 ///
@@ -226,23 +242,41 @@ impl OpampClient {
         self.inner.shared.core().server_capabilities()
     }
 
-    /// Sets the agent description (DESC-*).
-    pub fn set_agent_description(&self, description: AgentDescription) {
-        self.inner
-            .shared
-            .update(|core| core.set_agent_description(description));
-    }
+    core_setters! {
+        /// Sets the agent description (DESC-*).
+        pub fn set_agent_description(description: AgentDescription);
 
-    /// Sets the health tree (HLT-*); reported when it changed.
-    pub fn set_health(&self, health: ComponentHealth) {
-        self.inner.shared.update(|core| core.set_health(health));
-    }
+        /// Sets the health tree (HLT-*); reported when it changed.
+        pub fn set_health(health: ComponentHealth);
 
-    /// Sets the effective configuration (ECFG-*); reported when it changed.
-    pub fn set_effective_config(&self, config: EffectiveConfig) {
-        self.inner
-            .shared
-            .update(|core| core.set_effective_config(config));
+        /// Sets the effective configuration (ECFG-*); reported when it changed.
+        pub fn set_effective_config(config: EffectiveConfig);
+
+        /// Reports the remote config status: APPLYING, APPLIED or FAILED with the
+        /// offered hash (RCFG-06, RCFG-09). Persist the last one and pass it to
+        /// [`ClientBuilder::remote_config_status`](crate::ClientBuilder::remote_config_status) on the next start.
+        pub fn set_remote_config_status(status: RemoteConfigStatus);
+
+        /// Sets the package statuses (PKG-16). With a package store configured,
+        /// the package syncer sets them itself.
+        pub fn set_package_statuses(statuses: PackageStatuses);
+
+        /// Sets the agent's custom capabilities (CUS-01, CUS-02).
+        pub fn set_custom_capabilities(capabilities: CustomCapabilities);
+
+        /// Sets the available components (AC-*).
+        pub fn set_available_components(components: AvailableComponents);
+
+        /// Sets `AgentToServer.flags`, e.g. `RequestInstanceUid` (UID-05).
+        pub fn set_flags(flags: AgentToServerFlags);
+
+        /// Changes the capabilities (CAP-04); `ReportsStatus` is always kept.
+        pub fn set_capabilities(capabilities: AgentCapabilities);
+
+        /// Reports the connection settings status, e.g. the outcome of settings
+        /// applied in the background (CS-08). Persist the last one and pass it
+        /// to [`ClientBuilder::connection_settings_status`](crate::ClientBuilder::connection_settings_status) on the next start.
+        pub fn set_connection_settings_status(status: ConnectionSettingsStatus);
     }
 
     /// Asks [`Callbacks::effective_config`] for the effective configuration
@@ -251,49 +285,6 @@ impl OpampClient {
         if let Some(config) = self.inner.callbacks.effective_config() {
             self.set_effective_config(config);
         }
-    }
-
-    /// Reports the remote config status: APPLYING, APPLIED or FAILED with the
-    /// offered hash (RCFG-06, RCFG-09). Persist the last one and pass it to
-    /// [`ClientBuilder::remote_config_status`](crate::ClientBuilder::remote_config_status) on the next start.
-    pub fn set_remote_config_status(&self, status: RemoteConfigStatus) {
-        self.inner
-            .shared
-            .update(|core| core.set_remote_config_status(status));
-    }
-
-    /// Sets the package statuses (PKG-16). With a package store configured,
-    /// the package syncer sets them itself.
-    pub fn set_package_statuses(&self, statuses: PackageStatuses) {
-        self.inner
-            .shared
-            .update(|core| core.set_package_statuses(statuses));
-    }
-
-    /// Sets the agent's custom capabilities (CUS-01, CUS-02).
-    pub fn set_custom_capabilities(&self, capabilities: CustomCapabilities) {
-        self.inner
-            .shared
-            .update(|core| core.set_custom_capabilities(capabilities));
-    }
-
-    /// Sets the available components (AC-*).
-    pub fn set_available_components(&self, components: AvailableComponents) {
-        self.inner
-            .shared
-            .update(|core| core.set_available_components(components));
-    }
-
-    /// Sets `AgentToServer.flags`, e.g. `RequestInstanceUid` (UID-05).
-    pub fn set_flags(&self, flags: AgentToServerFlags) {
-        self.inner.shared.update(|core| core.set_flags(flags));
-    }
-
-    /// Changes the capabilities (CAP-04); `ReportsStatus` is always kept.
-    pub fn set_capabilities(&self, capabilities: AgentCapabilities) {
-        self.inner
-            .shared
-            .update(|core| core.set_capabilities(capabilities));
     }
 
     /// Asks the server for connection settings, e.g. a client certificate
@@ -306,15 +297,6 @@ impl OpampClient {
         self.inner
             .shared
             .update(|core| core.request_connection_settings(request))
-    }
-
-    /// Reports the connection settings status, e.g. the outcome of settings
-    /// applied in the background (CS-08). Persist the last one and pass it
-    /// to [`ClientBuilder::connection_settings_status`](crate::ClientBuilder::connection_settings_status) on the next start.
-    pub fn set_connection_settings_status(&self, status: ConnectionSettingsStatus) {
-        self.inner
-            .shared
-            .update(|core| core.set_connection_settings_status(status));
     }
 
     /// Queues a custom message (CUS-05). At most one can be pending: until

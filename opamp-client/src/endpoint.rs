@@ -2,8 +2,8 @@
 //! endpoint asks for, and the options that offered OpAMP connection settings
 //! make on top of the current ones.
 
-use http::{HeaderName, HeaderValue};
-use opamp_proto::OpAmpConnectionSettings;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opamp_proto::{Headers, OpAmpConnectionSettings};
 use opamp_transport::{ClientOptions, ClientTlsConfig, ProxyConfig, SystemRoots, TlsVersion};
 use url::Url;
 
@@ -51,13 +51,7 @@ pub(crate) fn apply_opamp_settings(
     if let Some(headers) = &offer.headers {
         // CS-14: offered headers are sent with every request, replacing
         // configured ones of the same name.
-        for header in &headers.headers {
-            let name = HeaderName::from_bytes(header.key.as_bytes())
-                .map_err(|_| format!("invalid header name {:?}", header.key))?;
-            let value = HeaderValue::from_str(&header.value)
-                .map_err(|_| format!("invalid value for header {:?}", header.key))?;
-            options.headers.insert(name, value);
-        }
+        insert_offered_headers(&mut options.headers, headers, "header")?;
     }
     if let Some(tls) = &offer.tls {
         if tls.insecure_skip_verify && !allow_insecure {
@@ -99,23 +93,34 @@ pub(crate) fn apply_opamp_settings(
         let url = Url::parse(&proxy.url).map_err(|error| format!("invalid proxy url: {error}"))?;
         let mut config = ProxyConfig::new(url);
         if let Some(headers) = &proxy.connect_headers {
-            for header in &headers.headers {
-                let name = HeaderName::from_bytes(header.key.as_bytes())
-                    .map_err(|_| format!("invalid proxy header name {:?}", header.key))?;
-                let value = HeaderValue::from_str(&header.value)
-                    .map_err(|_| format!("invalid value for proxy header {:?}", header.key))?;
-                config.headers.insert(name, value);
-            }
+            insert_offered_headers(&mut config.headers, headers, "proxy header")?;
         }
         options.proxy = Some(config);
     }
     Ok(options)
 }
 
+/// Inserts offered headers into `target`, each replacing the ones of the same
+/// name; `what` names them in errors ("header", "proxy header").
+fn insert_offered_headers(
+    target: &mut HeaderMap,
+    offered: &Headers,
+    what: &str,
+) -> Result<(), String> {
+    for header in &offered.headers {
+        let name = HeaderName::from_bytes(header.key.as_bytes())
+            .map_err(|_| format!("invalid {what} name {:?}", header.key))?;
+        let value = HeaderValue::from_str(&header.value)
+            .map_err(|_| format!("invalid value for {what} {:?}", header.key))?;
+        target.insert(name, value);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use opamp_proto::{Header, Headers, TlsCertificate, TlsConnectionSettings};
+    use opamp_proto::{Header, TlsCertificate, TlsConnectionSettings};
 
     use super::*;
 

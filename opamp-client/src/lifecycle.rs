@@ -175,45 +175,48 @@ mod tests {
         format!("http://{}/v1/opamp", listener.local_addr().unwrap())
     }
 
+    /// A client for [`dead_endpoint`] with `capabilities`.
+    fn dead_client(capabilities: AgentCapabilities) -> OpampClient {
+        OpampClient::builder(dead_endpoint())
+            .capabilities(capabilities)
+            .build()
+            .unwrap()
+    }
+
+    /// Why starting `client` fails.
+    async fn start_error(client: &OpampClient) -> ClientError {
+        client.start().await.expect_err("start fails")
+    }
+
+    fn description() -> AgentDescription {
+        AgentDescription::for_service("io.example.agent", "1")
+    }
+
     #[tokio::test]
     async fn failed_start_validation_can_be_fixed_and_retried() {
-        let client = OpampClient::builder(dead_endpoint())
-            .capabilities(AgentCapabilities::REPORTS_HEALTH)
-            .build()
-            .unwrap();
-        assert!(matches!(
-            client.start().await,
-            Err(ClientError::MissingAgentDescription)
-        ));
-        client.set_agent_description(AgentDescription::for_service("io.example.agent", "1"));
-        assert!(matches!(
-            client.start().await,
-            Err(ClientError::MissingHealth)
-        ));
+        let client = dead_client(AgentCapabilities::REPORTS_HEALTH);
+        let error = start_error(&client).await;
+        assert!(matches!(error, ClientError::MissingAgentDescription));
+        client.set_agent_description(description());
+        let error = start_error(&client).await;
+        assert!(matches!(error, ClientError::MissingHealth));
         client.set_health(ComponentHealth {
             healthy: true,
             ..Default::default()
         });
         client.start().await.unwrap();
-        assert!(matches!(
-            client.start().await,
-            Err(ClientError::AlreadyStarted)
-        ));
+        let error = start_error(&client).await;
+        assert!(matches!(error, ClientError::AlreadyStarted));
         client.stop().await;
         assert!(client.is_stopped());
     }
 
     #[tokio::test]
     async fn accepts_packages_needs_a_package_store() {
-        let client = OpampClient::builder(dead_endpoint())
-            .agent_description(AgentDescription::for_service("io.example.agent", "1"))
-            .capabilities(AgentCapabilities::ACCEPTS_PACKAGES)
-            .build()
-            .unwrap();
-        assert!(matches!(
-            client.start().await,
-            Err(ClientError::PackagesMismatch)
-        ));
+        let client = dead_client(AgentCapabilities::ACCEPTS_PACKAGES);
+        client.set_agent_description(description());
+        let error = start_error(&client).await;
+        assert!(matches!(error, ClientError::PackagesMismatch));
     }
 
     #[tokio::test]

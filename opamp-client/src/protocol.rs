@@ -25,6 +25,22 @@ use opamp_transport::RetryPolicy;
 
 use crate::error::ClientError;
 
+/// Writes [`ClientCore`] setters that hand a reported value to its tracked
+/// field, which is sent when it changed.
+macro_rules! report_setters {
+    ($(
+        $(#[$attr:meta])*
+        pub fn $name:ident($arg:ident: $ty:ty) => $field:ident;
+    )*) => {
+        $(
+            $(#[$attr])*
+            pub fn $name(&mut self, $arg: $ty) {
+                self.$field.set($arg);
+            }
+        )*
+    };
+}
+
 /// Default heartbeat interval (WS-14, HB-10) and HTTP polling interval
 /// (HTTP-13): 30 seconds.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
@@ -256,12 +272,24 @@ impl<T: PartialEq + Clone> Tracked<T> {
         self.dirty = self.value.is_some();
     }
 
+    /// Marks the value for sending again if `condition` holds.
+    fn mark_if(&mut self, condition: bool) {
+        if condition {
+            self.mark();
+        }
+    }
+
     fn take(&mut self) -> Option<T> {
         if std::mem::take(&mut self.dirty) {
             self.value.clone()
         } else {
             None
         }
+    }
+
+    /// Like [`take`](Self::take), but gives nothing unless `allowed`.
+    fn take_if(&mut self, allowed: bool) -> Option<T> {
+        self.take().filter(|_| allowed)
     }
 }
 
@@ -468,24 +496,20 @@ impl ClientCore {
         self.capabilities = capabilities;
         self.capabilities_changed = true;
         // A report that just became allowed has never been sent.
-        if added.contains(AgentCapabilities::REPORTS_HEALTH) {
-            self.health.mark();
-        }
-        if added.contains(AgentCapabilities::REPORTS_EFFECTIVE_CONFIG) {
-            self.effective_config.mark();
-        }
-        if added.contains(AgentCapabilities::REPORTS_REMOTE_CONFIG) {
-            self.remote_config_status.mark();
-        }
-        if added.contains(AgentCapabilities::REPORTS_PACKAGE_STATUSES) {
-            self.package_statuses.mark();
-        }
-        if added.contains(AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS) {
-            self.available_components.mark();
-        }
-        if added.contains(AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS) {
-            self.connection_settings_status.mark();
-        }
+        let allowed = |report| added.contains(report);
+        self.health
+            .mark_if(allowed(AgentCapabilities::REPORTS_HEALTH));
+        self.effective_config
+            .mark_if(allowed(AgentCapabilities::REPORTS_EFFECTIVE_CONFIG));
+        self.remote_config_status
+            .mark_if(allowed(AgentCapabilities::REPORTS_REMOTE_CONFIG));
+        self.package_statuses
+            .mark_if(allowed(AgentCapabilities::REPORTS_PACKAGE_STATUSES));
+        self.available_components
+            .mark_if(allowed(AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS));
+        self.connection_settings_status.mark_if(allowed(
+            AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS,
+        ));
     }
 
     /// The current capabilities.
@@ -493,9 +517,33 @@ impl ClientCore {
         self.capabilities
     }
 
-    /// Sets the agent description (required before start).
-    pub fn set_agent_description(&mut self, description: AgentDescription) {
-        self.description.set(description);
+    report_setters! {
+        /// Sets the agent description (required before start).
+        pub fn set_agent_description(description: AgentDescription) => description;
+
+        /// Sets the health tree; reported when it changed (HLT-07).
+        pub fn set_health(health: ComponentHealth) => health;
+
+        /// Sets the effective configuration; reported when it changed (ECFG-03).
+        pub fn set_effective_config(config: EffectiveConfig) => effective_config;
+
+        /// Sets the remote config status (RCFG-06, RCFG-09). At start, pass the
+        /// last saved status so an already applied config is not applied again.
+        pub fn set_remote_config_status(status: RemoteConfigStatus) => remote_config_status;
+
+        /// Sets the package statuses (PKG-16).
+        pub fn set_package_statuses(statuses: PackageStatuses) => package_statuses;
+
+        /// Sets the agent's custom capabilities; each set replaces the list
+        /// (CUS-02).
+        pub fn set_custom_capabilities(capabilities: CustomCapabilities) => custom_capabilities;
+
+        /// Sets the available components. Only the hash is sent unless the
+        /// server asks for the full list (AC-03, AC-04).
+        pub fn set_available_components(components: AvailableComponents) => available_components;
+
+        /// Sets `AgentToServer.flags`, e.g. `RequestInstanceUid` (UID-05).
+        pub fn set_flags(flags: AgentToServerFlags) => flags;
     }
 
     /// The agent description, if set.
@@ -503,47 +551,9 @@ impl ClientCore {
         self.description.value.as_ref()
     }
 
-    /// Sets the health tree; reported when it changed (HLT-07).
-    pub fn set_health(&mut self, health: ComponentHealth) {
-        self.health.set(health);
-    }
-
-    /// Sets the effective configuration; reported when it changed (ECFG-03).
-    pub fn set_effective_config(&mut self, config: EffectiveConfig) {
-        self.effective_config.set(config);
-    }
-
-    /// Sets the remote config status (RCFG-06, RCFG-09). At start, pass the
-    /// last saved status so an already applied config is not applied again.
-    pub fn set_remote_config_status(&mut self, status: RemoteConfigStatus) {
-        self.remote_config_status.set(status);
-    }
-
     /// The remote config status last set.
     pub fn remote_config_status(&self) -> Option<&RemoteConfigStatus> {
         self.remote_config_status.value.as_ref()
-    }
-
-    /// Sets the package statuses (PKG-16).
-    pub fn set_package_statuses(&mut self, statuses: PackageStatuses) {
-        self.package_statuses.set(statuses);
-    }
-
-    /// Sets the agent's custom capabilities; each set replaces the list
-    /// (CUS-02).
-    pub fn set_custom_capabilities(&mut self, capabilities: CustomCapabilities) {
-        self.custom_capabilities.set(capabilities);
-    }
-
-    /// Sets the available components. Only the hash is sent unless the
-    /// server asks for the full list (AC-03, AC-04).
-    pub fn set_available_components(&mut self, components: AvailableComponents) {
-        self.available_components.set(components);
-    }
-
-    /// Sets `AgentToServer.flags`, e.g. `RequestInstanceUid` (UID-05).
-    pub fn set_flags(&mut self, flags: AgentToServerFlags) {
-        self.flags.set(flags);
     }
 
     /// Sets the connection settings status (CS-08, CS-12). Its hash becomes
@@ -590,12 +600,7 @@ impl ClientCore {
     /// [`ClientError::CustomMessagePending`]. The capability must be one of
     /// the agent's custom capabilities.
     pub fn send_custom_message(&mut self, message: CustomMessage) -> Result<(), ClientError> {
-        let declared = self
-            .custom_capabilities
-            .value
-            .as_ref()
-            .is_some_and(|caps| caps.capabilities.contains(&message.capability));
-        if !declared {
+        if !self.declares_custom_capability(&message.capability) {
             return Err(ClientError::CustomCapabilityNotDeclared(message.capability));
         }
         if self.custom_message.is_some() {
@@ -867,36 +872,26 @@ impl ClientCore {
     /// Puts an unsent message's content back into the pending state. The
     /// current values are at least as new, so marking is enough.
     fn merge_back(&mut self, message: AgentToServer) {
-        if message.agent_description.is_some() {
-            self.description.mark();
-        }
-        if message.health.is_some() {
-            self.health.mark();
-        }
-        if message.effective_config.is_some() {
-            self.effective_config.mark();
-        }
-        if message.remote_config_status.is_some() {
-            self.remote_config_status.mark();
-        }
-        if message.package_statuses.is_some() {
-            self.package_statuses.mark();
-        }
-        if message.custom_capabilities.is_some() {
-            self.custom_capabilities.mark();
-        }
+        self.description
+            .mark_if(message.agent_description.is_some());
+        self.health.mark_if(message.health.is_some());
+        self.effective_config
+            .mark_if(message.effective_config.is_some());
+        self.remote_config_status
+            .mark_if(message.remote_config_status.is_some());
+        self.package_statuses
+            .mark_if(message.package_statuses.is_some());
+        self.custom_capabilities
+            .mark_if(message.custom_capabilities.is_some());
         if let Some(components) = &message.available_components {
             self.available_components.mark();
             if !components.components.is_empty() {
                 self.send_full_components = true;
             }
         }
-        if message.connection_settings_status.is_some() {
-            self.connection_settings_status.mark();
-        }
-        if message.flags != 0 {
-            self.flags.mark();
-        }
+        self.connection_settings_status
+            .mark_if(message.connection_settings_status.is_some());
+        self.flags.mark_if(message.flags != 0);
         if message.capabilities != self.capabilities.bits() {
             self.capabilities_changed = true;
         }
@@ -1043,12 +1038,7 @@ impl ClientCore {
 
         data.custom_capabilities = message.custom_capabilities;
         if let Some(custom) = message.custom_message {
-            let declared = self
-                .custom_capabilities
-                .value
-                .as_ref()
-                .is_some_and(|caps| caps.capabilities.contains(&custom.capability));
-            if declared {
+            if self.declares_custom_capability(&custom.capability) {
                 data.custom_message = Some(custom);
             } else {
                 tracing::debug!(capability = %custom.capability, "ignoring custom message for undeclared capability");
@@ -1057,6 +1047,14 @@ impl ClientCore {
         if !data.is_empty() {
             self.events.push_back(Event::Message(data));
         }
+    }
+
+    /// Whether `capability` is one of the agent's own custom capabilities.
+    fn declares_custom_capability(&self, capability: &str) -> bool {
+        self.custom_capabilities
+            .value
+            .as_ref()
+            .is_some_and(|custom| custom.capabilities.iter().any(|own| own == capability))
     }
 
     /// Whether a remote config with `hash` was already applied, per the last
@@ -1379,16 +1377,24 @@ impl ClientCore {
         }
     }
 
+    /// Takes the OpAMP offer; gives its hash and settings if its candidate
+    /// was being tried (CS-06 step 5).
+    fn take_tried_offer(&mut self) -> Option<(Bytes, Box<OpAmpConnectionSettings>)> {
+        match self.opamp_offer.take()? {
+            OpampOffer {
+                hash,
+                stage: OfferStage::Trying(settings),
+            } => Some((hash, settings)),
+            _ => None,
+        }
+    }
+
     /// CS-06 steps 6 and 8: a connection (or an answer) with the candidate.
     fn candidate_reached(&mut self) {
         if !self.trying_candidate() {
             return;
         }
-        let Some(OpampOffer {
-            hash,
-            stage: OfferStage::Trying(settings),
-        }) = self.opamp_offer.take()
-        else {
+        let Some((hash, settings)) = self.take_tried_offer() else {
             return;
         };
         self.commands.push_back(SettingsCommand::KeepCandidate);
@@ -1408,11 +1414,7 @@ impl ClientCore {
 
     /// CS-06 step 9: back to the previous settings, at once.
     fn candidate_failed(&mut self, reason: String) {
-        let Some(OpampOffer {
-            hash,
-            stage: OfferStage::Trying(settings),
-        }) = self.opamp_offer.take()
-        else {
+        let Some((hash, settings)) = self.take_tried_offer() else {
             return;
         };
         tracing::warn!(%reason, "new OpAMP connection settings failed; going back to the previous ones");
@@ -1639,26 +1641,21 @@ impl ClientCore {
         };
         message.health = self
             .health
-            .take()
-            .filter(|_| gated(AgentCapabilities::REPORTS_HEALTH));
+            .take_if(gated(AgentCapabilities::REPORTS_HEALTH));
         message.effective_config = self
             .effective_config
-            .take()
-            .filter(|_| gated(AgentCapabilities::REPORTS_EFFECTIVE_CONFIG));
+            .take_if(gated(AgentCapabilities::REPORTS_EFFECTIVE_CONFIG));
         message.remote_config_status = self
             .remote_config_status
-            .take()
-            .filter(|_| gated(AgentCapabilities::REPORTS_REMOTE_CONFIG));
+            .take_if(gated(AgentCapabilities::REPORTS_REMOTE_CONFIG));
         message.package_statuses = self
             .package_statuses
-            .take()
-            .filter(|_| gated(AgentCapabilities::REPORTS_PACKAGE_STATUSES));
+            .take_if(gated(AgentCapabilities::REPORTS_PACKAGE_STATUSES));
         message.custom_capabilities = self.custom_capabilities.take();
         let full_components = std::mem::take(&mut self.send_full_components);
         message.available_components = self
             .available_components
-            .take()
-            .filter(|_| gated(AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS))
+            .take_if(gated(AgentCapabilities::REPORTS_AVAILABLE_COMPONENTS))
             .map(|components| {
                 if full_components {
                     components
@@ -1672,8 +1669,7 @@ impl ClientCore {
             });
         message.connection_settings_status = self
             .connection_settings_status
-            .take()
-            .filter(|_| gated(AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS));
+            .take_if(gated(AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS));
         message.flags = self.flags.take().map_or(0, |flags| flags.bits());
         message.connection_settings_request = self.connection_settings_request.take();
         message.custom_message = self.custom_message.take();

@@ -126,146 +126,92 @@ impl ClientBuilder {
         self
     }
 
-    /// A hook that edits the headers right before each connect or request,
-    /// e.g. to insert a fresh token.
-    pub fn header_hook(mut self, hook: impl Fn(&mut HeaderMap) + Send + Sync + 'static) -> Self {
-        self.header_hook = Some(Arc::new(hook));
-        self
-    }
+    opamp_transport::builder_setters! {
+        /// A hook that edits the headers right before each connect or request,
+        /// e.g. to insert a fresh token.
+        pub fn header_hook(hook: impl Fn(&mut HeaderMap) + Send + Sync + 'static)
+            => header_hook = Some(Arc::new(hook));
 
-    /// TLS settings for `wss://` and `https://`.
-    pub fn tls(mut self, tls: ClientTlsConfig) -> Self {
-        self.tls = Some(tls);
-        self
-    }
+        /// TLS settings for `wss://` and `https://`.
+        pub fn tls(tls: ClientTlsConfig) => tls = Some(tls);
 
-    /// Connects through an HTTP `CONNECT` proxy.
-    pub fn proxy(mut self, proxy: ProxyConfig) -> Self {
-        self.proxy = Some(proxy);
-        self
-    }
+        /// Connects through an HTTP `CONNECT` proxy.
+        pub fn proxy(proxy: ProxyConfig) => proxy = Some(proxy);
 
-    /// Bound on opening one connection (default 30 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = Some(timeout);
-        self
-    }
+        /// Bound on opening one connection (default 30 s).
+        pub fn connect_timeout(timeout: Duration) => connect_timeout = Some(timeout);
 
-    /// Bound on one plain-HTTP exchange (default 60 s).
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = Some(timeout);
-        self
-    }
+        /// Bound on one plain-HTTP exchange (default 60 s).
+        pub fn request_timeout(timeout: Duration) => request_timeout = Some(timeout);
 
-    /// The agent's instance uid, e.g. one persisted earlier (UID-02).
-    /// Default: a fresh UUIDv7 (UID-04).
-    pub fn instance_uid(mut self, uid: InstanceUid) -> Self {
-        self.instance_uid = Some(uid);
-        self
-    }
+        /// The agent's instance uid, e.g. one persisted earlier (UID-02).
+        /// Default: a fresh UUIDv7 (UID-04).
+        pub fn instance_uid(uid: InstanceUid) => instance_uid = Some(uid);
 
-    /// The agent's capabilities; `ReportsStatus` is always added (CAP-03).
-    pub fn capabilities(mut self, capabilities: AgentCapabilities) -> Self {
-        self.capabilities = capabilities;
-        self
-    }
+        /// The agent's capabilities; `ReportsStatus` is always added (CAP-03).
+        pub fn capabilities(capabilities: AgentCapabilities) => capabilities = capabilities;
 
-    /// The agent description (required, here or with
-    /// [`OpampClient::set_agent_description`] before start).
-    pub fn agent_description(mut self, description: AgentDescription) -> Self {
-        self.description = Some(description);
-        self
-    }
+        /// The agent description (required, here or with
+        /// [`OpampClient::set_agent_description`] before start).
+        pub fn agent_description(description: AgentDescription) => description = Some(description);
 
-    /// The heartbeat interval while the server offers none (default 30 s,
-    /// HB-10). `Duration::ZERO` disables WebSocket heartbeats. Heartbeats are
-    /// sent only with `ReportsHeartbeat`; the server's
-    /// `heartbeat_interval_seconds` wins (HB-03), and a server-sent 0
-    /// disables them over WebSocket (AMB-01).
-    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
-        self.heartbeat_interval = interval;
-        self
-    }
+        /// The heartbeat interval while the server offers none (default 30 s,
+        /// HB-10). `Duration::ZERO` disables WebSocket heartbeats. Heartbeats are
+        /// sent only with `ReportsHeartbeat`; the server's
+        /// `heartbeat_interval_seconds` wins (HB-03), and a server-sent 0
+        /// disables them over WebSocket (AMB-01).
+        pub fn heartbeat_interval(interval: Duration) => heartbeat_interval = interval;
 
-    /// The plain-HTTP polling interval while the server offers no heartbeat
-    /// interval (default: the heartbeat interval, or 30 s if that is zero;
-    /// HTTP-13). A server-offered non-zero heartbeat interval replaces it
-    /// (HTTP-14).
-    pub fn polling_interval(mut self, interval: Duration) -> Self {
-        self.polling_interval = Some(interval);
-        self
-    }
+        /// The plain-HTTP polling interval while the server offers no heartbeat
+        /// interval (default: the heartbeat interval, or 30 s if that is zero;
+        /// HTTP-13). A server-offered non-zero heartbeat interval replaces it
+        /// (HTTP-14).
+        pub fn polling_interval(interval: Duration) => polling_interval = Some(interval);
 
-    /// Gzips plain-HTTP request bodies (HTTP-05). Responses are always
-    /// accepted gzipped. WebSocket messages are sent uncompressed.
-    pub fn compression(mut self, enabled: bool) -> Self {
-        self.compression = enabled;
-        self
-    }
+        /// Gzips plain-HTTP request bodies (HTTP-05). Responses are always
+        /// accepted gzipped. WebSocket messages are sent uncompressed.
+        pub fn compression(enabled: bool) => compression = enabled;
 
-    /// Size limit for one message in either direction (default 64 MiB,
-    /// WS-08, HTTP-16).
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
-        self
-    }
+        /// Size limit for one message in either direction (default 64 MiB,
+        /// WS-08, HTTP-16).
+        pub fn max_message_size(bytes: usize) => max_message_size = bytes;
 
-    /// How long to wait between failed attempts (default
-    /// [`ExponentialBackoff`]: full jitter, 1 s doubling to 60 s). A fresh
-    /// policy is made per client.
-    pub fn retry_policy(mut self, factory: RetryPolicyFactory) -> Self {
-        self.retry_policy = factory;
-        self
-    }
+        /// How long to wait between failed attempts (default
+        /// [`ExponentialBackoff`]: full jitter, 1 s doubling to 60 s). A fresh
+        /// policy is made per client.
+        pub fn retry_policy(factory: RetryPolicyFactory) => retry_policy = factory;
 
-    /// The remote config status saved at the end of the previous run, so an
-    /// already applied config is reported and not applied again.
-    pub fn remote_config_status(mut self, status: RemoteConfigStatus) -> Self {
-        self.remote_config_status = Some(status);
-        self
-    }
+        /// The remote config status saved at the end of the previous run, so an
+        /// already applied config is reported and not applied again.
+        pub fn remote_config_status(status: RemoteConfigStatus)
+            => remote_config_status = Some(status);
 
-    /// The connection settings status saved at the end of the previous run;
-    /// an offer with the same hash is not processed again.
-    pub fn connection_settings_status(mut self, status: ConnectionSettingsStatus) -> Self {
-        self.connection_settings_status = Some(status);
-        self
-    }
+        /// The connection settings status saved at the end of the previous run;
+        /// an offer with the same hash is not processed again.
+        pub fn connection_settings_status(status: ConnectionSettingsStatus)
+            => connection_settings_status = Some(status);
 
-    /// The callbacks (default: [`NoCallbacks`]).
-    pub fn callbacks(mut self, callbacks: impl Callbacks) -> Self {
-        self.callbacks = Arc::new(callbacks);
-        self
-    }
+        /// The callbacks (default: [`NoCallbacks`]).
+        pub fn callbacks(callbacks: impl Callbacks) => callbacks = Arc::new(callbacks);
 
-    /// Enables packages (PKG-*): offers are installed into `store`. Requires
-    /// `AcceptsPackages` (and usually `ReportsPackageStatuses`).
-    pub fn package_store(mut self, store: Arc<dyn PackageStore>) -> Self {
-        self.package_store = Some(store);
-        self
-    }
+        /// Enables packages (PKG-*): offers are installed into `store`. Requires
+        /// `AcceptsPackages` (and usually `ReportsPackageStatuses`).
+        pub fn package_store(store: Arc<dyn PackageStore>) => package_store = Some(store);
 
-    /// Checks package signatures (PKG-09, SEC-09). Default: unsigned packages
-    /// are accepted and signed ones refused, so a signature is never
-    /// silently ignored.
-    pub fn package_verifier(mut self, verifier: Arc<dyn PackageVerifier>) -> Self {
-        self.package_verifier = Some(verifier);
-        self
-    }
+        /// Checks package signatures (PKG-09, SEC-09). Default: unsigned packages
+        /// are accepted and signed ones refused, so a signature is never
+        /// silently ignored.
+        pub fn package_verifier(verifier: Arc<dyn PackageVerifier>)
+            => package_verifier = Some(verifier);
 
-    /// Bound on stopping: sending `agent_disconnect` and closing (default
-    /// 5 s).
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.shutdown_timeout = timeout;
-        self
-    }
+        /// Bound on stopping: sending `agent_disconnect` and closing (default
+        /// 5 s).
+        pub fn shutdown_timeout(timeout: Duration) => shutdown_timeout = timeout;
 
-    /// Whether OpAMP connection settings offered with
-    /// `tls.insecure_skip_verify = true` may be used (default: no, such
-    /// offers fail; SEC-13).
-    pub fn allow_insecure_skip_verify_offers(mut self, allow: bool) -> Self {
-        self.allow_insecure_offers = allow;
-        self
+        /// Whether OpAMP connection settings offered with
+        /// `tls.insecure_skip_verify = true` may be used (default: no, such
+        /// offers fail; SEC-13).
+        pub fn allow_insecure_skip_verify_offers(allow: bool) => allow_insecure_offers = allow;
     }
 
     /// Checks the endpoint and builds the client (not started yet).

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use opamp_client::{FsPackageStore, PackageInfo, PackageStore, PackageStoreError, PackageSyncer};
 use opamp_proto::{PackageStatusEnum, PackageType};
+use opamp_testkit::FakeDownloader;
 use packages_support::*;
 
 fn info(name: &str, version: &str, content: &[u8]) -> PackageInfo {

@@ -4,7 +4,7 @@
 mod packages_support;
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -78,16 +78,32 @@ fn poster(base: &str) -> Arc<HttpPoster> {
     Arc::new(HttpPoster::new(options).unwrap())
 }
 
-#[tokio::test]
-async fn pkg06_pkg08_downloads_with_offered_headers_over_http() {
+/// A fresh [`server`] and a syncer downloading from it into a fresh store,
+/// giving up on a download idle for `idle_timeout`.
+async fn start(
+    idle_timeout: Duration,
+) -> (
+    String,
+    MemoryPackageStore,
+    PackageSyncer,
+    Arc<Mutex<Vec<Outcome>>>,
+) {
     let base = server().await;
     let store = MemoryPackageStore::new();
     let (on_event, events) = event_log();
     let syncer = PackageSyncer::builder(Arc::new(store.clone()), poster(&base))
+        .idle_timeout(idle_timeout)
         .on_event(on_event)
         .start()
         .await
         .unwrap();
+    (base, store, syncer, events)
+}
+
+#[tokio::test]
+async fn pkg06_pkg08_downloads_with_offered_headers_over_http() {
+    // The default idle timeout.
+    let (base, store, syncer, events) = start(Duration::from_secs(30)).await;
 
     let url = format!("{base}/pkg");
     syncer.offer(offer(&[
@@ -141,17 +157,9 @@ async fn pkg06_pkg08_downloads_with_offered_headers_over_http() {
 
 #[tokio::test]
 async fn a_stalled_http_body_fails_instead_of_hanging() {
-    let base = server().await;
-    let store = MemoryPackageStore::new();
-    let (on_event, events) = event_log();
     // Real time: the server really stops sending. The test waits for the
     // outcome, not for a duration.
-    let syncer = PackageSyncer::builder(Arc::new(store.clone()), poster(&base))
-        .idle_timeout(Duration::from_millis(300))
-        .on_event(on_event)
-        .start()
-        .await
-        .unwrap();
+    let (base, store, syncer, events) = start(Duration::from_millis(300)).await;
     syncer.offer(offer(&[(
         "slow",
         package("1", &format!("{base}/stall"), &[0; 100]),

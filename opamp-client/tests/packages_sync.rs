@@ -14,6 +14,7 @@ use opamp_client::{
     SignatureCheck, VerifyError,
 };
 use opamp_proto::{PackageStatusEnum, PackageStatuses, PackageType};
+use opamp_testkit::{FakeDownloader, Reply, Step};
 use packages_support::*;
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -36,6 +37,22 @@ impl Harness {
     async fn sync(&self, offer: opamp_proto::PackagesAvailable) {
         self.syncer.offer(offer);
         self.syncer.wait_idle().await;
+    }
+
+    /// Serves each `(name, version, url, content)` package at its URL, then
+    /// syncs an offer of them all; returns the offer.
+    async fn serve_and_sync(
+        &self,
+        packages: &[(&str, &str, &str, &[u8])],
+    ) -> opamp_proto::PackagesAvailable {
+        let mut offered = Vec::new();
+        for &(name, version, url, content) in packages {
+            self.downloader.serve(url, content);
+            offered.push((name, package(version, url, content)));
+        }
+        let offered = offer(&offered);
+        self.sync(offered.clone()).await;
+        offered
     }
 }
 
@@ -140,9 +157,7 @@ async fn pkg03_pkg06_offered_packages_are_downloaded_and_installed() {
 #[tokio::test]
 async fn pkg04_unchanged_all_packages_hash_does_no_work() {
     let mut h = start().await;
-    h.downloader.serve("mem://a", b"alpha");
-    let offer = offer(&[("a", package("1.0", "mem://a", b"alpha"))]);
-    h.sync(offer.clone()).await;
+    let offer = h.serve_and_sync(&[("a", "1.0", "mem://a", b"alpha")]).await;
     assert_eq!(h.downloader.urls().len(), 1);
     // A package installed locally, not from this Server: the all-packages
     // hash does not cover it (PKG-11), and step 1 ends the procedure before
@@ -187,13 +202,12 @@ async fn pkg04_unchanged_all_packages_hash_does_no_work() {
 #[tokio::test]
 async fn pkg04_shortcut_requires_every_package_installed() {
     let h = start().await;
-    h.downloader.serve("mem://a", b"alpha");
-    h.downloader.serve("mem://b", b"bravo");
-    let offer = offer(&[
-        ("a", package("1.0", "mem://a", b"alpha")),
-        ("b", package("1.0", "mem://b", b"bravo")),
-    ]);
-    h.sync(offer.clone()).await;
+    let offer = h
+        .serve_and_sync(&[
+            ("a", "1.0", "mem://a", b"alpha"),
+            ("b", "1.0", "mem://b", b"bravo"),
+        ])
+        .await;
     // Someone deleted a package behind the syncer's back; the saved hash
     // still matches but the store does not.
     futures_util::FutureExt::now_or_never(h.store.remove("b"))
@@ -210,19 +224,16 @@ async fn pkg04_shortcut_requires_every_package_installed() {
 #[tokio::test]
 async fn pkg05_only_packages_whose_hash_changed_are_downloaded() {
     let h = start().await;
-    h.downloader.serve("mem://a1", b"alpha");
-    h.downloader.serve("mem://b1", b"bravo");
-    h.downloader.serve("mem://b2", b"bravo two");
-    h.sync(offer(&[
-        ("a", package("1", "mem://a1", b"alpha")),
-        ("b", package("1", "mem://b1", b"bravo")),
-    ]))
+    h.serve_and_sync(&[
+        ("a", "1", "mem://a1", b"alpha"),
+        ("b", "1", "mem://b1", b"bravo"),
+    ])
     .await;
 
-    h.sync(offer(&[
-        ("a", package("1", "mem://a1", b"alpha")),
-        ("b", package("2", "mem://b2", b"bravo two")),
-    ]))
+    h.serve_and_sync(&[
+        ("a", "1", "mem://a1", b"alpha"),
+        ("b", "2", "mem://b2", b"bravo two"),
+    ])
     .await;
 
     assert_eq!(h.downloader.urls(), ["mem://a1", "mem://b1", "mem://b2"]);
@@ -235,12 +246,10 @@ async fn pkg05_only_packages_whose_hash_changed_are_downloaded() {
 #[tokio::test]
 async fn pkg05_packages_no_longer_offered_are_removed() {
     let mut h = start().await;
-    h.downloader.serve("mem://a", b"alpha");
-    h.downloader.serve("mem://b", b"bravo");
-    h.sync(offer(&[
-        ("a", package("1", "mem://a", b"alpha")),
-        ("b", package("1", "mem://b", b"bravo")),
-    ]))
+    h.serve_and_sync(&[
+        ("a", "1", "mem://a", b"alpha"),
+        ("b", "1", "mem://b", b"bravo"),
+    ])
     .await;
     h.log.drain();
 
@@ -260,9 +269,7 @@ async fn pkg05_packages_no_longer_offered_are_removed() {
 #[tokio::test]
 async fn pkg06_same_content_with_new_package_hash_is_not_downloaded() {
     let mut h = start().await;
-    h.downloader.serve("mem://a", b"alpha");
-    h.sync(offer(&[("a", package("1", "mem://a", b"alpha"))]))
-        .await;
+    h.serve_and_sync(&[("a", "1", "mem://a", b"alpha")]).await;
     h.log.drain();
 
     // New version, same file content.
@@ -284,9 +291,9 @@ async fn pkg06_same_content_with_new_package_hash_is_not_downloaded() {
 #[tokio::test]
 async fn pkg08_content_hash_mismatch_fails_before_install_and_keeps_the_old_version() {
     let mut h = start().await;
-    h.downloader.serve("mem://v1", b"version one");
-    let first = offer(&[("a", package("1", "mem://v1", b"version one"))]);
-    h.sync(first.clone()).await;
+    let first = h
+        .serve_and_sync(&[("a", "1", "mem://v1", b"version one")])
+        .await;
     h.log.drain();
 
     // The server claims one content but serves another.

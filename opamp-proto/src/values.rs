@@ -126,35 +126,20 @@ impl AnyValue {
     }
 }
 
-impl From<&str> for AnyValue {
-    fn from(value: &str) -> Self {
-        Self::string(value)
-    }
+/// `From` for the scalar types, each through its constructor.
+macro_rules! from_scalars {
+    ($($scalar:ty => $constructor:ident),* $(,)?) => {
+        $(
+            impl From<$scalar> for AnyValue {
+                fn from(value: $scalar) -> Self {
+                    Self::$constructor(value)
+                }
+            }
+        )*
+    };
 }
 
-impl From<String> for AnyValue {
-    fn from(value: String) -> Self {
-        Self::string(value)
-    }
-}
-
-impl From<bool> for AnyValue {
-    fn from(value: bool) -> Self {
-        Self::bool(value)
-    }
-}
-
-impl From<i64> for AnyValue {
-    fn from(value: i64) -> Self {
-        Self::int(value)
-    }
-}
-
-impl From<f64> for AnyValue {
-    fn from(value: f64) -> Self {
-        Self::double(value)
-    }
-}
+from_scalars!(&str => string, String => string, bool => bool, i64 => int, f64 => double);
 
 impl KeyValue {
     /// A key with a value.

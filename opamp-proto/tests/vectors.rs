@@ -25,6 +25,22 @@ fn uid() -> Bytes {
     Bytes::copy_from_slice(&UID)
 }
 
+/// A message carrying the vector uid and nothing else.
+fn agent_base() -> AgentToServer {
+    AgentToServer {
+        instance_uid: uid(),
+        ..Default::default()
+    }
+}
+
+/// A message carrying the vector uid and nothing else.
+fn server_base() -> ServerToAgent {
+    ServerToAgent {
+        instance_uid: uid(),
+        ..Default::default()
+    }
+}
+
 fn check<M: Message + Default + PartialEq + std::fmt::Debug>(wire: &[u8], expected: &M) {
     let decoded = M::decode(wire).expect("vector decodes");
     assert_eq!(&decoded, expected);
@@ -46,12 +62,11 @@ fn uid_header_form_of_the_vector_uid() {
 #[test]
 fn agent_to_server_with_capabilities() {
     let message = AgentToServer {
-        instance_uid: uid(),
         sequence_num: 1,
         capabilities: (AgentCapabilities::REPORTS_STATUS
             | AgentCapabilities::ACCEPTS_REMOTE_CONFIG)
             .bits(),
-        ..Default::default()
+        ..agent_base()
     };
     check(&with_uid("10 01 20 03"), &message);
 }
@@ -60,11 +75,10 @@ fn agent_to_server_with_capabilities() {
 fn msg_agent_disconnect_is_present_though_empty() {
     let wire = with_uid("10 07 20 01 4a 00");
     let message = AgentToServer {
-        instance_uid: uid(),
         sequence_num: 7,
         capabilities: 1,
         agent_disconnect: Some(AgentDisconnect {}),
-        ..Default::default()
+        ..agent_base()
     };
     check(&wire, &message);
     // Without the field, the message is different and shorter.
@@ -78,11 +92,10 @@ fn msg_agent_disconnect_is_present_though_empty() {
 #[test]
 fn cmd_restart_command_is_present_though_empty() {
     let message = ServerToAgent {
-        instance_uid: uid(),
         command: Some(ServerToAgentCommand {
             r#type: CommandType::Restart as i32,
         }),
-        ..Default::default()
+        ..server_base()
     };
     check(&with_uid("4a 00"), &message);
     let decoded = ServerToAgent::decode(with_uid("").as_slice()).unwrap();
@@ -95,12 +108,11 @@ fn cmd_restart_command_is_present_though_empty() {
 #[test]
 fn server_to_agent_flags_and_capabilities() {
     let message = ServerToAgent {
-        instance_uid: uid(),
         flags: ServerToAgentFlags::REPORT_FULL_STATE.bits(),
         capabilities: (ServerCapabilities::ACCEPTS_STATUS
             | ServerCapabilities::OFFERS_REMOTE_CONFIG)
             .bits(),
-        ..Default::default()
+        ..server_base()
     };
     check(&with_uid("30 01 38 03"), &message);
     assert!(
@@ -113,7 +125,6 @@ fn server_to_agent_flags_and_capabilities() {
 #[test]
 fn server_error_unavailable_with_retry_info() {
     let message = ServerToAgent {
-        instance_uid: uid(),
         error_response: Some(ServerErrorResponse {
             r#type: ServerErrorResponseType::Unavailable as i32,
             error_message: String::new(),
@@ -121,7 +132,7 @@ fn server_error_unavailable_with_retry_info() {
                 retry_after_nanoseconds: 30_000_000_000,
             })),
         }),
-        ..Default::default()
+        ..server_base()
     };
     check(&with_uid("12 0a 08 02 1a 06 08 80 d8 8e e1 6f"), &message);
 }

@@ -59,6 +59,7 @@
 //! must not use it (they would see two copies of that crate's types).
 
 mod client_recorder;
+mod downloader;
 mod gates;
 mod http_server;
 mod messages;
@@ -72,6 +73,7 @@ mod timeout;
 pub use client_recorder::{
     ClientEvent, ClientRecorder, QuickRetry, expect_client_event, quick_retry, report_applied,
 };
+pub use downloader::{FakeDownloader, Reply, Step};
 pub use gates::{
     chromium, go, on_path, postgres_url, running_in_ci, skip_or_fail, start_postgres_cluster,
     with_database,

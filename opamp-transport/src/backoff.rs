@@ -102,39 +102,27 @@ impl ExponentialBackoff {
         }
     }
 
-    /// Sets the first window.
-    pub fn with_initial(mut self, initial: Duration) -> Self {
-        self.initial = initial;
-        self
+    crate::builder_setters! {
+        /// Sets the first window.
+        pub fn with_initial(initial: Duration) => initial = initial;
+
+        /// Sets the largest window.
+        pub fn with_max(max: Duration) => max = max;
+
+        /// Sets the cap applied to server hints.
+        pub fn with_max_hint(max_hint: Duration) => max_hint = max_hint;
+
+        /// Replaces the random source, for deterministic tests or a seeded
+        /// generator. It must return a fraction in `[0, 1)`; values outside are
+        /// clamped.
+        pub fn with_jitter_source(source: impl FnMut() -> f64 + Send + Sync + 'static)
+            => jitter = Box::new(source);
     }
 
     /// Sets the growth factor. Values below 1 (or NaN) are treated as 1: the
     /// window never shrinks.
     pub fn with_multiplier(mut self, multiplier: f64) -> Self {
         self.multiplier = if multiplier >= 1.0 { multiplier } else { 1.0 };
-        self
-    }
-
-    /// Sets the largest window.
-    pub fn with_max(mut self, max: Duration) -> Self {
-        self.max = max;
-        self
-    }
-
-    /// Sets the cap applied to server hints.
-    pub fn with_max_hint(mut self, max_hint: Duration) -> Self {
-        self.max_hint = max_hint;
-        self
-    }
-
-    /// Replaces the random source, for deterministic tests or a seeded
-    /// generator. It must return a fraction in `[0, 1)`; values outside are
-    /// clamped.
-    pub fn with_jitter_source(
-        mut self,
-        source: impl FnMut() -> f64 + Send + Sync + 'static,
-    ) -> Self {
-        self.jitter = Box::new(source);
         self
     }
 

@@ -295,6 +295,7 @@ mod kind;
 #[cfg(feature = "client")]
 mod options;
 mod retry_after;
+mod setters;
 #[cfg(any(feature = "client", feature = "server"))]
 mod tls;
 pub mod ws;

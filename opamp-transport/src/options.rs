@@ -147,55 +147,31 @@ impl ClientOptions {
         self
     }
 
-    /// Sets the per-connect header hook.
-    pub fn with_header_hook(
-        mut self,
-        hook: impl Fn(&mut HeaderMap) + Send + Sync + 'static,
-    ) -> Self {
-        self.header_hook = Some(Arc::new(hook));
-        self
-    }
+    crate::builder_setters! {
+        /// Sets the per-connect header hook.
+        pub fn with_header_hook(hook: impl Fn(&mut HeaderMap) + Send + Sync + 'static)
+            => header_hook = Some(Arc::new(hook));
 
-    /// Sets TLS settings.
-    pub fn with_tls(mut self, tls: ClientTlsConfig) -> Self {
-        self.tls = tls;
-        self
-    }
+        /// Sets TLS settings.
+        pub fn with_tls(tls: ClientTlsConfig) => tls = tls;
 
-    /// Routes connections through a `CONNECT` proxy.
-    pub fn with_proxy(mut self, proxy: ProxyConfig) -> Self {
-        self.proxy = Some(proxy);
-        self
-    }
+        /// Routes connections through a `CONNECT` proxy.
+        pub fn with_proxy(proxy: ProxyConfig) => proxy = Some(proxy);
 
-    /// Sets the message size limit.
-    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
-        self
-    }
+        /// Sets the message size limit.
+        pub fn with_max_message_size(bytes: usize) => max_message_size = bytes;
 
-    /// Sets the connect timeout.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
+        /// Sets the connect timeout.
+        pub fn with_connect_timeout(timeout: Duration) => connect_timeout = timeout;
 
-    /// Sets the plain-HTTP request timeout.
-    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
-        self
-    }
+        /// Sets the plain-HTTP request timeout.
+        pub fn with_request_timeout(timeout: Duration) => request_timeout = timeout;
 
-    /// Sets how many redirects to follow.
-    pub fn with_max_redirects(mut self, max: usize) -> Self {
-        self.max_redirects = max;
-        self
-    }
+        /// Sets how many redirects to follow.
+        pub fn with_max_redirects(max: usize) => max_redirects = max;
 
-    /// Accepts legacy headerless WebSocket frames (AMB-14).
-    pub fn with_accept_headerless_frames(mut self, accept: bool) -> Self {
-        self.accept_headerless_frames = accept;
-        self
+        /// Accepts legacy headerless WebSocket frames (AMB-14).
+        pub fn with_accept_headerless_frames(accept: bool) => accept_headerless_frames = accept;
     }
 
     /// The headers for one connect or request: static headers, then the hook.

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use http_support::{echo, fixed_response, opamp_handler};
 use opamp_proto::{AgentToServer, InstanceUid, Message, ServerErrorResponse, ServerToAgent};
-use opamp_testkit::{Handler, serve_http};
+use opamp_testkit::{Handler, serve_http, status_response};
 use opamp_transport::http::client::{HttpError, HttpPoster};
 use opamp_transport::http::server::{service_unavailable, too_many_requests, unauthorized};
 use opamp_transport::http::{OPAMP_INSTANCE_UID, PROTOBUF_CONTENT_TYPE};
@@ -48,6 +48,16 @@ fn big_reply(message: &AgentToServer) -> ServerToAgent {
 
 fn options_for(url: url::Url) -> ClientOptions {
     ClientOptions::new(url).with_max_message_size(LIMIT)
+}
+
+/// The error one exchange gets from a server that answers every request
+/// with `respond()`.
+async fn exchange_error(
+    respond: impl Fn() -> Response<Full<Bytes>> + Send + Sync + 'static,
+) -> HttpError {
+    let server = serve_http(fixed_response(respond), None).await;
+    let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
+    poster.exchange(uid(), &agent_message(1)).await.unwrap_err()
 }
 
 /// HTTP-01, HTTP-03, HTTP-08, HTTP-09: a POST with the protobuf content type
@@ -176,13 +186,7 @@ async fn http_18_response_limit_applies_after_decompression() {
     .encode_to_vec();
     let bomb = gzip(&huge);
     assert!(bomb.len() < 16 * 1024, "bomb is {} bytes", bomb.len());
-    let server = serve_http(
-        fixed_response(move || protobuf_response(bomb.clone(), true)),
-        None,
-    )
-    .await;
-    let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
-    let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
+    let error = exchange_error(move || protobuf_response(bomb.clone(), true)).await;
     assert!(
         matches!(error, HttpError::ResponseTooLarge { limit: LIMIT }),
         "{error:?}"
@@ -190,13 +194,7 @@ async fn http_18_response_limit_applies_after_decompression() {
     assert!(!error.is_retryable());
 
     // Same payload without compression: still too large.
-    let server = serve_http(
-        fixed_response(move || protobuf_response(huge.clone(), false)),
-        None,
-    )
-    .await;
-    let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
-    let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
+    let error = exchange_error(move || protobuf_response(huge.clone(), false)).await;
     assert!(
         matches!(error, HttpError::ResponseTooLarge { .. }),
         "{error:?}"
@@ -247,13 +245,7 @@ async fn http_17_server_413_is_not_retryable() {
 /// HTTP-21: 429 with delta-seconds `Retry-After`.
 #[tokio::test]
 async fn http_21_429_with_delta_seconds() {
-    let server = serve_http(
-        fixed_response(|| too_many_requests(Some(Duration::from_secs(42)))),
-        None,
-    )
-    .await;
-    let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
-    let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
+    let error = exchange_error(|| too_many_requests(Some(Duration::from_secs(42)))).await;
     assert!(
         matches!(
             error,
@@ -273,44 +265,32 @@ async fn http_21_429_with_delta_seconds() {
 async fn http_21_503_with_http_date() {
     let future = SystemTime::now() + Duration::from_secs(3600);
     let future_date = httpdate::fmt_http_date(future);
-    let server = serve_http(
-        fixed_response(move || {
-            let mut response = service_unavailable(None);
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_str(&future_date).unwrap());
-            response
-        }),
-        None,
-    )
+    let error = exchange_error(move || {
+        let mut response = service_unavailable(None);
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_str(&future_date).unwrap());
+        response
+    })
     .await;
-    let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
-    let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
     assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
     // The date has one-second resolution and time passes during the test.
     let hint = error.retry_after().unwrap();
     assert!(hint <= Duration::from_secs(3600), "{hint:?}");
     assert!(hint >= Duration::from_secs(3000), "{hint:?}");
 
-    let server = serve_http(
-        fixed_response(|| {
-            let mut response = service_unavailable(None);
-            response.headers_mut().insert(
-                RETRY_AFTER,
-                HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
-            );
-            response
-        }),
-        None,
-    )
+    let error = exchange_error(|| {
+        let mut response = service_unavailable(None);
+        response.headers_mut().insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        response
+    })
     .await;
-    let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
-    let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
     assert_eq!(error.retry_after(), Some(Duration::ZERO));
 
-    let server = serve_http(fixed_response(|| service_unavailable(None)), None).await;
-    let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
-    let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
+    let error = exchange_error(|| service_unavailable(None)).await;
     assert!(matches!(
         error,
         HttpError::RetryLater {
@@ -323,13 +303,9 @@ async fn http_21_503_with_http_date() {
 /// CONN-06, HTTP-23: 401 surfaces as `Unauthorized` with the challenge.
 #[tokio::test]
 async fn conn_06_unauthorized() {
-    let server = serve_http(
-        fixed_response(|| unauthorized(Some(HeaderValue::from_static("Bearer realm=\"opamp\"")))),
-        None,
-    )
-    .await;
-    let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
-    let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
+    let error =
+        exchange_error(|| unauthorized(Some(HeaderValue::from_static("Bearer realm=\"opamp\""))))
+            .await;
     match error {
         HttpError::Unauthorized { challenge } => {
             assert_eq!(challenge.unwrap(), "Bearer realm=\"opamp\"");
@@ -341,17 +317,7 @@ async fn conn_06_unauthorized() {
 /// AMB-13: any other status is typed, and undecodable bodies are `Decode`.
 #[tokio::test]
 async fn other_statuses_and_garbage_bodies_are_typed() {
-    let server = serve_http(
-        fixed_response(|| {
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::NOT_FOUND;
-            response
-        }),
-        None,
-    )
-    .await;
-    let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
-    let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
+    let error = exchange_error(|| status_response(StatusCode::NOT_FOUND, &[])).await;
     assert!(matches!(
         error,
         HttpError::Status {
@@ -361,26 +327,15 @@ async fn other_statuses_and_garbage_bodies_are_typed() {
     assert!(!error.is_retryable());
 
     // A length-delimited field claiming 100 bytes with 2 present.
-    let server = serve_http(
-        fixed_response(|| protobuf_response(vec![0x0a, 100, 1, 2], false)),
-        None,
-    )
-    .await;
-    let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
-    let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
+    let error = exchange_error(|| protobuf_response(vec![0x0a, 100, 1, 2], false)).await;
     assert!(matches!(error, HttpError::Decode(_)), "{error:?}");
 
     // Truncated gzip.
-    let server = serve_http(
-        fixed_response(|| {
-            let packed = gzip(&echo(&agent_message(1)).encode_to_vec());
-            protobuf_response(packed[..packed.len() - 3].to_vec(), true)
-        }),
-        None,
-    )
+    let error = exchange_error(|| {
+        let packed = gzip(&echo(&agent_message(1)).encode_to_vec());
+        protobuf_response(packed[..packed.len() - 3].to_vec(), true)
+    })
     .await;
-    let poster = HttpPoster::new(options_for(server.url("http", "/"))).unwrap();
-    let error = poster.exchange(uid(), &agent_message(1)).await.unwrap_err();
     assert!(matches!(error, HttpError::InvalidBody(_)), "{error:?}");
 }
 
@@ -425,22 +380,12 @@ async fn redirects_are_followed_with_the_same_body_and_bounded() {
     let handler: Handler = Arc::new(move |request| {
         if request.uri().path() == "/old" {
             return Box::pin(async {
-                let mut response = Response::new(Full::new(Bytes::new()));
-                *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
-                response
-                    .headers_mut()
-                    .insert(LOCATION, HeaderValue::from_static("/v1/opamp"));
-                response
+                status_response(StatusCode::PERMANENT_REDIRECT, &[(LOCATION, "/v1/opamp")])
             });
         }
         if request.uri().path() == "/loop" {
             return Box::pin(async {
-                let mut response = Response::new(Full::new(Bytes::new()));
-                *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-                response
-                    .headers_mut()
-                    .insert(LOCATION, HeaderValue::from_static("/loop"));
-                response
+                status_response(StatusCode::TEMPORARY_REDIRECT, &[(LOCATION, "/loop")])
             });
         }
         opamp(request)
@@ -542,11 +487,7 @@ async fn download_streams_body_with_offered_headers() {
 
     // Non-2xx is an error; non-http URLs are refused.
     let missing = serve_http(
-        fixed_response(|| {
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::NOT_FOUND;
-            response
-        }),
+        fixed_response(|| status_response(StatusCode::NOT_FOUND, &[])),
         None,
     )
     .await;

@@ -8,21 +8,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::{opamp_ws_handler, raw_ws_client, raw_ws_handler};
+use common::{RawServerSocket, opamp_ws_handler, raw_ws_client, raw_ws_handler};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, StatusCode, header};
-use opamp_proto::{AgentDisconnect, AgentToServer, CustomMessage, Message as _, ServerToAgent};
-use opamp_testkit::{Handler, HttpServer, handler, serve_http, status_response};
+use opamp_proto::{AgentDisconnect, AgentToServer, CustomMessage, Message, ServerToAgent};
+use opamp_testkit::{FullResponse, Handler, HttpServer, handler, serve_http, status_response};
+use opamp_transport::http::server::{service_unavailable, unauthorized};
 use opamp_transport::ws::client::WsClientConnection;
 use opamp_transport::ws::server::{WsServerConfig, WsServerConnection};
 use opamp_transport::ws::{
     CLOSE_GOING_AWAY, CLOSE_MESSAGE_TOO_BIG, CLOSE_NORMAL, CLOSE_UNSUPPORTED_DATA, WsConnection,
-    WsError,
+    WsError, WsReceiver,
 };
 use opamp_transport::{ClientOptions, ConnectError, FrameError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message as Raw;
+use tokio_tungstenite::tungstenite::{Error as WsProtocolError, Message as Raw};
 
 const MIB: usize = 1024 * 1024;
 
@@ -74,6 +75,17 @@ async fn connect_pair(
     (server, client, server_side)
 }
 
+/// A client connected to a raw WebSocket peer, which speaks no OpAMP.
+async fn client_with_raw_peer() -> (HttpServer, WsClientConnection, RawServerSocket) {
+    let (handler, mut raw_sockets) = raw_ws_handler();
+    let server = serve_http(handler, None).await;
+    let client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
+        .await
+        .unwrap();
+    let raw = raw_sockets.recv().await.unwrap();
+    (server, client, raw)
+}
+
 #[tokio::test]
 async fn ws_01_ws_07_messages_flow_both_ways() {
     let (_server, mut client, mut server_side) =
@@ -103,12 +115,7 @@ async fn ws_06_empty_messages_cross_the_wire() {
 
 #[tokio::test]
 async fn ws_03_frames_on_the_wire_carry_the_zero_header() {
-    let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve_http(handler, None).await;
-    let client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap();
-    let mut raw = raw_sockets.recv().await.unwrap();
+    let (_server, client, mut raw) = client_with_raw_peer().await;
     client.send(&agent(9)).await.unwrap();
     let Some(Ok(Raw::Binary(data))) = raw.next().await else {
         panic!("expected a binary frame")
@@ -213,13 +220,8 @@ async fn ws_18_server_initiated_close_with_going_away() {
 
 #[tokio::test]
 async fn ws_17_close_wait_is_bounded_when_the_peer_never_answers() {
-    let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve_http(handler, None).await;
-    let client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap();
     // The raw peer is never polled, so it never answers the Close frame.
-    let _silent_peer = raw_sockets.recv().await.unwrap();
+    let (_server, client, _silent_peer) = client_with_raw_peer().await;
     client.set_close_timeout(Duration::from_millis(50));
     let result = client.close().await;
     assert!(
@@ -234,15 +236,9 @@ async fn ws_09_server_closes_with_1009_on_a_65_mib_message() {
         o.with_max_message_size(128 * MIB)
     })
     .await;
-    client.set_close_timeout(Duration::from_millis(50));
-    let (client_tx, mut client_rx) = client.split();
-    // The send cannot finish: the server stops reading after the header.
-    let _stuck_send = tokio::spawn(async move {
-        let big = AgentToServer {
-            custom_message: custom(65 * MIB),
-            ..agent(1)
-        };
-        let _ = client_tx.send(&big).await;
+    let mut client_rx = send_65_mib(client, |custom_message| AgentToServer {
+        custom_message,
+        ..agent(1)
     });
 
     let error = server_side.recv().await.unwrap_err();
@@ -259,6 +255,27 @@ async fn ws_09_server_closes_with_1009_on_a_65_mib_message() {
     assert_eq!(client_rx.peer_close().unwrap().code, CLOSE_MESSAGE_TOO_BIG);
 }
 
+/// Sends a message carrying a 65 MiB custom message (`with_custom` puts it
+/// in) on `connection`, from a task that never finishes (the peer stops
+/// reading after the header), with a short close timeout; returns the
+/// receiving half.
+fn send_65_mib<Tx, Rx>(
+    connection: WsConnection<Tx, Rx>,
+    with_custom: impl FnOnce(Option<CustomMessage>) -> Tx,
+) -> WsReceiver<Rx>
+where
+    Tx: Message + Send + Sync + 'static,
+    Rx: Message + Default,
+{
+    let big = with_custom(custom(65 * MIB));
+    connection.set_close_timeout(Duration::from_millis(50));
+    let (sender, receiver) = connection.split();
+    tokio::spawn(async move {
+        let _ = sender.send(&big).await;
+    });
+    receiver
+}
+
 fn error_is_fatal<T: std::fmt::Debug>(result: &Result<T, WsError>) -> bool {
     matches!(result, Err(e) if e.is_fatal())
 }
@@ -270,14 +287,9 @@ async fn ws_10_client_closes_with_1009_on_a_65_mib_message() {
         |o| o,
     )
     .await;
-    server_side.set_close_timeout(Duration::from_millis(50));
-    let (server_tx, mut server_rx) = server_side.split();
-    let _stuck_send = tokio::spawn(async move {
-        let big = ServerToAgent {
-            custom_message: custom(65 * MIB),
-            ..server_message(0)
-        };
-        let _ = server_tx.send(&big).await;
+    let mut server_rx = send_65_mib(server_side, |custom_message| ServerToAgent {
+        custom_message,
+        ..server_message(0)
     });
 
     let error = client.recv().await.unwrap_err();
@@ -359,24 +371,28 @@ async fn ws_01_text_frame_to_server_is_typed_error_and_closed_1003() {
     let (server, mut accepted, _) = opamp_server(WsServerConfig::default()).await;
     let mut raw = raw_ws_client(&server.url("ws", "/")).await;
     let (_, mut server_side) = accepted.recv().await.unwrap();
-    raw.send(Raw::text("hello")).await.unwrap();
-    assert!(matches!(server_side.recv().await, Err(WsError::TextFrame)));
-    let Some(Ok(Raw::Close(Some(frame)))) = raw.next().await else {
-        panic!("expected a Close frame")
-    };
-    assert_eq!(u16::from(frame.code), CLOSE_UNSUPPORTED_DATA);
+    text_frame_is_refused_with_1003(&mut server_side, &mut raw).await;
 }
 
 #[tokio::test]
 async fn ws_01_text_frame_to_client_is_typed_error_and_closed_1003() {
-    let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve_http(handler, None).await;
-    let mut client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap();
-    let mut raw = raw_sockets.recv().await.unwrap();
+    let (_server, mut client, mut raw) = client_with_raw_peer().await;
+    text_frame_is_refused_with_1003(&mut client, &mut raw).await;
+}
+
+/// WS-01: a text frame from the raw peer is a typed error for `connection`,
+/// which closes with 1003.
+async fn text_frame_is_refused_with_1003<Tx, Rx, S>(
+    connection: &mut WsConnection<Tx, Rx>,
+    raw: &mut S,
+) where
+    Tx: Message,
+    Rx: Message + Default,
+    S: SinkExt<Raw> + StreamExt<Item = Result<Raw, WsProtocolError>> + Unpin,
+    S::Error: std::fmt::Debug,
+{
     raw.send(Raw::text("hello")).await.unwrap();
-    assert!(matches!(client.recv().await, Err(WsError::TextFrame)));
+    assert!(matches!(connection.recv().await, Err(WsError::TextFrame)));
     let Some(Ok(Raw::Close(Some(frame)))) = raw.next().await else {
         panic!("expected a Close frame")
     };
@@ -448,12 +464,7 @@ async fn amb_14_headerless_frames_rejected_by_default_accepted_on_opt_in() {
 
 #[tokio::test]
 async fn ws_15_pings_are_answered_while_receiving() {
-    let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve_http(handler, None).await;
-    let mut client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap();
-    let mut raw = raw_sockets.recv().await.unwrap();
+    let (_server, mut client, mut raw) = client_with_raw_peer().await;
     let receiving = tokio::spawn(async move { client.recv().await });
 
     raw.send(Raw::Ping(Bytes::from_static(b"are you there")))
@@ -472,12 +483,8 @@ async fn ws_15_pings_are_answered_while_receiving() {
 
 #[tokio::test]
 async fn peer_vanishing_without_close_is_a_reset() {
-    let (handler, mut raw_sockets) = raw_ws_handler();
-    let server = serve_http(handler, None).await;
-    let mut client = WsClientConnection::connect(&ClientOptions::new(server.url("ws", "/")))
-        .await
-        .unwrap();
-    drop(raw_sockets.recv().await.unwrap());
+    let (_server, mut client, raw) = client_with_raw_peer().await;
+    drop(raw);
     let error = client.recv().await.unwrap_err();
     assert!(
         matches!(error, WsError::ConnectionReset | WsError::Io(_)),
@@ -487,19 +494,13 @@ async fn peer_vanishing_without_close_is_a_reset() {
 }
 
 /// The error a WebSocket connect gets from a server that answers every
-/// request with `status` and `headers`.
-async fn refusal(status: StatusCode, headers: &[(header::HeaderName, String)]) -> ConnectError {
-    let headers = headers.to_vec();
+/// request with `respond()`.
+async fn refusal(respond: impl Fn() -> FullResponse + Send + Sync + 'static) -> ConnectError {
+    let respond = Arc::new(respond);
     let server = serve_http(
         handler(move |_| {
-            let headers = headers.clone();
-            async move {
-                let headers: Vec<_> = headers
-                    .iter()
-                    .map(|(name, value)| (name.clone(), value.as_str()))
-                    .collect();
-                status_response(status, &headers)
-            }
+            let response = respond();
+            async move { response }
         }),
         None,
     )
@@ -511,11 +512,7 @@ async fn refusal(status: StatusCode, headers: &[(header::HeaderName, String)]) -
 
 #[tokio::test]
 async fn ws_24_503_refusal_carries_retry_after_seconds() {
-    let error = refusal(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &[(header::RETRY_AFTER, "120".to_owned())],
-    )
-    .await;
+    let error = refusal(|| service_unavailable(Some(Duration::from_secs(120)))).await;
     match error {
         ConnectError::Refused {
             status,
@@ -532,10 +529,12 @@ async fn ws_24_503_refusal_carries_retry_after_seconds() {
 #[tokio::test]
 async fn ws_24_429_refusal_carries_retry_after_date() {
     let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
-    let error = refusal(
-        StatusCode::TOO_MANY_REQUESTS,
-        &[(header::RETRY_AFTER, when)],
-    )
+    let error = refusal(move || {
+        status_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &[(header::RETRY_AFTER, &when)],
+        )
+    })
     .await;
     assert_eq!(error.status(), Some(StatusCode::TOO_MANY_REQUESTS));
     let retry_after = error.retry_after().expect("Retry-After parsed");
@@ -548,11 +547,7 @@ async fn ws_24_429_refusal_carries_retry_after_date() {
 
 #[tokio::test]
 async fn conn_06_401_refusal_is_unauthorized() {
-    let error = refusal(
-        StatusCode::UNAUTHORIZED,
-        &[(header::WWW_AUTHENTICATE, "Bearer".to_owned())],
-    )
-    .await;
+    let error = refusal(|| unauthorized(Some(HeaderValue::from_static("Bearer")))).await;
     match error {
         ConnectError::Unauthorized { headers } => {
             assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer")
@@ -563,7 +558,7 @@ async fn conn_06_401_refusal_is_unauthorized() {
 
 #[tokio::test]
 async fn other_refusal_status_is_typed_without_retry_after() {
-    let error = refusal(StatusCode::FORBIDDEN, &[]).await;
+    let error = refusal(|| status_response(StatusCode::FORBIDDEN, &[])).await;
     assert!(
         matches!(
             error,

@@ -128,56 +128,40 @@ impl std::fmt::Debug for PackageSyncerBuilder {
 }
 
 impl PackageSyncerBuilder {
-    /// Sets the signature verifier. Default: [`RejectSignedPackages`].
-    pub fn verifier(mut self, verifier: Arc<dyn PackageVerifier>) -> Self {
-        self.verifier = verifier;
-        self
-    }
+    opamp_transport::builder_setters! {
+        /// Sets the signature verifier. Default: [`RejectSignedPackages`].
+        pub fn verifier(verifier: Arc<dyn PackageVerifier>) => verifier = verifier;
 
-    /// How long a download may go without a response or a new chunk before
-    /// it fails with [`PackageSyncError::Stalled`]. Default 30 s.
-    pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
-        self.idle_timeout = idle_timeout;
-        self
-    }
+        /// How long a download may go without a response or a new chunk before
+        /// it fails with [`PackageSyncError::Stalled`]. Default 30 s.
+        pub fn idle_timeout(idle_timeout: Duration) => idle_timeout = idle_timeout;
 
-    /// The largest file accepted, in bytes; larger ones fail with
-    /// [`PackageSyncError::TooLarge`], as soon as the announced length or the
-    /// received bytes exceed it. Default 1 GiB.
-    pub fn max_package_size(mut self, max_package_size: u64) -> Self {
-        self.max_package_size = max_package_size;
-        self
-    }
+        /// The largest file accepted, in bytes; larger ones fail with
+        /// [`PackageSyncError::TooLarge`], as soon as the announced length or the
+        /// received bytes exceed it. Default 1 GiB.
+        pub fn max_package_size(max_package_size: u64) => max_package_size = max_package_size;
 
-    /// The least time between two progress snapshots of one download
-    /// (PKG-15). Default 10 s. Each carries `download_percent` (0 to 100 of
-    /// the announced length, 0 when none was announced) and
-    /// `download_bytes_per_second` (the average since the request started).
-    /// A `Downloading` snapshot with both at 0 is published as the download
-    /// starts.
-    pub fn progress_interval(mut self, progress_interval: Duration) -> Self {
-        self.progress_interval = progress_interval;
-        self
-    }
+        /// The least time between two progress snapshots of one download
+        /// (PKG-15). Default 10 s. Each carries `download_percent` (0 to 100 of
+        /// the announced length, 0 when none was announced) and
+        /// `download_bytes_per_second` (the average since the request started).
+        /// A `Downloading` snapshot with both at 0 is published as the download
+        /// starts.
+        pub fn progress_interval(progress_interval: Duration)
+            => progress_interval = progress_interval;
 
-    /// Receives every new [`PackageStatuses`] snapshot, in order; a snapshot
-    /// equal to the previous one is not repeated. The client core hands these
-    /// to its package-statuses setter. Runs on the syncer's task, except the
-    /// first call (the store's view), which runs inside
-    /// [`start`](Self::start): it must return quickly and must not block.
-    pub fn on_statuses(
-        mut self,
-        callback: impl Fn(PackageStatuses) + Send + Sync + 'static,
-    ) -> Self {
-        self.on_statuses = Some(Box::new(callback));
-        self
-    }
+        /// Receives every new [`PackageStatuses`] snapshot, in order; a snapshot
+        /// equal to the previous one is not repeated. The client core hands these
+        /// to its package-statuses setter. Runs on the syncer's task, except the
+        /// first call (the store's view), which runs inside
+        /// [`start`](Self::start): it must return quickly and must not block.
+        pub fn on_statuses(callback: impl Fn(PackageStatuses) + Send + Sync + 'static)
+            => on_statuses = Some(Box::new(callback));
 
-    /// Receives per-package outcomes with typed errors. Runs on the syncer's
-    /// task: it must return quickly and must not block.
-    pub fn on_event(mut self, callback: impl Fn(&PackageEvent) + Send + Sync + 'static) -> Self {
-        self.on_event = Some(Box::new(callback));
-        self
+        /// Receives per-package outcomes with typed errors. Runs on the syncer's
+        /// task: it must return quickly and must not block.
+        pub fn on_event(callback: impl Fn(&PackageEvent) + Send + Sync + 'static)
+            => on_event = Some(Box::new(callback));
     }
 
     /// Reads the store, publishes its statuses as the first snapshot (so a

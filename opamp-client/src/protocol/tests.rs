@@ -580,24 +580,22 @@ fn hb_06_any_message_resets_the_heartbeat_timer() {
     assert!(core.poll_transmit(t0 + SEC * 50).is_some());
 }
 
+/// An offer of OpAMP connection settings with only a heartbeat interval.
+fn heartbeat_offer(seconds: u64) -> ServerToAgent {
+    offer_message(ConnectionSettingsOffers {
+        opamp: Some(OpAmpConnectionSettings {
+            heartbeat_interval_seconds: seconds,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 #[test]
 fn hb_03_server_offered_interval_wins() {
     let t0 = Instant::now();
     let (mut core, _) = ws_connected(AgentCapabilities::REPORTS_HEARTBEAT, t0);
-    core.handle_message(
-        ServerToAgent {
-            connection_settings: Some(ConnectionSettingsOffers {
-                hash: Bytes::from_static(b"h1"),
-                opamp: Some(OpAmpConnectionSettings {
-                    heartbeat_interval_seconds: 5,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..reply()
-        },
-        t0,
-    );
+    core.handle_message(heartbeat_offer(5), t0);
     assert_eq!(core.heartbeat_interval(), Some(SEC * 5));
     assert_eq!(core.poll_timeout(), Some(t0 + SEC * 5));
     assert!(core.poll_transmit(t0 + SEC * 5).is_some());
@@ -607,16 +605,7 @@ fn hb_03_server_offered_interval_wins() {
 fn hb_04_amb_01_offered_zero_disables_websocket_heartbeats() {
     let t0 = Instant::now();
     let (mut core, _) = ws_connected(AgentCapabilities::REPORTS_HEARTBEAT, t0);
-    core.handle_message(
-        ServerToAgent {
-            connection_settings: Some(ConnectionSettingsOffers {
-                opamp: Some(OpAmpConnectionSettings::default()),
-                ..Default::default()
-            }),
-            ..reply()
-        },
-        t0,
-    );
+    core.handle_message(heartbeat_offer(0), t0);
     assert_eq!(core.heartbeat_interval(), None);
     assert_eq!(core.poll_timeout(), None);
     assert!(core.poll_transmit(t0 + SEC * 3600).is_none());
@@ -684,22 +673,12 @@ fn http_10_one_request_in_flight() {
 fn http_14_hb_07_offered_heartbeat_is_the_polling_interval() {
     let t0 = Instant::now();
     let (mut core, _) = http_started(AgentCapabilities::REPORTS_HEARTBEAT, t0);
-    let offer = |seconds| ServerToAgent {
-        connection_settings: Some(ConnectionSettingsOffers {
-            opamp: Some(OpAmpConnectionSettings {
-                heartbeat_interval_seconds: seconds,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..reply()
-    };
     core.poll_transmit(t0 + SEC * 30).unwrap();
-    core.handle_message(offer(10), t0 + SEC * 30);
+    core.handle_message(heartbeat_offer(10), t0 + SEC * 30);
     assert_eq!(core.poll_timeout(), Some(t0 + SEC * 40));
     core.poll_transmit(t0 + SEC * 40).unwrap();
     // AMB-01: an offered 0 is not applied over HTTP; polling continues.
-    core.handle_message(offer(0), t0 + SEC * 40);
+    core.handle_message(heartbeat_offer(0), t0 + SEC * 40);
     assert_eq!(core.heartbeat_interval(), Some(SEC * 10));
     assert_eq!(core.poll_timeout(), Some(t0 + SEC * 50));
 }
@@ -1219,13 +1198,20 @@ fn offer_message(offers: ConnectionSettingsOffers) -> ServerToAgent {
     }
 }
 
+/// A WebSocket core with `caps`, connected at `t0`, that received
+/// [`full_offer`] `h1`.
+fn ws_full_offer(caps: AgentCapabilities, t0: Instant) -> ClientCore {
+    let (mut core, _) = ws_connected(caps, t0);
+    core.handle_message(offer_message(full_offer(b"h1")), t0);
+    core
+}
+
 #[test]
 fn cs_01_offers_are_filtered_by_capability() {
     let t0 = Instant::now();
     let caps = AgentCapabilities::REPORTS_OWN_METRICS
         | AgentCapabilities::ACCEPTS_OTHER_CONNECTION_SETTINGS;
-    let (mut core, _) = ws_connected(caps, t0);
-    core.handle_message(offer_message(full_offer(b"h1")), t0);
+    let mut core = ws_full_offer(caps, t0);
     let [
         Event::OtherConnectionSettings {
             hash,
@@ -1244,8 +1230,7 @@ fn cs_01_offers_are_filtered_by_capability() {
     assert_eq!(offers.other_connections.len(), 1);
 
     // Only OpAMP settings accepted: just that event.
-    let (mut core, _) = ws_connected(AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS, t0);
-    core.handle_message(offer_message(full_offer(b"h1")), t0);
+    let mut core = ws_full_offer(AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS, t0);
     let [Event::OpampConnectionSettings { settings, .. }] = [one_event(&mut core)] else {
         panic!()
     };
@@ -1258,8 +1243,7 @@ fn cs_01_offers_are_filtered_by_capability() {
 #[test]
 fn cs_offer_with_unchanged_hash_is_skipped() {
     let t0 = Instant::now();
-    let (mut core, _) = ws_connected(AgentCapabilities::REPORTS_OWN_LOGS, t0);
-    core.handle_message(offer_message(full_offer(b"h1")), t0);
+    let mut core = ws_full_offer(AgentCapabilities::REPORTS_OWN_LOGS, t0);
     assert_eq!(events(&mut core).len(), 1);
     core.handle_message(offer_message(full_offer(b"h1")), t0);
     assert!(events(&mut core).is_empty());
@@ -1291,22 +1275,15 @@ fn cs_07_cs_08_status_applying_then_applied_or_failed() {
     let t0 = Instant::now();
     let caps = AgentCapabilities::REPORTS_OWN_METRICS
         | AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS;
-    let (mut core, _) = ws_connected(caps, t0);
-    core.handle_message(offer_message(full_offer(b"h1")), t0);
-    let applying = core
-        .poll_transmit(t0)
-        .unwrap()
-        .connection_settings_status
-        .unwrap();
-    assert_eq!(applying.status, ConnectionSettingsStatuses::Applying as i32);
-    assert_eq!(
-        applying.last_connection_settings_hash,
-        Bytes::from_static(b"h1")
-    );
+    let mut core = ws_full_offer(caps, t0);
+    let (status, hash, error) = status_of(&core.poll_transmit(t0).unwrap());
+    assert_eq!(status, ConnectionSettingsStatuses::Applying);
+    assert_eq!(hash, Bytes::from_static(b"h1"));
     // Asynchronously, later: the embedder reports the outcome.
     let applied = ConnectionSettingsStatus {
+        last_connection_settings_hash: hash,
         status: ConnectionSettingsStatuses::Applied as i32,
-        ..applying
+        error_message: error,
     };
     core.set_connection_settings_status(applied.clone());
     assert_eq!(
@@ -1320,16 +1297,11 @@ fn cs_07_cs_08_status_applying_then_applied_or_failed() {
 #[test]
 fn cs_offer_with_nothing_usable_reports_failed() {
     let t0 = Instant::now();
-    let (mut core, _) = ws_connected(AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS, t0);
-    core.handle_message(offer_message(full_offer(b"h1")), t0);
+    let mut core = ws_full_offer(AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS, t0);
     assert!(events(&mut core).is_empty());
-    let status = core
-        .poll_transmit(t0)
-        .unwrap()
-        .connection_settings_status
-        .unwrap();
-    assert_eq!(status.status, ConnectionSettingsStatuses::Failed as i32);
-    assert!(!status.error_message.is_empty());
+    let (status, _, error) = status_of(&core.poll_transmit(t0).unwrap());
+    assert_eq!(status, ConnectionSettingsStatuses::Failed);
+    assert!(!error.is_empty());
 }
 
 #[test]
@@ -1661,8 +1633,7 @@ fn cs_08_cs_42_other_part_outcome_and_the_opamp_part_share_one_status() {
             ConnectionSettingsStatuses::Failed,
         ),
     ] {
-        let (mut core, _) = ws_connected(caps, t0);
-        core.handle_message(offer_message(full_offer(b"h1")), t0);
+        let mut core = ws_full_offer(caps, t0);
         let both: [Event; 2] = events(&mut core).try_into().unwrap();
         let [
             Event::OtherConnectionSettings {
@@ -1698,8 +1669,7 @@ fn cs_42_other_settings_alone_report_their_outcome() {
     let t0 = Instant::now();
     let caps = AgentCapabilities::REPORTS_OWN_METRICS
         | AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS;
-    let (mut core, _) = ws_connected(caps, t0);
-    core.handle_message(offer_message(full_offer(b"h1")), t0);
+    let mut core = ws_full_offer(caps, t0);
     events(&mut core);
     core.poll_transmit(t0).unwrap();
     core.handle_other_settings_outcome(&Bytes::from_static(b"h1"), SettingsOutcome::Later);

@@ -10,7 +10,6 @@
 )]
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,17 +19,17 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{
     AgentToServer, ConnectionSettingsOffers, ConnectionSettingsStatus, ConnectionSettingsStatuses,
     OpAmpConnectionSettings, ServerToAgent,
 };
-use opamp_testkit::{ClientEvent, ClientRecorder, ack, quick_retry, within};
+use opamp_testkit::{
+    ClientEvent, ClientRecorder, FullResponse, HttpServer, ack, handler, quick_retry, serve_http,
+    within,
+};
 use opamp_transport::ws::CloseInfo;
 use opamp_transport::ws::server::{WsServerConfig, accept_upgrade, is_websocket_upgrade};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// What the script answers to one AgentToServer.
@@ -72,14 +71,14 @@ pub struct TestServer {
     pub received: mpsc::UnboundedReceiver<Received>,
     pub closed: mpsc::UnboundedReceiver<(usize, Option<CloseInfo>)>,
     state: Arc<State>,
+    /// Accepts connections until the test server is dropped.
+    _server: HttpServer,
 }
 
 impl TestServer {
     pub async fn start(
         script: impl FnMut(usize, &AgentToServer) -> Reply + Send + 'static,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (received_tx, received) = mpsc::unbounded_channel();
         let (closed_tx, closed) = mpsc::unbounded_channel();
         let state = Arc::new(State {
@@ -91,24 +90,18 @@ impl TestServer {
             pushers: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
         });
-        let accept_state = Arc::clone(&state);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = Arc::clone(&accept_state);
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| handle(Arc::clone(&state), request));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
-                });
-            }
-        });
+        let handler_state = Arc::clone(&state);
+        let server = serve_http(
+            handler(move |request| handle(Arc::clone(&handler_state), request)),
+            None,
+        )
+        .await;
         Self {
-            addr,
+            addr: server.addr,
             received,
             closed,
             state,
+            _server: server,
         }
     }
 
@@ -165,10 +158,7 @@ impl TestServer {
     }
 }
 
-async fn handle(
-    state: Arc<State>,
-    mut request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(state: Arc<State>, mut request: Request<Incoming>) -> FullResponse {
     if request.method() == http::Method::GET && !is_websocket_upgrade(request.headers()) {
         let file = state
             .files
@@ -176,30 +166,28 @@ async fn handle(
             .unwrap()
             .get(request.uri().path())
             .cloned();
-        return Ok(match file {
+        return match file {
             Some(body) => Response::new(Full::new(body)),
             None => status(StatusCode::NOT_FOUND, None),
-        });
+        };
     }
     if is_websocket_upgrade(request.headers()) {
         {
             let mut refuse = state.refuse.lock().unwrap();
             if refuse.0 > 0 {
                 refuse.0 -= 1;
-                return Ok(status(StatusCode::SERVICE_UNAVAILABLE, refuse.1));
+                return status(StatusCode::SERVICE_UNAVAILABLE, refuse.1);
             }
         }
         let headers = request.headers().clone();
-        return Ok(
-            match accept_upgrade(&mut request, WsServerConfig::default()) {
-                Ok((response, pending)) => {
-                    let conn = state.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::spawn(serve_ws(state, conn, headers, pending));
-                    response
-                }
-                Err(error) => error.to_response(),
-            },
-        );
+        return match accept_upgrade(&mut request, WsServerConfig::default()) {
+            Ok((response, pending)) => {
+                let conn = state.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::spawn(serve_ws(state, conn, headers, pending));
+                response
+            }
+            Err(error) => error.to_response(),
+        };
     }
     let conn = state.connections.fetch_add(1, Ordering::SeqCst) + 1;
     let (parts, body) = request.into_parts();
@@ -212,7 +200,7 @@ async fn handle(
     .await
     {
         Ok(message) => message,
-        Err(error) => return Ok(error.to_response()),
+        Err(error) => return error.to_response(),
     };
     let reply = (state.script.lock().unwrap())(conn, &message);
     let _ = state.received.send(Received {
@@ -220,7 +208,7 @@ async fn handle(
         message: message.clone(),
         headers: parts.headers.clone(),
     });
-    Ok(match reply {
+    match reply {
         Reply::Message(answer) => {
             opamp_transport::http::server::response_for(&answer, &parts.headers, 64 << 20).unwrap()
         }
@@ -229,7 +217,7 @@ async fn handle(
                 .unwrap()
         }
         Reply::Status(code, retry_after) => status(code, retry_after),
-    })
+    }
 }
 
 fn status(code: StatusCode, retry_after: Option<u64>) -> Response<Full<Bytes>> {

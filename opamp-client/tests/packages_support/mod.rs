@@ -1,152 +1,21 @@
-//! Shared helpers for the `packages_*` tests: an in-memory downloader with
-//! scripted bodies, offer builders, and recorders for the syncer callbacks.
+//! Shared helpers for the `packages_*` tests: offer builders and recorders
+//! for the syncer callbacks (the in-memory downloader is opamp-testkit's
+//! `FakeDownloader`).
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
-use futures_util::stream::{self, StreamExt as _};
-use opamp_client::{
-    Download, DownloadError, Downloader, InstalledPackage, PackageEvent, PackageSyncError,
-};
+use opamp_client::{DownloadError, InstalledPackage, PackageEvent, PackageSyncError};
 use opamp_proto::{
     DownloadableFile, Header, Headers, PackageAvailable, PackageStatus, PackageStatusEnum,
     PackageStatuses, PackageType, PackagesAvailable,
 };
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 pub fn sha256(content: &[u8]) -> Bytes {
     Bytes::copy_from_slice(&Sha256::digest(content))
-}
-
-/// One step of a scripted response body.
-#[derive(Clone)]
-pub enum Step {
-    Chunk(Bytes),
-    /// Waits (tokio time, so paused-time tests control it).
-    Sleep(Duration),
-    /// Waits until the test notifies.
-    Gate(Arc<Notify>),
-    /// Never yields again.
-    Stall,
-    /// Fails the body.
-    Fail,
-}
-
-#[derive(Clone)]
-pub enum Reply {
-    Body {
-        content_length: Option<u64>,
-        steps: Vec<Step>,
-    },
-    Status(u16),
-    /// The response never arrives.
-    NeverAnswer,
-}
-
-impl Reply {
-    /// `content` in three chunks, with a correct length.
-    pub fn content(content: &[u8]) -> Self {
-        let third = content.len().div_ceil(3).max(1);
-        Reply::Body {
-            content_length: Some(content.len() as u64),
-            steps: content
-                .chunks(third)
-                .map(|chunk| Step::Chunk(Bytes::copy_from_slice(chunk)))
-                .collect(),
-        }
-    }
-
-    /// A body announced as `content_length` bytes that stops after `part`.
-    pub fn stalling_after(part: &'static [u8], content_length: u64) -> Self {
-        Reply::Body {
-            content_length: Some(content_length),
-            steps: vec![Step::Chunk(Bytes::from_static(part)), Step::Stall],
-        }
-    }
-}
-
-/// A downloader answering from a table of URL → reply, recording requests.
-#[derive(Default)]
-pub struct FakeDownloader {
-    replies: Mutex<HashMap<String, Reply>>,
-    requests: Mutex<Vec<(String, Vec<Header>)>>,
-}
-
-impl FakeDownloader {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    pub fn reply(&self, url: &str, reply: Reply) {
-        self.replies.lock().unwrap().insert(url.to_owned(), reply);
-    }
-
-    pub fn serve(&self, url: &str, content: &[u8]) {
-        self.reply(url, Reply::content(content));
-    }
-
-    pub fn requests(&self) -> Vec<(String, Vec<Header>)> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    pub fn urls(&self) -> Vec<String> {
-        self.requests().into_iter().map(|(url, _)| url).collect()
-    }
-}
-
-fn scripted(
-    steps: Vec<Step>,
-) -> futures_util::stream::BoxStream<'static, Result<Bytes, DownloadError>> {
-    stream::unfold(VecDeque::from(steps), |mut steps| async move {
-        loop {
-            match steps.pop_front()? {
-                Step::Chunk(chunk) => return Some((Ok(chunk), steps)),
-                Step::Sleep(duration) => tokio::time::sleep(duration).await,
-                Step::Gate(gate) => gate.notified().await,
-                Step::Stall => futures_util::future::pending::<()>().await,
-                Step::Fail => {
-                    return Some((
-                        Err(DownloadError::Transport("connection reset".into())),
-                        VecDeque::new(),
-                    ));
-                }
-            }
-        }
-    })
-    .boxed()
-}
-
-impl Downloader for FakeDownloader {
-    fn download<'a>(
-        &'a self,
-        url: &'a str,
-        headers: &'a [Header],
-    ) -> BoxFuture<'a, Result<Download, DownloadError>> {
-        self.requests
-            .lock()
-            .unwrap()
-            .push((url.to_owned(), headers.to_vec()));
-        let reply = self.replies.lock().unwrap().get(url).cloned();
-        Box::pin(async move {
-            match reply {
-                None | Some(Reply::Status(404)) => Err(DownloadError::Status(404)),
-                Some(Reply::Status(status)) => Err(DownloadError::Status(status)),
-                Some(Reply::NeverAnswer) => futures_util::future::pending().await,
-                Some(Reply::Body {
-                    content_length,
-                    steps,
-                }) => Ok(Download {
-                    content_length,
-                    body: scripted(steps),
-                }),
-            }
-        })
-    }
 }
 
 /// An add-on package offer for `content` at `url`.

@@ -147,8 +147,9 @@ fn is_protobuf(headers: &HeaderMap) -> bool {
     media_type.eq_ignore_ascii_case(PROTOBUF_CONTENT_TYPE)
 }
 
-/// True when a comma-separated header (over all its lines) lists `token`.
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+/// True when a comma-separated header (over all its lines) lists `token`
+/// (case-insensitive). Also used by the WebSocket upgrade checks.
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()

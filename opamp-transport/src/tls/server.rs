@@ -64,16 +64,12 @@ impl ServerTlsConfig {
         self
     }
 
-    /// Lowest TLS version to accept (default TLS 1.2).
-    pub fn with_min_version(mut self, version: TlsVersion) -> Self {
-        self.min_version = Some(version);
-        self
-    }
+    crate::builder_setters! {
+        /// Lowest TLS version to accept (default TLS 1.2).
+        pub fn with_min_version(version: TlsVersion) => min_version = Some(version);
 
-    /// Highest TLS version to accept (default TLS 1.3).
-    pub fn with_max_version(mut self, version: TlsVersion) -> Self {
-        self.max_version = Some(version);
-        self
+        /// Highest TLS version to accept (default TLS 1.3).
+        pub fn with_max_version(version: TlsVersion) => max_version = Some(version);
     }
 
     /// Builds the rustls server config, with ALPN `http/1.1`.

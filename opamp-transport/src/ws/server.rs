@@ -15,6 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use crate::http::server::has_token;
 use crate::{DEFAULT_MAX_MESSAGE_SIZE, HeaderlessFrames};
 
 use super::conn::{
@@ -49,22 +50,15 @@ impl Default for WsServerConfig {
 }
 
 impl WsServerConfig {
-    /// Sets the message size limit.
-    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes;
-        self
-    }
+    crate::builder_setters! {
+        /// Sets the message size limit.
+        pub fn with_max_message_size(bytes: usize) => max_message_size = bytes;
 
-    /// Sets the closing-handshake bound.
-    pub fn with_close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
-        self
-    }
+        /// Sets the closing-handshake bound.
+        pub fn with_close_timeout(timeout: Duration) => close_timeout = timeout;
 
-    /// Chooses how to treat headerless legacy frames.
-    pub fn with_headerless_frames(mut self, mode: HeaderlessFrames) -> Self {
-        self.headerless_frames = mode;
-        self
+        /// Chooses how to treat headerless legacy frames.
+        pub fn with_headerless_frames(mode: HeaderlessFrames) => headerless_frames = mode;
     }
 }
 
@@ -150,7 +144,7 @@ impl Future for PendingWsConnection {
 /// `Upgrade: websocket`). Requests for which this is false should be
 /// treated as plain HTTP or rejected (WS-16, HTTP-04).
 pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
-    header_has_token(headers, header::UPGRADE, "websocket")
+    has_token(headers, &header::UPGRADE, "websocket")
 }
 
 /// Validates a WebSocket upgrade request and accepts it.
@@ -236,7 +230,7 @@ fn validate<B>(request: &Request<B>) -> Result<HeaderValue, UpgradeError> {
     if !is_websocket_upgrade(headers) {
         return Err(UpgradeError::MissingUpgradeHeader);
     }
-    if !header_has_token(headers, header::CONNECTION, "upgrade") {
+    if !has_token(headers, &header::CONNECTION, "upgrade") {
         return Err(UpgradeError::MissingConnectionUpgrade);
     }
     if headers
@@ -256,17 +250,6 @@ fn validate<B>(request: &Request<B>) -> Result<HeaderValue, UpgradeError> {
         return Err(UpgradeError::InvalidKey);
     }
     HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| UpgradeError::InvalidKey)
-}
-
-/// Whether any value of `name` lists `token` (comma-separated,
-/// case-insensitive).
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|item| item.trim().eq_ignore_ascii_case(token))
 }
 
 #[cfg(test)]
@@ -292,57 +275,69 @@ mod tests {
 
     #[test]
     fn bad_upgrade_requests_are_typed() {
-        let cases = [
+        type Spoil = fn(&mut Request<()>);
+        let cases: [(&str, Spoil, UpgradeError); 7] = [
             (
-                upgrade_request().method(Method::POST),
+                "POST",
+                |request| *request.method_mut() = Method::POST,
                 UpgradeError::NotGet(Method::POST),
             ),
             (
-                upgrade_request().version(Version::HTTP_10),
+                "HTTP/1.0",
+                |request| *request.version_mut() = Version::HTTP_10,
                 UpgradeError::WrongHttpVersion,
             ),
             (
-                upgrade_request().header(header::SEC_WEBSOCKET_KEY, "x"),
+                "a key of 5 bytes",
+                |request| {
+                    request.headers_mut().insert(
+                        header::SEC_WEBSOCKET_KEY,
+                        HeaderValue::from_static("c2hvcnQ="),
+                    );
+                },
                 UpgradeError::InvalidKey,
             ),
+            (
+                "no key",
+                |request| {
+                    request.headers_mut().remove(header::SEC_WEBSOCKET_KEY);
+                },
+                UpgradeError::InvalidKey,
+            ),
+            (
+                "no Upgrade header",
+                |request| {
+                    request.headers_mut().remove(header::UPGRADE);
+                },
+                UpgradeError::MissingUpgradeHeader,
+            ),
+            (
+                "Connection without upgrade",
+                |request| {
+                    request
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+                },
+                UpgradeError::MissingConnectionUpgrade,
+            ),
+            (
+                "WebSocket version 8",
+                |request| {
+                    request
+                        .headers_mut()
+                        .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
+                },
+                UpgradeError::UnsupportedVersion,
+            ),
         ];
-        for (builder, expected) in cases {
-            let mut request = builder.body(()).unwrap();
-            // The key case appends a second value; keep only the bad one.
-            if expected == UpgradeError::InvalidKey {
-                request.headers_mut().insert(
-                    header::SEC_WEBSOCKET_KEY,
-                    HeaderValue::from_static("c2hvcnQ="),
-                );
-            }
-            assert_eq!(validate(&request).unwrap_err(), expected);
+        for (case, spoil, expected) in cases {
+            let mut request = upgrade_request().body(()).unwrap();
+            spoil(&mut request);
+            assert_eq!(validate(&request).unwrap_err(), expected, "{case}");
         }
-        let mut request = upgrade_request().body(()).unwrap();
-        request.headers_mut().remove(header::UPGRADE);
-        assert_eq!(
-            validate(&request).unwrap_err(),
-            UpgradeError::MissingUpgradeHeader
-        );
-        let mut request = upgrade_request().body(()).unwrap();
-        request
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-        assert_eq!(
-            validate(&request).unwrap_err(),
-            UpgradeError::MissingConnectionUpgrade
-        );
-        let mut request = upgrade_request().body(()).unwrap();
-        request
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
-        let error = validate(&request).unwrap_err();
-        assert_eq!(error, UpgradeError::UnsupportedVersion);
-        let response: Response<()> = error.to_response();
+        let response: Response<()> = UpgradeError::UnsupportedVersion.to_response();
         assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
         assert_eq!(response.headers()[header::SEC_WEBSOCKET_VERSION], "13");
-        let mut request = upgrade_request().body(()).unwrap();
-        request.headers_mut().remove(header::SEC_WEBSOCKET_KEY);
-        assert_eq!(validate(&request).unwrap_err(), UpgradeError::InvalidKey);
     }
 
     #[test]
