@@ -157,6 +157,30 @@ impl GoProcess {
         answer
     }
 
+    /// Sends `command` as [`command`](Self::command) does and returns the
+    /// string `field` of its `ack` (an offer's `hash`, for example).
+    pub async fn command_str(&mut self, command: Value, field: &str) -> String {
+        let ack = self.command(command).await;
+        ack[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no {field} in {ack}", self.name))
+            .to_owned()
+    }
+
+    /// goserver: the earliest unconsumed `message` event from the agent
+    /// `uid` that matches `matches`.
+    pub async fn wait_message(
+        &mut self,
+        what: &str,
+        uid: &str,
+        mut matches: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        self.wait_for(what, |event| {
+            event["event"] == "message" && event["uid"] == uid && matches(event)
+        })
+        .await
+    }
+
     /// The earliest unconsumed event matching `matches`. Fails the test on a
     /// `fatal` event, when the program exits, or after [`TIMEOUT`].
     pub async fn wait_for(&mut self, what: &str, mut matches: impl FnMut(&Value) -> bool) -> Value {

@@ -65,8 +65,27 @@ pub use opamp_testkit::{Inbox, PkiFiles, TIMEOUT, TestPki, free_port};
 /// Two tests of one scenario: `fn $ws` runs `$scenario` over WebSocket,
 /// `fn $http` over plain HTTP. The names are written out in full, so
 /// `CONFORMANCE.md` can cite them.
+///
+/// With `$scenario(go): ...` the scenario also takes the opamp-go programs
+/// (`&GoPrograms`); both tests skip as [`go_programs`] says when they are
+/// missing.
 #[macro_export]
 macro_rules! over_both_transports {
+    ($scenario:ident(go): fn $ws:ident, fn $http:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $ws() {
+            if let Some(go) = $crate::go_programs() {
+                $scenario(go, $crate::Transport::WebSocket).await;
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $http() {
+            if let Some(go) = $crate::go_programs() {
+                $scenario(go, $crate::Transport::Http).await;
+            }
+        }
+    };
     ($scenario:ident: fn $ws:ident, fn $http:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $ws() {
@@ -77,6 +96,26 @@ macro_rules! over_both_transports {
         async fn $http() {
             $scenario($crate::Transport::Http).await;
         }
+    };
+}
+
+/// Waits for `$agent`'s ([`OurAgent`]) earliest unconsumed callback event
+/// of one kind and returns what it carries: `next_client_event!(agent,
+/// "remote config", ClientEvent::RemoteConfig)` returns the
+/// `AgentRemoteConfig` (cloned); with `pattern => value`, the value the
+/// pattern's bindings (references into the event) give.
+#[macro_export]
+macro_rules! next_client_event {
+    ($agent:expr, $what:expr, $variant:path) => {
+        $crate::next_client_event!($agent, $what, $variant(value) => value.clone())
+    };
+    ($agent:expr, $what:expr, $pattern:pat => $value:expr) => {
+        $agent
+            .wait_map($what, |event| match event {
+                $pattern => Some($value),
+                _ => None,
+            })
+            .await
     };
 }
 

@@ -304,4 +304,15 @@ impl OurAgent {
     ) -> ClientEvent {
         self.events.wait_for(what, matches).await
     }
+
+    /// The earliest unconsumed callback event that `pick` maps to a value,
+    /// and that value (see [`next_client_event!`](crate::next_client_event)).
+    pub async fn wait_map<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&ClientEvent) -> Option<T>,
+    ) -> T {
+        let event = self.events.wait_for(what, |e| pick(e).is_some()).await;
+        pick(&event).expect("the event matched")
+    }
 }
