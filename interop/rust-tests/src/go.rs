@@ -11,6 +11,8 @@ use tokio::sync::mpsc;
 
 use opamp_testkit::{Inbox, TIMEOUT, skip_or_fail};
 
+use crate::fleet::spawn_piped;
+
 /// Paths of the built Go programs.
 #[derive(Debug, Clone)]
 pub struct GoPrograms {
@@ -93,14 +95,11 @@ impl GoProcess {
             || "go program".to_owned(),
             |name| name.to_string_lossy().into_owned(),
         );
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|error| panic!("starting {}: {error}", program.display()));
+        let mut child = spawn_piped(
+            tokio::process::Command::new(program).args(args),
+            program,
+            Stdio::piped(),
+        );
         let output = Arc::new(Mutex::new(vec![format!("$ {name} {}", args.join(" "))]));
         let (tx, events) = Inbox::new(name.clone());
         let stdout = child.stdout.take().expect("stdout is piped");

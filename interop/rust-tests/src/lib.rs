@@ -45,13 +45,13 @@ mod our_server;
 pub use collector::{
     COLLECTOR_VERSION, CollectorProcess, CollectorPrograms, NO_OWN_METRICS, REMOTE_RESTARTS_GATE,
     SupervisorProcess, SupervisorSettings, collector_programs, otlp_pipeline_config,
-    otlp_receiver_answers,
+    otlp_receiver_answers, wait_otlp_receiver,
 };
 
 pub use file_server::StaticFile;
 pub use fleet::{
-    FleetServerProcess, connected_events_after, effective_body, has_capability, http_request,
-    latest_event_time,
+    FleetServerProcess, assert_available_component, assert_capabilities, assert_description,
+    connected_events_after, effective_body, has_capability, http_request, latest_event_time,
 };
 pub use go::{GoProcess, GoPrograms, go_programs};
 pub use otlp_sink::{OtlpRequest, OtlpSink};
