@@ -99,6 +99,22 @@ macro_rules! over_both_transports {
     };
 }
 
+/// One test that needs the opamp-go programs: `fn $name` runs
+/// `$scenario(go)` (`go: &GoPrograms`), or skips as [`go_programs`] says
+/// when they are missing. The name is written out in full, so
+/// `CONFORMANCE.md` can cite it.
+#[macro_export]
+macro_rules! with_go {
+    ($scenario:ident: fn $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            if let Some(go) = $crate::go_programs() {
+                $scenario(go).await;
+            }
+        }
+    };
+}
+
 /// Waits for `$agent`'s ([`OurAgent`]) earliest unconsumed callback event
 /// of one kind and returns what it carries: `next_client_event!(agent,
 /// "remote config", ClientEvent::RemoteConfig)` returns the

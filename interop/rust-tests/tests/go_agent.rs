@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use opamp_interop_tests::{
     GoProcess, GoPrograms, INTEROP_CAPABILITY, OurServer, Refuse, StaticFile, TIMEOUT, TestPki,
-    Transport, go_programs, hex, over_both_transports,
+    Transport, hex, over_both_transports, with_go,
 };
 use opamp_proto::{
     AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentToServer, ConnectionSettingsOffers,
@@ -299,9 +299,7 @@ over_both_transports!(remote_config_applied(go):
 
 /// RCFG-07: a config opamp-go cannot apply is tracked as FAILED, with its
 /// error message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s2_remote_config_failure_reported_ws() {
-    let Some(go) = go_programs() else { return };
+async fn remote_config_failure_reported(go: &GoPrograms) {
     let (server, _agent, uid) = with_full_state(go, Transport::WebSocket, &[]).await;
 
     let offer = offer_config(&server, uid, config("collector.yaml", "bad: FAIL_ME\n")).await;
@@ -311,6 +309,8 @@ async fn s2_remote_config_failure_reported_ws() {
     };
     assert!(!message.is_empty(), "FAILED without an error message");
 }
+
+with_go!(remote_config_failure_reported: fn s2_remote_config_failure_reported_ws);
 
 // ---------------------------------------------------------------- scenario 3
 
@@ -531,9 +531,7 @@ fn big_config() -> AgentConfigMap {
 /// HTTP-05/06/07: opamp-go gzips its requests (`--gzip`), our server
 /// decodes them; our server gzips a large response because opamp-go
 /// accepts gzip, and opamp-go decodes it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s8_gzip_both_directions_http() {
-    let Some(go) = go_programs() else { return };
+async fn gzip_both_directions(go: &GoPrograms) {
     let mut server = OurServer::start().await;
     let (mut agent, uid) = start_agent(go, &server, Transport::Http, &["--gzip"]).await;
 
@@ -558,11 +556,11 @@ async fn s8_gzip_both_directions_http() {
     assert_eq!(state, RemoteConfigState::Applied);
 }
 
+with_go!(gzip_both_directions: fn s8_gzip_both_directions_http);
+
 /// WS-01: opamp-go offers permessage-deflate (`--gzip`); our server does
 /// not negotiate it and the conversation goes on uncompressed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s8_permessage_deflate_offer_declined_ws() {
-    let Some(go) = go_programs() else { return };
+async fn permessage_deflate_offer_declined(go: &GoPrograms) {
     let (server, mut agent, uid) = with_full_state(go, Transport::WebSocket, &["--gzip"]).await;
     let offer = offer_config(&server, uid, big_config()).await;
     let on_wire = offer_on_wire(&mut agent, &offer).await;
@@ -570,6 +568,8 @@ async fn s8_permessage_deflate_offer_declined_ws() {
     let state = config_outcome(&server, uid, &offer.hash).await;
     assert_eq!(state, RemoteConfigState::Applied);
 }
+
+with_go!(permessage_deflate_offer_declined: fn s8_permessage_deflate_offer_declined_ws);
 
 /// TLS with an rcgen CA that opamp-go trusts (`--ca-file`): full state and
 /// a remote config round trip over `wss://` and `https://`.
@@ -599,9 +599,7 @@ over_both_transports!(tls(go):
 /// UID-09: a second opamp-go agent with a uid that is live on another
 /// connection gets a new uid from our registry and adopts it; the first
 /// keeps its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uid_duplicate_gets_new_uid_ws() {
-    let Some(go) = go_programs() else { return };
+async fn duplicate_uid_gets_new_uid(go: &GoPrograms) {
     let (mut server, _first, uid) = with_full_state(go, Transport::WebSocket, &[]).await;
 
     let uid_text = uid.to_string();
@@ -620,6 +618,8 @@ async fn uid_duplicate_gets_new_uid_ws() {
         "{connected:?}"
     );
 }
+
+with_go!(duplicate_uid_gets_new_uid: fn uid_duplicate_gets_new_uid_ws);
 
 /// PKG-01..08, PKG-12, PKG-14: our registry offers a package (served by a
 /// small HTTP server); opamp-go downloads it, goagent checks its SHA-256,

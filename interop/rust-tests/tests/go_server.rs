@@ -12,7 +12,7 @@ use opamp_client::proto::{
 };
 use opamp_interop_tests::{
     ClientEvent, GoProcess, GoPrograms, INTEROP_CAPABILITY, OurAgent, TestPki, Transport,
-    agent_capabilities, go_programs, hex, next_client_event, over_both_transports,
+    agent_capabilities, hex, next_client_event, over_both_transports, with_go,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -537,9 +537,7 @@ async fn answer_unavailable(
 /// WS-23, ERR-07: opamp-go answers with UNAVAILABLE and `retry_info` of
 /// 2 s; we say goodbye, close, wait at least that long, reconnect and send
 /// the full state.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s7_unavailable_retry_info_waits_and_reconnects_ws() {
-    let Some(go) = go_programs() else { return };
+async fn unavailable_retry_info_waits_and_reconnects(go: &GoPrograms) {
     let (mut server, mut agent, uid, _) = connect(go, Transport::WebSocket, NEVER).await;
     server.wait_event("connected").await;
     let retry_after = Duration::from_secs(2);
@@ -566,12 +564,12 @@ async fn s7_unavailable_retry_info_waits_and_reconnects_ws() {
     );
 }
 
+with_go!(unavailable_retry_info_waits_and_reconnects: fn s7_unavailable_retry_info_waits_and_reconnects_ws);
+
 /// ERR-04, ERR-07 over plain HTTP: UNAVAILABLE with `retry_info` of 2 s;
 /// nothing is sent before that, and a health change made meanwhile (or
 /// answered by the error) arrives after it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s7_unavailable_retry_info_waits_http() {
-    let Some(go) = go_programs() else { return };
+async fn unavailable_retry_info_waits(go: &GoPrograms) {
     let (mut server, mut agent, uid, _) = connect(go, Transport::Http, HEARTBEAT).await;
     let retry_after = Duration::from_secs(2);
     let asked_at = answer_unavailable(&mut server, &mut agent, &uid, retry_after, "degraded").await;
@@ -595,6 +593,8 @@ async fn s7_unavailable_retry_info_waits_http() {
     // it, the change was kept for this message.
     assert_eq!(back["health"]["status"], "degraded", "{back}");
 }
+
+with_go!(unavailable_retry_info_waits: fn s7_unavailable_retry_info_waits_http);
 
 /// WS-24, HTTP-21, CONN-04: opamp-go refuses with 503 and `Retry-After: 2`;
 /// we wait at least that long before trying again. Over HTTP the refused
@@ -665,9 +665,7 @@ over_both_transports!(unavailable_503_retry_after(go):
 /// reconnect at once (the first retry has no backoff) and go on with the
 /// next sequence number. Heartbeats are off, so the message after the
 /// reconnect is the status report every new connection starts with.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ws_reconnect_after_server_disconnect_ws() {
-    let Some(go) = go_programs() else { return };
+async fn reconnect_after_server_disconnect(go: &GoPrograms) {
     let (mut server, _agent, uid, first) = connect(go, Transport::WebSocket, NEVER).await;
     server.wait_event("connected").await;
     let ack = server
@@ -683,15 +681,15 @@ async fn ws_reconnect_after_server_disconnect_ws() {
     assert_eq!(back["seq"], next, "{back}");
 }
 
+with_go!(reconnect_after_server_disconnect: fn ws_reconnect_after_server_disconnect_ws);
+
 // ---------------------------------------------------------------- scenario 8
 
 /// HTTP-05/07: we gzip request bodies (opamp-go decodes them) and accept
 /// gzip with exactly `Accept-Encoding: gzip`, the only form opamp-go
 /// v0.23.0 recognises, so its responses come gzipped and we decode them (a
 /// large offer makes sure there is something to compress).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s8_gzip_both_directions_http() {
-    let Some(go) = go_programs() else { return };
+async fn gzip_both_directions(go: &GoPrograms) {
     let (mut server, listening) = goserver(go, &[]).await;
     let (builder, events, packages) =
         OurAgent::builder(&url(&listening, Transport::Http), HEARTBEAT);
@@ -717,6 +715,8 @@ async fn s8_gzip_both_directions_http() {
         })
         .await;
 }
+
+with_go!(gzip_both_directions: fn s8_gzip_both_directions_http);
 
 /// TLS with an rcgen certificate served by opamp-go (OpAMP endpoint and
 /// package file server); we trust its CA.
