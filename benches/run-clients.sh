@@ -16,10 +16,7 @@
 # CLIENTS_OUT (JSON lines, default target/load/clients-<time>.jsonl),
 # CLIENTS_PORT (first server port, 24300; below the ephemeral range),
 # CLIENTS_SKIP_BUILD=1 (use the binaries already built).
-set -euo pipefail
-
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 counts="${CLIENTS_AGENTS:-5000}"
 heartbeat="${CLIENTS_HEARTBEAT:-10s}"
@@ -28,19 +25,14 @@ ramp_rate="${CLIENTS_RAMP_RATE:-1000}"
 transports="${CLIENTS_TRANSPORTS:-ws http}"
 impls="${CLIENTS_IMPLS:-opamp-client example-agent opamp-go}"
 port="${CLIENTS_PORT:-24300}"
-mkdir -p target/load
-out="${CLIENTS_OUT:-target/load/clients-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
+out="${CLIENTS_OUT:-target/load/clients-$(stamp_now).jsonl}"
 
 if [[ "${CLIENTS_SKIP_BUILD:-0}" != 1 ]]; then
     echo "== building (release)" >&2
     cargo build --release -q -p opamp-benches --bins
     cargo build --release -q -p opamp-agent
 fi
-if ! command -v go >/dev/null 2>&1; then
-    echo "run-clients.sh: 'go' is not on PATH; needed for opamp-go's clients" >&2
-    exit 127
-fi
-(cd interop && go build -mod=readonly -trimpath -buildvcs=false -o bin/ ./cmd/goclients)
+build_go_tool goclients "opamp-go's clients"
 
 loadgen=target/release/loadgen
 

@@ -23,10 +23,7 @@
 # file, default target/load/results-<time>.jsonl), LOAD_BIN (directory of the
 # Rust binaries, default target/release; with LOAD_NO_BUILD=1 nothing is built,
 # e.g. to measure binaries saved from an earlier commit).
-set -euo pipefail
-
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 agents="${LOAD_AGENTS:-5000}"
 busy_agents="${LOAD_BUSY_AGENTS:-1000}"
@@ -35,8 +32,7 @@ ramp_rate="${LOAD_RAMP_RATE:-1000}"
 storm="${LOAD_STORM:-1}"
 servers="${LOAD_SERVERS:-example bare go}"
 scenarios="${LOAD_SCENARIOS:-ws-idle ws-throughput http-throughput}"
-mkdir -p target/load
-out="${LOAD_OUT:-target/load/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
+out="${LOAD_OUT:-target/load/results-$(stamp_now).jsonl}"
 
 bin="${LOAD_BIN:-target/release}"
 if [[ "${LOAD_NO_BUILD:-0}" != 1 ]]; then
@@ -44,11 +40,7 @@ if [[ "${LOAD_NO_BUILD:-0}" != 1 ]]; then
     cargo build --release -q -p opamp-benches --bins
     cargo build --release -q -p opamp-fleet-server
 fi
-if ! command -v go >/dev/null 2>&1; then
-    echo "run-load.sh: 'go' is not on PATH; needed for the opamp-go server" >&2
-    exit 127
-fi
-(cd interop && go build -mod=readonly -trimpath -buildvcs=false -o bin/ ./cmd/goloadserver)
+build_go_tool goloadserver "the opamp-go server"
 
 loadgen="$bin/loadgen"
 # Below the ephemeral range (32768-60999 here): the load generator's own

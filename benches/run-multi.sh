@@ -24,16 +24,12 @@
 # Environment: MULTI_AGENTS (15000), MULTI_WRITE_AGENTS (1000), FLEET_SERVER_BIN
 # (default: build and use target/release/opamp-fleet-server),
 # MULTI_COMPARE (1: also run --store memory and opamp-go).
-set -euo pipefail
-
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 agents="${MULTI_AGENTS:-15000}"
 write_agents="${MULTI_WRITE_AGENTS:-1000}"
 compare="${MULTI_COMPARE:-1}"
-stamp="$(date -u +%Y%m%dT%H%M%SZ)"
-mkdir -p target/load
+stamp="$(stamp_now)"
 out="target/load/multi-$stamp.jsonl"
 notes="target/load/multi-$stamp.txt"
 

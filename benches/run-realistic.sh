@@ -17,17 +17,13 @@
 # target/load/realistic-<time>.jsonl), SERVER_ENV / AGENT_ENV (extra environment,
 # e.g. "MALLOC_ARENA_MAX=2"), REALISTIC_BIN (directory of the binaries, default
 # target/release; REALISTIC_NO_BUILD=1 skips the build).
-set -euo pipefail
-
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 agents="${REALISTIC_AGENTS:-5000}"
 # Default: a random even port, so parallel sessions rarely collide.
 port="${REALISTIC_PORT:-$((44000 + RANDOM % 4000 * 2))}"
 settle="${REALISTIC_SETTLE:-10}"
-mkdir -p target/load
-out="${REALISTIC_OUT:-target/load/realistic-$(date -u +%Y%m%dT%H%M%SZ).jsonl}"
+out="${REALISTIC_OUT:-target/load/realistic-$(stamp_now).jsonl}"
 work="$(mktemp -d target/load/realistic.XXXXXX)"
 
 bin="${REALISTIC_BIN:-target/release}"

@@ -17,4 +17,4 @@
 mod load;
 pub mod messages;
 
-pub use load::{LoadArgs, PushMode, SourceAddrs, run_loadgen};
+pub use load::{LoadArgs, PushMode, SourceAddrs, run_loadgen, runtime};

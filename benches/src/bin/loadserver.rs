@@ -40,11 +40,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        builder.worker_threads(threads.max(1));
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match opamp_benches::runtime(args.threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("loadserver: {error}");

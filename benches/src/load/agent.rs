@@ -482,25 +482,11 @@ fn http_error_kind(error: &HttpError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opamp_proto::{AgentConfigObject, AgentIdentification, AgentRemoteConfig, config_hash};
+    use opamp_proto::{AgentIdentification, config_hash};
+    use opamp_testkit::{config_file, offer_config};
 
-    fn offer(body: &'static str) -> ServerToAgent {
-        let mut config = AgentConfigMap::default();
-        config.config_map.insert(
-            "config.yaml".into(),
-            AgentConfigObject {
-                body: Bytes::from_static(body.as_bytes()),
-                content_type: "text/yaml".into(),
-                ..Default::default()
-            },
-        );
-        ServerToAgent {
-            remote_config: Some(AgentRemoteConfig {
-                config_hash: config_hash(&config),
-                config: Some(config),
-            }),
-            ..Default::default()
-        }
+    fn offer(body: &str) -> ServerToAgent {
+        offer_config(config_file("config.yaml", "text/yaml", body))
     }
 
     #[test]

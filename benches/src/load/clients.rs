@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use opamp_client::{AgentCapabilities, AgentDescription, Callbacks, OpampClient, TransportError};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::Instant;
 
 use super::agent::agent_uid;
@@ -30,7 +30,7 @@ use super::args::{AgentTransport, LoadArgs};
 use super::histogram::LatencyHistogram;
 use super::procfs::ProcSample;
 use super::report::{errors_json, latency_json, mib, round2};
-use super::server::ServerProcess;
+use super::server::{ServerProcess, spawn_shell};
 use super::{resolve, run_header, self_sample, server_sample, unix_millis};
 
 /// Connection counts shared by every in-process client's callbacks.
@@ -118,27 +118,12 @@ pub(crate) async fn run(args: &LoadArgs, open_files: usize) -> Result<Value, Str
         return Err("client measurements need a heartbeat interval above 0".into());
     }
     let target = resolve(&args.url).await?;
-    let mut server = match &args.server_cmd {
-        Some(command) => {
-            let mut server = ServerProcess::spawn(command)?;
-            server.wait_ready(target, args.server_ready_timeout).await?;
-            Some(server)
-        }
-        None => None,
-    };
+    let mut server = ServerProcess::start_if_given(args, target).await?;
     let run_millis = unix_millis();
     let started = Instant::now();
     let (mut runner, baseline) = match &args.clients_cmd {
         Some(command) => {
-            let child = Command::new("sh")
-                .arg("-c")
-                .arg(format!("exec {command}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|error| format!("starting {command:?}: {error}"))?;
+            let child = spawn_shell(command, Stdio::null(), Stdio::null())?;
             let pid = child.id().ok_or("the client process exited at once")?;
             let runner = Runner::External {
                 child,

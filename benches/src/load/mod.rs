@@ -41,6 +41,16 @@ use server::ServerProcess;
 use stats::Stats;
 use ws::WsConnector;
 
+/// A multi-threaded tokio runtime with everything enabled and `threads`
+/// worker threads (at least one; default: one per core).
+pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads.max(1));
+    }
+    builder.enable_all().build()
+}
+
 /// Runs `loadgen` with parsed flags: the whole run, or `--compare`.
 pub fn run_loadgen(args: LoadArgs) -> ExitCode {
     if let Some(path) = &args.compare {
@@ -63,11 +73,7 @@ pub fn run_loadgen(args: LoadArgs) -> ExitCode {
             args.agents
         );
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        builder.worker_threads(threads.max(1));
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match runtime(args.threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("loadgen: cannot start the runtime: {error}");
@@ -267,14 +273,7 @@ async fn run(args: LoadArgs, open_files: usize) -> Result<Value, String> {
         return Err("--ramp-rate must be positive".into());
     }
     let target = resolve(&args.url).await?;
-    let mut server = match &args.server_cmd {
-        Some(command) => {
-            let mut server = ServerProcess::spawn(command)?;
-            server.wait_ready(target, args.server_ready_timeout).await?;
-            Some(server)
-        }
-        None => None,
-    };
+    let mut server = ServerProcess::start_if_given(&args, target).await?;
     if args.push == PushMode::ServerStdin && server.is_none() {
         return Err("--push stdin needs --server-cmd".into());
     }

@@ -5,6 +5,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use super::args::LoadArgs;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -24,17 +26,37 @@ pub(crate) struct ServerProcess {
     next_id: u64,
 }
 
+/// Starts `sh -c "exec COMMAND"` (so the pid is the command's own) with
+/// `stdin` and `stdout` as given and stderr inherited, killed when dropped.
+pub(crate) fn spawn_shell(command: &str, stdin: Stdio, stdout: Stdio) -> Result<Child, String> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {command}"))
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| format!("starting {command:?}: {error}"))
+}
+
 impl ServerProcess {
+    /// The server of `--server-cmd`, started and listening on `target`;
+    /// `None` without the flag.
+    pub(crate) async fn start_if_given(
+        args: &LoadArgs,
+        target: SocketAddr,
+    ) -> Result<Option<Self>, String> {
+        let Some(command) = &args.server_cmd else {
+            return Ok(None);
+        };
+        let mut server = Self::spawn(command)?;
+        server.wait_ready(target, args.server_ready_timeout).await?;
+        Ok(Some(server))
+    }
+
     pub(crate) fn spawn(command: &str) -> Result<Self, String> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("exec {command}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|error| format!("starting {command:?}: {error}"))?;
+        let mut child = spawn_shell(command, Stdio::piped(), Stdio::piped())?;
         let stdout = child.stdout.take().ok_or("no stdout pipe")?;
         let stdin = child.stdin.take();
         let (sender, events) = mpsc::channel(64);

@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -15,12 +14,10 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -30,13 +27,11 @@ import (
 	"github.com/open-telemetry/opamp-go/protobufs"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/opamp-rs/opamp-rs/interop/internal/driver"
 	"github.com/opamp-rs/opamp-rs/interop/internal/jsonl"
 	"github.com/opamp-rs/opamp-rs/interop/internal/pbjson"
 	"github.com/opamp-rs/opamp-rs/interop/internal/tap"
 )
-
-// defaultCustomCapability is announced unless --custom-capability is given.
-const defaultCustomCapability = "io.opamp-rs.interop"
 
 // defaultCapabilities are everything goagent knows how to act on.
 var defaultCapabilities = []string{
@@ -73,7 +68,7 @@ type options struct {
 	headers           kvFlag
 	heartbeat         time.Duration
 	capabilities      string
-	customCaps        listFlag
+	customCaps        driver.ListFlag
 	serviceName       string
 	serviceVersion    string
 	identifying       kvFlag
@@ -99,7 +94,7 @@ func parseFlags() options {
 	flag.Var(o.headers, "header", "extra request header key=value (repeatable)")
 	flag.DurationVar(&o.heartbeat, "heartbeat", 30*time.Second, "heartbeat interval; for HTTP also the polling interval")
 	flag.StringVar(&o.capabilities, "capabilities", strings.Join(defaultCapabilities, ","), "comma-separated AgentCapabilities names")
-	flag.Var(&o.customCaps, "custom-capability", "custom capability to announce (repeatable; default "+defaultCustomCapability+")")
+	flag.Var(&o.customCaps, "custom-capability", "custom capability to announce (repeatable; default "+driver.DefaultCustomCapability+")")
 	flag.StringVar(&o.serviceName, "service-name", "goagent", "service.name attribute")
 	flag.StringVar(&o.serviceVersion, "service-version", "1.0.0", "service.version attribute")
 	flag.Var(o.identifying, "attr", "extra identifying attribute key=value (repeatable)")
@@ -112,54 +107,19 @@ func parseFlags() options {
 	flag.BoolVar(&o.noTap, "no-tap", false, "do not decode raw server messages (no server_message/http_status/ws_close events)")
 	flag.BoolVar(&o.debug, "debug", false, "also print opamp-go debug logs as log events")
 	flag.Parse()
-	if len(o.customCaps) == 0 {
-		o.customCaps = listFlag{defaultCustomCapability}
-	}
+	o.customCaps = o.customCaps.Or(driver.DefaultCustomCapability)
 	return o
 }
 
 func main() {
-	events := jsonl.NewEmitter(os.Stdout)
 	opts := parseFlags()
-	a, err := newAgent(opts, events)
-	if err != nil {
-		events.Emit("fatal", jsonl.Fields{"error": err.Error()})
-		os.Exit(2)
-	}
-	if err := a.start(); err != nil {
-		events.Emit("fatal", jsonl.Fields{"error": err.Error()})
-		os.Exit(2)
-	}
-
-	done := make(chan struct{})
-	var stopOnce sync.Once
-	stop := func(reason string) {
-		stopOnce.Do(func() {
-			a.stop(reason)
-			close(done)
-		})
-	}
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		sig := <-signals
-		stop("signal " + sig.String())
-	}()
-	go func() {
-		err := jsonl.ReadCommands(os.Stdin, func(h jsonl.Header, raw []byte) {
-			if h.Cmd == "stop" {
-				events.Emit("ack", jsonl.Fields{"cmd": h.Cmd, "id": h.ID})
-				stop("stop command")
-				return
-			}
-			a.handle(h, raw)
-		})
+	driver.Main(func(events *jsonl.Emitter) (driver.Program, error) {
+		a, err := newAgent(opts, events)
 		if err != nil {
-			events.Emit("error", jsonl.Fields{"error": "reading stdin: " + err.Error()})
+			return nil, err
 		}
-		stop("stdin closed")
-	}()
-	<-done
+		return a, a.start()
+	})
 }
 
 type agent struct {
@@ -227,7 +187,7 @@ func newAgent(opts options, events *jsonl.Emitter) (*agent, error) {
 	now := uint64(time.Now().UnixNano())
 	a.health = &protobufs.ComponentHealth{Healthy: true, Status: "running", StartTimeUnixNano: now, StatusTimeUnixNano: now}
 
-	logger := &eventLogger{events: events, debug: opts.debug}
+	logger := &driver.EventLogger{Events: events, Debug: opts.debug}
 	if a.transport == "ws" {
 		a.client = client.NewWebSocket(logger)
 	} else {
@@ -447,7 +407,8 @@ func (a *agent) start() error {
 	return nil
 }
 
-func (a *agent) stop(reason string) {
+// Stop implements driver.Program.
+func (a *agent) Stop(reason string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	err := a.client.Stop(ctx)
@@ -632,10 +593,7 @@ type setDescriptionCmd struct {
 
 type customMessageCmd struct {
 	jsonl.Header
-	Capability string `json:"capability"`
-	Type       string `json:"type"`
-	Data       string `json:"data"`
-	DataB64    string `json:"data_b64"`
+	driver.CustomMessage
 }
 
 type customCapabilitiesCmd struct {
@@ -656,22 +614,14 @@ type setFlagsCmd struct {
 	RequestInstanceUID bool `json:"request_instance_uid"`
 }
 
-func (a *agent) handle(h jsonl.Header, raw []byte) {
-	fail := func(err error) {
-		a.events.Emit("error", jsonl.Fields{"cmd": h.Cmd, "id": h.ID, "error": err.Error()})
-	}
-	ack := func(extra jsonl.Fields) {
-		fields := jsonl.Fields{"cmd": h.Cmd, "id": h.ID}
-		for k, v := range extra {
-			fields[k] = v
-		}
-		a.events.Emit("ack", fields)
-	}
+// Handle implements driver.Program.
+func (a *agent) Handle(h jsonl.Header, raw []byte) {
+	r := driver.Reply{Events: a.events, Header: h}
+	fail, ack := r.Fail, r.Ack
 	switch h.Cmd {
 	case "set_health":
 		var c setHealthCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		a.mu.Lock()
@@ -691,8 +641,7 @@ func (a *agent) handle(h jsonl.Header, raw []byte) {
 		ack(nil)
 	case "set_description":
 		var c setDescriptionCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		a.mu.Lock()
@@ -709,27 +658,22 @@ func (a *agent) handle(h jsonl.Header, raw []byte) {
 		}})
 	case "send_custom_message":
 		var c customMessageCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
+		if !r.Decode(raw, &c) {
+			return
+		}
+		capability := ""
+		if len(a.opts.customCaps) > 0 {
+			capability = a.opts.customCaps[0]
+		}
+		msg, err := c.Message(capability)
+		if err != nil {
 			fail(err)
 			return
 		}
-		data := []byte(c.Data)
-		if c.DataB64 != "" {
-			decoded, err := base64.StdEncoding.DecodeString(c.DataB64)
-			if err != nil {
-				fail(fmt.Errorf("data_b64: %w", err))
-				return
-			}
-			data = decoded
-		}
-		if c.Capability == "" && len(a.opts.customCaps) > 0 {
-			c.Capability = a.opts.customCaps[0]
-		}
-		a.sendCustomMessage(h, &protobufs.CustomMessage{Capability: c.Capability, Type: c.Type, Data: data}, ack, fail)
+		a.sendCustomMessage(h, msg, ack, fail)
 	case "set_custom_capabilities":
 		var c customCapabilitiesCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		if c.Capabilities == nil {
@@ -742,8 +686,7 @@ func (a *agent) handle(h jsonl.Header, raw []byte) {
 		ack(jsonl.Fields{"capabilities": c.Capabilities})
 	case "set_effective_config":
 		var c effectiveConfigCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		cfg := &protobufs.AgentConfigMap{ConfigMap: map[string]*protobufs.AgentConfigFile{}}
@@ -757,8 +700,7 @@ func (a *agent) handle(h jsonl.Header, raw []byte) {
 		ack(jsonl.Fields{"hash": pbjson.ConfigMap(cfg)["hash"]})
 	case "set_flags":
 		var c setFlagsCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		var flags protobufs.AgentToServerFlags
@@ -826,20 +768,4 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
-}
-
-// eventLogger forwards opamp-go's own log lines as events.
-type eventLogger struct {
-	events *jsonl.Emitter
-	debug  bool
-}
-
-func (l *eventLogger) Debugf(_ context.Context, format string, v ...any) {
-	if l.debug {
-		l.events.Emit("log", jsonl.Fields{"level": "debug", "message": fmt.Sprintf(format, v...)})
-	}
-}
-
-func (l *eventLogger) Errorf(_ context.Context, format string, v ...any) {
-	l.events.Emit("log", jsonl.Fields{"level": "error", "message": fmt.Sprintf(format, v...)})
 }

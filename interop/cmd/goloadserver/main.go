@@ -28,13 +28,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/open-telemetry/opamp-go/protobufs"
 	opampserver "github.com/open-telemetry/opamp-go/server"
 	"github.com/open-telemetry/opamp-go/server/types"
 
 	"github.com/opamp-rs/opamp-rs/interop/internal/confighash"
+	"github.com/opamp-rs/opamp-rs/interop/internal/driver"
 )
 
 const capabilities = uint64(protobufs.ServerCapabilities_ServerCapabilities_AcceptsStatus |
@@ -126,13 +126,7 @@ func main() {
 		conns = append(conns, conn)
 	}
 	s.mu.Unlock()
-	// opamp-go's Stop leaves hijacked WebSocket connections open.
-	for _, conn := range conns {
-		_ = conn.Disconnect()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_ = opamp.Stop(ctx)
+	_ = driver.StopServer(opamp, conns)
 	emit(map[string]any{"event": "stopped"})
 }
 

@@ -13,13 +13,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/open-telemetry/opamp-go/protobufs"
@@ -29,11 +25,10 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/opamp-rs/opamp-rs/interop/internal/confighash"
+	"github.com/opamp-rs/opamp-rs/interop/internal/driver"
 	"github.com/opamp-rs/opamp-rs/interop/internal/jsonl"
 	"github.com/opamp-rs/opamp-rs/interop/internal/pbjson"
 )
-
-const defaultCustomCapability = "io.opamp-rs.interop"
 
 // serverCapabilities is what goserver puts in every reply: opamp-go's server
 // never fills ServerToAgent.capabilities itself.
@@ -46,18 +41,13 @@ const serverCapabilities = uint64(protobufs.ServerCapabilities_ServerCapabilitie
 
 const protobufContentType = "application/x-protobuf"
 
-type listFlag []string
-
-func (l *listFlag) String() string     { return strings.Join(*l, ",") }
-func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
-
 type options struct {
 	listen     string
 	path       string
 	certFile   string
 	keyFile    string
 	gzip       bool
-	customCaps listFlag
+	customCaps driver.ListFlag
 	fileListen string
 	fileTLS    bool
 }
@@ -69,53 +59,17 @@ func parseFlags() options {
 	flag.StringVar(&o.certFile, "cert", "", "PEM server certificate: serve wss:// and https://")
 	flag.StringVar(&o.keyFile, "key", "", "PEM server key")
 	flag.BoolVar(&o.gzip, "gzip", false, "opamp-go EnableCompression (WebSocket permessage-deflate; HTTP responses are gzipped whenever the request says Accept-Encoding: gzip)")
-	flag.Var(&o.customCaps, "custom-capability", "server custom capability (repeatable; default "+defaultCustomCapability+")")
+	flag.Var(&o.customCaps, "custom-capability", "server custom capability (repeatable; default "+driver.DefaultCustomCapability+")")
 	flag.StringVar(&o.fileListen, "file-listen", "127.0.0.1:0", "address of the package file server")
 	flag.BoolVar(&o.fileTLS, "file-tls", false, "serve package files over https with --cert/--key")
 	flag.Parse()
-	if len(o.customCaps) == 0 {
-		o.customCaps = listFlag{defaultCustomCapability}
-	}
+	o.customCaps = o.customCaps.Or(driver.DefaultCustomCapability)
 	return o
 }
 
 func main() {
-	events := jsonl.NewEmitter(os.Stdout)
 	opts := parseFlags()
-	s, err := start(opts, events)
-	if err != nil {
-		events.Emit("fatal", jsonl.Fields{"error": err.Error()})
-		os.Exit(2)
-	}
-	done := make(chan struct{})
-	var stopOnce sync.Once
-	stop := func(reason string) {
-		stopOnce.Do(func() {
-			s.stop(reason)
-			close(done)
-		})
-	}
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		sig := <-signals
-		stop("signal " + sig.String())
-	}()
-	go func() {
-		err := jsonl.ReadCommands(os.Stdin, func(h jsonl.Header, raw []byte) {
-			if h.Cmd == "stop" {
-				events.Emit("ack", jsonl.Fields{"cmd": h.Cmd, "id": h.ID})
-				stop("stop command")
-				return
-			}
-			s.handle(h, raw)
-		})
-		if err != nil {
-			events.Emit("error", jsonl.Fields{"error": "reading stdin: " + err.Error()})
-		}
-		stop("stdin closed")
-	}()
-	<-done
+	driver.Main(func(events *jsonl.Emitter) (driver.Program, error) { return start(opts, events) })
 }
 
 // armedError is a one-shot error reply for the next message.
@@ -185,7 +139,7 @@ func start(opts options, events *jsonl.Emitter) (*server, error) {
 	}
 	s.files = files
 
-	s.opamp = opampserver.New(&eventLogger{events: events})
+	s.opamp = opampserver.New(&driver.EventLogger{Events: events})
 	settings := opampserver.StartSettings{
 		Settings: opampserver.Settings{
 			Callbacks:          types.Callbacks{OnConnecting: s.onConnecting},
@@ -218,20 +172,15 @@ func start(opts options, events *jsonl.Emitter) (*server, error) {
 	return s, nil
 }
 
-func (s *server) stop(reason string) {
+// Stop implements driver.Program.
+func (s *server) Stop(reason string) {
 	s.mu.Lock()
 	conns := make([]types.Connection, 0, len(s.wsConns))
 	for c := range s.wsConns {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
-	// opamp-go's Stop leaves hijacked WebSocket connections open.
-	for _, c := range conns {
-		_ = c.Disconnect()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err := s.opamp.Stop(ctx)
+	err := driver.StopServer(s.opamp, conns)
 	_ = s.files.server.Close()
 	fields := jsonl.Fields{"reason": reason}
 	if err != nil {
@@ -559,10 +508,7 @@ type packageCmd struct {
 
 type customMessageCmd struct {
 	addressed
-	Capability string `json:"capability"`
-	Type       string `json:"type"`
-	Data       string `json:"data"`
-	DataB64    string `json:"data_b64"`
+	driver.CustomMessage
 }
 
 type newUIDCmd struct {
@@ -586,17 +532,10 @@ type refuseCmd struct {
 	Headers    map[string]string `json:"headers"`
 }
 
-func (s *server) handle(h jsonl.Header, raw []byte) {
-	fail := func(err error) {
-		s.events.Emit("error", jsonl.Fields{"cmd": h.Cmd, "id": h.ID, "error": err.Error()})
-	}
-	ack := func(extra jsonl.Fields) {
-		fields := jsonl.Fields{"cmd": h.Cmd, "id": h.ID}
-		for k, v := range extra {
-			fields[k] = v
-		}
-		s.events.Emit("ack", fields)
-	}
+// Handle implements driver.Program.
+func (s *server) Handle(h jsonl.Header, raw []byte) {
+	r := driver.Reply{Events: s.events, Header: h}
+	fail, ack := r.Fail, r.Ack
 	// run decodes the command into v and delivers what build makes of it.
 	run := func(v interface{ target() string }, build func(rec *agentRecord) (*protobufs.ServerToAgent, jsonl.Fields, error), extra func() jsonl.Fields) {
 		targets, err := s.deliver(v.target(), build)
@@ -612,12 +551,17 @@ func (s *server) handle(h jsonl.Header, raw []byte) {
 		}
 		ack(fields)
 	}
+	// send delivers a copy of msg to every agent the command addresses.
+	send := func(v interface{ target() string }, msg *protobufs.ServerToAgent, extra func() jsonl.Fields) {
+		run(v, func(*agentRecord) (*protobufs.ServerToAgent, jsonl.Fields, error) {
+			return proto.Clone(msg).(*protobufs.ServerToAgent), nil, nil
+		}, extra)
+	}
 
 	switch h.Cmd {
 	case "offer_remote_config":
 		var c remoteConfigCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		cfg := &protobufs.AgentConfigMap{ConfigMap: map[string]*protobufs.AgentConfigFile{}}
@@ -637,17 +581,11 @@ func (s *server) handle(h jsonl.Header, raw []byte) {
 			cfg.ConfigMap[name] = &protobufs.AgentConfigFile{Body: []byte(c.Body), ContentType: contentType}
 		}
 		hash := confighash.ConfigMap(cfg)
-		run(c, func(*agentRecord) (*protobufs.ServerToAgent, jsonl.Fields, error) {
-			return &protobufs.ServerToAgent{RemoteConfig: &protobufs.AgentRemoteConfig{
-				Config:     proto.Clone(cfg).(*protobufs.AgentConfigMap),
-				ConfigHash: hash,
-			}}, nil, nil
-		}, func() jsonl.Fields { return jsonl.Fields{"hash": pbjson.Hex(hash)} })
+		send(c, &protobufs.ServerToAgent{RemoteConfig: &protobufs.AgentRemoteConfig{Config: cfg, ConfigHash: hash}}, func() jsonl.Fields { return jsonl.Fields{"hash": pbjson.Hex(hash)} })
 
 	case "offer_connection_settings":
 		var c connectionSettingsCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		opamp := &protobufs.OpAMPConnectionSettings{
@@ -659,14 +597,11 @@ func (s *server) handle(h jsonl.Header, raw []byte) {
 		}
 		offers := &protobufs.ConnectionSettingsOffers{Opamp: opamp}
 		offers.Hash = confighash.Message(offers)
-		run(c, func(*agentRecord) (*protobufs.ServerToAgent, jsonl.Fields, error) {
-			return &protobufs.ServerToAgent{ConnectionSettings: proto.Clone(offers).(*protobufs.ConnectionSettingsOffers)}, nil, nil
-		}, func() jsonl.Fields { return jsonl.Fields{"hash": pbjson.Hex(offers.Hash)} })
+		send(c, &protobufs.ServerToAgent{ConnectionSettings: offers}, func() jsonl.Fields { return jsonl.Fields{"hash": pbjson.Hex(offers.Hash)} })
 
 	case "offer_package":
 		var c packageCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		offer, extra, err := s.buildPackageOffer(c)
@@ -674,56 +609,37 @@ func (s *server) handle(h jsonl.Header, raw []byte) {
 			fail(err)
 			return
 		}
-		run(c, func(*agentRecord) (*protobufs.ServerToAgent, jsonl.Fields, error) {
-			return &protobufs.ServerToAgent{PackagesAvailable: proto.Clone(offer).(*protobufs.PackagesAvailable)}, nil, nil
-		}, func() jsonl.Fields { return extra })
+		send(c, &protobufs.ServerToAgent{PackagesAvailable: offer}, func() jsonl.Fields { return extra })
 
 	case "custom_message":
 		var c customMessageCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
+		if !r.Decode(raw, &c) {
+			return
+		}
+		msg, err := c.Message(s.opts.customCaps[0])
+		if err != nil {
 			fail(err)
 			return
 		}
-		data := []byte(c.Data)
-		if c.DataB64 != "" {
-			decoded, err := base64.StdEncoding.DecodeString(c.DataB64)
-			if err != nil {
-				fail(fmt.Errorf("data_b64: %w", err))
-				return
-			}
-			data = decoded
-		}
-		if c.Capability == "" {
-			c.Capability = s.opts.customCaps[0]
-		}
-		run(c, func(*agentRecord) (*protobufs.ServerToAgent, jsonl.Fields, error) {
-			return &protobufs.ServerToAgent{CustomMessage: &protobufs.CustomMessage{Capability: c.Capability, Type: c.Type, Data: data}}, nil, nil
-		}, nil)
+		send(c, &protobufs.ServerToAgent{CustomMessage: msg}, nil)
 
 	case "restart":
 		var c addressed
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
-		run(c, func(*agentRecord) (*protobufs.ServerToAgent, jsonl.Fields, error) {
-			return &protobufs.ServerToAgent{Command: &protobufs.ServerToAgentCommand{Type: protobufs.CommandType_CommandType_Restart}}, nil, nil
-		}, nil)
+		send(c, &protobufs.ServerToAgent{Command: &protobufs.ServerToAgentCommand{Type: protobufs.CommandType_CommandType_Restart}}, nil)
 
 	case "report_full_state":
 		var c addressed
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
-		run(c, func(*agentRecord) (*protobufs.ServerToAgent, jsonl.Fields, error) {
-			return &protobufs.ServerToAgent{Flags: uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState)}, nil, nil
-		}, nil)
+		send(c, &protobufs.ServerToAgent{Flags: uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState)}, nil)
 
 	case "new_instance_uid":
 		var c newUIDCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		var fixed *uuid.UUID
@@ -753,8 +669,7 @@ func (s *server) handle(h jsonl.Header, raw []byte) {
 
 	case "unavailable":
 		var c unavailableCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		resp := &protobufs.ServerErrorResponse{ErrorMessage: c.Message}
@@ -790,8 +705,7 @@ func (s *server) handle(h jsonl.Header, raw []byte) {
 
 	case "refuse":
 		var c refuseCmd
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		if c.Count <= 0 {
@@ -821,8 +735,7 @@ func (s *server) handle(h jsonl.Header, raw []byte) {
 
 	case "disconnect":
 		var c addressed
-		if err := jsonl.DecodeStrict(raw, &c); err != nil {
-			fail(err)
+		if !r.Decode(raw, &c) {
 			return
 		}
 		s.mu.Lock()
@@ -943,13 +856,4 @@ func (s *server) buildPackageOffer(c packageCmd) (*protobufs.PackagesAvailable, 
 		"packages":          names,
 		"bytes":             len(content),
 	}, nil
-}
-
-// eventLogger forwards opamp-go's error logs as events.
-type eventLogger struct{ events *jsonl.Emitter }
-
-func (l *eventLogger) Debugf(context.Context, string, ...any) {}
-
-func (l *eventLogger) Errorf(_ context.Context, format string, v ...any) {
-	l.events.Emit("log", jsonl.Fields{"level": "error", "message": fmt.Sprintf(format, v...)})
 }

@@ -50,92 +50,58 @@ func Fields(msg proto.Message) []string {
 	return names
 }
 
-var agentCapabilityBits = []struct {
-	bit  protobufs.AgentCapabilities
-	name string
-}{
-	{protobufs.AgentCapabilities_AgentCapabilities_ReportsStatus, "ReportsStatus"},
-	{protobufs.AgentCapabilities_AgentCapabilities_AcceptsRemoteConfig, "AcceptsRemoteConfig"},
-	{protobufs.AgentCapabilities_AgentCapabilities_ReportsEffectiveConfig, "ReportsEffectiveConfig"},
-	{protobufs.AgentCapabilities_AgentCapabilities_AcceptsPackages, "AcceptsPackages"},
-	{protobufs.AgentCapabilities_AgentCapabilities_ReportsPackageStatuses, "ReportsPackageStatuses"},
-	{protobufs.AgentCapabilities_AgentCapabilities_ReportsOwnTraces, "ReportsOwnTraces"},
-	{protobufs.AgentCapabilities_AgentCapabilities_ReportsOwnMetrics, "ReportsOwnMetrics"},
-	{protobufs.AgentCapabilities_AgentCapabilities_ReportsOwnLogs, "ReportsOwnLogs"},
-	{protobufs.AgentCapabilities_AgentCapabilities_AcceptsOpAMPConnectionSettings, "AcceptsOpAMPConnectionSettings"},
-	{protobufs.AgentCapabilities_AgentCapabilities_AcceptsOtherConnectionSettings, "AcceptsOtherConnectionSettings"},
-	{protobufs.AgentCapabilities_AgentCapabilities_AcceptsRestartCommand, "AcceptsRestartCommand"},
-	{protobufs.AgentCapabilities_AgentCapabilities_ReportsHealth, "ReportsHealth"},
-	{protobufs.AgentCapabilities_AgentCapabilities_ReportsRemoteConfig, "ReportsRemoteConfig"},
-	{protobufs.AgentCapabilities_AgentCapabilities_ReportsHeartbeat, "ReportsHeartbeat"},
-	{protobufs.AgentCapabilities_AgentCapabilities_ReportsAvailableComponents, "ReportsAvailableComponents"},
-	{protobufs.AgentCapabilities_AgentCapabilities_ReportsConnectionSettingsStatus, "ReportsConnectionSettingsStatus"},
+// enumBits lists the non-zero values of a protoc-gen-go enum's name map
+// (such as protobufs.AgentCapabilities_name), lowest first.
+func enumBits(enum map[int32]string) []int32 {
+	bits := make([]int32, 0, len(enum))
+	for bit := range enum {
+		if bit != 0 {
+			bits = append(bits, bit)
+		}
+	}
+	sort.Slice(bits, func(i, j int) bool { return bits[i] < bits[j] })
+	return bits
 }
 
-// AgentCapabilityNames names the set bits of an AgentCapabilities value.
-func AgentCapabilityNames(caps uint64) []string {
+// bitNames names the bits of value that are values of enum, lowest first.
+func bitNames(enum map[int32]string, value uint64) []string {
 	names := []string{}
-	for _, c := range agentCapabilityBits {
-		if caps&uint64(c.bit) != 0 {
-			names = append(names, c.name)
+	for _, bit := range enumBits(enum) {
+		if value&uint64(bit) != 0 {
+			names = append(names, EnumName(enum[bit]))
 		}
 	}
 	return names
 }
 
+// AgentCapabilityNames names the set bits of an AgentCapabilities value.
+func AgentCapabilityNames(caps uint64) []string {
+	return bitNames(protobufs.AgentCapabilities_name, caps)
+}
+
 // AgentCapabilityByName looks up one capability by its short name.
 func AgentCapabilityByName(name string) (protobufs.AgentCapabilities, bool) {
-	for _, c := range agentCapabilityBits {
-		if strings.EqualFold(c.name, name) {
-			return c.bit, true
+	for _, bit := range enumBits(protobufs.AgentCapabilities_name) {
+		if strings.EqualFold(EnumName(protobufs.AgentCapabilities_name[bit]), name) {
+			return protobufs.AgentCapabilities(bit), true
 		}
 	}
 	return 0, false
 }
 
-var serverCapabilityBits = []struct {
-	bit  protobufs.ServerCapabilities
-	name string
-}{
-	{protobufs.ServerCapabilities_ServerCapabilities_AcceptsStatus, "AcceptsStatus"},
-	{protobufs.ServerCapabilities_ServerCapabilities_OffersRemoteConfig, "OffersRemoteConfig"},
-	{protobufs.ServerCapabilities_ServerCapabilities_AcceptsEffectiveConfig, "AcceptsEffectiveConfig"},
-	{protobufs.ServerCapabilities_ServerCapabilities_OffersPackages, "OffersPackages"},
-	{protobufs.ServerCapabilities_ServerCapabilities_AcceptsPackagesStatus, "AcceptsPackagesStatus"},
-	{protobufs.ServerCapabilities_ServerCapabilities_OffersConnectionSettings, "OffersConnectionSettings"},
-	{protobufs.ServerCapabilities_ServerCapabilities_AcceptsConnectionSettingsRequest, "AcceptsConnectionSettingsRequest"},
-}
-
 // ServerCapabilityNames names the set bits of a ServerCapabilities value.
 func ServerCapabilityNames(caps uint64) []string {
-	names := []string{}
-	for _, c := range serverCapabilityBits {
-		if caps&uint64(c.bit) != 0 {
-			names = append(names, c.name)
-		}
-	}
-	return names
+	return bitNames(protobufs.ServerCapabilities_name, caps)
 }
 
 // ServerFlagNames names the set bits of ServerToAgent.flags.
 func ServerFlagNames(flags uint64) []string {
-	names := []string{}
-	if flags&uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportFullState) != 0 {
-		names = append(names, "ReportFullState")
-	}
-	if flags&uint64(protobufs.ServerToAgentFlags_ServerToAgentFlags_ReportAvailableComponents) != 0 {
-		names = append(names, "ReportAvailableComponents")
-	}
-	return names
+	return bitNames(protobufs.ServerToAgentFlags_name, flags)
 }
 
 // AgentFlagNames names the set bits of AgentToServer.flags.
 func AgentFlagNames(flags uint64) []string {
-	names := []string{}
-	if flags&uint64(protobufs.AgentToServerFlags_AgentToServerFlags_RequestInstanceUid) != 0 {
-		names = append(names, "RequestInstanceUid")
-	}
-	return names
+	return bitNames(protobufs.AgentToServerFlags_name, flags)
 }
 
 // Data renders opaque bytes as text when they are valid UTF-8, and always as base64.
@@ -208,6 +174,15 @@ func ConfigMap(cfg *protobufs.AgentConfigMap) map[string]any {
 	return map[string]any{"files": files, "hash": Hex(confighash.ConfigMap(cfg))}
 }
 
+// renderEach renders every value of m with render, under the same keys.
+func renderEach[V any](m map[string]V, render func(V) map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for name, v := range m {
+		out[name] = render(v)
+	}
+	return out
+}
+
 // Health renders a ComponentHealth tree.
 func Health(h *protobufs.ComponentHealth) map[string]any {
 	out := map[string]any{
@@ -218,11 +193,7 @@ func Health(h *protobufs.ComponentHealth) map[string]any {
 		"status_time_unix_nano": h.GetStatusTimeUnixNano(),
 	}
 	if len(h.GetComponentHealthMap()) > 0 {
-		components := map[string]any{}
-		for name, c := range h.GetComponentHealthMap() {
-			components[name] = Health(c)
-		}
-		out["components"] = components
+		out["components"] = renderEach(h.GetComponentHealthMap(), Health)
 	}
 	return out
 }
@@ -332,10 +303,10 @@ func AgentToServer(m *protobufs.AgentToServer) map[string]any {
 	return out
 }
 
-func telemetrySettings(s interface {
+func telemetrySettings[S interface {
 	GetDestinationEndpoint() string
 	GetHeaders() *protobufs.Headers
-}) map[string]any {
+}](s S) map[string]any {
 	return map[string]any{
 		"destination_endpoint": s.GetDestinationEndpoint(),
 		"headers":              Headers(s.GetHeaders()),
@@ -358,11 +329,7 @@ func ConnectionSettings(cs *protobufs.ConnectionSettingsOffers) map[string]any {
 		out["own_logs"] = telemetrySettings(s)
 	}
 	if len(cs.GetOtherConnections()) > 0 {
-		other := map[string]any{}
-		for name, s := range cs.GetOtherConnections() {
-			other[name] = telemetrySettings(s)
-		}
-		out["other_connections"] = other
+		out["other_connections"] = renderEach(cs.GetOtherConnections(), telemetrySettings)
 	}
 	return out
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use opamp_testkit::{TIMEOUT, skip_or_fail};
 use tokio::process::Child;
 
-use crate::fleet::{collect_lines, dump};
+use crate::fleet::{collect_lines, dump, spawn_piped};
 use crate::go::run_build_script;
 
 /// The Collector release the programs are built from (pinned in
@@ -91,6 +91,17 @@ pub async fn otlp_receiver_answers(port: u16) -> bool {
         crate::fleet::http_request(addr, "POST", "/v1/traces", "application/json", b"{}").await,
         Ok((200, _))
     )
+}
+
+/// Waits until the OTLP/HTTP receiver on 127.0.0.1:`port` answers
+/// ([`otlp_receiver_answers`]); fails the test, naming `what`, after
+/// [`TIMEOUT`].
+pub async fn wait_otlp_receiver(port: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !otlp_receiver_answers(port).await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How the supervisor connects and what it declares.
@@ -290,14 +301,7 @@ fn spawn(
     if own_process_group {
         command.process_group(0);
     }
-    let mut child = command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|error| panic!("starting {}: {error}", program.display()));
+    let mut child = spawn_piped(command.args(args), program, Stdio::null());
     let output = Arc::new(Mutex::new(vec![format!(
         "$ {} {}",
         program.display(),

@@ -54,19 +54,15 @@ impl FleetServerProcess {
         data_dir: Option<&Path>,
     ) -> Self {
         let data = tempfile::tempdir().expect("data directory");
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(["--listen", "127.0.0.1:0", "--web-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data_dir.unwrap_or(data.path()))
             .args(args)
             .env("RUST_LOG", "warn")
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|error| panic!("starting {}: {error}", program.display()));
+            .envs(envs.iter().copied());
+        let mut child = spawn_piped(&mut command, program, Stdio::null());
         let output = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr is piped");
         tokio::spawn(collect_lines(stderr, Arc::clone(&output)));
@@ -187,6 +183,14 @@ impl FleetServerProcess {
             .to_owned()
     }
 
+    /// `POST /api/agents/{uid}/{action}` with `{}` (restart,
+    /// rotate-certificate), which must be accepted (202).
+    pub async fn agent_action(&self, uid: &str, action: &str) -> Value {
+        let path = format!("/api/agents/{uid}/{action}");
+        self.expect(202, "POST", &path, "application/json", "{}")
+            .await
+    }
+
     /// `GET /api/agents/{uid}`; `None` while the server does not know it.
     pub async fn agent(&self, uid: &str) -> Option<Value> {
         let (status, body) = self
@@ -223,6 +227,29 @@ impl FleetServerProcess {
             }
             tokio::time::sleep(POLL_EVERY).await;
         }
+    }
+
+    /// Waits (up to `patience`) until `uid` is connected and healthy, has
+    /// reported its available components, and `effective` accepts it (its
+    /// effective config); returns the agent.
+    pub async fn wait_registered(
+        &self,
+        uid: &str,
+        patience: Duration,
+        mut effective: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        self.wait_agent_within(
+            uid,
+            "healthy, with effective config and components",
+            patience,
+            |agent| {
+                agent["connected"] == true
+                    && agent["health"]["healthy"] == true
+                    && effective(agent)
+                    && !agent["available_components"].is_null()
+            },
+        )
+        .await
     }
 
     /// [`wait_agent_within`](Self::wait_agent_within) with [`TIMEOUT`].
@@ -299,6 +326,18 @@ pub(crate) fn dump(name: &str, output: &Mutex<Vec<String>>, extras: &[(String, S
     }
 }
 
+/// Starts `command` (running `program`) with `stdin` and stdout and stderr
+/// piped, killed when dropped.
+pub(crate) fn spawn_piped(command: &mut Command, program: &Path, stdin: Stdio) -> Child {
+    command
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| panic!("starting {}: {error}", program.display()))
+}
+
 /// Appends every line of `stream` to `output`.
 pub(crate) async fn collect_lines(
     stream: impl tokio::io::AsyncRead + Unpin,
@@ -366,6 +405,39 @@ pub fn has_capability(agent: &Value, name: &str) -> bool {
     agent["capabilities"]
         .as_array()
         .is_some_and(|capabilities| capabilities.iter().any(|capability| capability == name))
+}
+
+/// Asserts attributes of the fleet API's `agent` description: each of
+/// `expected` is (`"identifying"` or `"non_identifying"`, key, value).
+pub fn assert_description(agent: &Value, expected: &[(&str, &str, Value)]) {
+    let description = &agent["description"];
+    for (part, key, value) in expected {
+        assert_eq!(
+            &description[part][key], value,
+            "{part} {key}: {description}"
+        );
+    }
+}
+
+/// Asserts that the fleet API's `agent` lists every capability of `names`.
+pub fn assert_capabilities(agent: &Value, names: &[&str]) {
+    for name in names {
+        assert!(
+            has_capability(agent, name),
+            "{name} missing: {}",
+            agent["capabilities"]
+        );
+    }
+}
+
+/// Asserts that the fleet API's `agent` reports the component `name` of
+/// `kind` (`receivers`, `exporters`, ...) among its available components.
+pub fn assert_available_component(agent: &Value, kind: &str, name: &str) {
+    let components = &agent["available_components"];
+    assert!(
+        components[kind]["components"].get(name).is_some(),
+        "{kind} {name} not available: {components}"
+    );
 }
 
 /// Every file of the agent's effective config (fleet API JSON), joined.

@@ -11,6 +11,8 @@ use tokio::sync::mpsc;
 
 use opamp_testkit::{Inbox, TIMEOUT, skip_or_fail};
 
+use crate::fleet::spawn_piped;
+
 /// Paths of the built Go programs.
 #[derive(Debug, Clone)]
 pub struct GoPrograms {
@@ -93,14 +95,11 @@ impl GoProcess {
             || "go program".to_owned(),
             |name| name.to_string_lossy().into_owned(),
         );
-        let mut child = tokio::process::Command::new(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|error| panic!("starting {}: {error}", program.display()));
+        let mut child = spawn_piped(
+            tokio::process::Command::new(program).args(args),
+            program,
+            Stdio::piped(),
+        );
         let output = Arc::new(Mutex::new(vec![format!("$ {name} {}", args.join(" "))]));
         let (tx, events) = Inbox::new(name.clone());
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -155,6 +154,30 @@ impl GoProcess {
             self.name
         );
         answer
+    }
+
+    /// Sends `command` as [`command`](Self::command) does and returns the
+    /// string `field` of its `ack` (an offer's `hash`, for example).
+    pub async fn command_str(&mut self, command: Value, field: &str) -> String {
+        let ack = self.command(command).await;
+        ack[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no {field} in {ack}", self.name))
+            .to_owned()
+    }
+
+    /// goserver: the earliest unconsumed `message` event from the agent
+    /// `uid` that matches `matches`.
+    pub async fn wait_message(
+        &mut self,
+        what: &str,
+        uid: &str,
+        mut matches: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        self.wait_for(what, |event| {
+            event["event"] == "message" && event["uid"] == uid && matches(event)
+        })
+        .await
     }
 
     /// The earliest unconsumed event matching `matches`. Fails the test on a

@@ -45,13 +45,13 @@ mod our_server;
 pub use collector::{
     COLLECTOR_VERSION, CollectorProcess, CollectorPrograms, NO_OWN_METRICS, REMOTE_RESTARTS_GATE,
     SupervisorProcess, SupervisorSettings, collector_programs, otlp_pipeline_config,
-    otlp_receiver_answers,
+    otlp_receiver_answers, wait_otlp_receiver,
 };
 
 pub use file_server::StaticFile;
 pub use fleet::{
-    FleetServerProcess, connected_events_after, effective_body, has_capability, http_request,
-    latest_event_time,
+    FleetServerProcess, assert_available_component, assert_capabilities, assert_description,
+    connected_events_after, effective_body, has_capability, http_request, latest_event_time,
 };
 pub use go::{GoProcess, GoPrograms, go_programs};
 pub use otlp_sink::{OtlpRequest, OtlpSink};
@@ -65,8 +65,27 @@ pub use opamp_testkit::{Inbox, PkiFiles, TIMEOUT, TestPki, free_port};
 /// Two tests of one scenario: `fn $ws` runs `$scenario` over WebSocket,
 /// `fn $http` over plain HTTP. The names are written out in full, so
 /// `CONFORMANCE.md` can cite them.
+///
+/// With `$scenario(go): ...` the scenario also takes the opamp-go programs
+/// (`&GoPrograms`); both tests skip as [`go_programs`] says when they are
+/// missing.
 #[macro_export]
 macro_rules! over_both_transports {
+    ($scenario:ident(go): fn $ws:ident, fn $http:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $ws() {
+            if let Some(go) = $crate::go_programs() {
+                $scenario(go, $crate::Transport::WebSocket).await;
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $http() {
+            if let Some(go) = $crate::go_programs() {
+                $scenario(go, $crate::Transport::Http).await;
+            }
+        }
+    };
     ($scenario:ident: fn $ws:ident, fn $http:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $ws() {
@@ -77,6 +96,42 @@ macro_rules! over_both_transports {
         async fn $http() {
             $scenario($crate::Transport::Http).await;
         }
+    };
+}
+
+/// One test that needs the opamp-go programs: `fn $name` runs
+/// `$scenario(go)` (`go: &GoPrograms`), or skips as [`go_programs`] says
+/// when they are missing. The name is written out in full, so
+/// `CONFORMANCE.md` can cite it.
+#[macro_export]
+macro_rules! with_go {
+    ($scenario:ident: fn $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            if let Some(go) = $crate::go_programs() {
+                $scenario(go).await;
+            }
+        }
+    };
+}
+
+/// Waits for `$agent`'s ([`OurAgent`]) earliest unconsumed callback event
+/// of one kind and returns what it carries: `next_client_event!(agent,
+/// "remote config", ClientEvent::RemoteConfig)` returns the
+/// `AgentRemoteConfig` (cloned); with `pattern => value`, the value the
+/// pattern's bindings (references into the event) give.
+#[macro_export]
+macro_rules! next_client_event {
+    ($agent:expr, $what:expr, $variant:path) => {
+        $crate::next_client_event!($agent, $what, $variant(value) => value.clone())
+    };
+    ($agent:expr, $what:expr, $pattern:pat => $value:expr) => {
+        $agent
+            .wait_map($what, |event| match event {
+                $pattern => Some($value),
+                _ => None,
+            })
+            .await
     };
 }
 

@@ -1,7 +1,7 @@
 //! Our client as an agent: applies remote configs, records every callback.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use opamp_client::proto::{
@@ -84,14 +84,16 @@ impl AgentRecorder {
         let _ = self.events.send(event);
     }
 
-    fn effective(&self) -> EffectiveConfig {
-        let config = self
-            .effective
+    /// The current effective config (a poisoned lock is taken over).
+    fn config(&self) -> MutexGuard<'_, AgentConfigMap> {
+        self.effective
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+    }
+
+    fn effective(&self) -> EffectiveConfig {
         EffectiveConfig {
-            config_map: Some(config),
+            config_map: Some(self.config().clone()),
         }
     }
 }
@@ -124,10 +126,7 @@ impl Callbacks for AgentRecorder {
                     error_message: format!("a file contains {FAIL_MARKER}"),
                 }
             } else {
-                *self
-                    .effective
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+                *self.config() = config;
                 client.set_effective_config(self.effective());
                 RemoteConfigStatus {
                     last_remote_config_hash: offer.config_hash.clone(),
@@ -303,5 +302,16 @@ impl OurAgent {
         matches: impl FnMut(&ClientEvent) -> bool,
     ) -> ClientEvent {
         self.events.wait_for(what, matches).await
+    }
+
+    /// The earliest unconsumed callback event that `pick` maps to a value,
+    /// and that value (see [`next_client_event!`](crate::next_client_event)).
+    pub async fn wait_map<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&ClientEvent) -> Option<T>,
+    ) -> T {
+        let event = self.events.wait_for(what, |e| pick(e).is_some()).await;
+        pick(&event).expect("the event matched")
     }
 }

@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use opamp_interop_tests::{
-    CollectorProcess, FleetServerProcess, REMOTE_RESTARTS_GATE, TIMEOUT, collector_programs,
+    CollectorProcess, FleetServerProcess, REMOTE_RESTARTS_GATE, TIMEOUT,
+    assert_available_component, assert_capabilities, assert_description, collector_programs,
     connected_events_after, effective_body, free_port, has_capability, otlp_pipeline_config,
-    otlp_receiver_answers,
+    otlp_receiver_answers, wait_otlp_receiver,
 };
 use serde_json::{Value, json};
-use tokio::time::Instant;
 
 const FLEET_SERVER: &str = env!("CARGO_BIN_EXE_fleet-server");
 
@@ -49,59 +49,37 @@ async fn check_registration(
     patience: Duration,
 ) -> Value {
     let agent = server
-        .wait_agent_within(
-            uid,
-            "healthy, with effective config and components",
-            patience,
-            |agent| {
-                agent["connected"] == true
-                    && agent["health"]["healthy"] == true
-                    && effective_body(agent).contains(&format!("127.0.0.1:{port}"))
-                    && !agent["available_components"].is_null()
-            },
-        )
+        .wait_registered(uid, patience, |agent| {
+            effective_body(agent).contains(&format!("127.0.0.1:{port}"))
+        })
         .await;
-    let description = &agent["description"];
-    assert_eq!(
-        description["identifying"]["service.instance.id"],
-        json!(uid),
-        "{description}"
+    assert_description(
+        &agent,
+        &[
+            ("identifying", "service.instance.id", json!(uid)),
+            // The Collector's build name and version.
+            ("identifying", "service.name", json!("otelcol-opamp")),
+            (
+                "identifying",
+                "service.version",
+                json!(opamp_interop_tests::COLLECTOR_VERSION),
+            ),
+            ("non_identifying", "opamp-rs.test", json!("extension")),
+        ],
     );
-    // The Collector's build name and version.
-    assert_eq!(
-        description["identifying"]["service.name"], "otelcol-opamp",
-        "{description}"
+    assert_capabilities(
+        &agent,
+        &[
+            "ReportsStatus",
+            "ReportsEffectiveConfig",
+            "ReportsHealth",
+            "ReportsAvailableComponents",
+        ],
     );
-    assert_eq!(
-        description["identifying"]["service.version"],
-        opamp_interop_tests::COLLECTOR_VERSION,
-        "{description}"
-    );
-    assert_eq!(
-        description["non_identifying"]["opamp-rs.test"], "extension",
-        "{description}"
-    );
-    for capability in [
-        "ReportsStatus",
-        "ReportsEffectiveConfig",
-        "ReportsHealth",
-        "ReportsAvailableComponents",
-    ] {
-        assert!(
-            has_capability(&agent, capability),
-            "{capability} missing: {}",
-            agent["capabilities"]
-        );
-    }
     // The extension alone takes no remote config and no connection settings.
     assert!(!has_capability(&agent, "AcceptsRemoteConfig"));
     assert!(!has_capability(&agent, "AcceptsOpAMPConnectionSettings"));
-    let receivers = &agent["available_components"]["receivers"]["components"];
-    assert!(
-        receivers.get("otlp").is_some(),
-        "available components: {}",
-        agent["available_components"]
-    );
+    assert_available_component(&agent, "receivers", "otlp");
     assert!(otlp_receiver_answers(port).await, "OTLP receiver on {port}");
     agent
 }
@@ -185,15 +163,7 @@ async fn extension_restart_with_feature_gate_ws() {
     // The extension answers the restart command with SIGHUP to its own
     // process: the Collector reloads its config, which restarts the
     // extension, so the server sees a new connection and fresh reports.
-    server
-        .expect(
-            202,
-            "POST",
-            &format!("/api/agents/{uid}/restart"),
-            "application/json",
-            "{}",
-        )
-        .await;
+    server.agent_action(&uid, "restart").await;
     server
         .wait_agent(&uid, "a new connection after the restart", |agent| {
             agent["connected"] == true
@@ -201,14 +171,7 @@ async fn extension_restart_with_feature_gate_ws() {
                 && connected_events_after(agent, &since) >= 1
         })
         .await;
-    let deadline = Instant::now() + TIMEOUT;
-    while !otlp_receiver_answers(port).await {
-        assert!(
-            Instant::now() < deadline,
-            "OTLP receiver back after the reload"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_otlp_receiver(port, "OTLP receiver back after the reload").await;
 
     collector.interrupt().await;
     server

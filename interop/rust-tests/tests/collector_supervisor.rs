@@ -10,9 +10,10 @@
 use std::time::Duration;
 
 use opamp_interop_tests::{
-    FleetServerProcess, OtlpSink, SupervisorProcess, SupervisorSettings, TIMEOUT, TestPki,
+    CollectorPrograms, FleetServerProcess, OtlpSink, SupervisorProcess, SupervisorSettings,
+    TIMEOUT, TestPki, assert_available_component, assert_capabilities, assert_description,
     collector_programs, connected_events_after, effective_body, free_port, has_capability,
-    latest_event_time, otlp_pipeline_config, otlp_receiver_answers,
+    latest_event_time, otlp_pipeline_config, otlp_receiver_answers, wait_otlp_receiver,
 };
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -23,6 +24,10 @@ const FLEET_SERVER: &str = env!("CARGO_BIN_EXE_fleet-server");
 /// supervisor has no setting for it), so anything the server pushes waits
 /// up to one poll.
 const HTTP_PATIENCE: Duration = Duration::from_secs(120);
+
+/// A config the Collector rejects: its receiver type does not exist.
+const UNKNOWN_RECEIVER_CONFIG: &str = "receivers:\n  nosuchreceiver: {}\nexporters:\n  debug: {}\n\
+    service:\n  pipelines:\n    traces:\n      receivers: [nosuchreceiver]\n      exporters: [debug]\n";
 
 async fn fleet(args: &[String]) -> FleetServerProcess {
     FleetServerProcess::start(FLEET_SERVER.as_ref(), args).await
@@ -61,53 +66,41 @@ async fn check_registration(
 ) -> Value {
     let uid = &settings.instance_uid;
     let agent = server
-        .wait_agent_within(
-            uid,
-            "healthy, with effective config and components",
-            patience,
-            |agent| {
-                agent["connected"] == true
-                    && agent["health"]["healthy"] == true
-                    && !agent["effective_config"].is_null()
-                    && !agent["available_components"].is_null()
-            },
-        )
+        .wait_registered(uid, patience, |agent| !agent["effective_config"].is_null())
         .await;
-    let description = &agent["description"];
     // The supervisor reports its instance_id as service.instance.id and
     // merges the Collector's own description (service.version, host).
-    assert_eq!(
-        description["identifying"]["service.instance.id"],
-        json!(uid),
-        "{description}"
+    assert_description(
+        &agent,
+        &[
+            ("identifying", "service.instance.id", json!(uid)),
+            (
+                "identifying",
+                "service.name",
+                json!("opamp-rs-interop-collector"),
+            ),
+            (
+                "non_identifying",
+                "opamp-rs.test",
+                json!(settings.test_name),
+            ),
+        ],
     );
-    assert_eq!(
-        description["identifying"]["service.name"], "opamp-rs-interop-collector",
-        "{description}"
+    assert_capabilities(
+        &agent,
+        &[
+            "ReportsStatus",
+            "AcceptsRemoteConfig",
+            "ReportsRemoteConfig",
+            "ReportsEffectiveConfig",
+            "ReportsHealth",
+            "ReportsOwnLogs",
+            "ReportsAvailableComponents",
+            "AcceptsRestartCommand",
+            "AcceptsOpAMPConnectionSettings",
+            "ReportsHeartbeat",
+        ],
     );
-    assert_eq!(
-        description["non_identifying"]["opamp-rs.test"],
-        json!(settings.test_name),
-        "{description}"
-    );
-    for capability in [
-        "ReportsStatus",
-        "AcceptsRemoteConfig",
-        "ReportsRemoteConfig",
-        "ReportsEffectiveConfig",
-        "ReportsHealth",
-        "ReportsOwnLogs",
-        "ReportsAvailableComponents",
-        "AcceptsRestartCommand",
-        "AcceptsOpAMPConnectionSettings",
-        "ReportsHeartbeat",
-    ] {
-        assert!(
-            has_capability(&agent, capability),
-            "{capability} missing: {}",
-            agent["capabilities"]
-        );
-    }
     // Declared by the supervisor, not the Collector: it does not report the
     // status of connection settings offers.
     assert!(!has_capability(&agent, "ReportsConnectionSettingsStatus"));
@@ -115,19 +108,30 @@ async fn check_registration(
     // OpAMP extension that talks back to it).
     let effective = effective_body(&agent);
     assert!(effective.contains("opamp"), "effective config: {effective}");
-    let receivers = &agent["available_components"]["receivers"]["components"];
-    assert!(
-        receivers.get("otlp").is_some(),
-        "available components: {}",
-        agent["available_components"]
-    );
-    let exporters = &agent["available_components"]["exporters"]["components"];
-    assert!(
-        exporters.get("debug").is_some(),
-        "available components: {}",
-        agent["available_components"]
-    );
+    assert_available_component(&agent, "receivers", "otlp");
+    assert_available_component(&agent, "exporters", "debug");
     agent
+}
+
+/// Starts the supervisor with `settings` and waits for its registration
+/// ([`check_registration`]); returns it with the agent's uid and record.
+async fn start_registered(
+    programs: &CollectorPrograms,
+    server: &FleetServerProcess,
+    settings: &SupervisorSettings,
+    patience: Duration,
+) -> (SupervisorProcess, String, Value) {
+    let supervisor = SupervisorProcess::start(programs, settings);
+    let agent = check_registration(server, settings, patience).await;
+    (supervisor, settings.instance_uid.clone(), agent)
+}
+
+/// The error message of the agent's last remote config status ("" when
+/// none).
+fn config_error(agent: &Value) -> &str {
+    agent["remote_config_status"]["error_message"]
+        .as_str()
+        .unwrap_or("")
 }
 
 /// SIGINT: the supervisor stops the Collector, says goodbye, and the server
@@ -150,9 +154,7 @@ async fn supervisor_config_lifecycle_ws() {
     };
     let server = fleet(&[]).await;
     let settings = SupervisorSettings::new(server.ws_url(), "config_lifecycle_ws");
-    let uid = settings.instance_uid.clone();
-    let supervisor = SupervisorProcess::start(programs, &settings);
-    let agent = check_registration(&server, &settings, TIMEOUT).await;
+    let (supervisor, uid, agent) = start_registered(programs, &server, &settings, TIMEOUT).await;
     assert_eq!(agent["transport"], "websocket");
 
     // RCFG: a valid config is APPLIED with our hash (after the supervisor's
@@ -174,9 +176,7 @@ async fn supervisor_config_lifecycle_ws() {
     // running the last good config and stays healthy.
     let bad_yaml = push_config(&server, &uid, "receivers: [unclosed\n  : :").await;
     let agent = wait_config_status(&server, &uid, &bad_yaml, "FAILED", TIMEOUT).await;
-    let message = agent["remote_config_status"]["error_message"]
-        .as_str()
-        .unwrap_or("");
+    let message = config_error(&agent);
     assert!(message.contains("yaml"), "message: {message}");
     assert_eq!(agent["desired_config"]["state"], "FAILED");
     assert_eq!(agent["desired_config"]["error_message"], json!(message));
@@ -188,17 +188,9 @@ async fn supervisor_config_lifecycle_ws() {
 
     // An unknown component: FAILED with the Collector's own validation
     // message (`otelcol validate`), previous config still running.
-    let unknown = push_config(
-        &server,
-        &uid,
-        "receivers:\n  nosuchreceiver: {}\nexporters:\n  debug: {}\nservice:\n  pipelines:\n    traces:\n      \
-         receivers: [nosuchreceiver]\n      exporters: [debug]\n",
-    )
-    .await;
+    let unknown = push_config(&server, &uid, UNKNOWN_RECEIVER_CONFIG).await;
     let agent = wait_config_status(&server, &uid, &unknown, "FAILED", TIMEOUT).await;
-    let message = agent["remote_config_status"]["error_message"]
-        .as_str()
-        .unwrap_or("");
+    let message = config_error(&agent);
     assert!(
         message.contains("unknown type: \"nosuchreceiver\""),
         "message: {message}"
@@ -222,15 +214,7 @@ async fn supervisor_config_lifecycle_ws() {
     // CMD: restart. The supervisor restarts the Collector process: health
     // goes through a new start time and back to healthy, same config.
     let started = agent["health"]["start_time"].clone();
-    server
-        .expect(
-            202,
-            "POST",
-            &format!("/api/agents/{uid}/restart"),
-            "application/json",
-            "{}",
-        )
-        .await;
+    server.agent_action(&uid, "restart").await;
     server
         .wait_agent(&uid, "healthy with a new start time", |agent| {
             agent["health"]["healthy"] == true
@@ -238,14 +222,7 @@ async fn supervisor_config_lifecycle_ws() {
                 && agent["health"]["start_time"] != started
         })
         .await;
-    let deadline = Instant::now() + TIMEOUT;
-    while !otlp_receiver_answers(recovery_port).await {
-        assert!(
-            Instant::now() < deadline,
-            "OTLP receiver back after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_otlp_receiver(recovery_port, "OTLP receiver back after the restart").await;
 
     stop_and_check_disconnected(&server, supervisor, &uid).await;
 }
@@ -257,9 +234,8 @@ async fn supervisor_config_applied_http() {
     };
     let server = fleet(&[]).await;
     let settings = SupervisorSettings::new(server.http_url(), "config_applied_http");
-    let uid = settings.instance_uid.clone();
-    let supervisor = SupervisorProcess::start(programs, &settings);
-    let agent = check_registration(&server, &settings, HTTP_PATIENCE).await;
+    let (supervisor, uid, agent) =
+        start_registered(programs, &server, &settings, HTTP_PATIENCE).await;
     assert_eq!(agent["transport"], "http");
 
     let port = free_port();
@@ -349,11 +325,7 @@ async fn supervisor_group_and_default_configs_ws() {
         })
         .await;
     assert_eq!(agent["remote_config_status"]["status"], "APPLIED");
-    let deadline = Instant::now() + TIMEOUT;
-    while !otlp_receiver_answers(default_port).await {
-        assert!(Instant::now() < deadline, "default config runs again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_otlp_receiver(default_port, "default config runs again").await;
 
     stop_and_check_disconnected(&server, supervisor, &uid).await;
 }
@@ -403,9 +375,7 @@ async fn supervisor_heartbeat_offer_reconnects_once_ws() {
     };
     let server = fleet(&[]).await;
     let settings = SupervisorSettings::new(server.ws_url(), "heartbeat_ws");
-    let uid = settings.instance_uid.clone();
-    let supervisor = SupervisorProcess::start(programs, &settings);
-    let agent = check_registration(&server, &settings, TIMEOUT).await;
+    let (supervisor, uid, agent) = start_registered(programs, &server, &settings, TIMEOUT).await;
     let since = latest_event_time(&agent);
 
     server
@@ -460,20 +430,10 @@ async fn supervisor_certificate_rotation_reconnects_once_wss() {
     .await;
     let mut settings = SupervisorSettings::new(server.ws_url(), "certificate_wss");
     settings.ca_file = Some(files.ca.clone());
-    let uid = settings.instance_uid.clone();
-    let supervisor = SupervisorProcess::start(programs, &settings);
-    let agent = check_registration(&server, &settings, TIMEOUT).await;
+    let (supervisor, uid, agent) = start_registered(programs, &server, &settings, TIMEOUT).await;
     let since = latest_event_time(&agent);
 
-    server
-        .expect(
-            202,
-            "POST",
-            &format!("/api/agents/{uid}/rotate-certificate"),
-            "application/json",
-            "{}",
-        )
-        .await;
+    server.agent_action(&uid, "rotate-certificate").await;
     assert_settles_after_offer(&server, &uid, &since).await;
 
     stop_and_check_disconnected(&server, supervisor, &uid).await;
@@ -487,9 +447,7 @@ async fn supervisor_own_logs_reach_otlp_endpoint_ws() {
     let mut sink = OtlpSink::start().await;
     let server = fleet(&["--otlp-endpoint".into(), sink.base_url()]).await;
     let settings = SupervisorSettings::new(server.ws_url(), "own_logs_ws");
-    let uid = settings.instance_uid.clone();
-    let supervisor = SupervisorProcess::start(programs, &settings);
-    check_registration(&server, &settings, TIMEOUT).await;
+    let (supervisor, uid, _) = start_registered(programs, &server, &settings, TIMEOUT).await;
 
     // CS-43: the supervisor declares ReportsOwnLogs; the server offers
     // <sink>/v1/logs; the supervisor writes it into the Collector's
@@ -531,24 +489,14 @@ async fn supervisor_crashing_config_without_validation_ws() {
     // Without validate_config the supervisor runs whatever it gets: a config
     // the Collector rejects makes it exit.
     settings.validate_config = false;
-    let uid = settings.instance_uid.clone();
-    let supervisor = SupervisorProcess::start(programs, &settings);
-    check_registration(&server, &settings, TIMEOUT).await;
+    let (supervisor, uid, _) = start_registered(programs, &server, &settings, TIMEOUT).await;
 
-    let unknown = push_config(
-        &server,
-        &uid,
-        "receivers:\n  nosuchreceiver: {}\nexporters:\n  debug: {}\nservice:\n  pipelines:\n    traces:\n      \
-         receivers: [nosuchreceiver]\n      exporters: [debug]\n",
-    )
-    .await;
+    let unknown = push_config(&server, &uid, UNKNOWN_RECEIVER_CONFIG).await;
     // FAILED as soon as the Collector exits (before config_apply_timeout),
     // with the supervisor's message (the Collector's own goes to its log
     // file), and health turns unhealthy.
     let agent = wait_config_status(&server, &uid, &unknown, "FAILED", TIMEOUT).await;
-    let message = agent["remote_config_status"]["error_message"]
-        .as_str()
-        .unwrap_or("");
+    let message = config_error(&agent);
     assert!(message.contains("exit"), "message: {message}");
     let agent = server
         .wait_agent(&uid, "unhealthy", |agent| {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use opamp_interop_tests::{
     GoProcess, GoPrograms, INTEROP_CAPABILITY, OurServer, Refuse, StaticFile, TIMEOUT, TestPki,
-    Transport, go_programs, hex, over_both_transports,
+    Transport, hex, over_both_transports, with_go,
 };
 use opamp_proto::{
     AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentToServer, ConnectionSettingsOffers,
@@ -17,7 +17,7 @@ use opamp_proto::{
     OpAmpConnectionSettings, PackageAvailable, PackageStatusEnum, PackageType, PackagesAvailable,
     ServerToAgentFlags,
 };
-use opamp_server::{AgentEvent, AgentRecord, Delivery, DisconnectReason, RemoteConfigState};
+use opamp_server::{AgentEvent, AgentRecord, Delivery, DisconnectReason, Offer, RemoteConfigState};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -68,6 +68,40 @@ async fn config_outcome(server: &OurServer, uid: InstanceUid, hash: &Bytes) -> R
         .expect("agent known")
 }
 
+/// Offers `config` to `uid` through the registry.
+async fn offer_config(server: &OurServer, uid: InstanceUid, config: AgentConfigMap) -> Offer {
+    server
+        .registry()
+        .set_remote_config(uid, config)
+        .await
+        .expect("agent accepts remote config")
+}
+
+/// goagent's `server_message` event carrying `offer`.
+async fn offer_on_wire(agent: &mut GoProcess, offer: &Offer) -> Value {
+    let hash = hex(&offer.hash);
+    agent
+        .wait_for("the offer on the wire", |e| {
+            e["event"] == "server_message" && e["remote_config"]["hash"] == hash
+        })
+        .await
+}
+
+/// The uid our registry gives the agent that connected as `uid`.
+async fn reassigned_uid(server: &mut OurServer, uid: InstanceUid) -> InstanceUid {
+    let reassigned = server
+        .events
+        .wait_for(
+            "uid reassignment",
+            |e| matches!(e, AgentEvent::UidReassigned { old, .. } if *old == uid),
+        )
+        .await;
+    let AgentEvent::UidReassigned { new, .. } = reassigned else {
+        unreachable!()
+    };
+    new
+}
+
 fn has_full_state(record: &AgentRecord) -> bool {
     let status = &record.status;
     status.description.is_some() && status.health.is_some() && status.effective_config.is_some()
@@ -108,8 +142,7 @@ fn string_attribute(record: &AgentRecord, key: &str) -> Option<String> {
 /// STS-01, SEQ-01..03, HB-06: the first message's full state is merged into
 /// the registry; heartbeats follow with consecutive sequence numbers and
 /// leave the merged state alone; CAP-07/CUS-01 reach opamp-go.
-async fn full_state_and_heartbeats(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn full_state_and_heartbeats(go: &GoPrograms, transport: Transport) {
     let mut server = OurServer::start().await;
     let (mut agent, uid) = start_agent(go, &server, transport, &[]).await;
 
@@ -215,7 +248,7 @@ async fn full_state_and_heartbeats(transport: Transport) {
     }
 }
 
-over_both_transports!(full_state_and_heartbeats:
+over_both_transports!(full_state_and_heartbeats(go):
     fn s1_full_state_merged_and_heartbeats_ws,
     fn s1_full_state_merged_and_heartbeats_http);
 
@@ -224,16 +257,11 @@ over_both_transports!(full_state_and_heartbeats:
 /// RCFG-03..08, HTTP-15: our offer reaches opamp-go (pushed, or with the
 /// next poll), opamp-go computes the same config hash, applies it, and the
 /// registry sees APPLIED with that hash and the new effective config.
-async fn remote_config_applied(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn remote_config_applied(go: &GoPrograms, transport: Transport) {
     let (mut server, mut agent, uid) = with_full_state(go, transport, &[]).await;
 
     let offered = config("collector.yaml", "exporters: {debug: {}}\n");
-    let offer = server
-        .registry()
-        .set_remote_config(uid, offered.clone())
-        .await
-        .expect("agent accepts remote config");
+    let offer = offer_config(&server, uid, offered.clone()).await;
     let expected_delivery = match transport {
         Transport::WebSocket => Delivery::Sent,
         Transport::Http => Delivery::QueuedForPoll,
@@ -265,22 +293,16 @@ async fn remote_config_applied(transport: Transport) {
     );
 }
 
-over_both_transports!(remote_config_applied:
+over_both_transports!(remote_config_applied(go):
     fn s2_remote_config_applied_ws,
     fn s2_remote_config_applied_http);
 
 /// RCFG-07: a config opamp-go cannot apply is tracked as FAILED, with its
 /// error message.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s2_remote_config_failure_reported_ws() {
-    let Some(go) = go_programs() else { return };
+async fn remote_config_failure_reported(go: &GoPrograms) {
     let (server, _agent, uid) = with_full_state(go, Transport::WebSocket, &[]).await;
 
-    let offer = server
-        .registry()
-        .set_remote_config(uid, config("collector.yaml", "bad: FAIL_ME\n"))
-        .await
-        .expect("agent accepts remote config");
+    let offer = offer_config(&server, uid, config("collector.yaml", "bad: FAIL_ME\n")).await;
     let state = config_outcome(&server, uid, &offer.hash).await;
     let RemoteConfigState::Failed { message } = state else {
         panic!("want FAILED, got {state:?}");
@@ -288,14 +310,15 @@ async fn s2_remote_config_failure_reported_ws() {
     assert!(!message.is_empty(), "FAILED without an error message");
 }
 
+with_go!(remote_config_failure_reported: fn s2_remote_config_failure_reported_ws);
+
 // ---------------------------------------------------------------- scenario 3
 
 /// SEQ-05/06: after our server lost the agent's state, the agent's next
 /// message (a WebSocket reconnect sends no full state in opamp-go, and a
 /// poll never does) makes the registry ask for ReportFullState, and
 /// opamp-go resends everything.
-async fn full_state_after_state_loss(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn full_state_after_state_loss(go: &GoPrograms, transport: Transport) {
     let mut server = OurServer::start().await;
     let (mut agent, uid) = start_agent(go, &server, transport, &[]).await;
     let first = server.wait_message("first message", uid, |_| true).await;
@@ -327,7 +350,7 @@ async fn full_state_after_state_loss(transport: Transport) {
     );
 }
 
-over_both_transports!(full_state_after_state_loss:
+over_both_transports!(full_state_after_state_loss(go):
     fn s3_full_state_resent_after_state_loss_ws,
     fn s3_full_state_resent_after_state_loss_http);
 
@@ -336,21 +359,11 @@ over_both_transports!(full_state_after_state_loss:
 /// UID-05, UID-07, UID-08: opamp-go asks for a server-generated uid; our
 /// registry assigns one, opamp-go adopts it, and later messages carry it
 /// (and do not trigger another assignment).
-async fn new_instance_uid(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn new_instance_uid(go: &GoPrograms, transport: Transport) {
     let mut server = OurServer::start().await;
     let (mut agent, uid) = start_agent(go, &server, transport, &["--request-uid"]).await;
 
-    let reassigned = server
-        .events
-        .wait_for(
-            "uid reassignment",
-            |e| matches!(e, AgentEvent::UidReassigned { old, .. } if *old == uid),
-        )
-        .await;
-    let AgentEvent::UidReassigned { new, .. } = reassigned else {
-        unreachable!()
-    };
+    let new = reassigned_uid(&mut server, uid).await;
     assert_ne!(new, uid);
 
     let changed = agent.wait_event("instance_uid_changed").await;
@@ -388,7 +401,7 @@ async fn new_instance_uid(transport: Transport) {
     );
 }
 
-over_both_transports!(new_instance_uid:
+over_both_transports!(new_instance_uid(go):
     fn s4_new_instance_uid_adopted_ws,
     fn s4_new_instance_uid_adopted_http);
 
@@ -398,8 +411,7 @@ over_both_transports!(new_instance_uid:
 /// opamp-go (over HTTP both wait for the same poll: the command must still
 /// travel alone and the custom message must not be lost), and opamp-go's
 /// custom message reaches us.
-async fn restart_and_custom_messages(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn restart_and_custom_messages(go: &GoPrograms, transport: Transport) {
     let mut server = OurServer::start().await;
     let (mut agent, uid) = start_agent(go, &server, transport, &[]).await;
     server
@@ -451,7 +463,7 @@ async fn restart_and_custom_messages(transport: Transport) {
     assert_eq!(&pong.data[..], b"from opamp-go");
 }
 
-over_both_transports!(restart_and_custom_messages:
+over_both_transports!(restart_and_custom_messages(go):
     fn s5_restart_and_custom_messages_ws,
     fn s5_restart_and_custom_messages_http);
 
@@ -460,8 +472,7 @@ over_both_transports!(restart_and_custom_messages:
 /// no sooner than that and its full state ends up in the registry. Over
 /// HTTP opamp-go drops the message refused with 401, so the registry has
 /// to ask for the full state (SEQ-05).
-async fn refused_then_back(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn refused_then_back(go: &GoPrograms, transport: Transport) {
     let retry_after = Duration::from_secs(2);
     let mut server = OurServer::start_with(
         None,
@@ -502,7 +513,7 @@ async fn refused_then_back(transport: Transport) {
     }
 }
 
-over_both_transports!(refused_then_back:
+over_both_transports!(refused_then_back(go):
     fn s5_refused_401_then_503_retry_after_ws,
     fn s5_refused_401_then_503_retry_after_http);
 
@@ -520,9 +531,7 @@ fn big_config() -> AgentConfigMap {
 /// HTTP-05/06/07: opamp-go gzips its requests (`--gzip`), our server
 /// decodes them; our server gzips a large response because opamp-go
 /// accepts gzip, and opamp-go decodes it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s8_gzip_both_directions_http() {
-    let Some(go) = go_programs() else { return };
+async fn gzip_both_directions(go: &GoPrograms) {
     let mut server = OurServer::start().await;
     let (mut agent, uid) = start_agent(go, &server, Transport::Http, &["--gzip"]).await;
 
@@ -537,16 +546,8 @@ async fn s8_gzip_both_directions_http() {
         .wait_record("full state from gzipped requests", uid, has_full_state)
         .await;
 
-    let offer = server
-        .registry()
-        .set_remote_config(uid, big_config())
-        .await
-        .expect("agent accepts remote config");
-    let on_wire = agent
-        .wait_for("the offer on the wire", |e| {
-            e["event"] == "server_message" && e["remote_config"]["hash"] == hex(&offer.hash)
-        })
-        .await;
+    let offer = offer_config(&server, uid, big_config()).await;
+    let on_wire = offer_on_wire(&mut agent, &offer).await;
     assert_eq!(
         on_wire["compressed"], true,
         "our response was not gzipped: {on_wire}"
@@ -555,31 +556,24 @@ async fn s8_gzip_both_directions_http() {
     assert_eq!(state, RemoteConfigState::Applied);
 }
 
+with_go!(gzip_both_directions: fn s8_gzip_both_directions_http);
+
 /// WS-01: opamp-go offers permessage-deflate (`--gzip`); our server does
 /// not negotiate it and the conversation goes on uncompressed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s8_permessage_deflate_offer_declined_ws() {
-    let Some(go) = go_programs() else { return };
+async fn permessage_deflate_offer_declined(go: &GoPrograms) {
     let (server, mut agent, uid) = with_full_state(go, Transport::WebSocket, &["--gzip"]).await;
-    let offer = server
-        .registry()
-        .set_remote_config(uid, big_config())
-        .await
-        .expect("agent accepts remote config");
-    let on_wire = agent
-        .wait_for("the offer on the wire", |e| {
-            e["event"] == "server_message" && e["remote_config"]["hash"] == hex(&offer.hash)
-        })
-        .await;
+    let offer = offer_config(&server, uid, big_config()).await;
+    let on_wire = offer_on_wire(&mut agent, &offer).await;
     assert_eq!(on_wire["compressed"], false, "{on_wire}");
     let state = config_outcome(&server, uid, &offer.hash).await;
     assert_eq!(state, RemoteConfigState::Applied);
 }
 
+with_go!(permessage_deflate_offer_declined: fn s8_permessage_deflate_offer_declined_ws);
+
 /// TLS with an rcgen CA that opamp-go trusts (`--ca-file`): full state and
 /// a remote config round trip over `wss://` and `https://`.
-async fn tls(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn tls(go: &GoPrograms, transport: Transport) {
     let pki = TestPki::generate();
     let dir = tempfile::tempdir().expect("temp dir");
     let files = pki.write(dir.path());
@@ -591,16 +585,12 @@ async fn tls(transport: Transport) {
         .wait_record("full state over TLS", uid, has_full_state)
         .await;
 
-    let offer = server
-        .registry()
-        .set_remote_config(uid, config("tls.yaml", "tls: true\n"))
-        .await
-        .expect("agent accepts remote config");
+    let offer = offer_config(&server, uid, config("tls.yaml", "tls: true\n")).await;
     let state = config_outcome(&server, uid, &offer.hash).await;
     assert_eq!(state, RemoteConfigState::Applied);
 }
 
-over_both_transports!(tls:
+over_both_transports!(tls(go):
     fn s8_tls_ws,
     fn s8_tls_http);
 
@@ -609,25 +599,14 @@ over_both_transports!(tls:
 /// UID-09: a second opamp-go agent with a uid that is live on another
 /// connection gets a new uid from our registry and adopts it; the first
 /// keeps its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uid_duplicate_gets_new_uid_ws() {
-    let Some(go) = go_programs() else { return };
+async fn duplicate_uid_gets_new_uid(go: &GoPrograms) {
     let (mut server, _first, uid) = with_full_state(go, Transport::WebSocket, &[]).await;
 
     let uid_text = uid.to_string();
     let (mut twin, twin_uid) =
         start_agent(go, &server, Transport::WebSocket, &["--uid", &uid_text]).await;
     assert_eq!(twin_uid, uid);
-    let reassigned = server
-        .events
-        .wait_for(
-            "uid reassignment",
-            |e| matches!(e, AgentEvent::UidReassigned { old, .. } if *old == uid),
-        )
-        .await;
-    let AgentEvent::UidReassigned { new, .. } = reassigned else {
-        unreachable!()
-    };
+    let new = reassigned_uid(&mut server, uid).await;
     let changed = twin.wait_event("instance_uid_changed").await;
     assert_eq!(changed["new_uid"], new.to_string(), "{changed}");
     server
@@ -640,11 +619,12 @@ async fn uid_duplicate_gets_new_uid_ws() {
     );
 }
 
+with_go!(duplicate_uid_gets_new_uid: fn uid_duplicate_gets_new_uid_ws);
+
 /// PKG-01..08, PKG-12, PKG-14: our registry offers a package (served by a
 /// small HTTP server); opamp-go downloads it, goagent checks its SHA-256,
 /// and the registry records Installed with the offered hashes.
-async fn package_offered_to_go_agent(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn package_offered_to_go_agent(go: &GoPrograms, transport: Transport) {
     let content = Bytes::from_static(b"a package for opamp-go\n");
     let mut file = StaticFile::serve("tool.bin", content.clone()).await;
     let (mut server, mut agent, uid) = with_full_state(go, transport, &[]).await;
@@ -691,15 +671,14 @@ async fn package_offered_to_go_agent(transport: Transport) {
     assert_eq!(tool.agent_has_version, "1.2.3");
 }
 
-over_both_transports!(package_offered_to_go_agent:
+over_both_transports!(package_offered_to_go_agent(go):
     fn pkg_offered_to_go_agent_ws,
     fn pkg_offered_to_go_agent_http);
 
 /// CS-02, CS-07..11, HB-03: our registry offers OpAMP connection settings
 /// with a heartbeat interval; opamp-go takes them and reports APPLIED with
 /// the offer's hash, which the registry records.
-async fn connection_settings_to_go_agent(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn connection_settings_to_go_agent(go: &GoPrograms, transport: Transport) {
     let (mut server, mut agent, uid) = with_full_state(go, transport, &[]).await;
 
     let offers = ConnectionSettingsOffers {
@@ -729,6 +708,6 @@ async fn connection_settings_to_go_agent(transport: Transport) {
         .await;
 }
 
-over_both_transports!(connection_settings_to_go_agent:
+over_both_transports!(connection_settings_to_go_agent(go):
     fn cs_heartbeat_offer_applied_by_go_agent_ws,
     fn cs_heartbeat_offer_applied_by_go_agent_http);

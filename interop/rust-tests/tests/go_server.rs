@@ -12,7 +12,7 @@ use opamp_client::proto::{
 };
 use opamp_interop_tests::{
     ClientEvent, GoProcess, GoPrograms, INTEROP_CAPABILITY, OurAgent, TestPki, Transport,
-    agent_capabilities, go_programs, hex, over_both_transports,
+    agent_capabilities, hex, next_client_event, over_both_transports, with_go,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -60,10 +60,15 @@ async fn connect(
     let agent = OurAgent::new(&url(&listening, transport), heartbeat);
     agent.start().await;
     let uid = agent.client.instance_uid().to_string();
-    let first = server
-        .wait_for("first message", message_from(&uid, |_| true))
-        .await;
+    let first = server.wait_message("first message", &uid, |_| true).await;
     (server, agent, uid, first)
+}
+
+/// Has goserver offer `uid` a remote config of one file with `body`;
+/// returns the config hash.
+async fn offer_remote_config(server: &mut GoProcess, uid: &str, body: &str) -> String {
+    let offer = json!({"cmd": "offer_remote_config", "to": uid, "body": body});
+    server.command_str(offer, "hash").await
 }
 
 fn poke(agent: &OurAgent, status: &str) {
@@ -79,8 +84,7 @@ fn poke(agent: &OurAgent, status: &str) {
 /// STS-01, CAP-01/07, CUS-01: the first message carries the full state as
 /// opamp-go decodes it; opamp-go's server capabilities and custom
 /// capabilities reach us.
-async fn full_state(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn full_state(go: &GoPrograms, transport: Transport) {
     let (_server, mut agent, uid, first) = connect(go, transport, HEARTBEAT).await;
 
     assert_eq!(first["seq"], 0, "{first}");
@@ -122,14 +126,11 @@ async fn full_state(transport: Transport) {
         "RCFG-06: UNSET status expected: {first}"
     );
 
-    let announced = agent
-        .wait_for("server custom capabilities", |e| {
-            matches!(e, ClientEvent::ServerCustomCapabilities(_))
-        })
-        .await;
-    let ClientEvent::ServerCustomCapabilities(announced) = announced else {
-        unreachable!()
-    };
+    let announced = next_client_event!(
+        agent,
+        "server custom capabilities",
+        ClientEvent::ServerCustomCapabilities
+    );
     assert_eq!(announced.capabilities, [INTEROP_CAPABILITY]);
     // goserver announces 63 = AcceptsStatus ..= OffersConnectionSettings.
     let server_caps = agent
@@ -144,7 +145,7 @@ async fn full_state(transport: Transport) {
     assert_eq!(agent.client.instance_uid().to_string(), uid);
 }
 
-over_both_transports!(full_state:
+over_both_transports!(full_state(go):
     fn s6_full_state_to_go_server_ws,
     fn s6_full_state_to_go_server_http);
 
@@ -152,25 +153,14 @@ over_both_transports!(full_state:
 /// computes; we apply it and report APPLIED with that hash and the new
 /// effective config. Offered again, the applied config is not handed to the
 /// agent a second time.
-async fn remote_config_applied(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn remote_config_applied(go: &GoPrograms, transport: Transport) {
     let (mut server, mut agent, uid, _) = connect(go, transport, HEARTBEAT).await;
 
     let offer = json!({"cmd": "offer_remote_config", "to": uid, "name": "collector.yaml",
         "body": "exporters: {debug: {}}\n", "content_type": "text/yaml"});
-    let hash = server.command(offer.clone()).await["hash"]
-        .as_str()
-        .expect("hash")
-        .to_owned();
+    let hash = server.command_str(offer.clone(), "hash").await;
 
-    let received = agent
-        .wait_for("remote config", |e| {
-            matches!(e, ClientEvent::RemoteConfig(_))
-        })
-        .await;
-    let ClientEvent::RemoteConfig(received) = received else {
-        unreachable!()
-    };
+    let received = next_client_event!(agent, "remote config", ClientEvent::RemoteConfig);
     assert_eq!(hex(&received.config_hash), hash);
     let config = received.config.as_ref().expect("config map");
     assert_eq!(
@@ -180,10 +170,9 @@ async fn remote_config_applied(transport: Transport) {
     );
 
     let applied = server
-        .wait_for(
-            "APPLIED",
-            message_from(&uid, |m| m["remote_config_status"]["status"] == "APPLIED"),
-        )
+        .wait_message("APPLIED", &uid, |m| {
+            m["remote_config_status"]["status"] == "APPLIED"
+        })
         .await;
     assert_eq!(
         applied["remote_config_status"]["hash"],
@@ -195,10 +184,9 @@ async fn remote_config_applied(transport: Transport) {
         applied
     } else {
         server
-            .wait_for(
-                "new effective config",
-                message_from(&uid, |m| m["effective_config"].is_object()),
-            )
+            .wait_message("new effective config", &uid, |m| {
+                m["effective_config"].is_object()
+            })
             .await
     };
     assert_eq!(
@@ -215,22 +203,8 @@ async fn remote_config_applied(transport: Transport) {
             e["event"] == "sent" && e["remote_config"]["hash"] == hash.as_str()
         })
         .await;
-    let other = server
-        .command(
-            json!({"cmd": "offer_remote_config", "to": uid, "body": "exporters: {otlp: {}}\n"}),
-        )
-        .await["hash"]
-        .as_str()
-        .expect("hash")
-        .to_owned();
-    let next = agent
-        .wait_for("next remote config", |e| {
-            matches!(e, ClientEvent::RemoteConfig(_))
-        })
-        .await;
-    let ClientEvent::RemoteConfig(next) = next else {
-        unreachable!()
-    };
+    let other = offer_remote_config(&mut server, &uid, "exporters: {otlp: {}}\n").await;
+    let next = next_client_event!(agent, "next remote config", ClientEvent::RemoteConfig);
     assert_eq!(
         hex(&next.config_hash),
         other,
@@ -238,7 +212,7 @@ async fn remote_config_applied(transport: Transport) {
     );
 }
 
-over_both_transports!(remote_config_applied:
+over_both_transports!(remote_config_applied(go):
     fn s6_remote_config_applied_and_acknowledged_ws,
     fn s6_remote_config_applied_and_acknowledged_http);
 
@@ -246,32 +220,22 @@ over_both_transports!(remote_config_applied:
 /// heartbeat; opamp-go offers 1 s in the OpAMP connection settings. The
 /// client verifies the settings by reconnecting, reports APPLIED, and from
 /// then on heartbeats (polls) keep arriving, at most about one per second.
-async fn heartbeat_from_connection_settings(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn heartbeat_from_connection_settings(go: &GoPrograms, transport: Transport) {
     let (mut server, mut agent, uid, _) = connect(go, transport, NEVER).await;
 
     // Every heartbeat counted below is sent after this instant.
     let offered_at = Instant::now();
     let hash = server
-        .command(
+        .command_str(
             json!({"cmd": "offer_connection_settings", "to": uid, "heartbeat_interval_seconds": 1}),
+            "hash",
         )
-        .await["hash"]
-        .as_str()
-        .expect("hash")
-        .to_owned();
+        .await;
     if transport == Transport::Http {
         // Queued until the agent's next request; the agent polls once an hour.
         poke(&agent, "poke");
     }
-    let settings = agent
-        .wait_for("OpAMP settings offer", |e| {
-            matches!(e, ClientEvent::OpampSettings(_))
-        })
-        .await;
-    let ClientEvent::OpampSettings(settings) = settings else {
-        unreachable!()
-    };
+    let settings = next_client_event!(agent, "OpAMP settings offer", ClientEvent::OpampSettings);
     assert_eq!(settings.heartbeat_interval_seconds, 1);
     let outcome = agent
         .wait_for("settings verified", |e| {
@@ -352,7 +316,7 @@ impl<M: FnMut(&Value) -> bool, C: FnMut(&Value) -> bool> AfterMarker<M, C> {
     }
 }
 
-over_both_transports!(heartbeat_from_connection_settings:
+over_both_transports!(heartbeat_from_connection_settings(go):
     fn s6_heartbeat_interval_from_connection_settings_ws,
     fn s6_heartbeat_interval_from_connection_settings_http);
 
@@ -362,8 +326,7 @@ over_both_transports!(heartbeat_from_connection_settings:
 /// reported Installed with the offered hash; a download whose content does
 /// not match `content_hash` is refused and reported InstallFailed, and the
 /// installed package stays.
-async fn package_verified(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn package_verified(go: &GoPrograms, transport: Transport) {
     let (mut server, mut agent, uid, _) = connect(go, transport, HEARTBEAT).await;
     let content = "opamp-rs interop package\n";
 
@@ -373,15 +336,12 @@ async fn package_verified(transport: Transport) {
             "content": content, "headers": {"X-Package-Token": "interop"}}),
         )
         .await;
-    let installed = agent
-        .wait_for("package installed", |e| {
-            matches!(e, ClientEvent::PackageInstalled { .. })
-        })
-        .await;
-    let ClientEvent::PackageInstalled { name, version } = installed else {
-        unreachable!()
-    };
-    assert_eq!((name.as_str(), version.as_str()), ("tool", "1.2.3"));
+    let installed = next_client_event!(
+        agent,
+        "package installed",
+        ClientEvent::PackageInstalled { name, version } => (name.clone(), version.clone())
+    );
+    assert_eq!(installed, ("tool".to_owned(), "1.2.3".to_owned()));
     let stored = agent.packages.content("tool").expect("installed content");
     assert_eq!(&stored[..], content.as_bytes());
     assert_eq!(
@@ -392,12 +352,9 @@ async fn package_verified(transport: Transport) {
     assert_eq!(download["status"], 200, "{download}");
 
     let reported = server
-        .wait_for(
-            "Installed status",
-            message_from(&uid, |m| {
-                m["package_statuses"]["packages"]["tool"]["status"] == "Installed"
-            }),
-        )
+        .wait_message("Installed status", &uid, |m| {
+            m["package_statuses"]["packages"]["tool"]["status"] == "Installed"
+        })
         .await;
     let statuses = &reported["package_statuses"];
     assert_eq!(
@@ -420,22 +377,16 @@ async fn package_verified(transport: Transport) {
             "content": "tampered", "wrong_hash": true}),
         )
         .await;
-    let failed = agent
-        .wait_for("package refused", |e| {
-            matches!(e, ClientEvent::PackageFailed { .. })
-        })
-        .await;
-    let ClientEvent::PackageFailed { name, error } = failed else {
-        unreachable!()
-    };
+    let (name, error) = next_client_event!(
+        agent,
+        "package refused",
+        ClientEvent::PackageFailed { name, error } => (name.clone(), error.clone())
+    );
     assert_eq!(name, "tool", "{error}");
     let reported = server
-        .wait_for(
-            "InstallFailed status",
-            message_from(&uid, |m| {
-                m["package_statuses"]["packages"]["tool"]["status"] == "InstallFailed"
-            }),
-        )
+        .wait_message("InstallFailed status", &uid, |m| {
+            m["package_statuses"]["packages"]["tool"]["status"] == "InstallFailed"
+        })
         .await;
     let tool = &reported["package_statuses"]["packages"]["tool"];
     assert_ne!(
@@ -451,23 +402,17 @@ async fn package_verified(transport: Transport) {
     );
 }
 
-over_both_transports!(package_verified:
+over_both_transports!(package_verified(go):
     fn s6_package_downloaded_and_sha256_verified_ws,
     fn s6_package_downloaded_and_sha256_verified_http);
 
 /// CMD-01/03, CUS-04..06: opamp-go's restart command and custom message
 /// reach us; our custom message reaches opamp-go.
-async fn restart_and_custom_messages(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn restart_and_custom_messages(go: &GoPrograms, transport: Transport) {
     let (mut server, mut agent, uid, _) = connect(go, transport, HEARTBEAT).await;
 
     server.command(json!({"cmd": "restart", "to": uid})).await;
-    let command = agent
-        .wait_for("restart command", |e| matches!(e, ClientEvent::Command(_)))
-        .await;
-    let ClientEvent::Command(command) = command else {
-        unreachable!()
-    };
+    let command = next_client_event!(agent, "restart command", ClientEvent::Command);
     assert_eq!(command.r#type(), CommandType::Restart);
 
     server
@@ -475,14 +420,7 @@ async fn restart_and_custom_messages(transport: Transport) {
             json!({"cmd": "custom_message", "to": uid, "type": "ping", "data": "from opamp-go"}),
         )
         .await;
-    let custom = agent
-        .wait_for("custom message", |e| {
-            matches!(e, ClientEvent::CustomMessage(_))
-        })
-        .await;
-    let ClientEvent::CustomMessage(custom) = custom else {
-        unreachable!()
-    };
+    let custom = next_client_event!(agent, "custom message", ClientEvent::CustomMessage);
     assert_eq!(custom.capability, INTEROP_CAPABILITY);
     assert_eq!(custom.r#type, "ping");
     assert_eq!(&custom.data[..], b"from opamp-go");
@@ -496,10 +434,9 @@ async fn restart_and_custom_messages(transport: Transport) {
         })
         .expect("no custom message pending");
     let pong = server
-        .wait_for(
-            "custom message from us",
-            message_from(&uid, |m| m["custom_message"].is_object()),
-        )
+        .wait_message("custom message from us", &uid, |m| {
+            m["custom_message"].is_object()
+        })
         .await;
     let pong = &pong["custom_message"];
     assert_eq!(pong["capability"], INTEROP_CAPABILITY);
@@ -507,14 +444,13 @@ async fn restart_and_custom_messages(transport: Transport) {
     assert_eq!(pong["data"], "from opamp-rs");
 }
 
-over_both_transports!(restart_and_custom_messages:
+over_both_transports!(restart_and_custom_messages(go):
     fn s6_restart_and_custom_messages_ws,
     fn s6_restart_and_custom_messages_http);
 
 /// SEQ-06 (client side of scenario 3): opamp-go's ReportFullState makes us
 /// resend description, health and effective config.
-async fn full_state_on_request(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn full_state_on_request(go: &GoPrograms, transport: Transport) {
     let (mut server, _agent, uid, _) = connect(go, transport, HEARTBEAT).await;
     server
         .command(json!({"cmd": "report_full_state", "to": uid}))
@@ -537,14 +473,13 @@ async fn full_state_on_request(transport: Transport) {
     assert!(resent["custom_capabilities"].is_array(), "{resent}");
 }
 
-over_both_transports!(full_state_on_request:
+over_both_transports!(full_state_on_request(go):
     fn s3_client_resends_full_state_on_request_ws,
     fn s3_client_resends_full_state_on_request_http);
 
 /// UID-08 (client side of scenario 4): opamp-go assigns a new uid; we adopt
 /// it and every later message carries it.
-async fn adopts_new_instance_uid(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn adopts_new_instance_uid(go: &GoPrograms, transport: Transport) {
     let (mut server, mut agent, uid, _) = connect(go, transport, HEARTBEAT).await;
     let ack = server
         .command(json!({"cmd": "new_instance_uid", "to": uid}))
@@ -554,30 +489,24 @@ async fn adopts_new_instance_uid(transport: Transport) {
         .expect("new uid")
         .to_owned();
 
-    let adopted = agent
-        .wait_for("new uid", |e| matches!(e, ClientEvent::NewInstanceUid(_)))
-        .await;
-    let ClientEvent::NewInstanceUid(adopted) = adopted else {
-        unreachable!()
-    };
+    let adopted = next_client_event!(agent, "new uid", ClientEvent::NewInstanceUid);
     assert_eq!(adopted.to_string(), new_uid);
     assert_eq!(agent.client.instance_uid(), adopted);
     let event = server.wait_event("uid_adopted").await;
     assert_eq!(event["old_uid"], uid.as_str(), "{event}");
     assert_eq!(event["new_uid"], new_uid.as_str(), "{event}");
     let first = server
-        .wait_for("message with the new uid", message_from(&new_uid, |_| true))
+        .wait_message("message with the new uid", &new_uid, |_| true)
         .await;
     let next = first["seq"].as_u64().expect("seq") + 1;
     server
-        .wait_for(
-            "later message with the new uid",
-            message_from(&new_uid, |m| m["seq"] == next),
-        )
+        .wait_message("later message with the new uid", &new_uid, |m| {
+            m["seq"] == next
+        })
         .await;
 }
 
-over_both_transports!(adopts_new_instance_uid:
+over_both_transports!(adopts_new_instance_uid(go):
     fn s4_client_adopts_new_instance_uid_ws,
     fn s4_client_adopts_new_instance_uid_http);
 
@@ -600,14 +529,7 @@ async fn answer_unavailable(
             "retry_after_ns": retry_after.as_nanos() as u64}))
         .await;
     poke(agent, status);
-    let error = agent
-        .wait_for("UNAVAILABLE", |e| {
-            matches!(e, ClientEvent::ErrorResponse(_))
-        })
-        .await;
-    let ClientEvent::ErrorResponse(error) = error else {
-        unreachable!()
-    };
+    let error = next_client_event!(agent, "UNAVAILABLE", ClientEvent::ErrorResponse);
     assert_eq!(error.r#type(), ServerErrorResponseType::Unavailable);
     asked_at
 }
@@ -615,18 +537,13 @@ async fn answer_unavailable(
 /// WS-23, ERR-07: opamp-go answers with UNAVAILABLE and `retry_info` of
 /// 2 s; we say goodbye, close, wait at least that long, reconnect and send
 /// the full state.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s7_unavailable_retry_info_waits_and_reconnects_ws() {
-    let Some(go) = go_programs() else { return };
+async fn unavailable_retry_info_waits_and_reconnects(go: &GoPrograms) {
     let (mut server, mut agent, uid, _) = connect(go, Transport::WebSocket, NEVER).await;
     server.wait_event("connected").await;
     let retry_after = Duration::from_secs(2);
     let asked_at = answer_unavailable(&mut server, &mut agent, &uid, retry_after, "poke").await;
     server
-        .wait_for(
-            "goodbye",
-            message_from(&uid, |m| m["agent_disconnect"] == true),
-        )
+        .wait_message("goodbye", &uid, |m| m["agent_disconnect"] == true)
         .await;
     server.wait_event("disconnected").await;
     server.wait_event("connected").await;
@@ -637,10 +554,9 @@ async fn s7_unavailable_retry_info_waits_and_reconnects_ws() {
         "reconnected after {waited:?}, before retry_info"
     );
     let back = server
-        .wait_for(
-            "full state after reconnecting",
-            message_from(&uid, |m| m["description"].is_object()),
-        )
+        .wait_message("full state after reconnecting", &uid, |m| {
+            m["description"].is_object()
+        })
         .await;
     assert!(
         back["health"].is_object() && back["effective_config"].is_object(),
@@ -648,12 +564,12 @@ async fn s7_unavailable_retry_info_waits_and_reconnects_ws() {
     );
 }
 
+with_go!(unavailable_retry_info_waits_and_reconnects: fn s7_unavailable_retry_info_waits_and_reconnects_ws);
+
 /// ERR-04, ERR-07 over plain HTTP: UNAVAILABLE with `retry_info` of 2 s;
 /// nothing is sent before that, and a health change made meanwhile (or
 /// answered by the error) arrives after it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s7_unavailable_retry_info_waits_http() {
-    let Some(go) = go_programs() else { return };
+async fn unavailable_retry_info_waits(go: &GoPrograms) {
     let (mut server, mut agent, uid, _) = connect(go, Transport::Http, HEARTBEAT).await;
     let retry_after = Duration::from_secs(2);
     let asked_at = answer_unavailable(&mut server, &mut agent, &uid, retry_after, "degraded").await;
@@ -678,11 +594,12 @@ async fn s7_unavailable_retry_info_waits_http() {
     assert_eq!(back["health"]["status"], "degraded", "{back}");
 }
 
+with_go!(unavailable_retry_info_waits: fn s7_unavailable_retry_info_waits_http);
+
 /// WS-24, HTTP-21, CONN-04: opamp-go refuses with 503 and `Retry-After: 2`;
 /// we wait at least that long before trying again. Over HTTP the refused
 /// content (a health change) is kept and arrives with the retry.
-async fn unavailable_503_retry_after(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn unavailable_503_retry_after(go: &GoPrograms, transport: Transport) {
     let retry_after = Duration::from_secs(2);
     let refuse = json!({"cmd": "refuse", "count": 1, "status": 503, "retry_after": "2"});
     match transport {
@@ -711,10 +628,7 @@ async fn unavailable_503_retry_after(transport: Transport) {
             );
             let uid = agent.client.instance_uid().to_string();
             server
-                .wait_for(
-                    "full state",
-                    message_from(&uid, |m| m["description"].is_object()),
-                )
+                .wait_message("full state", &uid, |m| m["description"].is_object())
                 .await;
         }
         Transport::Http => {
@@ -730,10 +644,9 @@ async fn unavailable_503_retry_after(transport: Transport) {
                 .await;
             assert!(format!("{failed:?}").contains("503"), "{failed:?}");
             let back = server
-                .wait_for(
-                    "the health change after the refusal",
-                    message_from(&uid, |m| m["health"]["status"] == "degraded"),
-                )
+                .wait_message("the health change after the refusal", &uid, |m| {
+                    m["health"]["status"] == "degraded"
+                })
                 .await;
             let waited = asked_at.elapsed();
             assert!(
@@ -744,7 +657,7 @@ async fn unavailable_503_retry_after(transport: Transport) {
     }
 }
 
-over_both_transports!(unavailable_503_retry_after:
+over_both_transports!(unavailable_503_retry_after(go):
     fn s7_503_retry_after_honoured_ws,
     fn s7_503_retry_after_honoured_http);
 
@@ -752,9 +665,7 @@ over_both_transports!(unavailable_503_retry_after:
 /// reconnect at once (the first retry has no backoff) and go on with the
 /// next sequence number. Heartbeats are off, so the message after the
 /// reconnect is the status report every new connection starts with.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ws_reconnect_after_server_disconnect_ws() {
-    let Some(go) = go_programs() else { return };
+async fn reconnect_after_server_disconnect(go: &GoPrograms) {
     let (mut server, _agent, uid, first) = connect(go, Transport::WebSocket, NEVER).await;
     server.wait_event("connected").await;
     let ack = server
@@ -765,13 +676,12 @@ async fn ws_reconnect_after_server_disconnect_ws() {
     server.wait_event("connected").await;
     let next = first["seq"].as_u64().expect("seq") + 1;
     let back = server
-        .wait_for(
-            "first message on the new connection",
-            message_from(&uid, |_| true),
-        )
+        .wait_message("first message on the new connection", &uid, |_| true)
         .await;
     assert_eq!(back["seq"], next, "{back}");
 }
+
+with_go!(reconnect_after_server_disconnect: fn ws_reconnect_after_server_disconnect_ws);
 
 // ---------------------------------------------------------------- scenario 8
 
@@ -779,9 +689,7 @@ async fn ws_reconnect_after_server_disconnect_ws() {
 /// gzip with exactly `Accept-Encoding: gzip`, the only form opamp-go
 /// v0.23.0 recognises, so its responses come gzipped and we decode them (a
 /// large offer makes sure there is something to compress).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s8_gzip_both_directions_http() {
-    let Some(go) = go_programs() else { return };
+async fn gzip_both_directions(go: &GoPrograms) {
     let (mut server, listening) = goserver(go, &[]).await;
     let (builder, events, packages) =
         OurAgent::builder(&url(&listening, Transport::Http), HEARTBEAT);
@@ -789,9 +697,7 @@ async fn s8_gzip_both_directions_http() {
     agent.start().await;
     let uid = agent.client.instance_uid().to_string();
 
-    let first = server
-        .wait_for("first message", message_from(&uid, |_| true))
-        .await;
+    let first = server.wait_message("first message", &uid, |_| true).await;
     assert_eq!(first["http_headers"]["Content-Encoding"], "gzip", "{first}");
     assert_eq!(first["http_headers"]["Accept-Encoding"], "gzip", "{first}");
     assert!(first["description"].is_object(), "{first}");
@@ -799,36 +705,22 @@ async fn s8_gzip_both_directions_http() {
     let body: String = (0..64)
         .map(|i| format!("  processor_{i}: {{batch: {{}}}}\n"))
         .collect();
-    let hash = server
-        .command(json!({"cmd": "offer_remote_config", "to": uid, "body": format!("processors:\n{body}")}))
-        .await["hash"]
-        .as_str()
-        .expect("hash")
-        .to_owned();
-    let received = agent
-        .wait_for("remote config", |e| {
-            matches!(e, ClientEvent::RemoteConfig(_))
-        })
-        .await;
-    let ClientEvent::RemoteConfig(received) = received else {
-        unreachable!()
-    };
+    let hash = offer_remote_config(&mut server, &uid, &format!("processors:\n{body}")).await;
+    let received = next_client_event!(agent, "remote config", ClientEvent::RemoteConfig);
     assert_eq!(hex(&received.config_hash), hash);
     server
-        .wait_for(
-            "APPLIED",
-            message_from(&uid, |m| {
-                m["remote_config_status"]["status"] == "APPLIED"
-                    && m["http_headers"]["Content-Encoding"] == "gzip"
-            }),
-        )
+        .wait_message("APPLIED", &uid, |m| {
+            m["remote_config_status"]["status"] == "APPLIED"
+                && m["http_headers"]["Content-Encoding"] == "gzip"
+        })
         .await;
 }
 
+with_go!(gzip_both_directions: fn s8_gzip_both_directions_http);
+
 /// TLS with an rcgen certificate served by opamp-go (OpAMP endpoint and
 /// package file server); we trust its CA.
-async fn tls(transport: Transport) {
-    let Some(go) = go_programs() else { return };
+async fn tls(go: &GoPrograms, transport: Transport) {
     let pki = TestPki::generate();
     let dir = tempfile::tempdir().expect("temp dir");
     let files = pki.write(dir.path());
@@ -850,28 +742,21 @@ async fn tls(transport: Transport) {
     agent.start().await;
     let uid = agent.client.instance_uid().to_string();
     server
-        .wait_for(
-            "full state over TLS",
-            message_from(&uid, |m| m["description"].is_object()),
-        )
+        .wait_message("full state over TLS", &uid, |m| {
+            m["description"].is_object()
+        })
         .await;
 
-    let hash = server
-        .command(json!({"cmd": "offer_remote_config", "to": uid, "body": "tls: true\n"}))
-        .await["hash"]
-        .as_str()
-        .expect("hash")
-        .to_owned();
+    let hash = offer_remote_config(&mut server, &uid, "tls: true\n").await;
     agent
         .wait_for("remote config", |e| {
             matches!(e, ClientEvent::RemoteConfig(_))
         })
         .await;
     let applied = server
-        .wait_for(
-            "APPLIED",
-            message_from(&uid, |m| m["remote_config_status"]["status"] == "APPLIED"),
-        )
+        .wait_message("APPLIED", &uid, |m| {
+            m["remote_config_status"]["status"] == "APPLIED"
+        })
         .await;
     assert_eq!(applied["remote_config_status"]["hash"], hash.as_str());
 
@@ -897,6 +782,6 @@ async fn tls(transport: Transport) {
     );
 }
 
-over_both_transports!(tls:
+over_both_transports!(tls(go):
     fn s8_tls_ws,
     fn s8_tls_http);
