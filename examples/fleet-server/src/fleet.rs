@@ -22,7 +22,9 @@ use tokio::sync::broadcast;
 use super::agent_query::{AgentPage, AgentQuery};
 use super::certs::ClientCa;
 use super::error::ApiError;
-use super::store::{AgentEvent, ConfigSource, FleetStore, Group, HistoryEntry, unix_ms};
+use super::store::{
+    AgentEvent, ConfigSource, FleetStore, Group, HistoryEntry, Settlement, unix_ms,
+};
 use super::store_pg::FleetChange;
 use super::view::{self, AgentDetail, AgentSummary, LiveFacts};
 
@@ -241,12 +243,7 @@ impl Fleet {
     }
 
     async fn log_event(&self, uid: InstanceUid, kind: &str, message: String) {
-        let event = AgentEvent {
-            at_ms: unix_ms(SystemTime::now()),
-            kind: kind.to_owned(),
-            message,
-            repeats: 0,
-        };
+        let event = AgentEvent::new(kind, message, unix_ms(SystemTime::now()));
         if let Err(error) = self.store.push_event(uid, event).await {
             tracing::warn!(%error, %uid, "cannot record agent event");
         }
@@ -464,10 +461,12 @@ impl Fleet {
             .store
             .settle_history(
                 uid,
-                hash.clone(),
-                outcome.to_owned(),
-                status.error_message.clone(),
-                unix_ms(SystemTime::now()),
+                Settlement {
+                    config_hash: hash.clone(),
+                    outcome: outcome.to_owned(),
+                    error_message: status.error_message.clone(),
+                    at_ms: unix_ms(SystemTime::now()),
+                },
             )
             .await;
         match settled {
