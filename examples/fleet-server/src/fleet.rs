@@ -242,6 +242,12 @@ impl Fleet {
         }
     }
 
+    /// Records what was done to `uid` in its events and updates its page.
+    async fn announce(&self, uid: InstanceUid, kind: &str, message: String) {
+        self.log_event(uid, kind, message).await;
+        self.publish(uid).await;
+    }
+
     async fn log_event(&self, uid: InstanceUid, kind: &str, message: String) {
         let event = AgentEvent::new(kind, message, unix_ms(SystemTime::now()));
         if let Err(error) = self.store.push_event(uid, event).await {
@@ -329,7 +335,7 @@ impl Fleet {
             ConfigSource::Group(name) => format!("group {name}"),
             ConfigSource::Default => "the default config".to_owned(),
         };
-        self.log_event(
+        self.announce(
             uid,
             "config",
             format!("offered {} from {from}", short(&hash)),
@@ -465,8 +471,8 @@ impl Fleet {
                     config_hash: hash.clone(),
                     outcome: outcome.to_owned(),
                     error_message: status.error_message.clone(),
-                    at_ms: unix_ms(SystemTime::now()),
                 },
+                unix_ms(SystemTime::now()),
             )
             .await;
         match settled {
@@ -504,7 +510,6 @@ impl Fleet {
         self.registry.restart(uid).await?;
         self.log_event(uid, "command", "restart requested".into())
             .await;
-        self.publish(uid).await;
         Ok(())
     }
 
@@ -524,8 +529,7 @@ impl Fleet {
         }
         let summary = format!("sent {} / {}", message.capability, message.r#type);
         self.registry.send_custom_message(uid, message).await?;
-        self.log_event(uid, "custom", summary).await;
-        self.publish(uid).await;
+        self.announce(uid, "custom", summary).await;
         Ok(())
     }
 
@@ -544,9 +548,8 @@ impl Fleet {
         // The registry fills in the aggregate hash of the new set (PKG-12).
         packages.all_packages_hash = Bytes::new();
         let offer = self.registry.offer_packages(uid, packages).await?;
-        self.log_event(uid, "package", format!("offered {name} {version}"))
+        self.announce(uid, "package", format!("offered {name} {version}"))
             .await;
-        self.publish(uid).await;
         Ok(offer.hash)
     }
 
@@ -566,9 +569,8 @@ impl Fleet {
         }
         packages.all_packages_hash = Bytes::new();
         self.registry.offer_packages(uid, packages).await?;
-        self.log_event(uid, "package", format!("withdrew {name}"))
+        self.announce(uid, "package", format!("withdrew {name}"))
             .await;
-        self.publish(uid).await;
         Ok(())
     }
 
@@ -586,13 +588,12 @@ impl Fleet {
         let mut opamp = self.opamp_settings(&record);
         opamp.heartbeat_interval_seconds = seconds;
         self.offer_settings(&record, Some(opamp)).await?;
-        self.log_event(
+        self.announce(
             uid,
             "settings",
             format!("offered heartbeat every {seconds}s"),
         )
         .await;
-        self.publish(uid).await;
         Ok(())
     }
 
@@ -618,9 +619,8 @@ impl Fleet {
             ca_cert: ca.cert_pem().to_owned().into(),
         });
         self.offer_settings(&record, Some(opamp)).await?;
-        self.log_event(uid, "settings", "offered a new client certificate".into())
+        self.announce(uid, "settings", "offered a new client certificate".into())
             .await;
-        self.publish(uid).await;
         Ok(())
     }
 

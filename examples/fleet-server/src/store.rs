@@ -155,12 +155,12 @@ impl HistoryEntry {
 }
 
 /// The outcome an agent reported for the config with `config_hash`.
+#[derive(Debug, Clone)]
 pub(crate) struct Settlement {
     /// `config_hash`, hex.
     pub(crate) config_hash: String,
     pub(crate) outcome: String,
     pub(crate) error_message: String,
-    pub(crate) at_ms: u64,
 }
 
 impl Settlement {
@@ -170,6 +170,7 @@ impl Settlement {
     pub(crate) fn settle<K>(
         &self,
         newest_first: impl IntoIterator<Item = Result<(K, HistoryEntry), FleetStoreError>>,
+        at_ms: u64,
     ) -> Result<Option<(K, HistoryEntry)>, FleetStoreError> {
         for item in newest_first {
             let (key, mut entry) = item?;
@@ -181,7 +182,7 @@ impl Settlement {
             }
             entry.outcome.clone_from(&self.outcome);
             entry.error_message.clone_from(&self.error_message);
-            entry.updated_at_ms = self.at_ms;
+            entry.updated_at_ms = at_ms;
             return Ok(Some((key, entry)));
         }
         Ok(None)
@@ -549,7 +550,7 @@ impl FleetStore {
         fn push_history(uid: InstanceUid, entry: HistoryEntry) -> ();
         /// Sets the outcome of the newest history entry of `uid` with the
         /// settlement's config hash if it changed; returns the updated entry.
-        fn settle_history(uid: InstanceUid, settlement: Settlement) -> Option<HistoryEntry>;
+        fn settle_history(uid: InstanceUid, settlement: Settlement, at_ms: u64) -> Option<HistoryEntry>;
         /// The config history of `uid`, newest first.
         fn history(uid: InstanceUid) -> Vec<HistoryEntry>;
         /// Appends an event for `uid`, dropping the oldest beyond the limit.
@@ -713,11 +714,13 @@ impl Redb {
         &self,
         uid: InstanceUid,
         settlement: Settlement,
+        at_ms: u64,
     ) -> Result<Option<HistoryEntry>, FleetStoreError> {
         self.write(move |txn| {
             let key = *uid.as_bytes();
             let mut table = txn.open_table(HISTORY)?;
-            let Some((number, entry)) = settlement.settle(newest_first(&table, key)?)? else {
+            let Some((number, entry)) = settlement.settle(newest_first(&table, key)?, at_ms)?
+            else {
                 return Ok(None);
             };
             table.insert((key, number), encode_json(&entry)?.as_slice())?;

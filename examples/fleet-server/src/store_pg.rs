@@ -421,11 +421,12 @@ impl PgFleetData {
         &self,
         uid: InstanceUid,
         settlement: Settlement,
+        at_ms: u64,
     ) -> Result<Option<HistoryEntry>, FleetStoreError> {
         let mut client = self.client().await?;
         let txn = begin(&mut client).await?;
         let history = locked_log(&txn, uid, HISTORY, "DESC").await?;
-        let Some((id, entry)) = settlement.settle(history.into_iter().map(Ok))? else {
+        let Some((id, entry)) = settlement.settle(history.into_iter().map(Ok), at_ms)? else {
             txn.commit().await.map_err(pg_error)?;
             return Ok(None);
         };
@@ -1040,8 +1041,8 @@ mod tests {
                     config_hash: "bb".into(),
                     outcome: "APPLIED".into(),
                     error_message: String::new(),
-                    at_ms: 3,
                 },
+                3,
             )
             .await
             .unwrap();
