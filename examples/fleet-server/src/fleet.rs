@@ -335,7 +335,7 @@ impl Fleet {
             ConfigSource::Group(name) => format!("group {name}"),
             ConfigSource::Default => "the default config".to_owned(),
         };
-        self.announce(
+        self.log_event(
             uid,
             "config",
             format!("offered {} from {from}", short(&hash)),
@@ -508,7 +508,7 @@ impl Fleet {
         let record = self.record(uid).await?;
         require(&record, AgentCapabilities::ACCEPTS_RESTART_COMMAND)?;
         self.registry.restart(uid).await?;
-        self.log_event(uid, "command", "restart requested".into())
+        self.announce(uid, "command", "restart requested".into())
             .await;
         Ok(())
     }
