@@ -287,21 +287,44 @@ fn single_file_config(query: FileQuery, headers: &HeaderMap, body: Bytes) -> Age
     config
 }
 
-async fn put_agent_config(
-    State(fleet): Shared,
-    AgentUid(uid): AgentUid,
-    Query(query): Query<FileQuery>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let config = single_file_config(query, &headers, body);
-    let hash = config_hash(&config);
-    fleet.set_agent_config(uid, Some(config)).await?;
-    Ok((
+/// A request's body as a config of one object (see [`single_file_config`]).
+struct SingleFile(AgentConfigMap);
+
+impl<S: Send + Sync> FromRequest<S> for SingleFile {
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let Query(query) = Query::<FileQuery>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let headers = parts.headers.clone();
+        let request = axum::extract::Request::from_parts(parts, body);
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self(single_file_config(query, &headers, body)))
+    }
+}
+
+/// The answer to a config set for agents to receive: 202 and its hash.
+fn config_accepted(config: &AgentConfigMap) -> Response {
+    let hash = config_hash(config);
+    (
         StatusCode::ACCEPTED,
         Json(json!({ "config_hash": hex::encode(hash) })),
     )
-        .into_response())
+        .into_response()
+}
+
+async fn put_agent_config(
+    State(fleet): Shared,
+    AgentUid(uid): AgentUid,
+    SingleFile(config): SingleFile,
+) -> Result<Response, ApiError> {
+    let accepted = config_accepted(&config);
+    fleet.set_agent_config(uid, Some(config)).await?;
+    Ok(accepted)
 }
 
 async fn delete_agent_config(
@@ -697,18 +720,11 @@ async fn get_config(State(fleet): Shared) -> Result<Response, ApiError> {
 
 async fn put_default_config(
     State(fleet): Shared,
-    Query(query): Query<FileQuery>,
-    headers: HeaderMap,
-    body: Bytes,
+    SingleFile(config): SingleFile,
 ) -> Result<Response, ApiError> {
-    let config = single_file_config(query, &headers, body);
-    let hash = config_hash(&config);
+    let accepted = config_accepted(&config);
     fleet.set_default_config(Some(config)).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "config_hash": hex::encode(hash) })),
-    )
-        .into_response())
+    Ok(accepted)
 }
 
 async fn delete_default_config(State(fleet): Shared) -> Result<Response, ApiError> {

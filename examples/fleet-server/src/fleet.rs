@@ -212,6 +212,17 @@ impl Fleet {
             .ok_or(ApiError::UnknownAgent(uid))
     }
 
+    /// The agent's record, if it declared it accepts `capability`.
+    async fn record_accepting(
+        &self,
+        uid: InstanceUid,
+        capability: AgentCapabilities,
+    ) -> Result<AgentRecord, ApiError> {
+        let record = self.record(uid).await?;
+        require(&record, capability)?;
+        Ok(record)
+    }
+
     pub(crate) async fn detail(&self, uid: InstanceUid) -> Result<AgentDetail, ApiError> {
         let record = self.record(uid).await?;
         let history = self.store.history(uid).await?;
@@ -505,8 +516,8 @@ impl Fleet {
     // ---- offers and commands ----
 
     pub(crate) async fn restart(&self, uid: InstanceUid) -> Result<(), ApiError> {
-        let record = self.record(uid).await?;
-        require(&record, AgentCapabilities::ACCEPTS_RESTART_COMMAND)?;
+        self.record_accepting(uid, AgentCapabilities::ACCEPTS_RESTART_COMMAND)
+            .await?;
         self.registry.restart(uid).await?;
         self.announce(uid, "command", "restart requested".into())
             .await;
@@ -540,8 +551,9 @@ impl Fleet {
         name: String,
         package: PackageAvailable,
     ) -> Result<Bytes, ApiError> {
-        let record = self.record(uid).await?;
-        require(&record, AgentCapabilities::ACCEPTS_PACKAGES)?;
+        let record = self
+            .record_accepting(uid, AgentCapabilities::ACCEPTS_PACKAGES)
+            .await?;
         let mut packages = record.desired.packages.clone().unwrap_or_default();
         let version = package.version.clone();
         packages.packages.insert(name.clone(), package);
@@ -559,8 +571,9 @@ impl Fleet {
         uid: InstanceUid,
         name: &str,
     ) -> Result<(), ApiError> {
-        let record = self.record(uid).await?;
-        require(&record, AgentCapabilities::ACCEPTS_PACKAGES)?;
+        let record = self
+            .record_accepting(uid, AgentCapabilities::ACCEPTS_PACKAGES)
+            .await?;
         let mut packages: PackagesAvailable = record.desired.packages.clone().unwrap_or_default();
         if packages.packages.remove(name).is_none() {
             return Err(ApiError::NotFound(format!(
@@ -580,11 +593,9 @@ impl Fleet {
         uid: InstanceUid,
         seconds: u64,
     ) -> Result<(), ApiError> {
-        let record = self.record(uid).await?;
-        require(
-            &record,
-            AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS,
-        )?;
+        let record = self
+            .record_accepting(uid, AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS)
+            .await?;
         let mut opamp = self.opamp_settings(&record);
         opamp.heartbeat_interval_seconds = seconds;
         self.offer_settings(&record, Some(opamp)).await?;

@@ -18,6 +18,20 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// Picks the option with `value` in the `<select>` at `css`.
+async fn select(
+    browser: &fantoccini::Client,
+    css: &str,
+    value: &str,
+) -> Result<(), fantoccini::error::CmdError> {
+    browser
+        .find(Locator::Css(css))
+        .await?
+        .select_by_value(value)
+        .await?;
+    Ok(())
+}
+
 /// Starts a process and returns it with the first stdout line containing
 /// `marker`.
 async fn spawn_until(mut command: Command, marker: &str) -> (Child, String) {
@@ -422,11 +436,7 @@ async fn browser_pages_and_filters_ten_thousand_agents() {
         assert_eq!(state["uids"].as_array().unwrap().len(), 100);
 
         // Health filter: back to the first page of the unhealthy agents.
-        browser
-            .find(Locator::Css("#filter-health"))
-            .await?
-            .select_by_value("unhealthy")
-            .await?;
+        select(&browser, "#filter-health", "unhealthy").await?;
         wait_until(&browser, "document.querySelector('#page-info').textContent === '1–100 of 1,000'").await?;
         let state = browser.execute(LIST_STATE, vec![]).await?;
         assert_eq!(state["health"], json!(["unhealthy"]), "{state}");
@@ -448,11 +458,7 @@ async fn browser_pages_and_filters_ten_thousand_agents() {
 
         // Attribute filter alone: one service in five.
         search.clear().await?;
-        browser
-            .find(Locator::Css("#filter-health"))
-            .await?
-            .select_by_value("")
-            .await?;
+        select(&browser, "#filter-health", "").await?;
         browser
             .find(Locator::Css("#filter-attribute"))
             .await?
