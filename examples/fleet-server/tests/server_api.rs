@@ -187,7 +187,8 @@ async fn rcfg_roles_and_several_keys_round_trip_through_the_json_api() {
 
     // Two views of one configuration, "" among them, through a group.
     let (status, reply) = h
-        .put_json(
+        .json(
+            Method::PUT,
             "/api/config/groups/inventory",
             json!({
                 "selector": { "service.name": "inventory" },
@@ -258,7 +259,8 @@ async fn undeclared_capabilities_are_409() {
         h.request(Method::POST, &format!("{base}/restart")).await,
         h.post_json(&format!("{base}/packages"), json!({ "file": "tool.bin" }))
             .await,
-        h.put_json(
+        h.json(
+            Method::PUT,
             &format!("{base}/heartbeat"),
             json!({ "heartbeat_interval_seconds": 5 }),
         )
@@ -295,7 +297,9 @@ async fn rcfg_config_precedence_agent_over_group_over_default() {
         "selector": { "service.name": "checkout" },
         "config": { "files": { "group.yaml": { "content_type": "text/yaml", "body": "group: 1" } } }
     });
-    let (status, reply) = h.put_json("/api/config/groups/checkout", group).await;
+    let (status, reply) = h
+        .json(Method::PUT, "/api/config/groups/checkout", group)
+        .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     let group_config = config("group.yaml", "text/yaml", "group: 1");
     assert_eq!(
@@ -379,14 +383,19 @@ async fn rcfg_config_precedence_agent_over_group_over_default() {
 
     // Bad groups are refused.
     let (status, _) = h
-        .put_json(
+        .json(
+            Method::PUT,
             "/api/config/groups/empty",
             json!({ "selector": {}, "config": { "files": { "a": { "body": "x" } } } }),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = h
-        .put_json("/api/config/groups/x", json!({ "selector": 5 }))
+        .json(
+            Method::PUT,
+            "/api/config/groups/x",
+            json!({ "selector": 5 }),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = h.request(Method::DELETE, "/api/config/groups/nope").await;

@@ -94,7 +94,9 @@ async fn fleet_state_survives_a_restart_in_process() {
                 "group.yaml": { "content_type": "text/yaml", "body": "group: ${G}", "role": "source" }
             } }
         });
-        let (status, _) = h.put_json("/api/config/groups/all-carts", group).await;
+        let (status, _) = h
+            .json(Method::PUT, "/api/config/groups/all-carts", group)
+            .await;
         assert_eq!(status, StatusCode::OK);
         let mut agent = TestAgent::new(uid(1), "cart", FULL_CAPABILITIES);
         let offer = h.config_offer(&agent.hello()).await;

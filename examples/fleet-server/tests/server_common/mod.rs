@@ -127,15 +127,6 @@ impl Harness {
         self.json(Method::POST, path, body).await
     }
 
-    /// PUTs `body` as JSON to `path`.
-    pub async fn put_json(
-        &self,
-        path: &str,
-        body: serde_json::Value,
-    ) -> (StatusCode, serde_json::Value) {
-        self.json(Method::PUT, path, body).await
-    }
-
     /// The agent's detail (`GET /api/agents/{uid}`).
     pub async fn detail(&self, uid: InstanceUid) -> serde_json::Value {
         let (status, detail) = self.get(&agent_path(uid, "")).await;
