@@ -437,17 +437,8 @@ impl FleetStore {
         &self,
         uid: InstanceUid,
     ) -> Result<Option<AgentRecord>, FleetStoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(AGENTS)?;
-            let Some(bytes) = table.get(uid.as_bytes().as_slice())? else {
-                return Ok(None);
-            };
-            AgentRecord::decode(bytes.value())
-                .map(Some)
-                .map_err(|error| FleetStoreError::Corrupt(error.to_string()))
-        })
-        .await
+        self.read(move |db| read_value(db, AGENTS, uid.as_bytes().as_slice(), decode_record))
+            .await
     }
 
     pub(crate) async fn save_record(&self, record: AgentRecord) -> Result<(), FleetStoreError> {
@@ -482,7 +473,7 @@ impl FleetStore {
             let mut records = Vec::with_capacity(usize::try_from(table.len()?).unwrap_or(0));
             for entry in table.iter()? {
                 let (_, value) = entry?;
-                match AgentRecord::decode(value.value()) {
+                match decode_record(value.value()) {
                     Ok(record) => records.push(record),
                     // One bad record must not hide the rest of the fleet.
                     Err(error) => tracing::warn!(%error, "skipping a corrupt agent record"),
@@ -512,7 +503,7 @@ impl FleetStore {
             let mut pager = Pager::new(&query);
             for entry in table.iter()? {
                 let (_, value) = entry?;
-                match AgentRecord::decode(value.value()) {
+                match decode_record(value.value()) {
                     Ok(record) => {
                         let is_connected = connected.contains(&record.uid);
                         pager.offer(record, is_connected);
@@ -587,15 +578,8 @@ impl Redb {
         &self,
         uid: InstanceUid,
     ) -> Result<Option<AgentConfigMap>, FleetStoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(AGENT_CONFIGS)?;
-            table
-                .get(uid.as_bytes().as_slice())?
-                .map(|bytes| decode_config(bytes.value()))
-                .transpose()
-        })
-        .await
+        self.read(move |db| read_value(db, AGENT_CONFIGS, uid.as_bytes().as_slice(), decode_config))
+            .await
     }
 
     async fn agents_with_config(&self) -> Result<HashSet<InstanceUid>, FleetStoreError> {
@@ -627,15 +611,8 @@ impl Redb {
     }
 
     async fn default_config(&self) -> Result<Option<AgentConfigMap>, FleetStoreError> {
-        self.read(|db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(SETTINGS)?;
-            table
-                .get(DEFAULT_CONFIG_KEY)?
-                .map(|bytes| decode_config(bytes.value()))
-                .transpose()
-        })
-        .await
+        self.read(|db| read_value(db, SETTINGS, DEFAULT_CONFIG_KEY, decode_config))
+            .await
     }
 
     async fn set_default_config(
@@ -773,6 +750,23 @@ fn builder() -> redb::Builder {
     // The fleet's data is small; the 1 GiB default would be wasted.
     builder.set_cache_size(16 * 1024 * 1024);
     builder
+}
+
+/// The value of `key` in the table `definition`, decoded.
+fn read_value<'k, K: redb::Key + 'static, T>(
+    db: &Database,
+    definition: TableDefinition<'_, K, &'static [u8]>,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+    decode: impl FnOnce(&[u8]) -> Result<T, FleetStoreError>,
+) -> Result<Option<T>, FleetStoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(definition)?;
+    let value = table.get(key)?;
+    value.map(|bytes| decode(bytes.value())).transpose()
+}
+
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<AgentRecord, FleetStoreError> {
+    AgentRecord::decode(bytes).map_err(|error| FleetStoreError::Corrupt(error.to_string()))
 }
 
 pub(crate) fn decode_config(bytes: &[u8]) -> Result<AgentConfigMap, FleetStoreError> {

@@ -766,8 +766,7 @@ fn count(row: &tokio_postgres::Row, index: usize) -> u64 {
 }
 
 fn decode_record(row: &tokio_postgres::Row) -> Result<AgentRecord, FleetStoreError> {
-    AgentRecord::decode(row.get::<_, &[u8]>("record"))
-        .map_err(|error| FleetStoreError::Corrupt(error.to_string()))
+    super::store::decode_record(row.get("record"))
 }
 
 impl PgFleetData {
