@@ -399,7 +399,8 @@ impl PgFleetData {
     ) -> Result<(), FleetStoreError> {
         let mut client = self.client().await?;
         let txn = begin(&mut client).await?;
-        let history: Vec<(i64, HistoryEntry)> = locked_log(&txn, uid, HISTORY, "").await?;
+        let history: Vec<(i64, HistoryEntry)> =
+            locked_log(&txn, uid, HISTORY, Order::OldestFirst).await?;
         for (id, mut old) in history {
             if old.is_open() {
                 old.supersede(entry.offered_at_ms);
@@ -425,7 +426,7 @@ impl PgFleetData {
     ) -> Result<Option<HistoryEntry>, FleetStoreError> {
         let mut client = self.client().await?;
         let txn = begin(&mut client).await?;
-        let history = locked_log(&txn, uid, HISTORY, "DESC").await?;
+        let history = locked_log(&txn, uid, HISTORY, Order::NewestFirst).await?;
         let Some((id, entry)) = settlement.settle(history.into_iter().map(Ok), at_ms)? else {
             txn.commit().await.map_err(pg_error)?;
             return Ok(None);
@@ -451,7 +452,8 @@ impl PgFleetData {
     ) -> Result<(), FleetStoreError> {
         let mut client = self.client().await?;
         let txn = begin(&mut client).await?;
-        let existing: Vec<(i64, AgentEvent)> = locked_log(&txn, uid, EVENTS, "").await?;
+        let existing: Vec<(i64, AgentEvent)> =
+            locked_log(&txn, uid, EVENTS, Order::OldestFirst).await?;
         if let Some((id, merged)) = coalesce(existing.iter().rev(), &event) {
             EVENTS.update(&txn, id, &merged).await?;
         } else {
@@ -497,6 +499,13 @@ async fn begin(client: &mut deadpool_postgres::Object) -> Result<Transaction<'_>
     client.transaction().await.map_err(pg_error)
 }
 
+/// The order of a log's entries (by id).
+#[derive(Clone, Copy)]
+enum Order {
+    OldestFirst,
+    NewestFirst,
+}
+
 /// One of the fleet's per-agent logs: `(id, uid, JSON)` rows in id order.
 struct Log {
     table: &'static str,
@@ -513,15 +522,18 @@ const EVENTS: Log = Log {
 };
 
 impl Log {
-    /// `uid`'s entries with their ids, oldest first (`order` "") or newest
-    /// first ("DESC").
+    /// `uid`'s entries with their ids, in `order`.
     async fn entries<T: for<'de> Deserialize<'de>>(
         &self,
         db: &impl Sql,
         uid: InstanceUid,
-        order: &str,
+        order: Order,
     ) -> Result<Vec<(i64, T)>, FleetStoreError> {
         let Self { table, column } = self;
+        let order = match order {
+            Order::OldestFirst => "ASC",
+            Order::NewestFirst => "DESC",
+        };
         let sql = format!("SELECT id, {column} FROM {table} WHERE uid = $1 ORDER BY id {order}");
         let rows = db.rows(&sql, &[&uuid(uid)]).await?;
         rows.iter()
@@ -534,7 +546,7 @@ impl Log {
         db: &impl Sql,
         uid: InstanceUid,
     ) -> Result<Vec<T>, FleetStoreError> {
-        let entries = self.entries(db, uid, "DESC").await?;
+        let entries = self.entries(db, uid, Order::NewestFirst).await?;
         Ok(entries.into_iter().map(|(_, entry)| entry).collect())
     }
 
@@ -572,7 +584,7 @@ async fn locked_log<T: for<'de> Deserialize<'de>>(
     txn: &Transaction<'_>,
     uid: InstanceUid,
     log: Log,
-    order: &str,
+    order: Order,
 ) -> Result<Vec<(i64, T)>, FleetStoreError> {
     txn.run("SELECT pg_advisory_xact_lock($1)", &[&agent_lock_key(uid)])
         .await?;
