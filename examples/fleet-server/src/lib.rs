@@ -14,7 +14,8 @@
 //!
 //! As a library, [`FleetServer`] joins an `opamp-server` endpoint to the
 //! store ([`FleetStore`]) and the web API, so it can be embedded or tested
-//! in process; [`run`] with [`ServerArgs`] is the whole binary.
+//! in process; [`run`] with [`ServerArgs`] is the server, and
+//! [`main_with_log_filter`] the whole binary.
 //!
 //! ```
 //! use opamp_fleet_server::{FleetOptions, FleetServer, FleetStore};
@@ -52,7 +53,7 @@ use std::sync::Arc;
 
 pub use callbacks::FleetCallbacks;
 pub use certs::{ClientCa, ClientCaError};
-pub use cli::{ServerArgs, StoreKind, run};
+pub use cli::{ServerArgs, StoreKind, main_with_log_filter, run};
 pub use fleet::FleetOptions;
 pub use store::{FleetStore, FleetStoreError};
 
