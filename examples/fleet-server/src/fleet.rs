@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use tokio::sync::broadcast;
 use super::agent_query::{AgentPage, AgentQuery};
 use super::certs::ClientCa;
 use super::error::ApiError;
+use super::lock;
 use super::store::{
     AgentEvent, ConfigSource, FleetStore, Group, HistoryEntry, Settlement, unix_ms,
 };
@@ -79,12 +80,6 @@ pub(crate) struct Fleet {
     ui: broadcast::Sender<UiEvent>,
     /// Flips to true when the server shuts down, ending open event streams.
     shutdown: tokio::sync::watch::Sender<bool>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Fleet {

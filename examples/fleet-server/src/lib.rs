@@ -59,6 +59,14 @@ pub use store::{FleetStore, FleetStoreError};
 
 use opamp_server::Registry;
 
+/// Locks `mutex`, poisoned or not: what it guards stays usable after a
+/// panic elsewhere.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The fleet server's logic, shared by the OpAMP callbacks and the web API.
 /// Cheap to clone.
 #[derive(Clone)]
@@ -127,11 +135,7 @@ impl FleetServer {
     /// and stops following registry events.
     pub async fn stop(&self) {
         self.fleet.stop();
-        let follower = self
-            .follower
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let follower = lock(&self.follower).take();
         if let Some(follower) = follower
             && let Err(error) = follower.await
         {

@@ -264,11 +264,7 @@ impl PgFleetData {
 
     /// Stops listening for changes (at shutdown).
     pub(crate) fn stop(&self) {
-        let listener = self
-            .listener
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let listener = super::lock(&self.listener).take();
         if let Some(listener) = listener {
             listener.abort();
         }
