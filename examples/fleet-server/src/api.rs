@@ -6,7 +6,10 @@ use std::path::{Path as FsPath, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, RawQuery, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Path, Query, RawQuery, State,
+};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +23,7 @@ use opamp_proto::{
     PackageAvailable, PackageType, config_hash, message_hash,
 };
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -97,6 +101,34 @@ async fn not_found() -> ApiError {
 fn parse_uid(text: &str) -> Result<InstanceUid, ApiError> {
     InstanceUid::from_str(text)
         .map_err(|_| ApiError::BadRequest(format!("{text:?} is not an instance uid (UUID)")))
+}
+
+/// The `{uid}` of an agent's route (its only path parameter), parsed.
+struct AgentUid(InstanceUid);
+
+impl<S: Send + Sync> FromRequestParts<S> for AgentUid {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(uid) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+        parse_uid(&uid).map(Self)
+    }
+}
+
+/// A JSON request body; a malformed one is a `bad_request` like any other.
+struct Body<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<T>::from_request(request, state)
+            .await
+            .map_err(json_error)?;
+        Ok(Self(value))
+    }
 }
 
 // ---- agents ----
@@ -217,13 +249,12 @@ async fn list_agents(
     .into_response())
 }
 
-async fn agent_detail(State(fleet): Shared, Path(uid): Path<String>) -> Result<Response, ApiError> {
-    let uid = parse_uid(&uid)?;
+async fn agent_detail(State(fleet): Shared, AgentUid(uid): AgentUid) -> Result<Response, ApiError> {
     Ok(Json(fleet.detail(uid).await?).into_response())
 }
 
-async fn forget_agent(State(fleet): Shared, Path(uid): Path<String>) -> Result<Response, ApiError> {
-    fleet.forget(parse_uid(&uid)?).await?;
+async fn forget_agent(State(fleet): Shared, AgentUid(uid): AgentUid) -> Result<Response, ApiError> {
+    fleet.forget(uid).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -256,35 +287,56 @@ fn single_file_config(query: FileQuery, headers: &HeaderMap, body: Bytes) -> Age
     config
 }
 
-async fn put_agent_config(
-    State(fleet): Shared,
-    Path(uid): Path<String>,
-    Query(query): Query<FileQuery>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let uid = parse_uid(&uid)?;
-    let config = single_file_config(query, &headers, body);
-    let hash = config_hash(&config);
-    fleet.set_agent_config(uid, Some(config)).await?;
-    Ok((
+/// A request's body as a config of one object (see [`single_file_config`]).
+struct SingleFile(AgentConfigMap);
+
+impl<S: Send + Sync> FromRequest<S> for SingleFile {
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        let (mut parts, body) = request.into_parts();
+        let Query(query) = Query::<FileQuery>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let headers = parts.headers.clone();
+        let request = axum::extract::Request::from_parts(parts, body);
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self(single_file_config(query, &headers, body)))
+    }
+}
+
+/// The answer to a config set for agents to receive: 202 and its hash.
+fn config_accepted(config: &AgentConfigMap) -> Response {
+    let hash = config_hash(config);
+    (
         StatusCode::ACCEPTED,
         Json(json!({ "config_hash": hex::encode(hash) })),
     )
-        .into_response())
+        .into_response()
+}
+
+async fn put_agent_config(
+    State(fleet): Shared,
+    AgentUid(uid): AgentUid,
+    SingleFile(config): SingleFile,
+) -> Result<Response, ApiError> {
+    let accepted = config_accepted(&config);
+    fleet.set_agent_config(uid, Some(config)).await?;
+    Ok(accepted)
 }
 
 async fn delete_agent_config(
     State(fleet): Shared,
-    Path(uid): Path<String>,
+    AgentUid(uid): AgentUid,
 ) -> Result<Response, ApiError> {
-    let uid = parse_uid(&uid)?;
     let hash = fleet.set_agent_config(uid, None).await?;
     Ok(Json(json!({ "config_hash": hash.map(hex::encode) })).into_response())
 }
 
-async fn restart(State(fleet): Shared, Path(uid): Path<String>) -> Result<Response, ApiError> {
-    fleet.restart(parse_uid(&uid)?).await?;
+async fn restart(State(fleet): Shared, AgentUid(uid): AgentUid) -> Result<Response, ApiError> {
+    fleet.restart(uid).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
 }
 
@@ -303,11 +355,9 @@ struct CustomMessageRequest {
 
 async fn custom_message(
     State(fleet): Shared,
-    Path(uid): Path<String>,
-    body: Result<Json<CustomMessageRequest>, axum::extract::rejection::JsonRejection>,
+    AgentUid(uid): AgentUid,
+    Body(request): Body<CustomMessageRequest>,
 ) -> Result<Response, ApiError> {
-    let uid = parse_uid(&uid)?;
-    let Json(request) = body.map_err(json_error)?;
     let data = match (request.data, request.data_base64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::BadRequest(
@@ -342,11 +392,9 @@ struct HeartbeatRequest {
 
 async fn heartbeat(
     State(fleet): Shared,
-    Path(uid): Path<String>,
-    body: Result<Json<HeartbeatRequest>, axum::extract::rejection::JsonRejection>,
+    AgentUid(uid): AgentUid,
+    Body(request): Body<HeartbeatRequest>,
 ) -> Result<Response, ApiError> {
-    let uid = parse_uid(&uid)?;
-    let Json(request) = body.map_err(json_error)?;
     if request.heartbeat_interval_seconds > 24 * 3600 {
         return Err(ApiError::BadRequest(
             "heartbeat_interval_seconds is at most 86400".into(),
@@ -360,9 +408,9 @@ async fn heartbeat(
 
 async fn rotate_certificate(
     State(fleet): Shared,
-    Path(uid): Path<String>,
+    AgentUid(uid): AgentUid,
 ) -> Result<Response, ApiError> {
-    fleet.rotate_certificate(parse_uid(&uid)?).await?;
+    fleet.rotate_certificate(uid).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
 }
 
@@ -390,11 +438,10 @@ struct PackageRequest {
 
 async fn offer_package(
     State(fleet): Shared,
-    Path(uid): Path<String>,
+    AgentUid(uid): AgentUid,
     headers: HeaderMap,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let uid = parse_uid(&uid)?;
     let is_multipart = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -673,18 +720,11 @@ async fn get_config(State(fleet): Shared) -> Result<Response, ApiError> {
 
 async fn put_default_config(
     State(fleet): Shared,
-    Query(query): Query<FileQuery>,
-    headers: HeaderMap,
-    body: Bytes,
+    SingleFile(config): SingleFile,
 ) -> Result<Response, ApiError> {
-    let config = single_file_config(query, &headers, body);
-    let hash = config_hash(&config);
+    let accepted = config_accepted(&config);
     fleet.set_default_config(Some(config)).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "config_hash": hex::encode(hash) })),
-    )
-        .into_response())
+    Ok(accepted)
 }
 
 async fn delete_default_config(State(fleet): Shared) -> Result<Response, ApiError> {

@@ -194,6 +194,30 @@ fn connect_host(address: SocketAddr) -> IpAddr {
     }
 }
 
+/// The whole `opamp-fleet-server` binary, for its `main` and for packages
+/// that build the server as a binary of their own: log events go to stderr,
+/// filtered by `RUST_LOG` or else by `default_filter`; then the flags are
+/// parsed and the server [`run`]s. A failure is logged and printed, and the
+/// exit code says it.
+pub async fn main_with_log_filter(default_filter: &str) -> std::process::ExitCode {
+    use tracing_subscriber::EnvFilter;
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(ServerArgs::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "server failed");
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the server until Ctrl-C (or SIGTERM), then shuts down gracefully.
 pub async fn run(args: ServerArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let opamp_listener = TcpListener::bind(args.listen).await?;

@@ -14,6 +14,7 @@ use opamp_client::{
 };
 
 use super::certs::ClientCa;
+use super::lock;
 
 /// The custom capability demo agents answer: they echo every message back.
 pub(crate) const ECHO_CAPABILITY: &str = "io.opamp-rs.echo";
@@ -130,13 +131,8 @@ struct DemoAgent {
 
 impl DemoAgent {
     fn effective(&self) -> EffectiveConfig {
-        let config = self
-            .config
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
         EffectiveConfig {
-            config_map: Some(config),
+            config_map: Some(lock(&self.config).clone()),
         }
     }
 }
@@ -205,10 +201,7 @@ impl Callbacks for DemoAgent {
                     "the config asks to fail".to_owned(),
                 )
             } else {
-                *self
-                    .config
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+                *lock(&self.config) = config;
                 client.set_effective_config(self.effective());
                 (RemoteConfigStatuses::Applied, String::new())
             };

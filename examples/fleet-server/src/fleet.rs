@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -22,7 +22,10 @@ use tokio::sync::broadcast;
 use super::agent_query::{AgentPage, AgentQuery};
 use super::certs::ClientCa;
 use super::error::ApiError;
-use super::store::{AgentEvent, ConfigSource, FleetStore, Group, HistoryEntry, unix_ms};
+use super::lock;
+use super::store::{
+    AgentEvent, ConfigSource, FleetStore, Group, HistoryEntry, Settlement, unix_ms,
+};
 use super::store_pg::FleetChange;
 use super::view::{self, AgentDetail, AgentSummary, LiveFacts};
 
@@ -77,12 +80,6 @@ pub(crate) struct Fleet {
     ui: broadcast::Sender<UiEvent>,
     /// Flips to true when the server shuts down, ending open event streams.
     shutdown: tokio::sync::watch::Sender<bool>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Fleet {
@@ -210,6 +207,17 @@ impl Fleet {
             .ok_or(ApiError::UnknownAgent(uid))
     }
 
+    /// The agent's record, if it declared it accepts `capability`.
+    async fn record_accepting(
+        &self,
+        uid: InstanceUid,
+        capability: AgentCapabilities,
+    ) -> Result<AgentRecord, ApiError> {
+        let record = self.record(uid).await?;
+        require(&record, capability)?;
+        Ok(record)
+    }
+
     pub(crate) async fn detail(&self, uid: InstanceUid) -> Result<AgentDetail, ApiError> {
         let record = self.record(uid).await?;
         let history = self.store.history(uid).await?;
@@ -240,13 +248,14 @@ impl Fleet {
         }
     }
 
+    /// Records what was done to `uid` in its events and updates its page.
+    async fn announce(&self, uid: InstanceUid, kind: &str, message: String) {
+        self.log_event(uid, kind, message).await;
+        self.publish(uid).await;
+    }
+
     async fn log_event(&self, uid: InstanceUid, kind: &str, message: String) {
-        let event = AgentEvent {
-            at_ms: unix_ms(SystemTime::now()),
-            kind: kind.to_owned(),
-            message,
-            repeats: 0,
-        };
+        let event = AgentEvent::new(kind, message, unix_ms(SystemTime::now()));
         if let Err(error) = self.store.push_event(uid, event).await {
             tracing::warn!(%error, %uid, "cannot record agent event");
         }
@@ -464,9 +473,11 @@ impl Fleet {
             .store
             .settle_history(
                 uid,
-                hash.clone(),
-                outcome.to_owned(),
-                status.error_message.clone(),
+                Settlement {
+                    config_hash: hash.clone(),
+                    outcome: outcome.to_owned(),
+                    error_message: status.error_message.clone(),
+                },
                 unix_ms(SystemTime::now()),
             )
             .await;
@@ -500,12 +511,11 @@ impl Fleet {
     // ---- offers and commands ----
 
     pub(crate) async fn restart(&self, uid: InstanceUid) -> Result<(), ApiError> {
-        let record = self.record(uid).await?;
-        require(&record, AgentCapabilities::ACCEPTS_RESTART_COMMAND)?;
+        self.record_accepting(uid, AgentCapabilities::ACCEPTS_RESTART_COMMAND)
+            .await?;
         self.registry.restart(uid).await?;
-        self.log_event(uid, "command", "restart requested".into())
+        self.announce(uid, "command", "restart requested".into())
             .await;
-        self.publish(uid).await;
         Ok(())
     }
 
@@ -525,8 +535,7 @@ impl Fleet {
         }
         let summary = format!("sent {} / {}", message.capability, message.r#type);
         self.registry.send_custom_message(uid, message).await?;
-        self.log_event(uid, "custom", summary).await;
-        self.publish(uid).await;
+        self.announce(uid, "custom", summary).await;
         Ok(())
     }
 
@@ -537,17 +546,17 @@ impl Fleet {
         name: String,
         package: PackageAvailable,
     ) -> Result<Bytes, ApiError> {
-        let record = self.record(uid).await?;
-        require(&record, AgentCapabilities::ACCEPTS_PACKAGES)?;
+        let record = self
+            .record_accepting(uid, AgentCapabilities::ACCEPTS_PACKAGES)
+            .await?;
         let mut packages = record.desired.packages.clone().unwrap_or_default();
         let version = package.version.clone();
         packages.packages.insert(name.clone(), package);
         // The registry fills in the aggregate hash of the new set (PKG-12).
         packages.all_packages_hash = Bytes::new();
         let offer = self.registry.offer_packages(uid, packages).await?;
-        self.log_event(uid, "package", format!("offered {name} {version}"))
+        self.announce(uid, "package", format!("offered {name} {version}"))
             .await;
-        self.publish(uid).await;
         Ok(offer.hash)
     }
 
@@ -557,8 +566,9 @@ impl Fleet {
         uid: InstanceUid,
         name: &str,
     ) -> Result<(), ApiError> {
-        let record = self.record(uid).await?;
-        require(&record, AgentCapabilities::ACCEPTS_PACKAGES)?;
+        let record = self
+            .record_accepting(uid, AgentCapabilities::ACCEPTS_PACKAGES)
+            .await?;
         let mut packages: PackagesAvailable = record.desired.packages.clone().unwrap_or_default();
         if packages.packages.remove(name).is_none() {
             return Err(ApiError::NotFound(format!(
@@ -567,9 +577,8 @@ impl Fleet {
         }
         packages.all_packages_hash = Bytes::new();
         self.registry.offer_packages(uid, packages).await?;
-        self.log_event(uid, "package", format!("withdrew {name}"))
+        self.announce(uid, "package", format!("withdrew {name}"))
             .await;
-        self.publish(uid).await;
         Ok(())
     }
 
@@ -579,21 +588,18 @@ impl Fleet {
         uid: InstanceUid,
         seconds: u64,
     ) -> Result<(), ApiError> {
-        let record = self.record(uid).await?;
-        require(
-            &record,
-            AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS,
-        )?;
+        let record = self
+            .record_accepting(uid, AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS)
+            .await?;
         let mut opamp = self.opamp_settings(&record);
         opamp.heartbeat_interval_seconds = seconds;
         self.offer_settings(&record, Some(opamp)).await?;
-        self.log_event(
+        self.announce(
             uid,
             "settings",
             format!("offered heartbeat every {seconds}s"),
         )
         .await;
-        self.publish(uid).await;
         Ok(())
     }
 
@@ -619,9 +625,8 @@ impl Fleet {
             ca_cert: ca.cert_pem().to_owned().into(),
         });
         self.offer_settings(&record, Some(opamp)).await?;
-        self.log_event(uid, "settings", "offered a new client certificate".into())
+        self.announce(uid, "settings", "offered a new client certificate".into())
             .await;
-        self.publish(uid).await;
         Ok(())
     }
 

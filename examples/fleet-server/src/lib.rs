@@ -14,7 +14,8 @@
 //!
 //! As a library, [`FleetServer`] joins an `opamp-server` endpoint to the
 //! store ([`FleetStore`]) and the web API, so it can be embedded or tested
-//! in process; [`run`] with [`ServerArgs`] is the whole binary.
+//! in process; [`run`] with [`ServerArgs`] is the server, and
+//! [`main_with_log_filter`] the whole binary.
 //!
 //! ```
 //! use opamp_fleet_server::{FleetOptions, FleetServer, FleetStore};
@@ -52,11 +53,19 @@ use std::sync::Arc;
 
 pub use callbacks::FleetCallbacks;
 pub use certs::{ClientCa, ClientCaError};
-pub use cli::{ServerArgs, StoreKind, run};
+pub use cli::{ServerArgs, StoreKind, main_with_log_filter, run};
 pub use fleet::FleetOptions;
 pub use store::{FleetStore, FleetStoreError};
 
 use opamp_server::Registry;
+
+/// Locks `mutex`, poisoned or not: what it guards stays usable after a
+/// panic elsewhere.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The fleet server's logic, shared by the OpAMP callbacks and the web API.
 /// Cheap to clone.
@@ -126,11 +135,7 @@ impl FleetServer {
     /// and stops following registry events.
     pub async fn stop(&self) {
         self.fleet.stop();
-        let follower = self
-            .follower
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let follower = lock(&self.follower).take();
         if let Some(follower) = follower
             && let Err(error) = follower.await
         {

@@ -65,29 +65,18 @@ pub enum FleetStoreError {
     Postgres(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl From<redb::TransactionError> for FleetStoreError {
-    fn from(error: redb::TransactionError) -> Self {
-        Self::Database(error.into())
-    }
+/// redb's error types, each a [`redb::Error`].
+macro_rules! from_redb_error {
+    ($($error:ident),*) => {$(
+        impl From<redb::$error> for FleetStoreError {
+            fn from(error: redb::$error) -> Self {
+                Self::Database(error.into())
+            }
+        }
+    )*};
 }
 
-impl From<redb::TableError> for FleetStoreError {
-    fn from(error: redb::TableError) -> Self {
-        Self::Database(error.into())
-    }
-}
-
-impl From<redb::StorageError> for FleetStoreError {
-    fn from(error: redb::StorageError) -> Self {
-        Self::Database(error.into())
-    }
-}
-
-impl From<redb::CommitError> for FleetStoreError {
-    fn from(error: redb::CommitError) -> Self {
-        Self::Database(error.into())
-    }
-}
+from_redb_error!(TransactionError, TableError, StorageError, CommitError);
 
 /// A config group: agents whose attributes match `selector` get `config`
 /// unless a config was set for them alone.
@@ -152,6 +141,54 @@ pub(crate) struct HistoryEntry {
     pub(crate) updated_at_ms: u64,
 }
 
+impl HistoryEntry {
+    /// Still waiting for an outcome.
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self.outcome.as_str(), "PENDING" | "APPLYING")
+    }
+
+    /// Closes an open entry that a newer offer replaced at `at_ms`.
+    pub(crate) fn supersede(&mut self, at_ms: u64) {
+        self.outcome = "SUPERSEDED".into();
+        self.updated_at_ms = at_ms;
+    }
+}
+
+/// The outcome an agent reported for the config with `config_hash`.
+#[derive(Debug, Clone)]
+pub(crate) struct Settlement {
+    /// `config_hash`, hex.
+    pub(crate) config_hash: String,
+    pub(crate) outcome: String,
+    pub(crate) error_message: String,
+}
+
+impl Settlement {
+    /// Finds the newest entry with the config hash among `newest_first` and
+    /// returns it (with its key) updated, or `None` when there is none or
+    /// its outcome is already this one. Both stores settle with it.
+    pub(crate) fn settle<K>(
+        &self,
+        newest_first: impl IntoIterator<Item = Result<(K, HistoryEntry), FleetStoreError>>,
+        at_ms: u64,
+    ) -> Result<Option<(K, HistoryEntry)>, FleetStoreError> {
+        for item in newest_first {
+            let (key, mut entry) = item?;
+            if entry.config_hash != self.config_hash {
+                continue;
+            }
+            if entry.outcome == self.outcome && entry.error_message == self.error_message {
+                return Ok(None);
+            }
+            entry.outcome.clone_from(&self.outcome);
+            entry.error_message.clone_from(&self.error_message);
+            entry.updated_at_ms = at_ms;
+            return Ok(Some((key, entry)));
+        }
+        Ok(None)
+    }
+}
+
 /// Something that happened to an agent, for the page's event list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct AgentEvent {
@@ -170,6 +207,16 @@ fn is_zero(value: &u32) -> bool {
 }
 
 impl AgentEvent {
+    /// A new event (not repeated yet).
+    pub(crate) fn new(kind: &str, message: String, at_ms: u64) -> Self {
+        Self {
+            at_ms,
+            kind: kind.to_owned(),
+            message,
+            repeats: 0,
+        }
+    }
+
     /// Connection churn: coalesced when repeated, and the first to go when
     /// the history is full, so the offer or command that started a loop
     /// stays visible.
@@ -228,6 +275,21 @@ impl std::fmt::Debug for FleetStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetStore").finish_non_exhaustive()
     }
+}
+
+/// Methods of the fleet's data that both backends have ([`Redb`] and
+/// [`PgFleetData`], with the same names and arguments), each sent to the
+/// backend in use.
+macro_rules! dispatch {
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $type:ty),*) -> $output:ty;)*) => {$(
+        $(#[$doc])*
+        pub(crate) async fn $name(&self $(, $arg: $type)*) -> Result<$output, FleetStoreError> {
+            match &self.backend {
+                Backend::Redb(redb) => redb.$name($($arg),*).await,
+                Backend::Postgres { fleet, .. } => fleet.$name($($arg),*).await,
+            }
+        }
+    )*};
 }
 
 impl FleetStore {
@@ -356,7 +418,7 @@ impl FleetStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, FleetStoreError> + Send + 'static,
     {
-        self.redb()?.worker.read(operation).await
+        self.redb()?.read(operation).await
     }
 
     /// Runs a write in the writer thread's next transaction (shared with
@@ -366,7 +428,7 @@ impl FleetStore {
         T: Send + 'static,
         F: FnMut(&WriteTransaction) -> Result<T, FleetStoreError> + Send + 'static,
     {
-        self.redb()?.worker.write(operation).await
+        self.redb()?.write(operation).await
     }
 
     // ---- agent records (the registry's storage) ----
@@ -375,17 +437,8 @@ impl FleetStore {
         &self,
         uid: InstanceUid,
     ) -> Result<Option<AgentRecord>, FleetStoreError> {
-        self.read(move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(AGENTS)?;
-            let Some(bytes) = table.get(uid.as_bytes().as_slice())? else {
-                return Ok(None);
-            };
-            AgentRecord::decode(bytes.value())
-                .map(Some)
-                .map_err(|error| FleetStoreError::Corrupt(error.to_string()))
-        })
-        .await
+        self.read(move |db| read_value(db, AGENTS, uid.as_bytes().as_slice(), decode_record))
+            .await
     }
 
     pub(crate) async fn save_record(&self, record: AgentRecord) -> Result<(), FleetStoreError> {
@@ -420,7 +473,7 @@ impl FleetStore {
             let mut records = Vec::with_capacity(usize::try_from(table.len()?).unwrap_or(0));
             for entry in table.iter()? {
                 let (_, value) = entry?;
-                match AgentRecord::decode(value.value()) {
+                match decode_record(value.value()) {
                     Ok(record) => records.push(record),
                     // One bad record must not hide the rest of the fleet.
                     Err(error) => tracing::warn!(%error, "skipping a corrupt agent record"),
@@ -450,7 +503,7 @@ impl FleetStore {
             let mut pager = Pager::new(&query);
             for entry in table.iter()? {
                 let (_, value) = entry?;
-                match AgentRecord::decode(value.value()) {
+                match decode_record(value.value()) {
                     Ok(record) => {
                         let is_connected = connected.contains(&record.uid);
                         pager.offer(record, is_connected);
@@ -463,33 +516,73 @@ impl FleetStore {
         .await
     }
 
-    // ---- configs ----
+    // ---- the fleet's data (configs, groups, history, events) ----
 
-    /// The config set for `uid` alone, if any.
-    pub(crate) async fn agent_config(
+    dispatch! {
+        /// The config set for `uid` alone, if any.
+        fn agent_config(uid: InstanceUid) -> Option<AgentConfigMap>;
+        /// The agents with a config of their own, in one read: a fleet-wide
+        /// change skips them.
+        fn agents_with_config() -> HashSet<InstanceUid>;
+        /// Sets (`Some`) or clears (`None`) the config for `uid` alone.
+        fn set_agent_config(uid: InstanceUid, config: Option<AgentConfigMap>) -> ();
+        /// The config for agents with neither their own nor a group's.
+        fn default_config() -> Option<AgentConfigMap>;
+        /// Sets (`Some`) or clears (`None`) the default config.
+        fn set_default_config(config: Option<AgentConfigMap>) -> ();
+        /// Every group, by name.
+        fn groups() -> BTreeMap<String, Group>;
+        /// Inserts or replaces a group.
+        fn put_group(name: String, group: Group) -> ();
+        /// Deletes a group; true if it existed.
+        fn remove_group(name: String) -> bool;
+        /// Records a config offered to `uid`, marking still-open older
+        /// entries superseded.
+        fn push_history(uid: InstanceUid, entry: HistoryEntry) -> ();
+        /// Sets the outcome of the newest history entry of `uid` with the
+        /// settlement's config hash if it changed; returns the updated entry.
+        fn settle_history(uid: InstanceUid, settlement: Settlement, at_ms: u64) -> Option<HistoryEntry>;
+        /// The config history of `uid`, newest first.
+        fn history(uid: InstanceUid) -> Vec<HistoryEntry>;
+        /// Appends an event for `uid`, dropping the oldest beyond the limit.
+        fn push_event(uid: InstanceUid, event: AgentEvent) -> ();
+        /// Recent events of `uid`, newest first.
+        fn events(uid: InstanceUid) -> Vec<AgentEvent>;
+        /// Forgets everything about `uid`.
+        fn forget_agent(uid: InstanceUid) -> ();
+    }
+}
+
+/// The redb side of the fleet's data; [`PgFleetData`] is the PostgreSQL one.
+impl Redb {
+    /// Runs a read on the store's reader thread, off the async threads.
+    async fn read<T, F>(&self, operation: F) -> Result<T, FleetStoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, FleetStoreError> + Send + 'static,
+    {
+        self.worker.read(operation).await
+    }
+
+    /// Runs a write in the writer thread's next transaction (shared with
+    /// the other writes waiting then) and returns once it is committed.
+    async fn write<T, F>(&self, operation: F) -> Result<T, FleetStoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&WriteTransaction) -> Result<T, FleetStoreError> + Send + 'static,
+    {
+        self.worker.write(operation).await
+    }
+
+    async fn agent_config(
         &self,
         uid: InstanceUid,
     ) -> Result<Option<AgentConfigMap>, FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.agent_config(uid).await;
-        }
-        self.read(move |db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(AGENT_CONFIGS)?;
-            table
-                .get(uid.as_bytes().as_slice())?
-                .map(|bytes| decode_config(bytes.value()))
-                .transpose()
-        })
-        .await
+        self.read(move |db| read_value(db, AGENT_CONFIGS, uid.as_bytes().as_slice(), decode_config))
+            .await
     }
 
-    /// The agents with a config of their own, in one read: a fleet-wide
-    /// change skips them.
-    pub(crate) async fn agents_with_config(&self) -> Result<HashSet<InstanceUid>, FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.agents_with_config().await;
-        }
+    async fn agents_with_config(&self) -> Result<HashSet<InstanceUid>, FleetStoreError> {
         self.read(|db| {
             let txn = db.begin_read()?;
             let mut uids = HashSet::new();
@@ -504,114 +597,53 @@ impl FleetStore {
         .await
     }
 
-    /// Sets (`Some`) or clears (`None`) the config for `uid` alone.
-    pub(crate) async fn set_agent_config(
+    async fn set_agent_config(
         &self,
         uid: InstanceUid,
         config: Option<AgentConfigMap>,
     ) -> Result<(), FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.set_agent_config(uid, config).await;
-        }
         let encoded = config.map(|config| config.encode_to_vec());
         self.write(move |txn| {
             let mut table = txn.open_table(AGENT_CONFIGS)?;
-            match &encoded {
-                Some(encoded) => {
-                    table.insert(uid.as_bytes().as_slice(), encoded.as_slice())?;
-                }
-                None => {
-                    table.remove(uid.as_bytes().as_slice())?;
-                }
-            }
-            Ok(())
+            put_or_remove(&mut table, uid.as_bytes().as_slice(), encoded.as_deref())
         })
         .await
     }
 
-    /// The config for agents with neither their own nor a group's.
-    pub(crate) async fn default_config(&self) -> Result<Option<AgentConfigMap>, FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.default_config().await;
-        }
-        self.read(|db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(SETTINGS)?;
-            table
-                .get(DEFAULT_CONFIG_KEY)?
-                .map(|bytes| decode_config(bytes.value()))
-                .transpose()
-        })
-        .await
+    async fn default_config(&self) -> Result<Option<AgentConfigMap>, FleetStoreError> {
+        self.read(|db| read_value(db, SETTINGS, DEFAULT_CONFIG_KEY, decode_config))
+            .await
     }
 
-    /// Sets (`Some`) or clears (`None`) the default config.
-    pub(crate) async fn set_default_config(
+    async fn set_default_config(
         &self,
         config: Option<AgentConfigMap>,
     ) -> Result<(), FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.set_default_config(config).await;
-        }
         let encoded = config.map(|config| config.encode_to_vec());
         self.write(move |txn| {
             let mut table = txn.open_table(SETTINGS)?;
-            match &encoded {
-                Some(encoded) => {
-                    table.insert(DEFAULT_CONFIG_KEY, encoded.as_slice())?;
-                }
-                None => {
-                    table.remove(DEFAULT_CONFIG_KEY)?;
-                }
-            }
-            Ok(())
+            put_or_remove(&mut table, DEFAULT_CONFIG_KEY, encoded.as_deref())
         })
         .await
     }
 
-    /// Every group, by name.
-    pub(crate) async fn groups(&self) -> Result<BTreeMap<String, Group>, FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.groups().await;
-        }
+    async fn groups(&self) -> Result<BTreeMap<String, Group>, FleetStoreError> {
         self.read(|db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(GROUPS)?;
             let mut groups = BTreeMap::new();
             for entry in table.iter()? {
                 let (name, value) = entry?;
-                let stored: StoredGroup = serde_json::from_slice(value.value())
-                    .map_err(|error| FleetStoreError::Corrupt(error.to_string()))?;
-                let bytes = hex::decode(&stored.config)
-                    .map_err(|error| FleetStoreError::Corrupt(error.to_string()))?;
-                let config = decode_config(&bytes)?;
-                groups.insert(
-                    name.value().to_owned(),
-                    Group {
-                        selector: stored.selector,
-                        config,
-                    },
-                );
+                let stored: StoredGroup = decode_json(value.value())?;
+                groups.insert(name.value().to_owned(), stored.into_group()?);
             }
             Ok(groups)
         })
         .await
     }
 
-    /// Inserts or replaces a group.
-    pub(crate) async fn put_group(
-        &self,
-        name: String,
-        group: Group,
-    ) -> Result<(), FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.put_group(name, group).await;
-        }
-        let stored = StoredGroup {
-            selector: group.selector,
-            config: hex::encode(group.config.encode_to_vec()),
-        };
-        let json = encode_json(&stored)?;
+    async fn put_group(&self, name: String, group: Group) -> Result<(), FleetStoreError> {
+        let json = encode_json(&StoredGroup::from_group(group))?;
         self.write(move |txn| {
             txn.open_table(GROUPS)?
                 .insert(name.as_str(), json.as_slice())?;
@@ -620,126 +652,66 @@ impl FleetStore {
         .await
     }
 
-    /// Deletes a group; true if it existed.
-    pub(crate) async fn remove_group(&self, name: String) -> Result<bool, FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.remove_group(name).await;
-        }
+    async fn remove_group(&self, name: String) -> Result<bool, FleetStoreError> {
         self.write(move |txn| Ok(txn.open_table(GROUPS)?.remove(name.as_str())?.is_some()))
             .await
     }
 
-    // ---- config history ----
-
-    /// Records a config offered to `uid`, marking still-open older entries
-    /// superseded.
-    pub(crate) async fn push_history(
+    async fn push_history(
         &self,
         uid: InstanceUid,
         entry: HistoryEntry,
     ) -> Result<(), FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.push_history(uid, entry).await;
-        }
         let encoded = encode_json(&entry)?;
         let offered_at_ms = entry.offered_at_ms;
         self.write(move |txn| {
             let key = *uid.as_bytes();
-            {
-                let mut table = txn.open_table(HISTORY)?;
-                // Every offer closes the ones before it, so the open entries
-                // are the newest few: read back from the newest to the first
-                // closed one instead of decoding the whole history.
-                let mut open = Vec::new();
-                for item in table.range((key, 0)..=(key, u64::MAX))?.rev() {
-                    let (k, v) = item?;
-                    let old: HistoryEntry = decode_json(v.value())?;
-                    if !matches!(old.outcome.as_str(), "PENDING" | "APPLYING") {
-                        break;
-                    }
-                    open.push((k.value().1, old));
+            let mut table = txn.open_table(HISTORY)?;
+            // Every offer closes the ones before it, so the open entries
+            // are the newest few: read back from the newest to the first
+            // closed one instead of decoding the whole history.
+            let mut open = Vec::new();
+            for item in newest_first::<HistoryEntry>(&table, key)? {
+                let (number, old) = item?;
+                if !old.is_open() {
+                    break;
                 }
-                for (number, mut old) in open {
-                    old.outcome = "SUPERSEDED".into();
-                    old.updated_at_ms = offered_at_ms;
-                    table.insert((key, number), encode_json(&old)?.as_slice())?;
-                }
-                append_bounded(&mut table, key, &encoded, HISTORY_LIMIT)?;
+                open.push((number, old));
             }
-            Ok(())
+            for (number, mut old) in open {
+                old.supersede(offered_at_ms);
+                table.insert((key, number), encode_json(&old)?.as_slice())?;
+            }
+            append_bounded(&mut table, key, &encoded, HISTORY_LIMIT)
         })
         .await
     }
 
-    /// Sets the outcome of the newest history entry of `uid` with
-    /// `config_hash` if it changed; returns the updated entry.
-    pub(crate) async fn settle_history(
+    async fn settle_history(
         &self,
         uid: InstanceUid,
-        config_hash: String,
-        outcome: String,
-        error_message: String,
-        now_ms: u64,
+        settlement: Settlement,
+        at_ms: u64,
     ) -> Result<Option<HistoryEntry>, FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg
-                .settle_history(uid, config_hash, outcome, error_message, now_ms)
-                .await;
-        }
         self.write(move |txn| {
             let key = *uid.as_bytes();
-            let updated = {
-                let mut table = txn.open_table(HISTORY)?;
-                let mut found = None;
-                for item in table.range((key, 0)..=(key, u64::MAX))?.rev() {
-                    let (k, v) = item?;
-                    let entry: HistoryEntry = decode_json(v.value())?;
-                    if entry.config_hash == config_hash {
-                        found = Some((k.value().1, entry));
-                        break;
-                    }
-                }
-                match found {
-                    Some((number, mut entry))
-                        if entry.outcome != outcome || entry.error_message != error_message =>
-                    {
-                        entry.outcome.clone_from(&outcome);
-                        entry.error_message.clone_from(&error_message);
-                        entry.updated_at_ms = now_ms;
-                        table.insert((key, number), encode_json(&entry)?.as_slice())?;
-                        Some(entry)
-                    }
-                    _ => None,
-                }
+            let mut table = txn.open_table(HISTORY)?;
+            let Some((number, entry)) = settlement.settle(newest_first(&table, key)?, at_ms)?
+            else {
+                return Ok(None);
             };
-            Ok(updated)
+            table.insert((key, number), encode_json(&entry)?.as_slice())?;
+            Ok(Some(entry))
         })
         .await
     }
 
-    /// The config history of `uid`, newest first.
-    pub(crate) async fn history(
-        &self,
-        uid: InstanceUid,
-    ) -> Result<Vec<HistoryEntry>, FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.history(uid).await;
-        }
+    async fn history(&self, uid: InstanceUid) -> Result<Vec<HistoryEntry>, FleetStoreError> {
         self.read(move |db| read_newest_first(db, HISTORY, *uid.as_bytes()))
             .await
     }
 
-    // ---- events ----
-
-    /// Appends an event for `uid`, dropping the oldest beyond the limit.
-    pub(crate) async fn push_event(
-        &self,
-        uid: InstanceUid,
-        event: AgentEvent,
-    ) -> Result<(), FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.push_event(uid, event).await;
-        }
+    async fn push_event(&self, uid: InstanceUid, event: AgentEvent) -> Result<(), FleetStoreError> {
         self.write(move |txn| {
             append_event(
                 &mut txn.open_table(EVENTS)?,
@@ -751,23 +723,12 @@ impl FleetStore {
         .await
     }
 
-    /// Recent events of `uid`, newest first.
-    pub(crate) async fn events(
-        &self,
-        uid: InstanceUid,
-    ) -> Result<Vec<AgentEvent>, FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.events(uid).await;
-        }
+    async fn events(&self, uid: InstanceUid) -> Result<Vec<AgentEvent>, FleetStoreError> {
         self.read(move |db| read_newest_first(db, EVENTS, *uid.as_bytes()))
             .await
     }
 
-    /// Forgets everything about `uid`.
-    pub(crate) async fn forget_agent(&self, uid: InstanceUid) -> Result<(), FleetStoreError> {
-        if let Some(pg) = self.pg() {
-            return pg.forget_agent(uid).await;
-        }
+    async fn forget_agent(&self, uid: InstanceUid) -> Result<(), FleetStoreError> {
         self.write(move |txn| {
             let key = *uid.as_bytes();
             txn.open_table(AGENTS)?.remove(key.as_slice())?;
@@ -779,7 +740,7 @@ impl FleetStore {
             Ok(())
         })
         .await?;
-        self.redb()?.known().remove(&uid);
+        self.known().remove(&uid);
         Ok(())
     }
 }
@@ -789,6 +750,23 @@ fn builder() -> redb::Builder {
     // The fleet's data is small; the 1 GiB default would be wasted.
     builder.set_cache_size(16 * 1024 * 1024);
     builder
+}
+
+/// The value of `key` in the table `definition`, decoded.
+fn read_value<'k, K: redb::Key + 'static, T>(
+    db: &Database,
+    definition: TableDefinition<'_, K, &'static [u8]>,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+    decode: impl FnOnce(&[u8]) -> Result<T, FleetStoreError>,
+) -> Result<Option<T>, FleetStoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(definition)?;
+    let value = table.get(key)?;
+    value.map(|bytes| decode(bytes.value())).transpose()
+}
+
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<AgentRecord, FleetStoreError> {
+    AgentRecord::decode(bytes).map_err(|error| FleetStoreError::Corrupt(error.to_string()))
 }
 
 pub(crate) fn decode_config(bytes: &[u8]) -> Result<AgentConfigMap, FleetStoreError> {
@@ -836,31 +814,19 @@ fn append_event(
     event: AgentEvent,
     limit: u64,
 ) -> Result<(), FleetStoreError> {
-    let range = (uid, 0)..=(uid, u64::MAX);
-    let mut newest = Vec::with_capacity(2);
-    for item in table.range(range.clone())?.rev().take(2) {
-        let (key, value) = item?;
-        newest.push((key.value().1, decode_json::<AgentEvent>(value.value())?));
-    }
-    if event.is_churn() {
-        let same = newest
-            .iter()
-            .find(|(_, old)| old.kind == event.kind && old.message == event.message);
-        if let Some((number, old)) = same {
-            let merged = AgentEvent {
-                at_ms: event.at_ms,
-                repeats: old.repeats.saturating_add(1),
-                ..event
-            };
-            table.insert((uid, *number), encode_json(&merged)?.as_slice())?;
-            return Ok(());
-        }
+    let newest = newest_first(table, uid)?
+        .take(2)
+        .collect::<Result<Vec<(u64, AgentEvent)>, _>>()?;
+    if let Some((number, merged)) = coalesce(&newest, &event) {
+        table.insert((uid, number), encode_json(&merged)?.as_slice())?;
+        return Ok(());
     }
     let next = newest
         .first()
         .map_or(0, |(number, _)| number.saturating_add(1));
     table.insert((uid, next), encode_json(&event)?.as_slice())?;
     // Counting needs no decoding: only a full log is decoded, to pick what goes.
+    let range = (uid, 0)..=(uid, u64::MAX);
     let count = table.range(range.clone())?.count();
     if u64::try_from(count).unwrap_or(u64::MAX) <= limit {
         return Ok(());
@@ -879,6 +845,29 @@ fn append_event(
     Ok(())
 }
 
+/// What a churn event equal to one of the two newest entries of a log
+/// (`newest_first`) becomes: that entry's key and the entry with its count
+/// bumped and the new time. `None` when `event` is to be appended. Both
+/// stores coalesce with it.
+pub(crate) fn coalesce<'a, K: Copy + 'a>(
+    newest_first: impl IntoIterator<Item = &'a (K, AgentEvent)>,
+    event: &AgentEvent,
+) -> Option<(K, AgentEvent)> {
+    if !event.is_churn() {
+        return None;
+    }
+    let (key, old) = newest_first
+        .into_iter()
+        .take(2)
+        .find(|(_, old)| old.kind == event.kind && old.message == event.message)?;
+    let merged = AgentEvent {
+        at_ms: event.at_ms,
+        repeats: old.repeats.saturating_add(1),
+        ..event.clone()
+    };
+    Some((*key, merged))
+}
+
 /// Which events of a log (`(key, is churn)`, oldest first) go so that at most
 /// `limit` stay: the oldest churn events first, then the oldest others. Both
 /// stores trim their logs with it.
@@ -895,6 +884,17 @@ pub(crate) fn events_to_drop<K: Copy>(kept: &[(K, bool)], limit: u64) -> Vec<K> 
         .collect()
 }
 
+/// `uid`'s entries of a log table with their numbers, newest first.
+fn newest_first<'t, T: for<'de> Deserialize<'de>>(
+    table: &'t impl ReadableTable<([u8; 16], u64), &'static [u8]>,
+    uid: [u8; 16],
+) -> Result<impl Iterator<Item = Result<(u64, T), FleetStoreError>> + 't, FleetStoreError> {
+    Ok(table.range((uid, 0)..=(uid, u64::MAX))?.rev().map(|item| {
+        let (key, value) = item?;
+        Ok((key.value().1, decode_json(value.value())?))
+    }))
+}
+
 fn read_newest_first<T: for<'de> Deserialize<'de>>(
     db: &Database,
     definition: TableDefinition<'_, ([u8; 16], u64), &[u8]>,
@@ -902,12 +902,22 @@ fn read_newest_first<T: for<'de> Deserialize<'de>>(
 ) -> Result<Vec<T>, FleetStoreError> {
     let txn = db.begin_read()?;
     let table = txn.open_table(definition)?;
-    let mut entries = Vec::new();
-    for item in table.range((uid, 0)..=(uid, u64::MAX))?.rev() {
-        let (_, value) = item?;
-        entries.push(decode_json(value.value())?);
-    }
-    Ok(entries)
+    newest_first(&table, uid)?
+        .map(|item| item.map(|(_, entry)| entry))
+        .collect()
+}
+
+/// Inserts (`Some`) or removes (`None`) `key`.
+fn put_or_remove<'k, K: redb::Key + 'static>(
+    table: &mut redb::Table<'_, K, &'static [u8]>,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+    value: Option<&[u8]>,
+) -> Result<(), FleetStoreError> {
+    match value {
+        Some(value) => table.insert(key, value)?,
+        None => table.remove(key)?,
+    };
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -970,16 +980,19 @@ impl AgentStore for FleetStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn event(kind: &str, message: &str, at_ms: u64) -> AgentEvent {
-        AgentEvent {
-            at_ms,
-            kind: kind.into(),
-            message: message.into(),
-            repeats: 0,
-        }
+    /// Appends a new event to `uid`'s log (for the tests of both stores).
+    pub(crate) async fn push(
+        store: &FleetStore,
+        uid: InstanceUid,
+        kind: &str,
+        message: &str,
+        at_ms: u64,
+    ) {
+        let event = AgentEvent::new(kind, message.to_owned(), at_ms);
+        store.push_event(uid, event).await.unwrap();
     }
 
     /// A reconnect loop (the Collector supervisor answering every
@@ -989,22 +1002,17 @@ mod tests {
     async fn a_reconnect_loop_keeps_the_offer_that_started_it() {
         let store = FleetStore::in_memory().unwrap();
         let uid = InstanceUid::from_array([5; 16]);
-        store
-            .push_event(uid, event("settings", "offered heartbeat every 5s", 1))
-            .await
-            .unwrap();
+        push(&store, uid, "settings", "offered heartbeat every 5s", 1).await;
         for round in 0..500u64 {
-            store
-                .push_event(uid, event("connected", "over WebSocket", 10 + 2 * round))
-                .await
-                .unwrap();
-            store
-                .push_event(
-                    uid,
-                    event("disconnected", "closed by agent", 11 + 2 * round),
-                )
-                .await
-                .unwrap();
+            push(&store, uid, "connected", "over WebSocket", 10 + 2 * round).await;
+            push(
+                &store,
+                uid,
+                "disconnected",
+                "closed by agent",
+                11 + 2 * round,
+            )
+            .await;
         }
         let events = store.events(uid).await.unwrap();
         assert_eq!(events.len(), 3, "{events:?}");
@@ -1033,31 +1041,19 @@ mod tests {
     async fn a_full_history_drops_churn_first() {
         let store = FleetStore::in_memory().unwrap();
         let uid = InstanceUid::from_array([6; 16]);
-        store
-            .push_event(uid, event("command", "restart requested", 0))
-            .await
-            .unwrap();
+        push(&store, uid, "command", "restart requested", 0).await;
         for n in 1..EVENT_LIMIT {
             // Different messages: nothing to coalesce.
-            store
-                .push_event(uid, event("connected", &format!("peer {n}"), n))
-                .await
-                .unwrap();
+            push(&store, uid, "connected", &format!("peer {n}"), n).await;
         }
         for n in 0..EVENT_LIMIT {
-            store
-                .push_event(uid, event("config", &format!("config {n}"), 1000 + n))
-                .await
-                .unwrap();
+            push(&store, uid, "config", &format!("config {n}"), 1000 + n).await;
         }
         let events = store.events(uid).await.unwrap();
         assert_eq!(events.len() as u64, EVENT_LIMIT);
         assert!(events.iter().all(|event| event.kind == "config"));
         assert_eq!(events.last().unwrap().message, "config 0");
-        store
-            .push_event(uid, event("config", "one more", 5000))
-            .await
-            .unwrap();
+        push(&store, uid, "config", "one more", 5000).await;
         let events = store.events(uid).await.unwrap();
         assert_eq!(events.len() as u64, EVENT_LIMIT);
         assert_eq!(events.last().unwrap().message, "config 1");

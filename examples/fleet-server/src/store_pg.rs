@@ -14,12 +14,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool, Transaction};
 use futures_util::StreamExt;
 use opamp_proto::{AgentConfigMap, InstanceUid, Message};
 use opamp_server::AgentRecord;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
 use uuid::Uuid;
 
 use super::agent_query::{
@@ -27,8 +29,8 @@ use super::agent_query::{
     SEARCHED_ATTRIBUTES, StatusCounts,
 };
 use super::store::{
-    AgentEvent, EVENT_LIMIT, FleetStoreError, Group, HISTORY_LIMIT, HistoryEntry, StoredGroup,
-    decode_config, decode_json, encode_json,
+    AgentEvent, EVENT_LIMIT, FleetStoreError, Group, HISTORY_LIMIT, HistoryEntry, Settlement,
+    StoredGroup, coalesce, decode_config, decode_json, encode_json,
 };
 
 /// The channel every instance listens on. Payload: `agent <instance> <uid>`
@@ -97,6 +99,121 @@ fn uuid(uid: InstanceUid) -> Uuid {
     Uuid::from_bytes(*uid.as_bytes())
 }
 
+fn instance_uid(uuid: Uuid) -> InstanceUid {
+    InstanceUid::from_array(*uuid.as_bytes())
+}
+
+type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+/// A connection's or a transaction's statements, with the store's error.
+trait Sql: GenericClient {
+    async fn run(&self, sql: &str, params: &Params<'_>) -> Result<u64, FleetStoreError> {
+        self.execute(sql, params).await.map_err(pg_error)
+    }
+
+    async fn rows(&self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, FleetStoreError> {
+        self.query(sql, params).await.map_err(pg_error)
+    }
+
+    async fn row(&self, sql: &str, params: &Params<'_>) -> Result<Row, FleetStoreError> {
+        self.query_one(sql, params).await.map_err(pg_error)
+    }
+
+    async fn maybe_row(
+        &self,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> Result<Option<Row>, FleetStoreError> {
+        self.query_opt(sql, params).await.map_err(pg_error)
+    }
+}
+
+impl<C: GenericClient> Sql for C {}
+
+/// One of the fleet's `key → bytes` tables.
+struct KeyValue {
+    table: &'static str,
+    key: &'static str,
+    value: &'static str,
+}
+
+const AGENT_CONFIGS: KeyValue = KeyValue {
+    table: "fleet_agent_configs",
+    key: "uid",
+    value: "config",
+};
+const SETTINGS: KeyValue = KeyValue {
+    table: "fleet_settings",
+    key: "name",
+    value: "value",
+};
+const GROUPS: KeyValue = KeyValue {
+    table: "fleet_groups",
+    key: "name",
+    value: "value",
+};
+
+impl KeyValue {
+    async fn get(
+        &self,
+        db: &impl Sql,
+        key: &(dyn ToSql + Sync),
+    ) -> Result<Option<Vec<u8>>, FleetStoreError> {
+        let Self {
+            table,
+            key: column,
+            value,
+        } = self;
+        let sql = format!("SELECT {value} FROM {table} WHERE {column} = $1");
+        Ok(db.maybe_row(&sql, &[key]).await?.map(|row| row.get(0)))
+    }
+
+    async fn put(
+        &self,
+        db: &impl Sql,
+        key: &(dyn ToSql + Sync),
+        value: &[u8],
+    ) -> Result<(), FleetStoreError> {
+        let Self {
+            table,
+            key: column,
+            value: value_column,
+        } = self;
+        let sql = format!(
+            "INSERT INTO {table} ({column}, {value_column}) VALUES ($1, $2)
+             ON CONFLICT ({column}) DO UPDATE SET {value_column} = EXCLUDED.{value_column}"
+        );
+        db.run(&sql, &[key, &value]).await?;
+        Ok(())
+    }
+
+    /// Deletes `key`; whether it was there.
+    async fn delete(
+        &self,
+        db: &impl Sql,
+        key: &(dyn ToSql + Sync),
+    ) -> Result<bool, FleetStoreError> {
+        let Self {
+            table, key: column, ..
+        } = self;
+        let sql = format!("DELETE FROM {table} WHERE {column} = $1");
+        Ok(db.run(&sql, &[key]).await? > 0)
+    }
+
+    /// Puts (`Some`) or deletes (`None`) `key`.
+    async fn set(
+        &self,
+        db: &impl Sql,
+        key: &(dyn ToSql + Sync),
+        value: Option<Vec<u8>>,
+    ) -> Result<(), FleetStoreError> {
+        match value {
+            Some(value) => self.put(db, key, &value).await,
+            None => self.delete(db, key).await.map(drop),
+        }
+    }
+}
+
 /// Per-agent transaction lock: history and event appends of one agent are
 /// read-modify-write and may run on several instances at once.
 fn agent_lock_key(uid: InstanceUid) -> i64 {
@@ -117,10 +234,9 @@ impl PgFleetData {
         instance: String,
     ) -> Result<Self, FleetStoreError> {
         let mut client = pool.get().await.map_err(pg_error)?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-            .await
-            .map_err(pg_error)?;
+        let txn = begin(&mut client).await?;
+        txn.run("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await?;
         txn.batch_execute(SCHEMA).await.map_err(pg_error)?;
         txn.commit().await.map_err(pg_error)?;
         let (changes, _) = broadcast::channel(1024);
@@ -148,11 +264,7 @@ impl PgFleetData {
 
     /// Stops listening for changes (at shutdown).
     pub(crate) fn stop(&self) {
-        let listener = self
-            .listener
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let listener = super::lock(&self.listener).take();
         if let Some(listener) = listener {
             listener.abort();
         }
@@ -166,12 +278,21 @@ impl PgFleetData {
         self.pool.get().await.map_err(pg_error)
     }
 
-    fn agent_payload(&self, uid: InstanceUid) -> String {
-        format!("agent {} {uid}", self.instance)
-    }
-
-    fn config_payload(&self) -> String {
-        format!("config {}", self.instance)
+    /// Announces a change of `uid`'s history or events (`Some`) or of the
+    /// fleet-wide configs (`None`) and commits `txn`: the notification is
+    /// delivered at commit.
+    async fn commit_notifying(
+        &self,
+        txn: Transaction<'_>,
+        uid: Option<InstanceUid>,
+    ) -> Result<(), FleetStoreError> {
+        let payload = match uid {
+            Some(uid) => format!("agent {} {uid}", self.instance),
+            None => format!("config {}", self.instance),
+        };
+        txn.run("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &payload])
+            .await?;
+        txn.commit().await.map_err(pg_error)
     }
 
     /// Whether an instance with a live lease holds `uid`'s connection (an
@@ -181,17 +302,10 @@ impl PgFleetData {
         &self,
         uid: InstanceUid,
     ) -> Result<bool, FleetStoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM opamp_agent_owner o
-                   JOIN opamp_instances i ON i.name = o.instance
-                  WHERE o.uid = $1 AND i.lease_expires > now())",
-                &[&uuid(uid)],
-            )
-            .await
-            .map_err(pg_error)?;
-        Ok(row.get(0))
+        let sql = "SELECT EXISTS (SELECT 1 FROM opamp_agent_owner o
+                     JOIN opamp_instances i ON i.name = o.instance
+                    WHERE o.uid = $1 AND i.lease_expires > now())";
+        Ok(self.client().await?.row(sql, &[&uuid(uid)]).await?.get(0))
     }
 
     pub(crate) async fn agent_config(
@@ -199,15 +313,8 @@ impl PgFleetData {
         uid: InstanceUid,
     ) -> Result<Option<AgentConfigMap>, FleetStoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT config FROM fleet_agent_configs WHERE uid = $1",
-                &[&uuid(uid)],
-            )
-            .await
-            .map_err(pg_error)?;
-        row.map(|row| decode_config(row.get::<_, &[u8]>(0)))
-            .transpose()
+        let bytes = AGENT_CONFIGS.get(&client, &uuid(uid)).await?;
+        bytes.as_deref().map(decode_config).transpose()
     }
 
     /// The agents with a config of their own.
@@ -216,13 +323,9 @@ impl PgFleetData {
     ) -> Result<std::collections::HashSet<InstanceUid>, FleetStoreError> {
         let client = self.client().await?;
         let rows = client
-            .query("SELECT uid FROM fleet_agent_configs", &[])
-            .await
-            .map_err(pg_error)?;
-        Ok(rows
-            .iter()
-            .map(|row| InstanceUid::from_array(*row.get::<_, Uuid>(0).as_bytes()))
-            .collect())
+            .rows("SELECT uid FROM fleet_agent_configs", &[])
+            .await?;
+        Ok(rows.iter().map(|row| instance_uid(row.get(0))).collect())
     }
 
     pub(crate) async fn set_agent_config(
@@ -231,37 +334,14 @@ impl PgFleetData {
         config: Option<AgentConfigMap>,
     ) -> Result<(), FleetStoreError> {
         let client = self.client().await?;
-        match config {
-            Some(config) => client
-                .execute(
-                    "INSERT INTO fleet_agent_configs (uid, config) VALUES ($1, $2)
-                     ON CONFLICT (uid) DO UPDATE SET config = EXCLUDED.config",
-                    &[&uuid(uid), &config.encode_to_vec()],
-                )
-                .await
-                .map_err(pg_error)?,
-            None => client
-                .execute(
-                    "DELETE FROM fleet_agent_configs WHERE uid = $1",
-                    &[&uuid(uid)],
-                )
-                .await
-                .map_err(pg_error)?,
-        };
-        Ok(())
+        let encoded = config.map(|config| config.encode_to_vec());
+        AGENT_CONFIGS.set(&client, &uuid(uid), encoded).await
     }
 
     pub(crate) async fn default_config(&self) -> Result<Option<AgentConfigMap>, FleetStoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT value FROM fleet_settings WHERE name = $1",
-                &[&DEFAULT_CONFIG_KEY],
-            )
-            .await
-            .map_err(pg_error)?;
-        row.map(|row| decode_config(row.get::<_, &[u8]>(0)))
-            .transpose()
+        let bytes = SETTINGS.get(&client, &DEFAULT_CONFIG_KEY).await?;
+        bytes.as_deref().map(decode_config).transpose()
     }
 
     pub(crate) async fn set_default_config(
@@ -269,34 +349,17 @@ impl PgFleetData {
         config: Option<AgentConfigMap>,
     ) -> Result<(), FleetStoreError> {
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        match config {
-            Some(config) => txn
-                .execute(
-                    "INSERT INTO fleet_settings (name, value) VALUES ($1, $2)
-                     ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-                    &[&DEFAULT_CONFIG_KEY, &config.encode_to_vec()],
-                )
-                .await
-                .map_err(pg_error)?,
-            None => txn
-                .execute(
-                    "DELETE FROM fleet_settings WHERE name = $1",
-                    &[&DEFAULT_CONFIG_KEY],
-                )
-                .await
-                .map_err(pg_error)?,
-        };
-        notify(&txn, &self.config_payload()).await?;
-        txn.commit().await.map_err(pg_error)
+        let txn = begin(&mut client).await?;
+        let encoded = config.map(|config| config.encode_to_vec());
+        SETTINGS.set(&txn, &DEFAULT_CONFIG_KEY, encoded).await?;
+        self.commit_notifying(txn, None).await
     }
 
     pub(crate) async fn groups(&self) -> Result<BTreeMap<String, Group>, FleetStoreError> {
         let client = self.client().await?;
         let rows = client
-            .query("SELECT name, value FROM fleet_groups ORDER BY name", &[])
-            .await
-            .map_err(pg_error)?;
+            .rows("SELECT name, value FROM fleet_groups ORDER BY name", &[])
+            .await?;
         let mut groups = BTreeMap::new();
         for row in rows {
             let stored: StoredGroup = decode_json(row.get::<_, &[u8]>(1))?;
@@ -312,28 +375,17 @@ impl PgFleetData {
     ) -> Result<(), FleetStoreError> {
         let json = encode_json(&StoredGroup::from_group(group))?;
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        txn.execute(
-            "INSERT INTO fleet_groups (name, value) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-            &[&name, &json],
-        )
-        .await
-        .map_err(pg_error)?;
-        notify(&txn, &self.config_payload()).await?;
-        txn.commit().await.map_err(pg_error)
+        let txn = begin(&mut client).await?;
+        GROUPS.put(&txn, &name, &json).await?;
+        self.commit_notifying(txn, None).await
     }
 
     pub(crate) async fn remove_group(&self, name: String) -> Result<bool, FleetStoreError> {
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        let removed = txn
-            .execute("DELETE FROM fleet_groups WHERE name = $1", &[&name])
-            .await
-            .map_err(pg_error)?;
-        notify(&txn, &self.config_payload()).await?;
-        txn.commit().await.map_err(pg_error)?;
-        Ok(removed > 0)
+        let txn = begin(&mut client).await?;
+        let removed = GROUPS.delete(&txn, &name).await?;
+        self.commit_notifying(txn, None).await?;
+        Ok(removed)
     }
 
     pub(crate) async fn push_history(
@@ -342,109 +394,49 @@ impl PgFleetData {
         entry: HistoryEntry,
     ) -> Result<(), FleetStoreError> {
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        lock_agent(&txn, uid).await?;
-        let rows = txn
-            .query(
-                "SELECT id, entry FROM fleet_config_history WHERE uid = $1 ORDER BY id",
-                &[&uuid(uid)],
-            )
-            .await
-            .map_err(pg_error)?;
-        for row in &rows {
-            let mut old: HistoryEntry = decode_json(row.get::<_, &[u8]>(1))?;
-            if matches!(old.outcome.as_str(), "PENDING" | "APPLYING") {
-                old.outcome = "SUPERSEDED".into();
-                old.updated_at_ms = entry.offered_at_ms;
-                txn.execute(
-                    "UPDATE fleet_config_history SET entry = $2 WHERE id = $1",
-                    &[&row.get::<_, i64>(0), &encode_json(&old)?],
-                )
-                .await
-                .map_err(pg_error)?;
+        let txn = begin(&mut client).await?;
+        let history: Vec<(i64, HistoryEntry)> =
+            locked_log(&txn, uid, HISTORY, Order::OldestFirst).await?;
+        for (id, mut old) in history {
+            if old.is_open() {
+                old.supersede(entry.offered_at_ms);
+                HISTORY.update(&txn, id, &old).await?;
             }
         }
-        txn.execute(
-            "INSERT INTO fleet_config_history (uid, entry) VALUES ($1, $2)",
-            &[&uuid(uid), &encode_json(&entry)?],
-        )
-        .await
-        .map_err(pg_error)?;
+        HISTORY.append(&txn, uid, &entry).await?;
         let limit = i64::try_from(HISTORY_LIMIT).unwrap_or(i64::MAX);
-        txn.execute(
+        txn.run(
             "DELETE FROM fleet_config_history WHERE uid = $1 AND id NOT IN
              (SELECT id FROM fleet_config_history WHERE uid = $1 ORDER BY id DESC LIMIT $2)",
             &[&uuid(uid), &limit],
         )
-        .await
-        .map_err(pg_error)?;
-        notify(&txn, &self.agent_payload(uid)).await?;
-        txn.commit().await.map_err(pg_error)
+        .await?;
+        self.commit_notifying(txn, Some(uid)).await
     }
 
     pub(crate) async fn settle_history(
         &self,
         uid: InstanceUid,
-        config_hash: String,
-        outcome: String,
-        error_message: String,
-        now_ms: u64,
+        settlement: Settlement,
+        at_ms: u64,
     ) -> Result<Option<HistoryEntry>, FleetStoreError> {
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        lock_agent(&txn, uid).await?;
-        let rows = txn
-            .query(
-                "SELECT id, entry FROM fleet_config_history WHERE uid = $1 ORDER BY id DESC",
-                &[&uuid(uid)],
-            )
-            .await
-            .map_err(pg_error)?;
-        let mut found = None;
-        for row in &rows {
-            let entry: HistoryEntry = decode_json(row.get::<_, &[u8]>(1))?;
-            if entry.config_hash == config_hash {
-                found = Some((row.get::<_, i64>(0), entry));
-                break;
-            }
-        }
-        let updated = match found {
-            Some((id, mut entry))
-                if entry.outcome != outcome || entry.error_message != error_message =>
-            {
-                entry.outcome = outcome;
-                entry.error_message = error_message;
-                entry.updated_at_ms = now_ms;
-                txn.execute(
-                    "UPDATE fleet_config_history SET entry = $2 WHERE id = $1",
-                    &[&id, &encode_json(&entry)?],
-                )
-                .await
-                .map_err(pg_error)?;
-                notify(&txn, &self.agent_payload(uid)).await?;
-                Some(entry)
-            }
-            _ => None,
+        let txn = begin(&mut client).await?;
+        let history = locked_log(&txn, uid, HISTORY, Order::NewestFirst).await?;
+        let Some((id, entry)) = settlement.settle(history.into_iter().map(Ok), at_ms)? else {
+            txn.commit().await.map_err(pg_error)?;
+            return Ok(None);
         };
-        txn.commit().await.map_err(pg_error)?;
-        Ok(updated)
+        HISTORY.update(&txn, id, &entry).await?;
+        self.commit_notifying(txn, Some(uid)).await?;
+        Ok(Some(entry))
     }
 
     pub(crate) async fn history(
         &self,
         uid: InstanceUid,
     ) -> Result<Vec<HistoryEntry>, FleetStoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT entry FROM fleet_config_history WHERE uid = $1 ORDER BY id DESC",
-                &[&uuid(uid)],
-            )
-            .await
-            .map_err(pg_error)?;
-        rows.iter()
-            .map(|row| decode_json(row.get::<_, &[u8]>(0)))
-            .collect()
+        HISTORY.newest_first(&self.client().await?, uid).await
     }
 
     /// Appends an event with the same coalescing and trimming rules as the
@@ -455,125 +447,144 @@ impl PgFleetData {
         event: AgentEvent,
     ) -> Result<(), FleetStoreError> {
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        lock_agent(&txn, uid).await?;
-        let rows = txn
-            .query(
-                "SELECT id, event FROM fleet_events WHERE uid = $1 ORDER BY id",
-                &[&uuid(uid)],
-            )
-            .await
-            .map_err(pg_error)?;
-        let mut existing = Vec::with_capacity(rows.len());
-        for row in &rows {
-            existing.push((
-                row.get::<_, i64>(0),
-                decode_json::<AgentEvent>(row.get::<_, &[u8]>(1))?,
-            ));
-        }
-        let coalesce_with = if event.is_churn() {
-            existing
-                .iter()
-                .rev()
-                .take(2)
-                .find(|(_, old)| old.kind == event.kind && old.message == event.message)
+        let txn = begin(&mut client).await?;
+        let existing: Vec<(i64, AgentEvent)> =
+            locked_log(&txn, uid, EVENTS, Order::OldestFirst).await?;
+        if let Some((id, merged)) = coalesce(existing.iter().rev(), &event) {
+            EVENTS.update(&txn, id, &merged).await?;
         } else {
-            None
-        };
-        if let Some((id, old)) = coalesce_with {
-            let merged = AgentEvent {
-                at_ms: event.at_ms,
-                repeats: old.repeats.saturating_add(1),
-                ..event
-            };
-            txn.execute(
-                "UPDATE fleet_events SET event = $2 WHERE id = $1",
-                &[id, &encode_json(&merged)?],
-            )
-            .await
-            .map_err(pg_error)?;
-        } else {
-            let churn = event.is_churn();
-            let id: i64 = txn
-                .query_one(
-                    "INSERT INTO fleet_events (uid, event) VALUES ($1, $2) RETURNING id",
-                    &[&uuid(uid), &encode_json(&event)?],
-                )
-                .await
-                .map_err(pg_error)?
-                .get(0);
+            let id = EVENTS.append(&txn, uid, &event).await?;
             let mut kept: Vec<(i64, bool)> = existing
                 .iter()
                 .map(|(id, old)| (*id, old.is_churn()))
                 .collect();
-            kept.push((id, churn));
+            kept.push((id, event.is_churn()));
             let doomed = super::store::events_to_drop(&kept, EVENT_LIMIT);
             if !doomed.is_empty() {
-                txn.execute("DELETE FROM fleet_events WHERE id = ANY($1)", &[&doomed])
-                    .await
-                    .map_err(pg_error)?;
+                txn.run("DELETE FROM fleet_events WHERE id = ANY($1)", &[&doomed])
+                    .await?;
             }
         }
-        notify(&txn, &self.agent_payload(uid)).await?;
-        txn.commit().await.map_err(pg_error)
+        self.commit_notifying(txn, Some(uid)).await
     }
 
     pub(crate) async fn events(
         &self,
         uid: InstanceUid,
     ) -> Result<Vec<AgentEvent>, FleetStoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT event FROM fleet_events WHERE uid = $1 ORDER BY id DESC",
-                &[&uuid(uid)],
-            )
-            .await
-            .map_err(pg_error)?;
-        rows.iter()
-            .map(|row| decode_json(row.get::<_, &[u8]>(0)))
-            .collect()
+        EVENTS.newest_first(&self.client().await?, uid).await
     }
 
     /// Forgets the fleet's data about `uid` (the registry removes the
     /// agent record itself).
     pub(crate) async fn forget_agent(&self, uid: InstanceUid) -> Result<(), FleetStoreError> {
         let mut client = self.client().await?;
-        let txn = client.transaction().await.map_err(pg_error)?;
-        for table in [
-            "fleet_agent_configs",
-            "fleet_config_history",
-            "fleet_events",
-        ] {
-            txn.execute(
+        let txn = begin(&mut client).await?;
+        for table in [AGENT_CONFIGS.table, HISTORY.table, EVENTS.table] {
+            txn.run(
                 &format!("DELETE FROM {table} WHERE uid = $1"),
                 &[&uuid(uid)],
             )
-            .await
-            .map_err(pg_error)?;
+            .await?;
         }
         txn.commit().await.map_err(pg_error)
     }
 }
 
-async fn lock_agent(
-    txn: &deadpool_postgres::Transaction<'_>,
-    uid: InstanceUid,
-) -> Result<(), FleetStoreError> {
-    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&agent_lock_key(uid)])
-        .await
-        .map_err(pg_error)?;
-    Ok(())
+async fn begin(client: &mut deadpool_postgres::Object) -> Result<Transaction<'_>, FleetStoreError> {
+    client.transaction().await.map_err(pg_error)
 }
 
-async fn notify(
-    txn: &deadpool_postgres::Transaction<'_>,
-    payload: &str,
-) -> Result<(), FleetStoreError> {
-    txn.execute("SELECT pg_notify($1, $2)", &[&CHANGES_CHANNEL, &payload])
-        .await
-        .map_err(pg_error)?;
-    Ok(())
+/// The order of a log's entries (by id).
+#[derive(Clone, Copy)]
+enum Order {
+    OldestFirst,
+    NewestFirst,
+}
+
+/// One of the fleet's per-agent logs: `(id, uid, JSON)` rows in id order.
+struct Log {
+    table: &'static str,
+    column: &'static str,
+}
+
+const HISTORY: Log = Log {
+    table: "fleet_config_history",
+    column: "entry",
+};
+const EVENTS: Log = Log {
+    table: "fleet_events",
+    column: "event",
+};
+
+impl Log {
+    /// `uid`'s entries with their ids, in `order`.
+    async fn entries<T: for<'de> Deserialize<'de>>(
+        &self,
+        db: &impl Sql,
+        uid: InstanceUid,
+        order: Order,
+    ) -> Result<Vec<(i64, T)>, FleetStoreError> {
+        let Self { table, column } = self;
+        let order = match order {
+            Order::OldestFirst => "ASC",
+            Order::NewestFirst => "DESC",
+        };
+        let sql = format!("SELECT id, {column} FROM {table} WHERE uid = $1 ORDER BY id {order}");
+        let rows = db.rows(&sql, &[&uuid(uid)]).await?;
+        rows.iter()
+            .map(|row| Ok((row.get(0), decode_json(row.get::<_, &[u8]>(1))?)))
+            .collect()
+    }
+
+    async fn newest_first<T: for<'de> Deserialize<'de>>(
+        &self,
+        db: &impl Sql,
+        uid: InstanceUid,
+    ) -> Result<Vec<T>, FleetStoreError> {
+        let entries = self.entries(db, uid, Order::NewestFirst).await?;
+        Ok(entries.into_iter().map(|(_, entry)| entry).collect())
+    }
+
+    /// Appends `value` for `uid`; its id.
+    async fn append(
+        &self,
+        db: &impl Sql,
+        uid: InstanceUid,
+        value: &impl Serialize,
+    ) -> Result<i64, FleetStoreError> {
+        let Self { table, column } = self;
+        let sql = format!("INSERT INTO {table} (uid, {column}) VALUES ($1, $2) RETURNING id");
+        Ok(db
+            .row(&sql, &[&uuid(uid), &encode_json(value)?])
+            .await?
+            .get(0))
+    }
+
+    async fn update(
+        &self,
+        db: &impl Sql,
+        id: i64,
+        value: &impl Serialize,
+    ) -> Result<(), FleetStoreError> {
+        let Self { table, column } = self;
+        let sql = format!("UPDATE {table} SET {column} = $2 WHERE id = $1");
+        db.run(&sql, &[&id, &encode_json(value)?]).await?;
+        Ok(())
+    }
+}
+
+/// `uid`'s entries in `log` (see [`Log::entries`]) once this transaction
+/// holds the agent's lock.
+async fn locked_log<T: for<'de> Deserialize<'de>>(
+    txn: &Transaction<'_>,
+    uid: InstanceUid,
+    log: Log,
+    order: Order,
+) -> Result<Vec<(i64, T)>, FleetStoreError> {
+    txn.run("SELECT pg_advisory_xact_lock($1)", &[&agent_lock_key(uid)])
+        .await?;
+    log.entries(txn, uid, order).await
 }
 
 fn parse_payload(payload: &str, own_instance: &str) -> Option<FleetChange> {
@@ -672,7 +683,7 @@ const AGENTS_WITH_CONNECTED: &str = "(SELECT a.*, (a.transport IS NOT NULL AND E
          WHERE o.uid = a.uid AND i.lease_expires > now())) AS connected
      FROM opamp_agents a) f";
 
-type SqlParam = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+type SqlParam = Box<dyn ToSql + Sync + Send>;
 
 /// A `WHERE` clause and its parameters.
 #[derive(Default)]
@@ -696,10 +707,10 @@ impl Conditions {
         }
     }
 
-    fn refs(&self) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
         self.params
             .iter()
-            .map(|param| param.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .map(|param| param.as_ref() as &(dyn ToSql + Sync))
             .collect()
     }
 }
@@ -763,8 +774,7 @@ fn count(row: &tokio_postgres::Row, index: usize) -> u64 {
 }
 
 fn decode_record(row: &tokio_postgres::Row) -> Result<AgentRecord, FleetStoreError> {
-    AgentRecord::decode(row.get::<_, &[u8]>("record"))
-        .map_err(|error| FleetStoreError::Corrupt(error.to_string()))
+    super::store::decode_record(row.get("record"))
 }
 
 impl PgFleetData {
@@ -814,10 +824,7 @@ impl PgFleetData {
                FROM {AGENTS_WITH_CONNECTED} WHERE {}",
             conditions.sql()
         );
-        let row = client
-            .query_one(&counts_sql, &conditions.refs())
-            .await
-            .map_err(pg_error)?;
+        let row = client.row(&counts_sql, &conditions.refs()).await?;
         let counts = StatusCounts {
             total: count(&row, 0),
             connected: count(&row, 1),
@@ -846,10 +853,7 @@ impl PgFleetData {
               WHERE {} ORDER BY f.uid LIMIT {limit_placeholder}",
             conditions.sql()
         );
-        let rows = client
-            .query(&page_sql, &conditions.refs())
-            .await
-            .map_err(pg_error)?;
+        let rows = client.rows(&page_sql, &conditions.refs()).await?;
         let mut records = Vec::with_capacity(rows.len().min(query.limit));
         for row in rows.iter().take(query.limit) {
             match decode_record(row) {
@@ -859,7 +863,7 @@ impl PgFleetData {
         }
         let next = if rows.len() > query.limit {
             rows.get(query.limit - 1)
-                .map(|row| InstanceUid::from_array(*row.get::<_, Uuid>("uid").as_bytes()))
+                .map(|row| instance_uid(row.get("uid")))
         } else {
             None
         };
@@ -873,72 +877,9 @@ impl PgFleetData {
 
 #[cfg(test)]
 mod tests {
+    use super::super::store::tests::push;
     use super::super::store::{ConfigSource, FleetStore};
     use super::*;
-
-    /// A fresh database's URL (`OPAMP_TEST_DATABASE_URL`, or a throw-away
-    /// cluster through `.ci/postgres.sh`); `None` after a notice outside CI.
-    async fn fresh_database() -> Option<tokio_postgres::Config> {
-        static SERVER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let server = SERVER
-            .get_or_init(|| {
-                if let Ok(url) = std::env::var("OPAMP_TEST_DATABASE_URL") {
-                    return Some(url);
-                }
-                let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.ci/postgres.sh");
-                let dir = format!("/tmp/opamp-pg-test-{}-fleetlib", std::process::id());
-                let output = std::process::Command::new("bash")
-                    .args([script, "start", &dir, &std::process::id().to_string()])
-                    .output();
-                let failure = match output {
-                    Ok(output) if output.status.success() => {
-                        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-                        if let Some(url) = stdout
-                            .lines()
-                            .find_map(|line| line.strip_prefix("OPAMP_TEST_DATABASE_URL="))
-                        {
-                            return Some(url.to_owned());
-                        }
-                        stdout
-                    }
-                    Ok(output) => String::from_utf8_lossy(&output.stderr).into_owned(),
-                    Err(error) => error.to_string(),
-                };
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "CI=true and no PostgreSQL could be started: {failure}"
-                );
-                eprintln!("notice: skipping a PostgreSQL test: {}", failure.trim());
-                None
-            })
-            .clone()?;
-        let mut config: tokio_postgres::Config = server.parse().expect("URL parses");
-        let (client, connection) = config.connect(NoTls).await.expect("connect");
-        let driver = tokio::spawn(connection);
-        let name = format!(
-            "opamp_fleetlib_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create database");
-        drop(client);
-        let _ = driver.await;
-        config.dbname(&name);
-        Some(config)
-    }
-
-    fn event(kind: &str, message: &str, at_ms: u64) -> AgentEvent {
-        AgentEvent {
-            at_ms,
-            kind: kind.into(),
-            message: message.into(),
-            repeats: 0,
-        }
-    }
 
     fn entry(hash: &str, at_ms: u64) -> HistoryEntry {
         HistoryEntry {
@@ -1012,7 +953,7 @@ mod tests {
     async fn sql_agent_pages_match_the_redb_scan() {
         use super::super::agent_query::{AgentQuery, ConfigState, Health};
         use opamp_server::AgentStore;
-        let Some(config) = fresh_database().await else {
+        let Some(config) = opamp_testkit::fresh_database("fleetlib").await else {
             return;
         };
         let pg = FleetStore::postgres(config, "lib-list").await.unwrap();
@@ -1021,77 +962,30 @@ mod tests {
             AgentStore::save(&pg, listed_record(n)).await.unwrap();
             AgentStore::save(&redb, listed_record(n)).await.unwrap();
         }
+        let query = |set: fn(&mut AgentQuery)| {
+            let mut query = AgentQuery::default();
+            set(&mut query);
+            query
+        };
         let queries = [
-            AgentQuery::default(),
-            AgentQuery {
-                limit: 7,
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                connected: Some(false),
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                connected: Some(true),
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                config: Some(ConfigState::None),
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                config: Some(ConfigState::Pending),
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                config: Some(ConfigState::Applying),
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                config: Some(ConfigState::Applied),
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                config: Some(ConfigState::Failed),
-                limit: 3,
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                health: Some(Health::Healthy),
-                limit: 5,
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                health: Some(Health::Unhealthy),
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                health: Some(Health::Unknown),
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                attribute: Some(("service.name".into(), "payments".into())),
-                ..AgentQuery::default()
-            },
+            query(|_| {}),
+            query(|q| q.limit = 7),
+            query(|q| q.connected = Some(false)),
+            query(|q| q.connected = Some(true)),
+            query(|q| q.config = Some(ConfigState::None)),
+            query(|q| q.config = Some(ConfigState::Pending)),
+            query(|q| q.config = Some(ConfigState::Applying)),
+            query(|q| q.config = Some(ConfigState::Applied)),
+            query(|q| (q.config, q.limit) = (Some(ConfigState::Failed), 3)),
+            query(|q| (q.health, q.limit) = (Some(Health::Healthy), 5)),
+            query(|q| q.health = Some(Health::Unhealthy)),
+            query(|q| q.health = Some(Health::Unknown)),
+            query(|q| q.attribute = Some(("service.name".into(), "payments".into()))),
             // No column for "zone": matched on decoded records.
-            AgentQuery {
-                attribute: Some(("zone".into(), "b".into())),
-                limit: 4,
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                text: Some("host-1".into()),
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                text: Some("0a0a0a".into()),
-                ..AgentQuery::default()
-            },
-            AgentQuery {
-                text: Some("check".into()),
-                health: Some(Health::Healthy),
-                ..AgentQuery::default()
-            },
+            query(|q| (q.attribute, q.limit) = (Some(("zone".into(), "b".into())), 4)),
+            query(|q| q.text = Some("host-1".into())),
+            query(|q| q.text = Some("0a0a0a".into())),
+            query(|q| (q.text, q.health) = (Some("check".into()), Some(Health::Healthy))),
         ];
         for query in queries {
             let mut query = query;
@@ -1130,7 +1024,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_instances_share_history_events_and_changes() {
-        let Some(config) = fresh_database().await else {
+        let Some(config) = opamp_testkit::fresh_database("fleetlib").await else {
             return;
         };
         let one = FleetStore::postgres(config.clone(), "lib-one")
@@ -1148,7 +1042,15 @@ mod tests {
         );
         two.push_history(uid, entry("bb", 2)).await.unwrap();
         let settled = one
-            .settle_history(uid, "bb".into(), "APPLIED".into(), String::new(), 3)
+            .settle_history(
+                uid,
+                Settlement {
+                    config_hash: "bb".into(),
+                    outcome: "APPLIED".into(),
+                    error_message: String::new(),
+                },
+                3,
+            )
             .await
             .unwrap();
         assert_eq!(settled.map(|e| e.outcome), Some("APPLIED".into()));
@@ -1162,10 +1064,7 @@ mod tests {
         // 40 distinct events from each instance at the same time: all kept.
         let append = |store: FleetStore, name: &'static str| async move {
             for n in 0..40u64 {
-                store
-                    .push_event(uid, event("config", &format!("{name} {n}"), n))
-                    .await
-                    .unwrap();
+                push(&store, uid, "config", &format!("{name} {n}"), n).await;
             }
         };
         tokio::join!(append(one.clone(), "one"), append(two.clone(), "two"));
@@ -1174,14 +1073,8 @@ mod tests {
         // A connect/disconnect loop from either instance is two entries.
         for round in 0..10u64 {
             let store = if round % 2 == 0 { &one } else { &two };
-            store
-                .push_event(uid, event("connected", "over WebSocket", 100 + round))
-                .await
-                .unwrap();
-            store
-                .push_event(uid, event("disconnected", "closed by agent", 100 + round))
-                .await
-                .unwrap();
+            push(store, uid, "connected", "over WebSocket", 100 + round).await;
+            push(store, uid, "disconnected", "closed by agent", 100 + round).await;
         }
         let events = two.events(uid).await.unwrap();
         assert_eq!(events.len(), 82);
@@ -1195,9 +1088,7 @@ mod tests {
         );
         // Past the limit, churn goes first, then the oldest.
         for n in 0..30u64 {
-            one.push_event(uid, event("health", &format!("h{n}"), 200 + n))
-                .await
-                .unwrap();
+            push(&one, uid, "health", &format!("h{n}"), 200 + n).await;
         }
         let events = two.events(uid).await.unwrap();
         assert_eq!(events.len() as u64, EVENT_LIMIT);

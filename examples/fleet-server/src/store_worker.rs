@@ -101,12 +101,7 @@ impl Worker {
         let job: ReadJob = Box::new(move |db| {
             let _ = reply.send(operation(db));
         });
-        self.reads
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(job)
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        submit(self.reads.as_ref(), job, answer).await
     }
 
     /// Runs `operation` in the next write transaction and answers once it
@@ -122,13 +117,21 @@ impl Worker {
             result: None,
             reply,
         });
-        self.writes
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(job)
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        submit(self.writes.as_ref(), job, answer).await
     }
+}
+
+/// Queues `job` for its thread and waits for its `answer`.
+async fn submit<J, T>(
+    queue: Option<&mpsc::Sender<J>>,
+    job: J,
+    answer: oneshot::Receiver<Result<T, FleetStoreError>>,
+) -> Result<T, FleetStoreError> {
+    queue
+        .ok_or_else(stopped)?
+        .send(job)
+        .map_err(|_| stopped())?;
+    answer.await.map_err(|_| stopped())?
 }
 
 fn stopped() -> FleetStoreError {

@@ -7,44 +7,38 @@
 //! notice otherwise. Set `OPAMP_SCREENSHOT_DIR` to keep screenshots.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use fantoccini::wd::TimeoutConfiguration;
 use fantoccini::{ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use opamp_proto::{AgentConfigMap, AgentConfigObject, config_hash};
+use opamp_testkit::ChildProcess;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-/// Starts a process and returns it with the first stdout line containing
+/// Picks the option with `value` in the `<select>` at `css`.
+async fn select(
+    browser: &fantoccini::Client,
+    css: &str,
+    value: &str,
+) -> Result<(), fantoccini::error::CmdError> {
+    browser
+        .find(Locator::Css(css))
+        .await?
+        .select_by_value(value)
+        .await?;
+    Ok(())
+}
+
+/// Starts a process and returns it with the first output line containing
 /// `marker`.
-async fn spawn_until(mut command: Command, marker: &str) -> (Child, String) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("process starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .expect("read")
-                .expect("process printed its address");
-            if line.contains(marker) {
-                return line;
-            }
-        }
-    })
-    .await
-    .expect("process announced itself");
-    // Keep draining stdout so the process never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, line)
+async fn spawn_until(name: &str, command: Command, marker: &str) -> (ChildProcess, String) {
+    let mut process = ChildProcess::spawn(name, command);
+    let line = process
+        .wait_for_line(marker, |line| line.contains(marker))
+        .await;
+    (process, line)
 }
 
 fn save_screenshot(png: &[u8], name: &str) {
@@ -131,10 +125,15 @@ fn is_stale(error: &fantoccini::error::CmdError) -> bool {
 async fn open_browser(
     chromium: &Path,
     chromedriver: &Path,
-) -> (Child, tempfile::TempDir, fantoccini::Client) {
+) -> (ChildProcess, tempfile::TempDir, fantoccini::Client) {
     let mut driver_command = Command::new(chromedriver);
     driver_command.arg("--port=0");
-    let (driver, driver_line) = spawn_until(driver_command, "started successfully on port").await;
+    let (driver, driver_line) = spawn_until(
+        "chromedriver",
+        driver_command,
+        "started successfully on port",
+    )
+    .await;
     let port: u16 = driver_line
         .trim_end_matches('.')
         .rsplit(' ')
@@ -192,7 +191,7 @@ async fn browser_pushes_a_config_and_sees_applied() {
         .args(["--demo", "1", "--data-dir"])
         .arg(data.path())
         .env("RUST_LOG", "warn");
-    let (_server, web_line) = spawn_until(server_command, "Web page").await;
+    let (_server, web_line) = spawn_until("fleet server", server_command, "Web page").await;
     let web = web_line
         .split_whitespace()
         .last()
@@ -422,11 +421,7 @@ async fn browser_pages_and_filters_ten_thousand_agents() {
         assert_eq!(state["uids"].as_array().unwrap().len(), 100);
 
         // Health filter: back to the first page of the unhealthy agents.
-        browser
-            .find(Locator::Css("#filter-health"))
-            .await?
-            .select_by_value("unhealthy")
-            .await?;
+        select(&browser, "#filter-health", "unhealthy").await?;
         wait_until(&browser, "document.querySelector('#page-info').textContent === '1–100 of 1,000'").await?;
         let state = browser.execute(LIST_STATE, vec![]).await?;
         assert_eq!(state["health"], json!(["unhealthy"]), "{state}");
@@ -448,11 +443,7 @@ async fn browser_pages_and_filters_ten_thousand_agents() {
 
         // Attribute filter alone: one service in five.
         search.clear().await?;
-        browser
-            .find(Locator::Css("#filter-health"))
-            .await?
-            .select_by_value("")
-            .await?;
+        select(&browser, "#filter-health", "").await?;
         browser
             .find(Locator::Css("#filter-attribute"))
             .await?

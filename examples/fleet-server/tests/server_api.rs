@@ -60,16 +60,11 @@ async fn list_and_detail_show_the_merged_agent_state() {
         "RFC 3339: {last_seen}"
     );
 
-    let (status, detail) = h.get(&format!("/api/agents/{}", uid(1))).await;
+    let (status, detail) = h.get(&agent_path(uid(1), "")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        detail["effective_config"]["bodies"]["agent.yaml"]["body"],
-        "start: true\n"
-    );
-    assert_eq!(
-        detail["effective_config"]["bodies"]["agent.yaml"]["content_type"],
-        "text/yaml"
-    );
+    let file = &detail["effective_config"]["bodies"]["agent.yaml"];
+    assert_eq!(file["body"], "start: true\n");
+    assert_eq!(file["content_type"], "text/yaml");
     assert!(detail["events"].is_array());
     assert!(detail["config_history"].as_array().unwrap().is_empty());
 }
@@ -77,20 +72,15 @@ async fn list_and_detail_show_the_merged_agent_state() {
 #[tokio::test]
 async fn unknown_uid_is_404_and_a_malformed_one_400() {
     let h = harness(|_| {}).await;
-    let (status, body) = h.get(&format!("/api/agents/{}", uid(9))).await;
+    let (status, body) = h.get(&agent_path(uid(9), "")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"], "unknown_agent");
     let (status, _) = h
-        .call(
-            Method::PUT,
-            &format!("/api/agents/{}/config", uid(9)),
-            Some("text/yaml"),
-            "a: 1",
-        )
+        .put(&agent_path(uid(9), "/config"), "text/yaml", "a: 1")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = h
-        .request(Method::POST, &format!("/api/agents/{}/restart", uid(9)))
+        .request(Method::POST, &agent_path(uid(9), "/restart"))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, body) = h.get("/api/agents/not-a-uuid").await;
@@ -113,10 +103,9 @@ async fn rcfg_pushed_config_is_applied_and_recorded() {
 
     let body = "receivers:\n  otlp: {}\n";
     let (status, reply) = h
-        .call(
-            Method::PUT,
-            &format!("/api/agents/{}/config?file=collector.yaml", uid(2)),
-            Some("application/yaml"),
+        .put(
+            &agent_path(uid(2), "/config?file=collector.yaml"),
+            "application/yaml",
             body,
         )
         .await;
@@ -126,27 +115,17 @@ async fn rcfg_pushed_config_is_applied_and_recorded() {
     assert_eq!(reply["config_hash"], hex::encode(&hash));
 
     // HTTP-15: delivered on the next poll.
-    let offer = h
-        .poll(&agent.heartbeat())
-        .await
-        .remote_config
-        .expect("remote config offered");
+    let offer = h.config_offer(&agent.heartbeat()).await;
     assert_eq!(offer.config_hash, hash);
     assert_eq!(offer.config, Some(expected.clone()));
 
-    let (_, detail) = h.get(&format!("/api/agents/{}", uid(2))).await;
+    let detail = h.detail(uid(2)).await;
     assert_eq!(detail["desired_config"]["state"], "PENDING");
     assert_eq!(detail["desired_config"]["source"]["kind"], "agent");
 
     h.poll(&agent.report(&hash, RemoteConfigStatuses::Applied, Some(expected)))
         .await;
-    let path = format!("/api/agents/{}", uid(2));
-    until(&mut events, "APPLIED in the history", || async {
-        let (_, detail) = h.get(&path).await;
-        detail["config_history"][0]["outcome"] == "APPLIED"
-    })
-    .await;
-    let (_, detail) = h.get(&path).await;
+    let detail = h.detail_with_outcome(&mut events, uid(2), "APPLIED").await;
     assert_eq!(detail["desired_config"]["state"], "APPLIED");
     assert_eq!(detail["remote_config_status"]["status"], "APPLIED");
     assert_eq!(
@@ -162,28 +141,13 @@ async fn rcfg_pushed_config_is_applied_and_recorded() {
 
     // A failing config is recorded with the agent's error message.
     let (_, reply) = h
-        .call(
-            Method::PUT,
-            &format!("/api/agents/{}/config", uid(2)),
-            Some("text/yaml"),
-            "bad",
-        )
+        .put(&agent_path(uid(2), "/config"), "text/yaml", "bad")
         .await;
-    let bad_hash = h
-        .poll(&agent.heartbeat())
-        .await
-        .remote_config
-        .expect("offered")
-        .config_hash;
+    let bad_hash = h.config_offer(&agent.heartbeat()).await.config_hash;
     assert_eq!(reply["config_hash"], hex::encode(&bad_hash));
     h.poll(&agent.report(&bad_hash, RemoteConfigStatuses::Failed, None))
         .await;
-    until(&mut events, "FAILED in the history", || async {
-        let (_, detail) = h.get(&path).await;
-        detail["config_history"][0]["outcome"] == "FAILED"
-    })
-    .await;
-    let (_, detail) = h.get(&path).await;
+    let detail = h.detail_with_outcome(&mut events, uid(2), "FAILED").await;
     assert_eq!(detail["desired_config"]["state"], "FAILED");
     assert_eq!(detail["desired_config"]["error_message"], "bad config");
     assert_eq!(detail["config_history"][0]["error_message"], "bad config");
@@ -203,10 +167,9 @@ async fn rcfg_roles_and_several_keys_round_trip_through_the_json_api() {
 
     // One object with a role through PUT.
     let (status, reply) = h
-        .call(
-            Method::PUT,
-            &format!("/api/agents/{}/config?file=main.yaml&role=main", uid(3)),
-            Some("text/yaml"),
+        .put(
+            &agent_path(uid(3), "/config?file=main.yaml&role=main"),
+            "text/yaml",
             "a: 1\n",
         )
         .await;
@@ -219,11 +182,7 @@ async fn rcfg_roles_and_several_keys_round_trip_through_the_json_api() {
         hex::encode(config_hash(&config("main.yaml", "text/yaml", "a: 1\n"))),
         "the role is part of the hash"
     );
-    let offer = h
-        .poll(&agent.heartbeat())
-        .await
-        .remote_config
-        .expect("offered");
+    let offer = h.config_offer(&agent.heartbeat()).await;
     assert_eq!(offer.config, Some(single));
 
     // Two views of one configuration, "" among them, through a group.
@@ -256,26 +215,21 @@ async fn rcfg_roles_and_several_keys_round_trip_through_the_json_api() {
 
     // The agent's own config still wins; dropping it lets the group's through.
     let (status, _) = h
-        .request(Method::DELETE, &format!("/api/agents/{}/config", uid(3)))
+        .request(Method::DELETE, &agent_path(uid(3), "/config"))
         .await;
     assert_eq!(status, StatusCode::OK);
-    let offer = h
-        .poll(&agent.heartbeat())
-        .await
-        .remote_config
-        .expect("group config offered");
+    let offer = h.config_offer(&agent.heartbeat()).await;
     assert_eq!(offer.config_hash, hash);
     assert_eq!(offer.config, Some(views.clone()));
 
     let mut events = h.events().await;
     h.poll(&agent.report(&hash, RemoteConfigStatuses::Applied, Some(views)))
         .await;
-    let path = format!("/api/agents/{}", uid(3));
-    until(&mut events, "APPLIED", || async {
-        h.get(&path).await.1["desired_config"]["state"] == "APPLIED"
-    })
-    .await;
-    let (_, detail) = h.get(&path).await;
+    let detail = h
+        .detail_when(&mut events, uid(3), "APPLIED", |detail| {
+            detail["desired_config"]["state"] == "APPLIED"
+        })
+        .await;
     assert_eq!(detail["effective_config"]["hash"], hex::encode(&hash));
     assert_eq!(
         detail["effective_config"]["files"],
@@ -296,33 +250,22 @@ async fn undeclared_capabilities_are_409() {
     let h = harness(|_| {}).await;
     let mut agent = TestAgent::new(uid(3), "bare", AgentCapabilities::REPORTS_STATUS);
     h.poll(&agent.hello()).await;
-    let base = format!("/api/agents/{}", uid(3));
+    let base = agent_path(uid(3), "");
     std::fs::create_dir_all(h.dir.path().join("packages")).unwrap();
     std::fs::write(h.dir.path().join("packages/tool.bin"), b"tool").unwrap();
 
     let checks = [
-        h.call(
-            Method::PUT,
-            &format!("{base}/config"),
-            Some("text/yaml"),
-            "a: 1",
-        )
-        .await,
+        h.put(&format!("{base}/config"), "text/yaml", "a: 1").await,
         h.request(Method::POST, &format!("{base}/restart")).await,
-        h.json(
-            Method::POST,
-            &format!("{base}/packages"),
-            json!({ "file": "tool.bin" }),
-        )
-        .await,
+        h.post_json(&format!("{base}/packages"), json!({ "file": "tool.bin" }))
+            .await,
         h.json(
             Method::PUT,
             &format!("{base}/heartbeat"),
             json!({ "heartbeat_interval_seconds": 5 }),
         )
         .await,
-        h.json(
-            Method::POST,
+        h.post_json(
             &format!("{base}/custom-message"),
             json!({ "capability": "io.example.echo", "type": "ping", "data": "hi" }),
         )
@@ -347,23 +290,15 @@ async fn undeclared_capabilities_are_409() {
 async fn rcfg_config_precedence_agent_over_group_over_default() {
     let h = harness(|_| {}).await;
     let (status, _) = h
-        .call(
-            Method::PUT,
-            "/api/config/default",
-            Some("text/yaml"),
-            "default: 1",
-        )
+        .put("/api/config/default", "text/yaml", "default: 1")
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
+    let group = json!({
+        "selector": { "service.name": "checkout" },
+        "config": { "files": { "group.yaml": { "content_type": "text/yaml", "body": "group: 1" } } }
+    });
     let (status, reply) = h
-        .json(
-            Method::PUT,
-            "/api/config/groups/checkout",
-            json!({
-                "selector": { "service.name": "checkout" },
-                "config": { "files": { "group.yaml": { "content_type": "text/yaml", "body": "group: 1" } } }
-            }),
-        )
+        .json(Method::PUT, "/api/config/groups/checkout", group)
         .await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     let group_config = config("group.yaml", "text/yaml", "group: 1");
@@ -390,57 +325,39 @@ async fn rcfg_config_precedence_agent_over_group_over_default() {
 
     // The agent's own config wins.
     let (status, _) = h
-        .call(
-            Method::PUT,
-            &format!("/api/agents/{}/config", uid(4)),
-            Some("text/plain"),
-            "mine",
-        )
+        .put(&agent_path(uid(4), "/config"), "text/plain", "mine")
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let own = h
-        .poll(&checkout.heartbeat())
-        .await
-        .remote_config
-        .expect("own config");
+    let own = h.config_offer(&checkout.heartbeat()).await;
     assert_eq!(own.config, Some(config("", "text/plain", "mine")));
-    let (_, detail) = h.get(&format!("/api/agents/{}", uid(4))).await;
+    let detail = h.detail(uid(4)).await;
     assert_eq!(detail["desired_config"]["source"]["kind"], "agent");
 
     // Removing it falls back to the group.
     let (status, reply) = h
-        .request(Method::DELETE, &format!("/api/agents/{}/config", uid(4)))
+        .request(Method::DELETE, &agent_path(uid(4), "/config"))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         reply["config_hash"],
         hex::encode(config_hash(&group_config))
     );
-    let back = h
-        .poll(&checkout.heartbeat())
-        .await
-        .remote_config
-        .expect("group config again");
+    let back = h.config_offer(&checkout.heartbeat()).await;
     assert_eq!(back.config, Some(group_config.clone()));
-    let (_, detail) = h.get(&format!("/api/agents/{}", uid(4))).await;
+    let detail = h.detail(uid(4)).await;
     assert_eq!(
         detail["desired_config"]["source"],
         json!({ "kind": "group", "name": "checkout" })
     );
 
     // Changing the default reaches the agents that use it, not the group's.
-    h.call(
-        Method::PUT,
+    h.put(
         "/api/config/default?file=base.yaml",
-        Some("text/yaml"),
+        "text/yaml",
         "default: 2",
     )
     .await;
-    let changed = h
-        .poll(&cart.heartbeat())
-        .await
-        .remote_config
-        .expect("new default");
+    let changed = h.config_offer(&cart.heartbeat()).await;
     assert_eq!(
         changed.config,
         Some(config("base.yaml", "text/yaml", "default: 2"))
@@ -449,18 +366,16 @@ async fn rcfg_config_precedence_agent_over_group_over_default() {
         // The registry may repeat the unacknowledged group offer; never the default.
         assert_eq!(offer.config, Some(group_config.clone()));
     }
-    let (_, detail) = h.get(&format!("/api/agents/{}", uid(4))).await;
+    let detail = h.detail(uid(4)).await;
     assert_eq!(
         detail["desired_config"]["config_hash"],
         hex::encode(config_hash(&group_config))
     );
 
     let (_, fleet_config) = h.get("/api/config").await;
-    assert_eq!(fleet_config["groups"]["checkout"]["matching_agents"], 1);
-    assert_eq!(
-        fleet_config["groups"]["checkout"]["selector"]["service.name"],
-        "checkout"
-    );
+    let checkout_group = &fleet_config["groups"]["checkout"];
+    assert_eq!(checkout_group["matching_agents"], 1);
+    assert_eq!(checkout_group["selector"]["service.name"], "checkout");
     assert_eq!(
         fleet_config["default"]["files"]["base.yaml"]["body"],
         "default: 2"
@@ -504,10 +419,9 @@ async fn pkg_offer_names_a_served_file_with_its_sha256() {
     assert_eq!(files[0]["file"], "agent-2.0.tar.gz");
     assert_eq!(files[0]["sha256"], hex::encode(sha256));
 
-    let base = format!("/api/agents/{}/packages", uid(6));
+    let base = agent_path(uid(6), "/packages");
     let (status, reply) = h
-        .json(
-            Method::POST,
+        .post_json(
             &base,
             json!({ "file": "agent-2.0.tar.gz", "version": "2.0", "sha256": hex::encode(sha256) }),
         )
@@ -516,11 +430,7 @@ async fn pkg_offer_names_a_served_file_with_its_sha256() {
     let url = format!("{DOWNLOAD_BASE}/packages/agent-2.0.tar.gz");
     assert_eq!(reply["download_url"], url);
 
-    let offer = h
-        .poll(&agent.heartbeat())
-        .await
-        .packages_available
-        .expect("packages offered");
+    let offer = h.packages_offer(&mut agent).await;
     assert_eq!(
         hex::encode(&offer.all_packages_hash),
         reply["all_packages_hash"]
@@ -536,7 +446,7 @@ async fn pkg_offer_names_a_served_file_with_its_sha256() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body.as_str().unwrap().as_bytes(), content.as_slice());
 
-    let (_, detail) = h.get(&format!("/api/agents/{}", uid(6))).await;
+    let detail = h.detail(uid(6)).await;
     assert_eq!(
         detail["packages_offered"]["agent-2.0"]["sha256"],
         hex::encode(sha256)
@@ -544,24 +454,17 @@ async fn pkg_offer_names_a_served_file_with_its_sha256() {
 
     // Wrong hash, missing file, sneaky names.
     let (status, _) = h
-        .json(
-            Method::POST,
-            &base,
-            json!({ "file": "agent-2.0.tar.gz", "sha256": "00" }),
-        )
+        .post_json(&base, json!({ "file": "agent-2.0.tar.gz", "sha256": "00" }))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = h
-        .json(Method::POST, &base, json!({ "file": "missing.bin" }))
-        .await;
+    let (status, _) = h.post_json(&base, json!({ "file": "missing.bin" })).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     for name in ["../secret", ".hidden", "a/b", ""] {
-        let (status, _) = h.json(Method::POST, &base, json!({ "file": name })).await;
+        let (status, _) = h.post_json(&base, json!({ "file": name })).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{name:?}");
     }
     let (status, _) = h
-        .json(
-            Method::POST,
+        .post_json(
             &base,
             json!({ "file": "agent-2.0.tar.gz", "type": "weird" }),
         )
@@ -573,11 +476,7 @@ async fn pkg_offer_names_a_served_file_with_its_sha256() {
         .request(Method::DELETE, &format!("{base}/agent-2.0"))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let offer = h
-        .poll(&agent.heartbeat())
-        .await
-        .packages_available
-        .expect("new set offered");
+    let offer = h.packages_offer(&mut agent).await;
     assert!(offer.packages.is_empty());
 }
 
@@ -596,7 +495,7 @@ async fn pkg_multipart_upload_is_stored_and_offered() {
     let (status, reply) = h
         .call(
             Method::POST,
-            &format!("/api/agents/{}/packages", uid(7)),
+            &agent_path(uid(7), "/packages"),
             Some(&format!("multipart/form-data; boundary={boundary}")),
             body,
         )
@@ -610,11 +509,7 @@ async fn pkg_multipart_upload_is_stored_and_offered() {
         std::fs::read(h.dir.path().join("packages/plugin.so")).unwrap(),
         b"PLUGIN-BYTES"
     );
-    let offer = h
-        .poll(&agent.heartbeat())
-        .await
-        .packages_available
-        .expect("offered");
+    let offer = h.packages_offer(&mut agent).await;
     assert_eq!(
         offer.packages["plugin"].r#type(),
         opamp_proto::PackageType::Addon
@@ -633,7 +528,7 @@ async fn hb_heartbeat_interval_is_offered_in_connection_settings() {
     let (status, body) = h
         .json(
             Method::PUT,
-            &format!("/api/agents/{}/heartbeat", uid(8)),
+            &agent_path(uid(8), "/heartbeat"),
             json!({ "heartbeat_interval_seconds": 7 }),
         )
         .await;
@@ -651,13 +546,13 @@ async fn hb_heartbeat_interval_is_offered_in_connection_settings() {
     assert_eq!(opamp.destination_endpoint, "http://127.0.0.1:4320/v1/opamp");
     let headers = opamp.headers.expect("auth header kept");
     assert_eq!(headers.headers[0].value, "Bearer s3cret");
-    let (_, detail) = h.get(&format!("/api/agents/{}", uid(8))).await;
+    let detail = h.detail(uid(8)).await;
     assert_eq!(detail["heartbeat_interval_seconds"], 7);
 
     let (status, _) = h
         .json(
             Method::PUT,
-            &format!("/api/agents/{}/heartbeat", uid(8)),
+            &agent_path(uid(8), "/heartbeat"),
             json!({ "heartbeat_interval_seconds": "soon" }),
         )
         .await;
@@ -697,7 +592,7 @@ async fn restart_custom_message_and_forget() {
         capabilities: vec!["io.example.echo".into()],
     });
     h.poll(&hello).await;
-    let base = format!("/api/agents/{}", uid(11));
+    let base = agent_path(uid(11), "");
 
     let (status, _) = h.request(Method::POST, &format!("{base}/restart")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -708,8 +603,7 @@ async fn restart_custom_message_and_forget() {
     );
 
     let (status, _) = h
-        .json(
-            Method::POST,
+        .post_json(
             &format!("{base}/custom-message"),
             json!({ "capability": "io.example.echo", "type": "ping", "data": "hello" }),
         )
@@ -725,8 +619,7 @@ async fn restart_custom_message_and_forget() {
         ("ping", b"hello".as_slice())
     );
     let (status, body) = h
-        .json(
-            Method::POST,
+        .post_json(
             &format!("{base}/custom-message"),
             json!({ "capability": "io.other", "type": "x" }),
         )
@@ -819,10 +712,7 @@ async fn cs_rotate_certificate_offers_a_ca_signed_certificate() {
     h.poll(&agent.hello()).await;
 
     let (status, body) = h
-        .request(
-            Method::POST,
-            &format!("/api/agents/{}/rotate-certificate", uid(13)),
-        )
+        .request(Method::POST, &agent_path(uid(13), "/rotate-certificate"))
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let settings = h
@@ -901,7 +791,7 @@ async fn commands_for_disconnected_agents_are_409() {
     goodbye.agent_disconnect = Some(Default::default());
     h.poll(&goodbye).await;
     let mut events = h.events().await;
-    let base = format!("/api/agents/{}", uid(16));
+    let base = agent_path(uid(16), "");
     until(&mut events, "the agent to be offline", || async {
         h.get(&base).await.1["connected"] == false
     })
@@ -911,20 +801,11 @@ async fn commands_for_disconnected_agents_are_409() {
     assert_eq!(body["error"], "not_connected");
     // A config is kept for when it comes back.
     let (status, reply) = h
-        .call(
-            Method::PUT,
-            &format!("{base}/config"),
-            Some("text/yaml"),
-            "later: true",
-        )
+        .put(&format!("{base}/config"), "text/yaml", "later: true")
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     agent.sequence = 0;
-    let back = h
-        .poll(&agent.hello())
-        .await
-        .remote_config
-        .expect("config on reconnect");
+    let back = h.config_offer(&agent.hello()).await;
     assert_eq!(
         hex::encode(back.config_hash),
         reply["config_hash"].as_str().unwrap()
@@ -1072,19 +953,14 @@ async fn agent_list_filters_by_connection_config_health_attribute_and_text() {
         (&mut three, "x: 3"),
     ] {
         let (status, _) = h
-            .call(
-                Method::PUT,
-                &format!("/api/agents/{}/config?file=c.yaml", agent.uid),
-                Some("text/yaml"),
+            .put(
+                &agent_path(agent.uid, "/config?file=c.yaml"),
+                "text/yaml",
                 body,
             )
             .await;
         assert_eq!(status, StatusCode::ACCEPTED);
-        let offer = h
-            .poll(&agent.heartbeat())
-            .await
-            .remote_config
-            .expect("config offered");
+        let offer = h.config_offer(&agent.heartbeat()).await;
         let outcome = match agent.uid {
             u if u == uid(1) => Some(RemoteConfigStatuses::Applied),
             u if u == uid(2) => Some(RemoteConfigStatuses::Failed),

@@ -87,36 +87,25 @@ async fn fleet_state_survives_a_restart_in_process() {
             fleet: fleet.clone(),
             dir: tempfile::tempdir().unwrap(),
         };
+        let group = serde_json::json!({
+            "selector": { "service.name": "cart" },
+            "config": { "files": {
+                "": { "content_type": "text/yaml", "body": "group: 1", "role": "expanded" },
+                "group.yaml": { "content_type": "text/yaml", "body": "group: ${G}", "role": "source" }
+            } }
+        });
         let (status, _) = h
-            .json(
-                Method::PUT,
-                "/api/config/groups/all-carts",
-                serde_json::json!({
-                    "selector": { "service.name": "cart" },
-                    "config": { "files": {
-                        "": { "content_type": "text/yaml", "body": "group: 1", "role": "expanded" },
-                        "group.yaml": { "content_type": "text/yaml", "body": "group: ${G}", "role": "source" }
-                    } }
-                }),
-            )
+            .json(Method::PUT, "/api/config/groups/all-carts", group)
             .await;
         assert_eq!(status, StatusCode::OK);
         let mut agent = TestAgent::new(uid(1), "cart", FULL_CAPABILITIES);
-        let offer = h
-            .poll(&agent.hello())
-            .await
-            .remote_config
-            .expect("group config");
+        let offer = h.config_offer(&agent.hello()).await;
         assert_eq!(offer.config_hash, hash);
         assert_eq!(offer.config.as_ref(), Some(&expected));
         let mut events = h.events().await;
         h.poll(&agent.report(&hash, RemoteConfigStatuses::Applied, Some(expected.clone())))
             .await;
-        let path = format!("/api/agents/{}", uid(1));
-        until(&mut events, "APPLIED in the history", || async {
-            h.get(&path).await.1["config_history"][0]["outcome"] == "APPLIED"
-        })
-        .await;
+        h.detail_with_outcome(&mut events, uid(1), "APPLIED").await;
         fleet.stop().await;
     }
     // Everything above is dropped, so the file can be opened again.
@@ -125,7 +114,7 @@ async fn fleet_state_survives_a_restart_in_process() {
         options(),
     );
     let app = fleet.api_router();
-    let path = format!("/api/agents/{}", uid(1));
+    let path = agent_path(uid(1), "");
     let (status, detail) = call_app(&app, Method::GET, &path, None, Body::empty()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(detail["connected"], false);

@@ -12,8 +12,9 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use opamp_fleet_server::{FleetOptions, FleetServer, FleetStore};
 use opamp_proto::{
-    AgentCapabilities, AgentConfigMap, AgentDescription, AgentToServer, ComponentHealth,
-    EffectiveConfig, InstanceUid, Message, RemoteConfigStatus, RemoteConfigStatuses, ServerToAgent,
+    AgentCapabilities, AgentConfigMap, AgentDescription, AgentRemoteConfig, AgentToServer,
+    ComponentHealth, EffectiveConfig, InstanceUid, Message, PackagesAvailable, RemoteConfigStatus,
+    RemoteConfigStatuses, ServerToAgent,
 };
 use opamp_testkit::body_bytes;
 pub use opamp_testkit::config_file as config;
@@ -105,6 +106,77 @@ impl Harness {
     ) -> (StatusCode, serde_json::Value) {
         self.call(method, path, Some("application/json"), body.to_string())
             .await
+    }
+
+    /// PUTs `body` as `content_type` (a config file) to `path`.
+    pub async fn put(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Body>,
+    ) -> (StatusCode, serde_json::Value) {
+        self.call(Method::PUT, path, Some(content_type), body).await
+    }
+
+    /// POSTs `body` as JSON to `path`.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (StatusCode, serde_json::Value) {
+        self.json(Method::POST, path, body).await
+    }
+
+    /// The agent's detail (`GET /api/agents/{uid}`).
+    pub async fn detail(&self, uid: InstanceUid) -> serde_json::Value {
+        let (status, detail) = self.get(&agent_path(uid, "")).await;
+        assert_eq!(status, StatusCode::OK, "{detail}");
+        detail
+    }
+
+    /// The agent's detail once `check` holds for it, re-read after every
+    /// page event.
+    pub async fn detail_when(
+        &self,
+        events: &mut Events,
+        uid: InstanceUid,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        until(events, what, || async { check(&self.detail(uid).await) }).await;
+        self.detail(uid).await
+    }
+
+    /// The agent's detail once the newest entry of its config history has
+    /// `outcome`.
+    pub async fn detail_with_outcome(
+        &self,
+        events: &mut Events,
+        uid: InstanceUid,
+        outcome: &str,
+    ) -> serde_json::Value {
+        let what = format!("{outcome} in the history");
+        self.detail_when(events, uid, &what, |detail| {
+            detail["config_history"][0]["outcome"] == outcome
+        })
+        .await
+    }
+
+    /// The server's reply to `agent`'s next heartbeat.
+    pub async fn heartbeat(&self, agent: &mut TestAgent) -> ServerToAgent {
+        self.poll(&agent.heartbeat()).await
+    }
+
+    /// The remote config offered in reply to `message`.
+    pub async fn config_offer(&self, message: &AgentToServer) -> AgentRemoteConfig {
+        let reply = self.poll(message).await;
+        reply.remote_config.expect("a remote config offered")
+    }
+
+    /// The package set offered in reply to `agent`'s next heartbeat.
+    pub async fn packages_offer(&self, agent: &mut TestAgent) -> PackagesAvailable {
+        let reply = self.heartbeat(agent).await;
+        reply.packages_available.expect("packages offered")
     }
 
     /// One plain-HTTP OpAMP exchange.
@@ -211,6 +283,11 @@ where
     })
     .await;
     assert!(waited.is_ok(), "timed out waiting for {what}");
+}
+
+/// The API path of agent `uid`, with `rest` after it.
+pub fn agent_path(uid: InstanceUid, rest: &str) -> String {
+    format!("/api/agents/{uid}{rest}")
 }
 
 pub fn uid(n: u8) -> InstanceUid {
