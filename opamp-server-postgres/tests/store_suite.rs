@@ -122,27 +122,6 @@ async fn list_returns_every_record(store: &impl AgentStore) {
     assert_eq!(listed, expected);
 }
 
-/// Lets two registries (two server instances) use one store object.
-struct SharedStore<S>(Arc<S>);
-
-impl<S: AgentStore> AgentStore for SharedStore<S> {
-    fn load(&self, uid: InstanceUid) -> BoxFuture<'_, Result<Option<AgentRecord>, StoreError>> {
-        self.0.load(uid)
-    }
-    fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.0.save(record)
-    }
-    fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.0.remove(uid)
-    }
-    fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
-        self.0.list()
-    }
-    fn contains(&self, uid: InstanceUid) -> BoxFuture<'_, Result<bool, StoreError>> {
-        self.0.contains(uid)
-    }
-}
-
 /// Serves `registry` on an ephemeral loopback port.
 async fn serve(registry: Registry) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -164,9 +143,7 @@ async fn connect(addr: std::net::SocketAddr) -> support::Ws {
 /// the first instance stored.
 async fn desired_state_outlives_the_instance_that_set_it<S: AgentStore>(store: Arc<S>) {
     let agent = uid(50);
-    let first = Registry::builder()
-        .store(SharedStore(Arc::clone(&store)))
-        .build();
+    let first = Registry::builder().store(Arc::clone(&store)).build();
     let mut ws = connect(serve(first.clone()).await).await;
     ws_exchange(&mut ws, &report(agent, 0)).await;
     let offer = first
@@ -177,9 +154,7 @@ async fn desired_state_outlives_the_instance_that_set_it<S: AgentStore>(store: A
     assert_eq!(body_of(&ws_recv(&mut ws).await), "kept: true\n");
     drop(ws);
 
-    let second = Registry::builder()
-        .store(SharedStore(Arc::clone(&store)))
-        .build();
+    let second = Registry::builder().store(Arc::clone(&store)).build();
     let mut ws = connect(serve(second.clone()).await).await;
     let reply = ws_exchange(&mut ws, &report(agent, 1)).await;
     assert_eq!(

@@ -16,7 +16,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, mpsc};
 
 use crate::error::SendError;
-use crate::messages::{self, Requirement};
+use crate::messages;
 
 pub use crate::vocab::TransportKind;
 
@@ -376,19 +376,7 @@ impl Connection {
             // Nothing heard from that agent yet: nothing to check against.
             return Ok(());
         };
-        match messages::unmet_requirement(slot.capabilities, slot.custom.as_ref(), message) {
-            None => Ok(()),
-            Some(Requirement::Capability(capability)) => Err(SendError::NotAccepted {
-                uid: slot.uid,
-                capability,
-            }),
-            Some(Requirement::CustomCapability(capability)) => {
-                Err(SendError::CustomCapabilityNotAnnounced {
-                    uid: slot.uid,
-                    capability,
-                })
-            }
-        }
+        messages::check_accepted(slot.uid, slot.capabilities, slot.custom.as_ref(), message)
     }
 
     /// Records what the agent announced in its latest message.

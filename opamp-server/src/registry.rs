@@ -22,7 +22,7 @@ use crate::callbacks::DisconnectReason;
 use crate::connection::{Connection, ConnectionConfig, Delivery, PeerInfo, TransportKind};
 use crate::error::{BusError, SendError, StoreError};
 use crate::events::{AgentEvent, StatusChanges};
-use crate::messages::{self, Requirement};
+use crate::messages;
 use crate::protocol::{
     AgentSession, ConnectionRef, CoreSettings, Disposition, DuplicateUidPolicy, Exchange, Holder,
     Inbound, Liveness, Offered, ReconnectGuard, ReconnectHistory, ServerCore, Step, Stored,
@@ -733,23 +733,12 @@ impl Desired {
 
 fn check_requirement(record: &AgentRecord, message: &ServerToAgent) -> Result<(), SendError> {
     let status = &record.status;
-    match messages::unmet_requirement(
+    messages::check_accepted(
+        record.uid,
         status.capabilities,
         status.custom_capabilities.as_ref(),
         message,
-    ) {
-        None => Ok(()),
-        Some(Requirement::Capability(capability)) => Err(SendError::NotAccepted {
-            uid: record.uid,
-            capability,
-        }),
-        Some(Requirement::CustomCapability(capability)) => {
-            Err(SendError::CustomCapabilityNotAnnounced {
-                uid: record.uid,
-                capability,
-            })
-        }
-    }
+    )
 }
 
 impl LocalDelivery for RegistryInner {

@@ -793,12 +793,12 @@ async fn messages_for_agents_on_other_instances_go_through_the_bus() {
     let bus = RecordingBus::default();
     // Two instances sharing one store.
     let here = Registry::builder()
-        .store(SharedStore(store.clone()))
+        .store(store.clone())
         .bus(bus.clone())
         .build();
     let there_bus = RecordingBus::default();
     let there = Registry::builder()
-        .store(SharedStore(store))
+        .store(store)
         .bus(there_bus.clone())
         .build();
 
@@ -821,23 +821,6 @@ async fn messages_for_agents_on_other_instances_go_through_the_bus() {
     // An inbox never forwards again.
     let elsewhere = inbox.deliver(uid(99), ServerToAgent::default()).await;
     assert!(matches!(elsewhere, Err(SendError::NotConnected(_))));
-}
-
-struct SharedStore(Arc<MemoryStore>);
-
-impl AgentStore for SharedStore {
-    fn load(&self, uid: InstanceUid) -> BoxFuture<'_, Result<Option<AgentRecord>, StoreError>> {
-        self.0.load(uid)
-    }
-    fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.0.save(record)
-    }
-    fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.0.remove(uid)
-    }
-    fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
-        self.0.list()
-    }
 }
 
 struct BrokenStore;
