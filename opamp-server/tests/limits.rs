@@ -8,34 +8,13 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use http::{StatusCode, header};
 use http_body_util::Full;
-use opamp_proto::{
-    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentRemoteConfig, Message, ServerToAgent,
-};
+use opamp_proto::{AgentCapabilities, Message};
 use opamp_server::{AgentEvent, DisconnectReason, Keepalive, OpampServer, SendError};
 use opamp_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-fn big_config(bytes: usize) -> ServerToAgent {
-    let mut config = AgentConfigMap::default();
-    config.config_map.insert(
-        String::new(),
-        AgentConfigObject {
-            body: Bytes::from(vec![b'x'; bytes]),
-            content_type: String::new(),
-            ..Default::default()
-        },
-    );
-    ServerToAgent {
-        remote_config: Some(AgentRemoteConfig {
-            config_hash: opamp_proto::config_hash(&config),
-            config: Some(config),
-        }),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn ws_09_oversize_incoming_message_closes_with_1009() {
@@ -250,21 +229,8 @@ async fn an_agent_that_never_reads_is_disconnected() {
     // From here on the client reads nothing.
     let connection = running.registry().connection(agent).unwrap();
     let push = big_config(512 * 1024);
-    let mut outcome = None;
-    for _ in 0..400 {
-        match connection.send(push.clone()) {
-            Ok(_) => {
-                // Let the writer move what it can into the socket.
-                for _ in 0..8 {
-                    tokio::task::yield_now().await;
-                }
-            }
-            Err(error) => {
-                outcome = Some(error);
-                break;
-            }
-        }
-    }
+    let outcome =
+        push_until_refused(400, || std::future::ready(connection.send(push.clone()))).await;
     assert!(matches!(outcome, Some(SendError::QueueFull)), "{outcome:?}");
     assert!(connection.is_closed());
     let reason = loop {
