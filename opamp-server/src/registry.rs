@@ -351,12 +351,7 @@ impl Registry {
             return result;
         }
         if self.inner.core.settings().track_state {
-            let record = self
-                .inner
-                .store
-                .load(uid)
-                .await?
-                .ok_or(SendError::UnknownAgent(uid))?;
+            let record = self.inner.load_known(uid).await?;
             check_requirement(&record, &message)?;
         }
         self.inner.forward(uid, message).await
@@ -376,13 +371,11 @@ impl Registry {
         uid: InstanceUid,
         config: AgentConfigMap,
     ) -> Result<Offer, SendError> {
-        let hash = config_hash(&config);
         let offer = AgentRemoteConfig {
+            config_hash: config_hash(&config),
             config: Some(config),
-            config_hash: hash.clone(),
         };
-        self.offer_desired(uid, hash, Desired::RemoteConfig(offer))
-            .await
+        self.offer_desired(uid, Desired::RemoteConfig(offer)).await
     }
 
     /// Offers packages (PKG-01). An empty `all_packages_hash` is filled with
@@ -392,14 +385,9 @@ impl Registry {
     pub async fn offer_packages(
         &self,
         uid: InstanceUid,
-        mut packages: PackagesAvailable,
+        packages: PackagesAvailable,
     ) -> Result<Offer, SendError> {
-        if packages.all_packages_hash.is_empty() {
-            packages.all_packages_hash = message_hash(&packages);
-        }
-        let hash = packages.all_packages_hash.clone();
-        self.offer_desired(uid, hash, Desired::Packages(packages))
-            .await
+        self.offer_desired(uid, Desired::Packages(packages)).await
     }
 
     /// Offers connection settings. Each class needs its capability (CS-01).
@@ -416,13 +404,9 @@ impl Registry {
     pub async fn offer_connection_settings(
         &self,
         uid: InstanceUid,
-        mut settings: ConnectionSettingsOffers,
+        settings: ConnectionSettingsOffers,
     ) -> Result<Offer, SendError> {
-        if settings.hash.is_empty() {
-            settings.hash = message_hash(&settings);
-        }
-        let hash = settings.hash.clone();
-        self.offer_desired(uid, hash, Desired::ConnectionSettings(Box::new(settings)))
+        self.offer_desired(uid, Desired::ConnectionSettings(Box::new(settings)))
             .await
     }
 
@@ -469,12 +453,7 @@ impl Registry {
     ) -> Result<RemoteConfigState, SendError> {
         let mut events = self.subscribe();
         loop {
-            let record = self
-                .inner
-                .store
-                .load(uid)
-                .await?
-                .ok_or(SendError::UnknownAgent(uid))?;
+            let record = self.inner.load_known(uid).await?;
             if let Some(status) = &record.status.remote_config_status {
                 if status.last_remote_config_hash == hash {
                     match status.status() {
@@ -521,17 +500,13 @@ impl Registry {
     async fn offer_desired(
         &self,
         uid: InstanceUid,
-        hash: Bytes,
-        desired: Desired,
+        mut desired: Desired,
     ) -> Result<Offer, SendError> {
+        let hash = desired.hash();
         let inner = &self.inner;
         let push = {
             let _turn = inner.stripe(uid).lock().await;
-            let mut record = inner
-                .store
-                .load(uid)
-                .await?
-                .ok_or(SendError::UnknownAgent(uid))?;
+            let mut record = inner.load_known(uid).await?;
             if let Some(session) = inner.session(uid) {
                 session.apply_to(&mut record);
             }
@@ -682,6 +657,26 @@ enum Desired {
 }
 
 impl Desired {
+    /// The offer's hash; an empty packages or connection settings hash is
+    /// first filled with a hash of the whole offer (PKG-12, CS-03).
+    fn hash(&mut self) -> Bytes {
+        match self {
+            Self::RemoteConfig(offer) => offer.config_hash.clone(),
+            Self::Packages(offer) => {
+                if offer.all_packages_hash.is_empty() {
+                    offer.all_packages_hash = message_hash(offer);
+                }
+                offer.all_packages_hash.clone()
+            }
+            Self::ConnectionSettings(offer) => {
+                if offer.hash.is_empty() {
+                    offer.hash = message_hash(offer.as_ref());
+                }
+                offer.hash.clone()
+            }
+        }
+    }
+
     fn to_message(&self, uid: InstanceUid) -> ServerToAgent {
         let mut message = ServerToAgent {
             instance_uid: uid.to_bytes(),
@@ -752,6 +747,14 @@ impl LocalDelivery for RegistryInner {
 }
 
 impl RegistryInner {
+    /// The stored record of `uid`; an agent without one is unknown.
+    async fn load_known(&self, uid: InstanceUid) -> Result<AgentRecord, SendError> {
+        self.store
+            .load(uid)
+            .await?
+            .ok_or(SendError::UnknownAgent(uid))
+    }
+
     fn stripe(&self, uid: InstanceUid) -> &tokio::sync::Mutex<()> {
         // UUIDv7 ends in random bits; any byte spreads well enough.
         &self.stripes[usize::from(uid.as_bytes()[15]) % STRIPES]
