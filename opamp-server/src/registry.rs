@@ -28,6 +28,7 @@ use crate::protocol::{
     Inbound, Liveness, Offered, ReconnectGuard, ReconnectHistory, ServerCore, Step, Stored,
 };
 use crate::record::{AgentRecord, RemoteConfigState};
+use crate::setters::setters;
 use crate::store::{AgentStore, MemoryStore};
 
 /// Default silence after which a plain-HTTP agent whose polling interval is
@@ -179,25 +180,18 @@ impl Default for Registry {
 }
 
 impl RegistryBuilder {
-    /// Stores records in `store` instead of memory. Bare heartbeats of
-    /// connected agents do not reach the store; see [`AgentStore`] for when
-    /// their bookkeeping is saved.
-    pub fn store(mut self, store: impl AgentStore) -> Self {
-        self.store = Arc::new(store);
-        self
-    }
+    setters! {
+        /// Stores records in `store` instead of memory. Bare heartbeats of
+        /// connected agents do not reach the store; see [`AgentStore`] for when
+        /// their bookkeeping is saved.
+        store(store: impl AgentStore) => store = Arc::new(store);
 
-    /// Forwards to other instances through `bus`.
-    pub fn bus(mut self, bus: impl MessageBus) -> Self {
-        self.bus = Arc::new(bus);
-        self
-    }
+        /// Forwards to other instances through `bus`.
+        bus(bus: impl MessageBus) => bus = Arc::new(bus);
 
-    /// What to do with duplicate instance uids (default
-    /// [`DuplicateUidPolicy::AssignNewUid`]).
-    pub fn duplicate_policy(mut self, policy: DuplicateUidPolicy) -> Self {
-        self.core.duplicate_policy = policy;
-        self
+        /// What to do with duplicate instance uids (default
+        /// [`DuplicateUidPolicy::AssignNewUid`]).
+        duplicate_policy(policy: DuplicateUidPolicy) => core.duplicate_policy = policy;
     }
 
     /// The longest silence after which a plain-HTTP agent's session ends as
@@ -218,36 +212,26 @@ impl RegistryBuilder {
         self
     }
 
-    /// How long an old WebSocket holding a uid has to answer a ping when a
-    /// newcomer claims the same uid (default [`DEFAULT_PROBE_DEADLINE`]). A
-    /// connection that carried a message within the last few seconds is
-    /// taken as alive without a ping. A dead one is replaced and the
-    /// newcomer keeps the uid; only two live connections are duplicates.
-    pub fn probe_deadline(mut self, deadline: Duration) -> Self {
-        self.settings.probe_deadline = deadline;
-        self
-    }
+    setters! {
+        /// How long an old WebSocket holding a uid has to answer a ping when a
+        /// newcomer claims the same uid (default [`DEFAULT_PROBE_DEADLINE`]). A
+        /// connection that carried a message within the last few seconds is
+        /// taken as alive without a ping. A dead one is replaced and the
+        /// newcomer keeps the uid; only two live connections are duplicates.
+        probe_deadline(deadline: Duration) => settings.probe_deadline = deadline;
 
-    /// How many events a slow subscriber may fall behind before it misses
-    /// some (default 1024).
-    pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.settings.event_capacity = capacity.max(1);
-        self
-    }
+        /// How many events a slow subscriber may fall behind before it misses
+        /// some (default 1024).
+        event_capacity(capacity: usize) => settings.event_capacity = capacity.max(1);
 
-    /// Limits how often one agent may connect anew (default
-    /// [`ReconnectGuard::default`]); `None` turns the guard off.
-    pub fn reconnect_guard(mut self, guard: Option<ReconnectGuard>) -> Self {
-        self.core.reconnect_guard = guard;
-        self
-    }
+        /// Limits how often one agent may connect anew (default
+        /// [`ReconnectGuard::default`]); `None` turns the guard off.
+        reconnect_guard(guard: Option<ReconnectGuard>) => core.reconnect_guard = guard;
 
-    /// Turns status tracking off: no store, no sequence checks, no desired
-    /// state; only connection tracking, duplicates and delivery remain.
-    /// On by default.
-    pub fn track_state(mut self, track: bool) -> Self {
-        self.core.track_state = track;
-        self
+        /// Turns status tracking off: no store, no sequence checks, no desired
+        /// state; only connection tracking, duplicates and delivery remain.
+        /// On by default.
+        track_state(track: bool) => core.track_state = track;
     }
 
     /// Builds the registry.
