@@ -22,8 +22,30 @@ fn config() -> Arc<ConnectionConfig> {
     Arc::new(ConnectionConfig::default())
 }
 
-fn websocket() -> (Connection, mpsc::Receiver<Box<ServerToAgent>>) {
+type Outbox = mpsc::Receiver<Box<ServerToAgent>>;
+
+fn websocket() -> (Connection, Outbox) {
     Connection::websocket(PeerInfo::default(), config())
+}
+
+/// A new WebSocket to `registry` on which the agent sent `report`: the
+/// connection, its outbox and the registry's answer.
+async fn connect(registry: &Registry, report: &AgentToServer) -> (Connection, Outbox, Received) {
+    let (conn, outbox) = websocket();
+    let agent = InstanceUid::try_from(&report.instance_uid).unwrap();
+    let received = registry.receive(&conn, report, agent).await;
+    (conn, outbox, received)
+}
+
+/// Whether the answer to `report`, received on `conn`, asks for the full state.
+async fn asks(registry: &Registry, conn: &Connection, report: &AgentToServer) -> bool {
+    let agent = InstanceUid::try_from(&report.instance_uid).unwrap();
+    asks_full_state(&registry.receive(conn, report, agent).await)
+}
+
+/// Offers the remote config `body` to `agent`, which accepts it.
+async fn offer_yaml(registry: &Registry, agent: InstanceUid, body: &str) -> Offer {
+    registry.set_remote_config(agent, yaml(body)).await.unwrap()
 }
 
 fn asks_full_state(received: &Received) -> bool {
@@ -31,7 +53,7 @@ fn asks_full_state(received: &Received) -> bool {
         .contains(ServerToAgentFlags::REPORT_FULL_STATE)
 }
 
-fn next_frame(outbox: &mut mpsc::Receiver<Box<ServerToAgent>>) -> ServerToAgent {
+fn next_frame(outbox: &mut Outbox) -> ServerToAgent {
     *outbox.try_recv().expect("a message was queued")
 }
 
@@ -40,22 +62,14 @@ async fn seq_05_a_gap_asks_for_full_state_once() {
     let registry = Registry::new();
     let (conn, _outbox) = websocket();
     let agent = uid(1);
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &full(agent, 0), agent).await
-    ));
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &compressed(agent, 1), agent).await
-    ));
+    assert!(!asks(&registry, &conn, &full(agent, 0)).await);
+    assert!(!asks(&registry, &conn, &compressed(agent, 1)).await);
     // Message 2 went missing.
     let after_gap = registry.receive(&conn, &compressed(agent, 3), agent).await;
     assert!(asks_full_state(&after_gap), "SEQ-05: gap 1 -> 3");
     // The answer is the new baseline, even if its number is odd again.
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &full(agent, 10), agent).await
-    ));
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &compressed(agent, 11), agent).await
-    ));
+    assert!(!asks(&registry, &conn, &full(agent, 10)).await);
+    assert!(!asks(&registry, &conn, &compressed(agent, 11)).await);
 }
 
 #[tokio::test]
@@ -71,17 +85,11 @@ async fn seq_05_no_loop_for_repeated_numbers_or_restarts_at_zero() {
         "nothing is known about this agent yet"
     );
     for _ in 0..5 {
-        assert!(!asks_full_state(
-            &registry.receive(&conn, &compressed(agent, 0), agent).await
-        ));
+        assert!(!asks(&registry, &conn, &compressed(agent, 0)).await);
     }
     // An agent process restarting at 0 sends its full first report: no ask.
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &full(agent, 1), agent).await
-    ));
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &full(agent, 0), agent).await
-    ));
+    assert!(!asks(&registry, &conn, &full(agent, 1)).await);
+    assert!(!asks(&registry, &conn, &full(agent, 0)).await);
 }
 
 #[tokio::test]
@@ -91,20 +99,12 @@ async fn seq_07_reconnect_without_server_state_asks_once() {
     let registry = Registry::new();
     let (conn, _outbox) = websocket();
     let agent = uid(3);
-    assert!(asks_full_state(
-        &registry.receive(&conn, &compressed(agent, 57), agent).await
-    ));
+    assert!(asks(&registry, &conn, &compressed(agent, 57)).await);
     // An agent that ignores the request is not asked again and again.
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &compressed(agent, 58), agent).await
-    ));
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &compressed(agent, 59), agent).await
-    ));
+    assert!(!asks(&registry, &conn, &compressed(agent, 58)).await);
+    assert!(!asks(&registry, &conn, &compressed(agent, 59)).await);
     // When it finally sends its description, all is well.
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &full(agent, 60), agent).await
-    ));
+    assert!(!asks(&registry, &conn, &full(agent, 60)).await);
     let record = registry.agent(agent).await.unwrap().unwrap();
     assert_eq!(record.status.description, Some(description()));
 }
@@ -113,9 +113,8 @@ async fn seq_07_reconnect_without_server_state_asks_once() {
 async fn seq_02_compressed_reports_keep_omitted_parts() {
     let registry = Registry::new();
     let mut events = registry.subscribe();
-    let (conn, _outbox) = websocket();
     let agent = uid(4);
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, _outbox, _) = connect(&registry, &full(agent, 0)).await;
     let mut unhealthy = compressed(agent, 1);
     unhealthy.health = Some(ComponentHealth {
         healthy: false,
@@ -164,9 +163,8 @@ async fn seq_02_compressed_reports_keep_omitted_parts() {
 #[tokio::test]
 async fn uid_06_reply_carries_the_received_uid() {
     let registry = Registry::new();
-    let (conn, _outbox) = websocket();
     let agent = uid(5);
-    let received = registry.receive(&conn, &full(agent, 0), agent).await;
+    let (_conn, _outbox, received) = connect(&registry, &full(agent, 0)).await;
     assert_eq!(received.response.instance_uid, agent.to_bytes());
     assert_eq!(received.disposition, Disposition::Continue);
 }
@@ -302,9 +300,8 @@ async fn uid_05_requested_uid_is_assigned() {
 async fn msg_07_agent_disconnect_forgets_the_association() {
     let registry = Registry::new();
     let mut events = registry.subscribe();
-    let (conn, _outbox) = websocket();
     let agent = uid(10);
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, _outbox, _) = connect(&registry, &full(agent, 0)).await;
     let mut goodbye = compressed(agent, 1);
     goodbye.agent_disconnect = Some(AgentDisconnect {});
     let received = registry.receive(&conn, &goodbye, agent).await;
@@ -378,10 +375,7 @@ async fn rcfg_08_config_is_pushed_tracked_and_not_resent_on_the_same_connection(
     let agent = uid(12);
     registry.receive(&conn, &full(agent, 0), agent).await;
 
-    let offer = registry
-        .set_remote_config(agent, yaml("a: 1"))
-        .await
-        .unwrap();
+    let offer = offer_yaml(&registry, agent, "a: 1").await;
     assert_eq!(offer.hash, opamp_proto::config_hash(&yaml("a: 1")));
     assert_eq!(offer.delivery, Some(Delivery::Sent));
     let pushed = next_frame(&mut outbox);
@@ -423,10 +417,7 @@ async fn rcfg_08_config_is_pushed_tracked_and_not_resent_on_the_same_connection(
     assert_eq!(waiter.await.unwrap().unwrap(), RemoteConfigState::Applied);
 
     // Setting the same config again sends nothing: the agent has it.
-    let again = registry
-        .set_remote_config(agent, yaml("a: 1"))
-        .await
-        .unwrap();
+    let again = offer_yaml(&registry, agent, "a: 1").await;
     assert_eq!(again.delivery, None);
     assert!(outbox.try_recv().is_err());
 }
@@ -434,13 +425,9 @@ async fn rcfg_08_config_is_pushed_tracked_and_not_resent_on_the_same_connection(
 #[tokio::test]
 async fn rcfg_08_mismatching_hash_is_offered_again_on_a_new_connection() {
     let registry = Registry::new();
-    let (first, _outbox_a) = websocket();
     let agent = uid(13);
-    registry.receive(&first, &full(agent, 0), agent).await;
-    let offer = registry
-        .set_remote_config(agent, yaml("b: 2"))
-        .await
-        .unwrap();
+    let (first, _outbox_a, _) = connect(&registry, &full(agent, 0)).await;
+    let offer = offer_yaml(&registry, agent, "b: 2").await;
     registry
         .connection_closed(&first, &DisconnectReason::ClosedByAgent { code: None })
         .await;
@@ -462,13 +449,9 @@ async fn rcfg_08_mismatching_hash_is_offered_again_on_a_new_connection() {
 #[tokio::test]
 async fn rcfg_failed_status_is_reported() {
     let registry = Registry::new();
-    let (conn, _outbox) = websocket();
     let agent = uid(14);
-    registry.receive(&conn, &full(agent, 0), agent).await;
-    let offer = registry
-        .set_remote_config(agent, yaml("bad"))
-        .await
-        .unwrap();
+    let (conn, _outbox, _) = connect(&registry, &full(agent, 0)).await;
+    let offer = offer_yaml(&registry, agent, "bad").await;
     let mut failed = compressed(agent, 1);
     let mut status = config_status(&offer.hash, RemoteConfigStatuses::Failed);
     status.error_message = "parse error".into();
@@ -498,10 +481,7 @@ async fn http_15_config_waits_for_the_next_poll() {
     assert!(first.new_session);
     assert_eq!(first.connection.transport(), TransportKind::PlainHttp);
 
-    let offer = registry
-        .set_remote_config(agent, yaml("c: 3"))
-        .await
-        .unwrap();
+    let offer = offer_yaml(&registry, agent, "c: 3").await;
     assert_eq!(offer.delivery, Some(Delivery::QueuedForPoll));
     let poll = registry
         .receive_http(&config, &peer, &compressed(agent, 1), agent)
@@ -843,9 +823,8 @@ impl AgentStore for BrokenStore {
 #[tokio::test]
 async fn a_failing_store_asks_for_full_state_so_nothing_is_lost() {
     let registry = Registry::builder().store(BrokenStore).build();
-    let (conn, _outbox) = websocket();
     let agent = uid(22);
-    let received = registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, _outbox, received) = connect(&registry, &full(agent, 0)).await;
     assert!(asks_full_state(&received));
     assert_eq!(registry.connection(agent), Some(conn), "still served");
     assert!(registry.agents().await.is_err());
@@ -854,9 +833,8 @@ async fn a_failing_store_asks_for_full_state_so_nothing_is_lost() {
 #[tokio::test]
 async fn untracked_registry_still_tracks_connections() {
     let registry = Registry::builder().track_state(false).build();
-    let (conn, _outbox) = websocket();
     let agent = uid(23);
-    let received = registry.receive(&conn, &compressed(agent, 5), agent).await;
+    let (conn, _outbox, received) = connect(&registry, &compressed(agent, 5)).await;
     assert_eq!(received.response.flags, 0, "no sequence bookkeeping");
     assert_eq!(registry.connection(agent), Some(conn));
     assert!(registry.agent(agent).await.unwrap().is_none());
@@ -913,9 +891,8 @@ impl AgentStore for CountingStore {
 async fn bare_heartbeats_skip_the_store_and_status_changes_do_not() {
     let store = CountingStore::default();
     let registry = Registry::builder().store(store.clone()).build();
-    let (conn, _outbox) = websocket();
     let agent = uid(24);
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, _outbox, _) = connect(&registry, &full(agent, 0)).await;
     assert_eq!((store.loads(), store.saves()), (1, 1));
 
     // SEQ-02: only uid, sequence_num and capabilities: nothing to store.
@@ -954,9 +931,7 @@ async fn bare_heartbeats_skip_the_store_and_status_changes_do_not() {
     more.capabilities |= AgentCapabilities::REPORTS_EFFECTIVE_CONFIG.bits();
     registry.receive(&conn, &more, agent).await;
     assert_eq!(store.saves(), 3);
-    assert!(asks_full_state(
-        &registry.receive(&conn, &more_at(&more, 9), agent).await
-    ));
+    assert!(asks(&registry, &conn, &more_at(&more, 9)).await);
     assert_eq!(store.saves(), 4);
     registry.receive(&conn, &more_at(&more, 10), agent).await;
     assert_eq!(store.saves(), 5);
@@ -974,10 +949,7 @@ async fn bare_heartbeats_skip_the_store_and_status_changes_do_not() {
         .receive_http(&http, &peer, &compressed(polled, 1), polled)
         .await;
     let saves = store.saves();
-    let offer = registry
-        .set_remote_config(polled, yaml("p: 1"))
-        .await
-        .unwrap();
+    let offer = offer_yaml(&registry, polled, "p: 1").await;
     assert_eq!(offer.delivery, Some(Delivery::QueuedForPoll));
     let poll = registry
         .receive_http(&http, &peer, &compressed(polled, 2), polled)
@@ -1099,10 +1071,7 @@ async fn cs_06_settings_reach_a_non_reporting_agent_once_not_on_every_reconnect(
 async fn cs_06_offline_non_reporting_agent_gets_the_offer_on_one_connection_only() {
     let registry = Registry::builder().reconnect_guard(None).build();
     let agent = uid(41);
-    let (first, _outbox) = websocket();
-    registry
-        .receive(&first, &with_caps(full(agent, 0), SETTINGS_CAPS), agent)
-        .await;
+    let (first, _outbox, _) = connect(&registry, &with_caps(full(agent, 0), SETTINGS_CAPS)).await;
     registry
         .connection_closed(&first, &DisconnectReason::ClosedByAgent { code: None })
         .await;
