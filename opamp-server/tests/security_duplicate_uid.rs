@@ -160,6 +160,14 @@ async fn refused_impostor(
     impostor
 }
 
+/// Stops the agents, then the server.
+async fn stop_all(serving: RunningServer<Ends>, agents: [Agent; 2]) {
+    for agent in agents {
+        agent.client.stop().await;
+    }
+    serving.stop().await;
+}
+
 /// Regression: under `Refuse`, the refused client reconnects at once
 /// (WS-19) with its next `sequence_num`, which continued the live agent's
 /// numbering and used to pass for the live agent reconnecting: the two took
@@ -259,9 +267,7 @@ async fn duplicate_gets_a_new_uid(live: &str, newcomer: &str) {
         Some(newcomer_transport)
     );
     assert_eq!(original.client.instance_uid(), uid);
-    original.client.stop().await;
-    clone.client.stop().await;
-    serving.stop().await;
+    stop_all(serving, [original, clone]).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -298,9 +304,7 @@ async fn duplicate_is_refused(live: &str, newcomer: &str) {
             "{event:?}"
         );
     }
-    original.client.stop().await;
-    impostor.client.stop().await;
-    serving.stop().await;
+    stop_all(serving, [original, impostor]).await;
 }
 
 #[tokio::test(start_paused = true)]
