@@ -170,24 +170,38 @@ async fn hb_11_agents_without_heartbeats_are_not_timed_out() {
     running.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn slowloris_request_heads_time_out() {
+/// A server that allows five seconds for a request head.
+async fn with_header_read_timeout() -> RunningServer {
     let server = OpampServer::builder()
         .header_read_timeout(Duration::from_secs(5))
         .build();
-    let running = RunningServer::start(server).await;
+    RunningServer::start(server).await
+}
+
+/// Sends `opening` on a new TCP connection and waits for the server to hang
+/// up: after its header read timeout, long before ten minutes (paused
+/// clock). Returns what the server sent.
+async fn hang_up_after(running: &RunningServer, opening: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(running.addr).await.unwrap();
-    // Half a request head, and then nothing.
-    stream
-        .write_all(b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: applic")
-        .await
-        .unwrap();
+    stream.write_all(opening).await.unwrap();
     let started = tokio::time::Instant::now();
     let mut received = Vec::new();
     let read =
         tokio::time::timeout(Duration::from_secs(600), stream.read_to_end(&mut received)).await;
-    assert!(read.is_ok(), "the server must hang up");
+    assert!(read.is_ok(), "the server must hang up on {opening:?}");
     assert!(started.elapsed() >= Duration::from_secs(5));
+    received
+}
+
+#[tokio::test(start_paused = true)]
+async fn slowloris_request_heads_time_out() {
+    let running = with_header_read_timeout().await;
+    // Half a request head, and then nothing.
+    let received = hang_up_after(
+        &running,
+        b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: applic",
+    )
+    .await;
     assert!(
         received.is_empty() || received.starts_with(b"HTTP/1.1 408"),
         "{}",
@@ -198,19 +212,9 @@ async fn slowloris_request_heads_time_out() {
 
 #[tokio::test(start_paused = true)]
 async fn silent_connections_and_half_http2_prefaces_time_out() {
-    let server = OpampServer::builder()
-        .header_read_timeout(Duration::from_secs(5))
-        .build();
-    let running = RunningServer::start(server).await;
+    let running = with_header_read_timeout().await;
     for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
-        let mut stream = TcpStream::connect(running.addr).await.unwrap();
-        stream.write_all(opening).await.unwrap();
-        let started = tokio::time::Instant::now();
-        let mut received = Vec::new();
-        let read =
-            tokio::time::timeout(Duration::from_secs(600), stream.read_to_end(&mut received)).await;
-        assert!(read.is_ok(), "the server must hang up on {opening:?}");
-        assert!(started.elapsed() >= Duration::from_secs(5));
+        hang_up_after(&running, opening).await;
     }
     running.stop().await;
 }
