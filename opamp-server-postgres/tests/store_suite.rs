@@ -14,13 +14,14 @@ use opamp_proto::{
 use std::sync::Arc;
 
 use opamp_server::{
-    AgentRecord, AgentStore, BoxFuture, Delivery, MemoryStore, OpampServer, Registry,
-    RemoteConfigState, StoreError, TransportKind,
+    AgentRecord, AgentStore, Delivery, MemoryStore, OpampServer, Registry, RemoteConfigState,
+    StoreError, TransportKind,
 };
 use opamp_server_postgres::{PgStore, SaveConflict};
 use opamp_testkit::uid;
 use support::{
-    backend, body_of, config_map, eventually, fresh_database, report, sql, ws_exchange, ws_recv,
+    agent_row, backend, body_of, config_map, eventually, fresh_database, report, sql, text,
+    ws_exchange, ws_recv,
 };
 
 fn at(seconds: u64) -> SystemTime {
@@ -417,25 +418,16 @@ async fn rows_carry_the_columns_a_fleet_ui_filters_by() {
     let record = full_record(5);
     store.load(record.uid).await.unwrap();
     store.save(record.clone()).await.unwrap();
-    let client = sql(&config).await;
-    let row = client
-        .query_one(
-            "SELECT service_name, service_version, host_name, os_type, remote_config_state,
+    let query = "SELECT service_name, service_version, host_name, os_type, remote_config_state,
                     healthy, transport, connected_instance, last_seen, version
-             FROM opamp_agents WHERE uid = $1",
-            &[&record.uid.to_uuid()],
-        )
-        .await
-        .unwrap();
+             FROM opamp_agents WHERE uid = $1";
+    let row = agent_row(&config, query, record.uid).await;
+    assert_eq!(text(&row, 0).as_deref(), Some("io.example.collector"));
+    assert_eq!(text(&row, 1).as_deref(), Some("1.2.3"));
+    assert_eq!(text(&row, 2).as_deref(), Some("host-5"));
+    assert_eq!(text(&row, 3).as_deref(), Some("linux"));
     assert_eq!(
-        row.get::<_, Option<String>>(0).as_deref(),
-        Some("io.example.collector")
-    );
-    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("1.2.3"));
-    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("host-5"));
-    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("linux"));
-    assert_eq!(
-        row.get::<_, Option<String>>(4).as_deref(),
+        text(&row, 4).as_deref(),
         Some("applied"),
         "the status echoes the desired hash"
     );
