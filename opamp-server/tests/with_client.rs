@@ -2,14 +2,12 @@
 
 use bytes::Bytes;
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
-use opamp_proto::{
-    AgentConfigMap, AgentConfigObject, InstanceUid, ServerErrorResponse, ServerToAgentCommand,
-};
+use opamp_proto::{InstanceUid, ServerErrorResponse, ServerToAgentCommand};
 use opamp_server::{
     AgentEvent, DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, RemoteConfigState,
     TransportKind,
 };
-use opamp_testkit::{RunningServer, ServerEvent, next_server_event, report_applied};
+use opamp_testkit::{RunningServer, ServerEvent, config_map, next_server_event, report_applied};
 use tokio::sync::{broadcast, mpsc};
 
 /// What the agent saw.
@@ -65,19 +63,6 @@ fn agent(endpoint: String, uid: InstanceUid) -> (OpampClient, mpsc::UnboundedRec
     (client, events)
 }
 
-fn config() -> AgentConfigMap {
-    let mut config = AgentConfigMap::default();
-    config.config_map.insert(
-        "agent.yaml".into(),
-        AgentConfigObject {
-            body: Bytes::from_static(b"level: info\n"),
-            content_type: "text/yaml".into(),
-            ..Default::default()
-        },
-    );
-    config
-}
-
 async fn connected(events: &mut broadcast::Receiver<AgentEvent>) -> InstanceUid {
     loop {
         if let AgentEvent::Connected { uid, .. } = events.recv().await.unwrap() {
@@ -113,7 +98,10 @@ async fn full_round_trip(scheme: &str, transport: TransportKind) {
         Some(transport)
     );
 
-    let offer = registry.set_remote_config(uid, config()).await.unwrap();
+    let offer = registry
+        .set_remote_config(uid, config_map("level: info\n"))
+        .await
+        .unwrap();
     assert_eq!(
         agent_seen.recv().await,
         Some(AgentSeen::Config(offer.hash.clone()))
