@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -164,12 +164,16 @@ impl Cluster {
         self.url.parse().expect("the cluster URL parses")
     }
 
-    fn run(&self, action: &str) {
-        let output = Command::new("bash")
+    /// Runs `.ci/postgres.sh ACTION DIR` on this cluster.
+    fn script(&self, action: &str) -> std::io::Result<Output> {
+        Command::new("bash")
             .arg(SCRIPT)
             .args([action, &self.dir])
             .output()
-            .expect("run postgres.sh");
+    }
+
+    fn run(&self, action: &str) {
+        let output = self.script(action).expect("run postgres.sh");
         assert!(
             output.status.success(),
             "postgres.sh {action} failed: {}",
@@ -190,9 +194,6 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(SCRIPT)
-            .args(["stop", &self.dir])
-            .output();
+        let _ = self.script("stop");
     }
 }
