@@ -4,7 +4,7 @@ use bytes::Bytes;
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
 use opamp_proto::{InstanceUid, ServerErrorResponse, ServerToAgentCommand};
 use opamp_server::{
-    AgentEvent, DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, RemoteConfigState,
+    AgentEvent, DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, Registry, RemoteConfigState,
     TransportKind,
 };
 use opamp_testkit::{RunningServer, ServerEvent, config_map, next_server_event, report_applied};
@@ -69,6 +69,15 @@ async fn connected(events: &mut broadcast::Receiver<AgentEvent>) -> InstanceUid 
             return uid;
         }
     }
+}
+
+/// A server with every default, its registry and a subscription to the
+/// registry's events.
+async fn server() -> (RunningServer, Registry, broadcast::Receiver<AgentEvent>) {
+    let running = RunningServer::start(OpampServer::builder().build()).await;
+    let registry = running.registry().clone();
+    let events = registry.subscribe();
+    (running, registry, events)
 }
 
 /// Connects, receives a pushed config, reports it applied, restarts on
@@ -166,9 +175,7 @@ async fn http_15_plain_http_round_trip_with_the_real_client() {
 
 #[tokio::test(start_paused = true)]
 async fn seq_05_seq_06_lost_server_state_is_rebuilt_from_a_full_report() {
-    let running = RunningServer::start(OpampServer::builder().build()).await;
-    let registry = running.registry().clone();
-    let mut events = registry.subscribe();
+    let (running, registry, mut events) = server().await;
     let uid = InstanceUid::new_v7();
     let (client, _agent_seen) = agent(format!("ws://{}/v1/opamp", running.addr), uid);
     client.start().await.unwrap();
@@ -201,9 +208,7 @@ async fn seq_05_seq_06_lost_server_state_is_rebuilt_from_a_full_report() {
 
 #[tokio::test(start_paused = true)]
 async fn uid_08_uid_09_duplicate_agents_are_told_a_new_uid() {
-    let running = RunningServer::start(OpampServer::builder().build()).await;
-    let registry = running.registry().clone();
-    let mut events = registry.subscribe();
+    let (running, registry, mut events) = server().await;
     let uid = InstanceUid::new_v7();
     let endpoint = format!("ws://{}/v1/opamp", running.addr);
     let (first, _first_seen) = agent(endpoint.clone(), uid);
