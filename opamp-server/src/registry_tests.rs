@@ -53,6 +53,40 @@ fn asks_full_state(received: &Received) -> bool {
         .contains(ServerToAgentFlags::REPORT_FULL_STATE)
 }
 
+/// Where the desired remote config of `agent`, which is known, stands.
+async fn config_state(registry: &Registry, agent: InstanceUid) -> Option<RemoteConfigState> {
+    let record = registry.agent(agent).await.unwrap().unwrap();
+    record.remote_config_state()
+}
+
+/// The agent closed `conn` normally.
+async fn closed_by_agent(registry: &Registry, conn: &Connection) {
+    registry
+        .connection_closed(conn, &DisconnectReason::ClosedByAgent { code: None })
+        .await;
+}
+
+/// After `quiet` more on the paused clock no plain-HTTP session is stale
+/// yet; one second later exactly `expected` is.
+async fn stale_a_second_after(
+    registry: &Registry,
+    quiet: Duration,
+    expected: &Connection,
+    why: &str,
+) {
+    tokio::time::advance(quiet).await;
+    assert!(
+        registry.stale_sessions(Instant::now()).is_empty(),
+        "not stale yet: {why}"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        registry.stale_sessions(Instant::now()),
+        vec![expected.clone()],
+        "stale a second later: {why}"
+    );
+}
+
 fn next_frame(outbox: &mut Outbox) -> ServerToAgent {
     *outbox.try_recv().expect("a message was queued")
 }
@@ -371,9 +405,8 @@ async fn rcfg_02_config_only_for_agents_that_accept_it() {
 #[tokio::test]
 async fn rcfg_08_config_is_pushed_tracked_and_not_resent_on_the_same_connection() {
     let registry = Registry::new();
-    let (conn, mut outbox) = websocket();
     let agent = uid(12);
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, mut outbox, _) = connect(&registry, &full(agent, 0)).await;
 
     let offer = offer_yaml(&registry, agent, "a: 1").await;
     assert_eq!(offer.hash, opamp_proto::config_hash(&yaml("a: 1")));
@@ -382,12 +415,7 @@ async fn rcfg_08_config_is_pushed_tracked_and_not_resent_on_the_same_connection(
     assert_eq!(pushed.instance_uid, agent.to_bytes(), "UID-06");
     let remote = pushed.remote_config.expect("RCFG-03: pushed at once");
     assert_eq!(remote.config_hash, offer.hash, "RCFG-04: hash always set");
-    let state = registry
-        .agent(agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .remote_config_state();
+    let state = config_state(&registry, agent).await;
     assert_eq!(state, Some(RemoteConfigState::Pending));
 
     // A heartbeat sent before the agent saw the offer does not repeat it.
@@ -403,12 +431,7 @@ async fn rcfg_08_config_is_pushed_tracked_and_not_resent_on_the_same_connection(
     applying.remote_config_status =
         Some(config_status(&offer.hash, RemoteConfigStatuses::Applying));
     registry.receive(&conn, &applying, agent).await;
-    let state = registry
-        .agent(agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .remote_config_state();
+    let state = config_state(&registry, agent).await;
     assert_eq!(state, Some(RemoteConfigState::Applying));
 
     let mut applied = compressed(agent, 3);
@@ -428,9 +451,7 @@ async fn rcfg_08_mismatching_hash_is_offered_again_on_a_new_connection() {
     let agent = uid(13);
     let (first, _outbox_a, _) = connect(&registry, &full(agent, 0)).await;
     let offer = offer_yaml(&registry, agent, "b: 2").await;
-    registry
-        .connection_closed(&first, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
+    closed_by_agent(&registry, &first).await;
 
     // Offline agents keep their desired config: it goes with the next message.
     let (second, _outbox_b) = websocket();
@@ -531,16 +552,13 @@ async fn http_25_silent_http_agents_go_stale() {
     registry
         .receive_http(&config, &PeerInfo::default(), &compressed(agent, 1), agent)
         .await;
-    tokio::time::advance(Duration::from_secs(59)).await;
-    assert!(
-        registry.stale_sessions(Instant::now()).is_empty(),
-        "the poll reset the clock"
-    );
-    tokio::time::advance(Duration::from_secs(1)).await;
-    assert_eq!(
-        registry.stale_sessions(Instant::now()),
-        vec![session.connection.clone()]
-    );
+    stale_a_second_after(
+        &registry,
+        Duration::from_secs(59),
+        &session.connection,
+        "the poll reset the clock",
+    )
+    .await;
 
     registry
         .connection_closed(&session.connection, &DisconnectReason::Stale)
@@ -552,9 +570,8 @@ async fn http_25_silent_http_agents_go_stale() {
 #[tokio::test]
 async fn pkg_01_cs_01_cmd_01_cus_04_offers_are_gated() {
     let registry = Registry::new();
-    let (conn, mut outbox) = websocket();
     let agent = uid(17);
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, mut outbox, _) = connect(&registry, &full(agent, 0)).await;
 
     let packages = registry
         .offer_packages(agent, PackagesAvailable::default())
@@ -736,8 +753,7 @@ async fn send_to_unknown_or_offline_agents_fails_cleanly() {
     let agent = uid(20);
     let unknown = registry.send(agent, ServerToAgent::default()).await;
     assert!(matches!(unknown, Err(SendError::UnknownAgent(_))));
-    let (conn, _outbox) = websocket();
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, _outbox, _) = connect(&registry, &full(agent, 0)).await;
     registry
         .connection_closed(&conn, &DisconnectReason::IdleTimeout)
         .await;
@@ -959,9 +975,7 @@ async fn bare_heartbeats_skip_the_store_and_status_changes_do_not() {
     assert_eq!(store.saves(), saves + 2, "the offer and the poll");
 
     // Disconnecting saves what was kept in memory (MSG-07).
-    registry
-        .connection_closed(&conn, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
+    closed_by_agent(&registry, &conn).await;
     let stored = store.stored(agent).await;
     assert_eq!(stored.last_sequence_num, Some(11));
     assert!(stored.connection.is_none());
@@ -1001,6 +1015,14 @@ fn heartbeat_settings(seconds: u64) -> ConnectionSettingsOffers {
     }
 }
 
+/// Offers [`heartbeat_settings`] of `seconds` to `agent`, which takes them.
+async fn offer_settings(registry: &Registry, agent: InstanceUid, seconds: u64) -> Offer {
+    registry
+        .offer_connection_settings(agent, heartbeat_settings(seconds))
+        .await
+        .unwrap()
+}
+
 fn with_caps(mut message: AgentToServer, capabilities: AgentCapabilities) -> AgentToServer {
     message.capabilities = capabilities.bits();
     message
@@ -1015,14 +1037,9 @@ fn with_caps(mut message: AgentToServer, capabilities: AgentCapabilities) -> Age
 async fn cs_06_settings_reach_a_non_reporting_agent_once_not_on_every_reconnect() {
     let registry = Registry::builder().reconnect_guard(None).build();
     let agent = uid(40);
-    let (first, mut outbox) = websocket();
-    registry
-        .receive(&first, &with_caps(full(agent, 0), SETTINGS_CAPS), agent)
-        .await;
-    let offer = registry
-        .offer_connection_settings(agent, heartbeat_settings(7))
-        .await
-        .unwrap();
+    let (first, mut outbox, _) =
+        connect(&registry, &with_caps(full(agent, 0), SETTINGS_CAPS)).await;
+    let offer = offer_settings(&registry, agent, 7).await;
     assert!(offer.delivery.is_some(), "pushed over the live WebSocket");
     assert_eq!(
         next_frame(&mut outbox).connection_settings.unwrap().hash,
@@ -1032,9 +1049,7 @@ async fn cs_06_settings_reach_a_non_reporting_agent_once_not_on_every_reconnect(
     let mut previous = first;
     let mut latest_outbox = outbox;
     for round in 1..=10u64 {
-        registry
-            .connection_closed(&previous, &DisconnectReason::ClosedByAgent { code: None })
-            .await;
+        closed_by_agent(&registry, &previous).await;
         let (again, outbox) = websocket();
         latest_outbox = outbox;
         let reply = registry
@@ -1052,15 +1067,9 @@ async fn cs_06_settings_reach_a_non_reporting_agent_once_not_on_every_reconnect(
         Some(&offer.hash)
     );
     // Setting the same offer again is a no-op; a different one goes out once.
-    let same = registry
-        .offer_connection_settings(agent, heartbeat_settings(7))
-        .await
-        .unwrap();
+    let same = offer_settings(&registry, agent, 7).await;
     assert_eq!(same.delivery, None);
-    let newer = registry
-        .offer_connection_settings(agent, heartbeat_settings(9))
-        .await
-        .unwrap();
+    let newer = offer_settings(&registry, agent, 9).await;
     assert!(newer.delivery.is_some());
     assert!(next_frame(&mut latest_outbox).connection_settings.is_some());
 }
@@ -1072,26 +1081,15 @@ async fn cs_06_offline_non_reporting_agent_gets_the_offer_on_one_connection_only
     let registry = Registry::builder().reconnect_guard(None).build();
     let agent = uid(41);
     let (first, _outbox, _) = connect(&registry, &with_caps(full(agent, 0), SETTINGS_CAPS)).await;
-    registry
-        .connection_closed(&first, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
-    let offer = registry
-        .offer_connection_settings(agent, heartbeat_settings(11))
-        .await
-        .unwrap();
+    closed_by_agent(&registry, &first).await;
+    let offer = offer_settings(&registry, agent, 11).await;
     assert_eq!(offer.delivery, None, "offline");
-    let (second, _outbox) = websocket();
-    let reply = registry
-        .receive(&second, &with_caps(full(agent, 1), SETTINGS_CAPS), agent)
-        .await;
+    let (second, _outbox, reply) =
+        connect(&registry, &with_caps(full(agent, 1), SETTINGS_CAPS)).await;
     assert_eq!(reply.response.connection_settings.unwrap().hash, offer.hash);
-    registry
-        .connection_closed(&second, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
-    let (third, _outbox) = websocket();
-    let reply = registry
-        .receive(&third, &with_caps(full(agent, 0), SETTINGS_CAPS), agent)
-        .await;
+    closed_by_agent(&registry, &second).await;
+    let (_third, _outbox, reply) =
+        connect(&registry, &with_caps(full(agent, 0), SETTINGS_CAPS)).await;
     assert!(reply.response.connection_settings.is_none());
 }
 
@@ -1103,22 +1101,11 @@ async fn cs_11_reporting_agent_is_offered_again_until_it_reports_the_hash() {
     let registry = Registry::builder().reconnect_guard(None).build();
     let agent = uid(42);
     let caps = SETTINGS_CAPS.union(AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS);
-    let (first, mut outbox) = websocket();
-    registry
-        .receive(&first, &with_caps(full(agent, 0), caps), agent)
-        .await;
-    let offer = registry
-        .offer_connection_settings(agent, heartbeat_settings(13))
-        .await
-        .unwrap();
+    let (first, mut outbox, _) = connect(&registry, &with_caps(full(agent, 0), caps)).await;
+    let offer = offer_settings(&registry, agent, 13).await;
     let _ = next_frame(&mut outbox);
-    registry
-        .connection_closed(&first, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
-    let (second, _outbox) = websocket();
-    let reply = registry
-        .receive(&second, &with_caps(full(agent, 0), caps), agent)
-        .await;
+    closed_by_agent(&registry, &first).await;
+    let (second, _outbox, reply) = connect(&registry, &with_caps(full(agent, 0), caps)).await;
     assert_eq!(
         reply.response.connection_settings.unwrap().hash,
         offer.hash,
@@ -1131,13 +1118,8 @@ async fn cs_11_reporting_agent_is_offered_again_until_it_reports_the_hash() {
         error_message: String::new(),
     });
     registry.receive(&second, &applied, agent).await;
-    registry
-        .connection_closed(&second, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
-    let (third, _outbox) = websocket();
-    let reply = registry
-        .receive(&third, &with_caps(full(agent, 0), caps), agent)
-        .await;
+    closed_by_agent(&registry, &second).await;
+    let (_third, _outbox, reply) = connect(&registry, &with_caps(full(agent, 0), caps)).await;
     assert!(reply.response.connection_settings.is_none(), "reported");
 }
 
@@ -1168,12 +1150,9 @@ async fn ws_22_reconnect_loop_is_throttled_with_growing_hints() {
     let connect = |sequence: u64| {
         let registry = registry.clone();
         async move {
-            let (conn, _outbox) = websocket();
-            let received = registry.receive(&conn, &full(agent, sequence), agent).await;
+            let (conn, _outbox, received) = connect(&registry, &full(agent, sequence)).await;
             if received.disposition == Disposition::Continue {
-                registry
-                    .connection_closed(&conn, &DisconnectReason::ClosedByAgent { code: None })
-                    .await;
+                closed_by_agent(&registry, &conn).await;
             }
             received
         }
@@ -1252,17 +1231,13 @@ async fn http_13_a_fast_poller_goes_stale_within_a_few_of_its_intervals() {
             .await;
     }
     // The fast poller stops.
-    tokio::time::advance(Duration::from_secs(2)).await;
-    assert!(
-        registry.stale_sessions(Instant::now()).is_empty(),
-        "two missed polls"
-    );
-    tokio::time::advance(Duration::from_secs(1)).await;
-    assert_eq!(
-        registry.stale_sessions(Instant::now()),
-        vec![fast_session.connection.clone()],
-        "three missed polls of 1 s"
-    );
+    stale_a_second_after(
+        &registry,
+        Duration::from_secs(2),
+        &fast_session.connection,
+        "three missed polls of 1 s",
+    )
+    .await;
     // The other agent has polled once only: the ceiling applies.
     tokio::time::advance(Duration::from_secs(80)).await;
     assert_eq!(registry.stale_sessions(Instant::now()).len(), 1);
