@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::error::BusError;
 use crate::store::BoxFuture;
-use crate::test_messages::{CAPS, compressed, description, full, uid};
+use crate::test_messages::{CAPS, compressed, description, full, uid, with_caps};
 
 fn config() -> Arc<ConnectionConfig> {
     Arc::new(ConnectionConfig::default())
@@ -382,8 +382,7 @@ async fn rcfg_02_config_only_for_agents_that_accept_it() {
     let unknown = registry.set_remote_config(agent, yaml("a: 1")).await;
     assert!(matches!(unknown, Err(SendError::UnknownAgent(u)) if u == agent));
 
-    let mut report = full(agent, 0);
-    report.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
+    let report = with_caps(full(agent, 0), AgentCapabilities::REPORTS_STATUS);
     registry.receive(&conn, &report, agent).await;
     let refused = registry.set_remote_config(agent, yaml("a: 1")).await;
     assert!(matches!(
@@ -1021,11 +1020,6 @@ async fn offer_settings(registry: &Registry, agent: InstanceUid, seconds: u64) -
         .offer_connection_settings(agent, heartbeat_settings(seconds))
         .await
         .unwrap()
-}
-
-fn with_caps(mut message: AgentToServer, capabilities: AgentCapabilities) -> AgentToServer {
-    message.capabilities = capabilities.bits();
-    message
 }
 
 /// An agent like the Collector's supervisor: accepts OpAMP connection

@@ -11,7 +11,7 @@ use opamp_proto::{
 
 use super::*;
 use crate::record::AgentRecord;
-use crate::test_messages::{compressed, full, uid};
+use crate::test_messages::{compressed, full, uid, with_caps};
 
 fn ws(id: u64) -> ConnectionRef {
     ConnectionRef::new(id, TransportKind::WebSocket, None)
@@ -352,8 +352,7 @@ fn msg_07_agent_disconnect_ends_the_session() {
 fn rcfg_02_rcfg_08_desired_config_is_gated_and_offered_once_per_connection() {
     let mut world = World::default_settings();
     let agent = uid(11);
-    let mut no_config = full(agent, 0);
-    no_config.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
+    let no_config = with_caps(full(agent, 0), AgentCapabilities::REPORTS_STATUS);
     world.send(ws(1), &no_config, S);
     let config = AgentConfigMap::default();
     let hash = config_hash(&config);
@@ -362,8 +361,7 @@ fn rcfg_02_rcfg_08_desired_config_is_gated_and_offered_once_per_connection() {
         config_hash: hash.clone(),
     });
     world.live.get_mut(&agent).unwrap().1.invalidate();
-    let mut next = compressed(agent, 1);
-    next.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
+    let next = with_caps(compressed(agent, 1), AgentCapabilities::REPORTS_STATUS);
     assert!(
         world
             .send(ws(1), &next, 2 * S)
