@@ -65,7 +65,7 @@ fn full_record(n: u8) -> AgentRecord {
 
 /// [`full_record`] `n`, saved through `store` the way a registry saves a
 /// new agent (a load that finds nothing, then the save).
-async fn stored<S: AgentStore + ?Sized>(store: &S, n: u8) -> AgentRecord {
+async fn save_new<S: AgentStore + ?Sized>(store: &S, n: u8) -> AgentRecord {
     let record = full_record(n);
     store.load(record.uid).await.unwrap();
     store.save(record.clone()).await.unwrap();
@@ -81,14 +81,14 @@ async fn unknown_agent_is_absent(store: &impl AgentStore) {
 }
 
 async fn saved_record_round_trips(store: &impl AgentStore) {
-    let record = stored(store, 1).await;
+    let record = save_new(store, 1).await;
     assert_eq!(store.load(record.uid).await.unwrap(), Some(record.clone()));
     assert!(store.contains(record.uid).await.unwrap());
     assert_eq!(store.list().await.unwrap(), vec![record]);
 }
 
 async fn save_replaces(store: &impl AgentStore) {
-    let mut record = stored(store, 2).await;
+    let mut record = save_new(store, 2).await;
     let mut loaded = store.load(record.uid).await.unwrap().unwrap();
     loaded.status.description = Some(AgentDescription::for_service("io.example.other", "2"));
     loaded.desired.remote_config = None;
@@ -102,7 +102,7 @@ async fn save_replaces(store: &impl AgentStore) {
 }
 
 async fn remove_forgets_and_unknown_remove_is_fine(store: &impl AgentStore) {
-    let record = stored(store, 3).await;
+    let record = save_new(store, 3).await;
     store.remove(record.uid).await.unwrap();
     assert_eq!(store.load(record.uid).await.unwrap(), None);
     assert!(!store.contains(record.uid).await.unwrap());
@@ -116,7 +116,7 @@ async fn remove_forgets_and_unknown_remove_is_fine(store: &impl AgentStore) {
 async fn list_returns_every_record(store: &impl AgentStore) {
     let mut expected = Vec::new();
     for n in 10..20 {
-        let record = stored(store, n).await;
+        let record = save_new(store, n).await;
         expected.push(record);
     }
     let mut listed = store.list().await.unwrap();
@@ -248,7 +248,7 @@ async fn desired_state_set_elsewhere_survives_a_status_save() {
     let Some((a, b, _, _)) = two_instances().await else {
         return;
     };
-    let record = stored(&a, 1).await;
+    let record = save_new(&a, 1).await;
 
     // Instance a holds the agent and is processing a status report...
     let mut reported = a.load(record.uid).await.unwrap().unwrap();
@@ -281,7 +281,7 @@ async fn a_read_between_load_and_save_does_not_hide_another_writers_change() {
     let Some((a, b, _, _)) = two_instances().await else {
         return;
     };
-    let record = stored(&a, 6).await;
+    let record = save_new(&a, 6).await;
 
     // a starts processing a report...
     let mut reported = a.load(record.uid).await.unwrap().unwrap();
@@ -310,7 +310,7 @@ async fn the_same_desired_part_changed_twice_is_a_conflict_not_last_writer_wins(
     let Some((a, b, _, _)) = two_instances().await else {
         return;
     };
-    let record = stored(&a, 2).await;
+    let record = save_new(&a, 2).await;
 
     let mut from_a = a.load(record.uid).await.unwrap().unwrap();
     let mut from_b = b.load(record.uid).await.unwrap().unwrap();
@@ -392,7 +392,7 @@ async fn a_removal_elsewhere_reaches_the_contains_cache() {
         return;
     };
     backend_a.listening().await;
-    let record = stored(&a, 4).await;
+    let record = save_new(&a, 4).await;
     assert!(a.contains(record.uid).await.unwrap());
     b.remove(record.uid).await.unwrap();
     eventually("a to see the removal", || async {
@@ -408,7 +408,7 @@ async fn rows_carry_the_columns_a_fleet_ui_filters_by() {
     };
     let backend = backend(&config, "columns").await;
     let store = backend.store();
-    let record = stored(&store, 5).await;
+    let record = save_new(&store, 5).await;
     let query = "SELECT service_name, service_version, host_name, os_type, remote_config_state,
                     healthy, transport, connected_instance, last_seen, version
              FROM opamp_agents WHERE uid = $1";
