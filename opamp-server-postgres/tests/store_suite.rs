@@ -42,6 +42,32 @@ async fn desired_config(store: &PgStore, uid: InstanceUid) -> Option<AgentRemote
     record.desired.remote_config
 }
 
+/// Sets the desired remote config `config(n)` through `here` (a load, the
+/// change, a save) and checks that `there` reads it.
+async fn set_config_seen_elsewhere(here: &PgStore, there: &PgStore, uid: InstanceUid, n: u8) {
+    let mut record = here.load(uid).await.unwrap().expect("the agent is stored");
+    record.desired.remote_config = Some(config(n));
+    here.save(record).await.unwrap();
+    assert_eq!(desired_config(there, uid).await, Some(config(n)));
+}
+
+/// Record `n`, saved through `a` and read again by `a` (as when it starts
+/// processing a report); then `b` sets the desired remote config
+/// `config(changed)`. Returns the uid and a's copy from before b's change.
+async fn read_then_changed_elsewhere(
+    a: &PgStore,
+    b: &PgStore,
+    n: u8,
+    changed: u8,
+) -> (InstanceUid, AgentRecord) {
+    let uid = save_new(a, n).await.uid;
+    let earlier = a.load(uid).await.unwrap().unwrap();
+    let mut desired = b.load(uid).await.unwrap().unwrap();
+    desired.desired.remote_config = Some(config(changed));
+    b.save(desired).await.unwrap();
+    (uid, earlier)
+}
+
 fn full_record(n: u8) -> AgentRecord {
     let mut record = AgentRecord::new(uid(n), at(0));
     record.status.description = Some(
@@ -281,22 +307,15 @@ async fn a_read_between_load_and_save_does_not_hide_another_writers_change() {
     let Some((a, b, _, _)) = two_instances().await else {
         return;
     };
-    let record = save_new(&a, 6).await;
-
-    // a starts processing a report...
-    let mut reported = a.load(record.uid).await.unwrap().unwrap();
-    // ...b sets desired state...
-    let mut desired = b.load(record.uid).await.unwrap().unwrap();
-    desired.desired.remote_config = Some(config(60));
-    b.save(desired).await.unwrap();
+    // a starts processing a report, b sets desired state...
+    let (uid, mut reported) = read_then_changed_elsewhere(&a, &b, 6, 60).await;
     // ...someone reads the agent through a (an API call), seeing b's change...
-    let read = a.load(record.uid).await.unwrap().unwrap();
-    assert_eq!(read.desired.remote_config, Some(config(60)));
+    assert_eq!(desired_config(&a, uid).await, Some(config(60)));
     // ...and a saves the report it built from the earlier read.
     reported.last_seen = at(61);
     a.save(reported).await.unwrap();
 
-    let stored = b.load(record.uid).await.unwrap().unwrap();
+    let stored = b.load(uid).await.unwrap().unwrap();
     assert_eq!(
         stored.desired.remote_config,
         Some(config(60)),
@@ -310,30 +329,21 @@ async fn the_same_desired_part_changed_twice_is_a_conflict_not_last_writer_wins(
     let Some((a, b, _, _)) = two_instances().await else {
         return;
     };
-    let record = save_new(&a, 2).await;
-
-    let mut from_a = a.load(record.uid).await.unwrap().unwrap();
-    let mut from_b = b.load(record.uid).await.unwrap().unwrap();
-    from_b.desired.remote_config = Some(config(20));
-    b.save(from_b).await.unwrap();
+    let (uid, mut from_a) = read_then_changed_elsewhere(&a, &b, 2, 20).await;
     from_a.desired.remote_config = Some(config(30));
     let error = a.save(from_a).await.unwrap_err();
     assert_eq!(
         conflict(&error),
         Some(&SaveConflict::DesiredStateChanged {
-            uid: record.uid,
+            uid,
             part: "remote_config"
         }),
         "{error}"
     );
-    let stored = a.load(record.uid).await.unwrap().unwrap();
-    assert_eq!(stored.desired.remote_config, Some(config(20)));
+    assert_eq!(desired_config(&a, uid).await, Some(config(20)));
 
     // After loading again, a's change goes through.
-    let mut again = stored;
-    again.desired.remote_config = Some(config(30));
-    a.save(again).await.unwrap();
-    assert_eq!(desired_config(&b, record.uid).await, Some(config(30)));
+    set_config_seen_elsewhere(&a, &b, uid, 30).await;
 }
 
 #[tokio::test]
@@ -380,10 +390,7 @@ async fn a_stale_owner_never_overwrites_what_the_agent_reported() {
     assert_eq!(bus_b.epoch(record.uid), Some(epoch_b));
 
     // Desired state may still be set from a (it is not what the agent reported).
-    let mut desired = a.load(record.uid).await.unwrap().unwrap();
-    desired.desired.remote_config = Some(config(77));
-    a.save(desired).await.unwrap();
-    assert_eq!(desired_config(&b, record.uid).await, Some(config(77)));
+    set_config_seen_elsewhere(&a, &b, record.uid, 77).await;
 }
 
 #[tokio::test]
