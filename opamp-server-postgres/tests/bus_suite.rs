@@ -107,23 +107,16 @@ async fn forward_reaches_the_owning_instance_and_heartbeats_write_nothing() {
     assert_eq!(outbox_rows(&config).await, 0, "delivered rows are deleted");
 
     // Bare heartbeats to a leave the row alone.
-    let client = sql(&config).await;
-    let version = |client: tokio_postgres::Client| async move {
-        let row = client
-            .query_one(
-                "SELECT version FROM opamp_agents WHERE uid = $1",
-                &[&agent.to_uuid()],
-            )
-            .await
-            .unwrap();
-        (row.get::<_, i64>(0), client)
+    let version = || async {
+        let query = "SELECT version FROM opamp_agents WHERE uid = $1";
+        agent_row(&config, query, agent).await.get::<_, i64>(0)
     };
-    let (before, client) = version(client).await;
+    let before = version().await;
     for sequence_num in 1..=3 {
         let reply = ws_exchange(&mut ws, &heartbeat(agent, sequence_num)).await;
         assert_eq!(reply.instance_uid, agent.to_bytes());
     }
-    let (after, _) = version(client).await;
+    let after = version().await;
     assert_eq!(before, after, "bare heartbeats write nothing");
 }
 
@@ -166,14 +159,8 @@ async fn without_a_live_owner_there_is_no_route() {
         .await
         .unwrap();
     a.shutdown().await.unwrap();
-    sql(&config)
-        .await
-        .execute(
-            "UPDATE opamp_agent_owner SET instance = 'a' WHERE uid = $1",
-            &[&agent.to_uuid()],
-        )
-        .await
-        .unwrap();
+    let update = "UPDATE opamp_agent_owner SET instance = 'a' WHERE uid = $1";
+    agent_rows(&config, update, agent).await;
     assert!(matches!(
         bus_b.forward(agent, ServerToAgent::default()).await,
         Err(opamp_server::BusError::NoRoute(_))
@@ -338,14 +325,9 @@ async fn a_newer_claim_wins() {
         !a.bus().release(agent, first).await.unwrap(),
         "a's claim is stale"
     );
-    let owner = client
-        .query_one(
-            "SELECT instance, epoch FROM opamp_agent_owner WHERE uid = $1",
-            &[&agent.to_uuid()],
-        )
-        .await
-        .unwrap();
-    assert_eq!(owner.get::<_, Option<String>>(0).as_deref(), Some("b"));
+    let query = "SELECT instance, epoch FROM opamp_agent_owner WHERE uid = $1";
+    let owner = agent_row(&config, query, agent).await;
+    assert_eq!(text(&owner, 0).as_deref(), Some("b"));
     assert_eq!(owner.get::<_, i64>(1), second);
     assert_eq!(a.bus().epoch(agent), None);
     assert_eq!(b.bus().epoch(agent), Some(second));
@@ -456,19 +438,10 @@ async fn the_old_instance_closing_late_does_not_mark_a_moved_agent_disconnected(
             }
         }
     }
-    let row = sql(&config)
-        .await
-        .query_one(
-            "SELECT transport, connected_instance FROM opamp_agents WHERE uid = $1",
-            &[&agent.to_uuid()],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        row.get::<_, Option<String>>(0).as_deref(),
-        Some("websocket")
-    );
-    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("b"));
+    let query = "SELECT transport, connected_instance FROM opamp_agents WHERE uid = $1";
+    let row = agent_row(&config, query, agent).await;
+    assert_eq!(text(&row, 0).as_deref(), Some("websocket"));
+    assert_eq!(text(&row, 1).as_deref(), Some("b"));
     let record = b.registry.agent(agent).await.unwrap().unwrap();
     assert!(record.is_connected(), "b's view stands");
 }

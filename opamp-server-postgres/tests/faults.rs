@@ -213,15 +213,9 @@ async fn scalar(config: &Config, query: &str) -> i64 {
 }
 
 async fn service_version(config: &Config, uid: InstanceUid) -> Option<String> {
-    sql(config)
-        .await
-        .query_opt(
-            "SELECT service_version FROM opamp_agents WHERE uid = $1",
-            &[&uid.to_uuid()],
-        )
-        .await
-        .unwrap()
-        .and_then(|row| row.get(0))
+    let query = "SELECT service_version FROM opamp_agents WHERE uid = $1";
+    let rows = agent_rows(config, query, uid).await;
+    rows.first().and_then(|row| row.get(0))
 }
 
 async fn on_cluster(cluster: &Arc<Cluster>, up: bool) {

@@ -14,13 +14,14 @@ use opamp_proto::{
 use std::sync::Arc;
 
 use opamp_server::{
-    AgentRecord, AgentStore, BoxFuture, Delivery, MemoryStore, OpampServer, Registry,
-    RemoteConfigState, StoreError, TransportKind,
+    AgentRecord, AgentStore, Delivery, MemoryStore, OpampServer, Registry, RemoteConfigState,
+    StoreError, TransportKind,
 };
 use opamp_server_postgres::{PgStore, SaveConflict};
 use opamp_testkit::uid;
 use support::{
-    backend, body_of, config_map, eventually, fresh_database, report, sql, ws_exchange, ws_recv,
+    agent_row, backend, body_of, config_map, eventually, fresh_database, report, sql, text,
+    ws_exchange, ws_recv,
 };
 
 fn at(seconds: u64) -> SystemTime {
@@ -39,6 +40,32 @@ fn config(hash: u8) -> AgentRemoteConfig {
 async fn desired_config(store: &PgStore, uid: InstanceUid) -> Option<AgentRemoteConfig> {
     let record = store.load(uid).await.unwrap().expect("the agent is stored");
     record.desired.remote_config
+}
+
+/// Sets the desired remote config `config(n)` through `here` (a load, the
+/// change, a save) and checks that `there` reads it.
+async fn set_config_seen_elsewhere(here: &PgStore, there: &PgStore, uid: InstanceUid, n: u8) {
+    let mut record = here.load(uid).await.unwrap().expect("the agent is stored");
+    record.desired.remote_config = Some(config(n));
+    here.save(record).await.unwrap();
+    assert_eq!(desired_config(there, uid).await, Some(config(n)));
+}
+
+/// Record `n`, saved through `a` and read again by `a` (as when it starts
+/// processing a report); then `b` sets the desired remote config
+/// `config(changed)`. Returns the uid and a's copy from before b's change.
+async fn read_then_changed_elsewhere(
+    a: &PgStore,
+    b: &PgStore,
+    n: u8,
+    changed: u8,
+) -> (InstanceUid, AgentRecord) {
+    let uid = save_new(a, n).await.uid;
+    let earlier = a.load(uid).await.unwrap().unwrap();
+    let mut desired = b.load(uid).await.unwrap().unwrap();
+    desired.desired.remote_config = Some(config(changed));
+    b.save(desired).await.unwrap();
+    (uid, earlier)
 }
 
 fn full_record(n: u8) -> AgentRecord {
@@ -62,6 +89,15 @@ fn full_record(n: u8) -> AgentRecord {
     record
 }
 
+/// [`full_record`] `n`, saved through `store` the way a registry saves a
+/// new agent (a load that finds nothing, then the save).
+async fn save_new<S: AgentStore + ?Sized>(store: &S, n: u8) -> AgentRecord {
+    let record = full_record(n);
+    store.load(record.uid).await.unwrap();
+    store.save(record.clone()).await.unwrap();
+    record
+}
+
 // ---- the shared suite ----
 
 async fn unknown_agent_is_absent(store: &impl AgentStore) {
@@ -71,18 +107,14 @@ async fn unknown_agent_is_absent(store: &impl AgentStore) {
 }
 
 async fn saved_record_round_trips(store: &impl AgentStore) {
-    let record = full_record(1);
-    store.load(record.uid).await.unwrap();
-    store.save(record.clone()).await.unwrap();
+    let record = save_new(store, 1).await;
     assert_eq!(store.load(record.uid).await.unwrap(), Some(record.clone()));
     assert!(store.contains(record.uid).await.unwrap());
     assert_eq!(store.list().await.unwrap(), vec![record]);
 }
 
 async fn save_replaces(store: &impl AgentStore) {
-    let mut record = full_record(2);
-    store.load(record.uid).await.unwrap();
-    store.save(record.clone()).await.unwrap();
+    let mut record = save_new(store, 2).await;
     let mut loaded = store.load(record.uid).await.unwrap().unwrap();
     loaded.status.description = Some(AgentDescription::for_service("io.example.other", "2"));
     loaded.desired.remote_config = None;
@@ -96,9 +128,7 @@ async fn save_replaces(store: &impl AgentStore) {
 }
 
 async fn remove_forgets_and_unknown_remove_is_fine(store: &impl AgentStore) {
-    let record = full_record(3);
-    store.load(record.uid).await.unwrap();
-    store.save(record.clone()).await.unwrap();
+    let record = save_new(store, 3).await;
     store.remove(record.uid).await.unwrap();
     assert_eq!(store.load(record.uid).await.unwrap(), None);
     assert!(!store.contains(record.uid).await.unwrap());
@@ -112,35 +142,12 @@ async fn remove_forgets_and_unknown_remove_is_fine(store: &impl AgentStore) {
 async fn list_returns_every_record(store: &impl AgentStore) {
     let mut expected = Vec::new();
     for n in 10..20 {
-        let record = full_record(n);
-        store.load(record.uid).await.unwrap();
-        store.save(record.clone()).await.unwrap();
+        let record = save_new(store, n).await;
         expected.push(record);
     }
     let mut listed = store.list().await.unwrap();
     listed.sort_by_key(|record| record.uid);
     assert_eq!(listed, expected);
-}
-
-/// Lets two registries (two server instances) use one store object.
-struct SharedStore<S>(Arc<S>);
-
-impl<S: AgentStore> AgentStore for SharedStore<S> {
-    fn load(&self, uid: InstanceUid) -> BoxFuture<'_, Result<Option<AgentRecord>, StoreError>> {
-        self.0.load(uid)
-    }
-    fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.0.save(record)
-    }
-    fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.0.remove(uid)
-    }
-    fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
-        self.0.list()
-    }
-    fn contains(&self, uid: InstanceUid) -> BoxFuture<'_, Result<bool, StoreError>> {
-        self.0.contains(uid)
-    }
 }
 
 /// Serves `registry` on an ephemeral loopback port.
@@ -164,9 +171,7 @@ async fn connect(addr: std::net::SocketAddr) -> support::Ws {
 /// the first instance stored.
 async fn desired_state_outlives_the_instance_that_set_it<S: AgentStore>(store: Arc<S>) {
     let agent = uid(50);
-    let first = Registry::builder()
-        .store(SharedStore(Arc::clone(&store)))
-        .build();
+    let first = Registry::builder().store(Arc::clone(&store)).build();
     let mut ws = connect(serve(first.clone()).await).await;
     ws_exchange(&mut ws, &report(agent, 0)).await;
     let offer = first
@@ -177,9 +182,7 @@ async fn desired_state_outlives_the_instance_that_set_it<S: AgentStore>(store: A
     assert_eq!(body_of(&ws_recv(&mut ws).await), "kept: true\n");
     drop(ws);
 
-    let second = Registry::builder()
-        .store(SharedStore(Arc::clone(&store)))
-        .build();
+    let second = Registry::builder().store(Arc::clone(&store)).build();
     let mut ws = connect(serve(second.clone()).await).await;
     let reply = ws_exchange(&mut ws, &report(agent, 1)).await;
     assert_eq!(
@@ -271,9 +274,7 @@ async fn desired_state_set_elsewhere_survives_a_status_save() {
     let Some((a, b, _, _)) = two_instances().await else {
         return;
     };
-    let record = full_record(1);
-    a.load(record.uid).await.unwrap();
-    a.save(record.clone()).await.unwrap();
+    let record = save_new(&a, 1).await;
 
     // Instance a holds the agent and is processing a status report...
     let mut reported = a.load(record.uid).await.unwrap().unwrap();
@@ -306,24 +307,15 @@ async fn a_read_between_load_and_save_does_not_hide_another_writers_change() {
     let Some((a, b, _, _)) = two_instances().await else {
         return;
     };
-    let record = full_record(6);
-    a.load(record.uid).await.unwrap();
-    a.save(record.clone()).await.unwrap();
-
-    // a starts processing a report...
-    let mut reported = a.load(record.uid).await.unwrap().unwrap();
-    // ...b sets desired state...
-    let mut desired = b.load(record.uid).await.unwrap().unwrap();
-    desired.desired.remote_config = Some(config(60));
-    b.save(desired).await.unwrap();
+    // a starts processing a report, b sets desired state...
+    let (uid, mut reported) = read_then_changed_elsewhere(&a, &b, 6, 60).await;
     // ...someone reads the agent through a (an API call), seeing b's change...
-    let read = a.load(record.uid).await.unwrap().unwrap();
-    assert_eq!(read.desired.remote_config, Some(config(60)));
+    assert_eq!(desired_config(&a, uid).await, Some(config(60)));
     // ...and a saves the report it built from the earlier read.
     reported.last_seen = at(61);
     a.save(reported).await.unwrap();
 
-    let stored = b.load(record.uid).await.unwrap().unwrap();
+    let stored = b.load(uid).await.unwrap().unwrap();
     assert_eq!(
         stored.desired.remote_config,
         Some(config(60)),
@@ -337,32 +329,21 @@ async fn the_same_desired_part_changed_twice_is_a_conflict_not_last_writer_wins(
     let Some((a, b, _, _)) = two_instances().await else {
         return;
     };
-    let record = full_record(2);
-    a.load(record.uid).await.unwrap();
-    a.save(record.clone()).await.unwrap();
-
-    let mut from_a = a.load(record.uid).await.unwrap().unwrap();
-    let mut from_b = b.load(record.uid).await.unwrap().unwrap();
-    from_b.desired.remote_config = Some(config(20));
-    b.save(from_b).await.unwrap();
+    let (uid, mut from_a) = read_then_changed_elsewhere(&a, &b, 2, 20).await;
     from_a.desired.remote_config = Some(config(30));
     let error = a.save(from_a).await.unwrap_err();
     assert_eq!(
         conflict(&error),
         Some(&SaveConflict::DesiredStateChanged {
-            uid: record.uid,
+            uid,
             part: "remote_config"
         }),
         "{error}"
     );
-    let stored = a.load(record.uid).await.unwrap().unwrap();
-    assert_eq!(stored.desired.remote_config, Some(config(20)));
+    assert_eq!(desired_config(&a, uid).await, Some(config(20)));
 
     // After loading again, a's change goes through.
-    let mut again = stored;
-    again.desired.remote_config = Some(config(30));
-    a.save(again).await.unwrap();
-    assert_eq!(desired_config(&b, record.uid).await, Some(config(30)));
+    set_config_seen_elsewhere(&a, &b, uid, 30).await;
 }
 
 #[tokio::test]
@@ -409,10 +390,7 @@ async fn a_stale_owner_never_overwrites_what_the_agent_reported() {
     assert_eq!(bus_b.epoch(record.uid), Some(epoch_b));
 
     // Desired state may still be set from a (it is not what the agent reported).
-    let mut desired = a.load(record.uid).await.unwrap().unwrap();
-    desired.desired.remote_config = Some(config(77));
-    a.save(desired).await.unwrap();
-    assert_eq!(desired_config(&b, record.uid).await, Some(config(77)));
+    set_config_seen_elsewhere(&a, &b, record.uid, 77).await;
 }
 
 #[tokio::test]
@@ -421,9 +399,7 @@ async fn a_removal_elsewhere_reaches_the_contains_cache() {
         return;
     };
     backend_a.listening().await;
-    let record = full_record(4);
-    a.load(record.uid).await.unwrap();
-    a.save(record.clone()).await.unwrap();
+    let record = save_new(&a, 4).await;
     assert!(a.contains(record.uid).await.unwrap());
     b.remove(record.uid).await.unwrap();
     eventually("a to see the removal", || async {
@@ -439,28 +415,17 @@ async fn rows_carry_the_columns_a_fleet_ui_filters_by() {
     };
     let backend = backend(&config, "columns").await;
     let store = backend.store();
-    let record = full_record(5);
-    store.load(record.uid).await.unwrap();
-    store.save(record.clone()).await.unwrap();
-    let client = sql(&config).await;
-    let row = client
-        .query_one(
-            "SELECT service_name, service_version, host_name, os_type, remote_config_state,
+    let record = save_new(&store, 5).await;
+    let query = "SELECT service_name, service_version, host_name, os_type, remote_config_state,
                     healthy, transport, connected_instance, last_seen, version
-             FROM opamp_agents WHERE uid = $1",
-            &[&record.uid.to_uuid()],
-        )
-        .await
-        .unwrap();
+             FROM opamp_agents WHERE uid = $1";
+    let row = agent_row(&config, query, record.uid).await;
+    assert_eq!(text(&row, 0).as_deref(), Some("io.example.collector"));
+    assert_eq!(text(&row, 1).as_deref(), Some("1.2.3"));
+    assert_eq!(text(&row, 2).as_deref(), Some("host-5"));
+    assert_eq!(text(&row, 3).as_deref(), Some("linux"));
     assert_eq!(
-        row.get::<_, Option<String>>(0).as_deref(),
-        Some("io.example.collector")
-    );
-    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("1.2.3"));
-    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("host-5"));
-    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("linux"));
-    assert_eq!(
-        row.get::<_, Option<String>>(4).as_deref(),
+        text(&row, 4).as_deref(),
         Some("applied"),
         "the status echoes the desired hash"
     );

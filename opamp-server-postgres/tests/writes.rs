@@ -48,14 +48,8 @@ async fn rows_written_by(config: &Config, xid: i64) -> i64 {
 }
 
 async fn agent_version(config: &Config, uid: InstanceUid) -> (i64, Option<String>) {
-    let row = sql(config)
-        .await
-        .query_one(
-            "SELECT version, service_version FROM opamp_agents WHERE uid = $1",
-            &[&uid.to_uuid()],
-        )
-        .await
-        .unwrap();
+    let query = "SELECT version, service_version FROM opamp_agents WHERE uid = $1";
+    let row = agent_row(config, query, uid).await;
     (row.get(0), row.get(1))
 }
 
@@ -99,15 +93,8 @@ async fn a_bare_heartbeat_writes_nothing_and_a_status_change_one_row() {
     ws_send(&mut ws, &report(uid, 0)).await;
     ws_recv(&mut ws).await;
     eventually("the agent is stored", || async {
-        sql(&config)
-            .await
-            .query_opt(
-                "SELECT 1 FROM opamp_agents WHERE uid = $1",
-                &[&uid.to_uuid()],
-            )
-            .await
-            .unwrap()
-            .is_some()
+        let query = "SELECT 1 FROM opamp_agents WHERE uid = $1";
+        !agent_rows(&config, query, uid).await.is_empty()
     })
     .await;
     // The lease renewal's first round runs right after start; wait until it

@@ -16,7 +16,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, mpsc};
 
 use crate::error::SendError;
-use crate::messages::{self, Requirement};
+use crate::messages;
 
 pub use crate::vocab::TransportKind;
 
@@ -259,16 +259,7 @@ impl Connection {
                 let (offers, command) = messages::split_command(message);
                 for part in offers.into_iter().chain(command) {
                     let part = self.decorate(part);
-                    let size = opamp_transport::framed_len(&part);
-                    let limit = self.inner.config.max_message_size;
-                    if size > limit {
-                        tracing::warn!(
-                            size,
-                            limit,
-                            "ServerToAgent over the size limit not sent (WS-11)"
-                        );
-                        return Err(SendError::TooLarge { size, limit });
-                    }
+                    self.check_size(opamp_transport::framed_len(&part))?;
                     match queue.try_send(Box::new(part)) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -285,11 +276,7 @@ impl Connection {
                 Ok(Delivery::Sent)
             }
             Link::PlainHttp { pending, .. } => {
-                let size = message.encoded_len();
-                let limit = self.inner.config.max_message_size;
-                if size > limit {
-                    return Err(SendError::TooLarge { size, limit });
-                }
+                self.check_size(message.encoded_len())?;
                 let mut pending = lock(pending);
                 match pending.as_mut() {
                     Some(queued) => messages::merge(queued, message),
@@ -298,6 +285,16 @@ impl Connection {
                 Ok(Delivery::QueuedForPoll)
             }
         }
+    }
+
+    /// A message of `size` bytes over the size limit is not sent (WS-11).
+    fn check_size(&self, size: usize) -> Result<(), SendError> {
+        let limit = self.inner.config.max_message_size;
+        if size > limit {
+            tracing::warn!(size, limit, "ServerToAgent over the size limit not sent");
+            return Err(SendError::TooLarge { size, limit });
+        }
+        Ok(())
     }
 
     /// Closes the connection. A WebSocket gets a Close frame (1000); a
@@ -376,19 +373,7 @@ impl Connection {
             // Nothing heard from that agent yet: nothing to check against.
             return Ok(());
         };
-        match messages::unmet_requirement(slot.capabilities, slot.custom.as_ref(), message) {
-            None => Ok(()),
-            Some(Requirement::Capability(capability)) => Err(SendError::NotAccepted {
-                uid: slot.uid,
-                capability,
-            }),
-            Some(Requirement::CustomCapability(capability)) => {
-                Err(SendError::CustomCapabilityNotAnnounced {
-                    uid: slot.uid,
-                    capability,
-                })
-            }
-        }
+        messages::check_accepted(slot.uid, slot.capabilities, slot.custom.as_ref(), message)
     }
 
     /// Records what the agent announced in its latest message.

@@ -190,6 +190,7 @@ mod record;
 mod registry;
 mod serve;
 mod server;
+mod setters;
 mod shared;
 mod store;
 #[cfg(test)]

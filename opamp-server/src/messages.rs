@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use opamp_proto::{
-    AgentCapabilities, CustomCapabilities, RetryInfo, ServerErrorResponse, ServerErrorResponseType,
-    ServerToAgent, server_error_response,
+    AgentCapabilities, CustomCapabilities, InstanceUid, RetryInfo, ServerErrorResponse,
+    ServerErrorResponseType, ServerToAgent, server_error_response,
 };
+
+use crate::error::SendError;
 
 /// A `ServerToAgent` that tells the agent the server is overloaded
 /// (`error_response.type = UNAVAILABLE`, WS-22), optionally with how long to
@@ -138,37 +140,43 @@ pub(crate) fn unmet_requirement(
         })
 }
 
+/// [`unmet_requirement`] as the error refusing `message` to the agent `uid`.
+pub(crate) fn check_accepted(
+    uid: InstanceUid,
+    capabilities: AgentCapabilities,
+    custom: Option<&CustomCapabilities>,
+    message: &ServerToAgent,
+) -> Result<(), SendError> {
+    match unmet_requirement(capabilities, custom, message) {
+        None => Ok(()),
+        Some(Requirement::Capability(capability)) => {
+            Err(SendError::NotAccepted { uid, capability })
+        }
+        Some(Requirement::CustomCapability(capability)) => {
+            Err(SendError::CustomCapabilityNotAnnounced { uid, capability })
+        }
+    }
+}
+
 /// Every agent capability the offers in `message` need.
 fn requirements(message: &ServerToAgent) -> impl Iterator<Item = AgentCapabilities> + '_ {
+    // One line a part: whether the message offers it => the capability it needs.
+    macro_rules! needs {
+        ($offered:expr => $needed:ident) => {
+            $offered.then_some(AgentCapabilities::$needed)
+        };
+    }
     let settings = message.connection_settings.as_ref();
     [
-        message
-            .remote_config
-            .is_some()
-            .then_some(AgentCapabilities::ACCEPTS_REMOTE_CONFIG),
-        message
-            .packages_available
-            .is_some()
-            .then_some(AgentCapabilities::ACCEPTS_PACKAGES),
-        message
-            .command
-            .is_some()
-            .then_some(AgentCapabilities::ACCEPTS_RESTART_COMMAND),
-        settings
-            .and_then(|s| s.opamp.as_ref())
-            .map(|_| AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS),
-        settings
-            .and_then(|s| s.own_metrics.as_ref())
-            .map(|_| AgentCapabilities::REPORTS_OWN_METRICS),
-        settings
-            .and_then(|s| s.own_traces.as_ref())
-            .map(|_| AgentCapabilities::REPORTS_OWN_TRACES),
-        settings
-            .and_then(|s| s.own_logs.as_ref())
-            .map(|_| AgentCapabilities::REPORTS_OWN_LOGS),
-        settings
-            .filter(|s| !s.other_connections.is_empty())
-            .map(|_| AgentCapabilities::ACCEPTS_OTHER_CONNECTION_SETTINGS),
+        needs!(message.remote_config.is_some() => ACCEPTS_REMOTE_CONFIG),
+        needs!(message.packages_available.is_some() => ACCEPTS_PACKAGES),
+        needs!(message.command.is_some() => ACCEPTS_RESTART_COMMAND),
+        needs!(settings.is_some_and(|s| s.opamp.is_some()) => ACCEPTS_OPAMP_CONNECTION_SETTINGS),
+        needs!(settings.is_some_and(|s| s.own_metrics.is_some()) => REPORTS_OWN_METRICS),
+        needs!(settings.is_some_and(|s| s.own_traces.is_some()) => REPORTS_OWN_TRACES),
+        needs!(settings.is_some_and(|s| s.own_logs.is_some()) => REPORTS_OWN_LOGS),
+        needs!(settings.is_some_and(|s| !s.other_connections.is_empty())
+            => ACCEPTS_OTHER_CONNECTION_SETTINGS),
     ]
     .into_iter()
     .flatten()
@@ -184,35 +192,23 @@ pub(crate) fn strip_unaccepted(
 ) {
     let lacks = |bit: AgentCapabilities| !capabilities.contains(bit);
     let mut dropped = Vec::new();
-    if message.remote_config.is_some() && lacks(AgentCapabilities::ACCEPTS_REMOTE_CONFIG) {
-        message.remote_config = None;
-        dropped.push("remote_config");
+    // One line a part: the part => the capability it needs, its name in the log.
+    macro_rules! strip {
+        ($part:expr => $needed:ident, $name:literal) => {
+            if $part.is_some() && lacks(AgentCapabilities::$needed) {
+                $part = None;
+                dropped.push($name);
+            }
+        };
     }
-    if message.packages_available.is_some() && lacks(AgentCapabilities::ACCEPTS_PACKAGES) {
-        message.packages_available = None;
-        dropped.push("packages_available");
-    }
-    if message.command.is_some() && lacks(AgentCapabilities::ACCEPTS_RESTART_COMMAND) {
-        message.command = None;
-        dropped.push("command");
-    }
+    strip!(message.remote_config => ACCEPTS_REMOTE_CONFIG, "remote_config");
+    strip!(message.packages_available => ACCEPTS_PACKAGES, "packages_available");
+    strip!(message.command => ACCEPTS_RESTART_COMMAND, "command");
     if let Some(settings) = message.connection_settings.as_mut() {
-        if settings.opamp.is_some() && lacks(AgentCapabilities::ACCEPTS_OPAMP_CONNECTION_SETTINGS) {
-            settings.opamp = None;
-            dropped.push("connection_settings.opamp");
-        }
-        if settings.own_metrics.is_some() && lacks(AgentCapabilities::REPORTS_OWN_METRICS) {
-            settings.own_metrics = None;
-            dropped.push("connection_settings.own_metrics");
-        }
-        if settings.own_traces.is_some() && lacks(AgentCapabilities::REPORTS_OWN_TRACES) {
-            settings.own_traces = None;
-            dropped.push("connection_settings.own_traces");
-        }
-        if settings.own_logs.is_some() && lacks(AgentCapabilities::REPORTS_OWN_LOGS) {
-            settings.own_logs = None;
-            dropped.push("connection_settings.own_logs");
-        }
+        strip!(settings.opamp => ACCEPTS_OPAMP_CONNECTION_SETTINGS, "connection_settings.opamp");
+        strip!(settings.own_metrics => REPORTS_OWN_METRICS, "connection_settings.own_metrics");
+        strip!(settings.own_traces => REPORTS_OWN_TRACES, "connection_settings.own_traces");
+        strip!(settings.own_logs => REPORTS_OWN_LOGS, "connection_settings.own_logs");
         if !settings.other_connections.is_empty()
             && lacks(AgentCapabilities::ACCEPTS_OTHER_CONNECTION_SETTINGS)
         {

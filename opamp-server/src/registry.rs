@@ -22,12 +22,13 @@ use crate::callbacks::DisconnectReason;
 use crate::connection::{Connection, ConnectionConfig, Delivery, PeerInfo, TransportKind};
 use crate::error::{BusError, SendError, StoreError};
 use crate::events::{AgentEvent, StatusChanges};
-use crate::messages::{self, Requirement};
+use crate::messages;
 use crate::protocol::{
     AgentSession, ConnectionRef, CoreSettings, Disposition, DuplicateUidPolicy, Exchange, Holder,
     Inbound, Liveness, Offered, ReconnectGuard, ReconnectHistory, ServerCore, Step, Stored,
 };
 use crate::record::{AgentRecord, RemoteConfigState};
+use crate::setters::setters;
 use crate::store::{AgentStore, MemoryStore};
 
 /// Default silence after which a plain-HTTP agent whose polling interval is
@@ -179,25 +180,18 @@ impl Default for Registry {
 }
 
 impl RegistryBuilder {
-    /// Stores records in `store` instead of memory. Bare heartbeats of
-    /// connected agents do not reach the store; see [`AgentStore`] for when
-    /// their bookkeeping is saved.
-    pub fn store(mut self, store: impl AgentStore) -> Self {
-        self.store = Arc::new(store);
-        self
-    }
+    setters! {
+        /// Stores records in `store` instead of memory. Bare heartbeats of
+        /// connected agents do not reach the store; see [`AgentStore`] for when
+        /// their bookkeeping is saved.
+        store(store: impl AgentStore) => store = Arc::new(store);
 
-    /// Forwards to other instances through `bus`.
-    pub fn bus(mut self, bus: impl MessageBus) -> Self {
-        self.bus = Arc::new(bus);
-        self
-    }
+        /// Forwards to other instances through `bus`.
+        bus(bus: impl MessageBus) => bus = Arc::new(bus);
 
-    /// What to do with duplicate instance uids (default
-    /// [`DuplicateUidPolicy::AssignNewUid`]).
-    pub fn duplicate_policy(mut self, policy: DuplicateUidPolicy) -> Self {
-        self.core.duplicate_policy = policy;
-        self
+        /// What to do with duplicate instance uids (default
+        /// [`DuplicateUidPolicy::AssignNewUid`]).
+        duplicate_policy(policy: DuplicateUidPolicy) => core.duplicate_policy = policy;
     }
 
     /// The longest silence after which a plain-HTTP agent's session ends as
@@ -218,36 +212,26 @@ impl RegistryBuilder {
         self
     }
 
-    /// How long an old WebSocket holding a uid has to answer a ping when a
-    /// newcomer claims the same uid (default [`DEFAULT_PROBE_DEADLINE`]). A
-    /// connection that carried a message within the last few seconds is
-    /// taken as alive without a ping. A dead one is replaced and the
-    /// newcomer keeps the uid; only two live connections are duplicates.
-    pub fn probe_deadline(mut self, deadline: Duration) -> Self {
-        self.settings.probe_deadline = deadline;
-        self
-    }
+    setters! {
+        /// How long an old WebSocket holding a uid has to answer a ping when a
+        /// newcomer claims the same uid (default [`DEFAULT_PROBE_DEADLINE`]). A
+        /// connection that carried a message within the last few seconds is
+        /// taken as alive without a ping. A dead one is replaced and the
+        /// newcomer keeps the uid; only two live connections are duplicates.
+        probe_deadline(deadline: Duration) => settings.probe_deadline = deadline;
 
-    /// How many events a slow subscriber may fall behind before it misses
-    /// some (default 1024).
-    pub fn event_capacity(mut self, capacity: usize) -> Self {
-        self.settings.event_capacity = capacity.max(1);
-        self
-    }
+        /// How many events a slow subscriber may fall behind before it misses
+        /// some (default 1024).
+        event_capacity(capacity: usize) => settings.event_capacity = capacity.max(1);
 
-    /// Limits how often one agent may connect anew (default
-    /// [`ReconnectGuard::default`]); `None` turns the guard off.
-    pub fn reconnect_guard(mut self, guard: Option<ReconnectGuard>) -> Self {
-        self.core.reconnect_guard = guard;
-        self
-    }
+        /// Limits how often one agent may connect anew (default
+        /// [`ReconnectGuard::default`]); `None` turns the guard off.
+        reconnect_guard(guard: Option<ReconnectGuard>) => core.reconnect_guard = guard;
 
-    /// Turns status tracking off: no store, no sequence checks, no desired
-    /// state; only connection tracking, duplicates and delivery remain.
-    /// On by default.
-    pub fn track_state(mut self, track: bool) -> Self {
-        self.core.track_state = track;
-        self
+        /// Turns status tracking off: no store, no sequence checks, no desired
+        /// state; only connection tracking, duplicates and delivery remain.
+        /// On by default.
+        track_state(track: bool) => core.track_state = track;
     }
 
     /// Builds the registry.
@@ -351,12 +335,7 @@ impl Registry {
             return result;
         }
         if self.inner.core.settings().track_state {
-            let record = self
-                .inner
-                .store
-                .load(uid)
-                .await?
-                .ok_or(SendError::UnknownAgent(uid))?;
+            let record = self.inner.load_known(uid).await?;
             check_requirement(&record, &message)?;
         }
         self.inner.forward(uid, message).await
@@ -376,13 +355,11 @@ impl Registry {
         uid: InstanceUid,
         config: AgentConfigMap,
     ) -> Result<Offer, SendError> {
-        let hash = config_hash(&config);
         let offer = AgentRemoteConfig {
+            config_hash: config_hash(&config),
             config: Some(config),
-            config_hash: hash.clone(),
         };
-        self.offer_desired(uid, hash, Desired::RemoteConfig(offer))
-            .await
+        self.offer_desired(uid, Desired::RemoteConfig(offer)).await
     }
 
     /// Offers packages (PKG-01). An empty `all_packages_hash` is filled with
@@ -392,14 +369,9 @@ impl Registry {
     pub async fn offer_packages(
         &self,
         uid: InstanceUid,
-        mut packages: PackagesAvailable,
+        packages: PackagesAvailable,
     ) -> Result<Offer, SendError> {
-        if packages.all_packages_hash.is_empty() {
-            packages.all_packages_hash = message_hash(&packages);
-        }
-        let hash = packages.all_packages_hash.clone();
-        self.offer_desired(uid, hash, Desired::Packages(packages))
-            .await
+        self.offer_desired(uid, Desired::Packages(packages)).await
     }
 
     /// Offers connection settings. Each class needs its capability (CS-01).
@@ -416,13 +388,9 @@ impl Registry {
     pub async fn offer_connection_settings(
         &self,
         uid: InstanceUid,
-        mut settings: ConnectionSettingsOffers,
+        settings: ConnectionSettingsOffers,
     ) -> Result<Offer, SendError> {
-        if settings.hash.is_empty() {
-            settings.hash = message_hash(&settings);
-        }
-        let hash = settings.hash.clone();
-        self.offer_desired(uid, hash, Desired::ConnectionSettings(Box::new(settings)))
+        self.offer_desired(uid, Desired::ConnectionSettings(Box::new(settings)))
             .await
     }
 
@@ -469,12 +437,7 @@ impl Registry {
     ) -> Result<RemoteConfigState, SendError> {
         let mut events = self.subscribe();
         loop {
-            let record = self
-                .inner
-                .store
-                .load(uid)
-                .await?
-                .ok_or(SendError::UnknownAgent(uid))?;
+            let record = self.inner.load_known(uid).await?;
             if let Some(status) = &record.status.remote_config_status {
                 if status.last_remote_config_hash == hash {
                     match status.status() {
@@ -521,17 +484,13 @@ impl Registry {
     async fn offer_desired(
         &self,
         uid: InstanceUid,
-        hash: Bytes,
-        desired: Desired,
+        mut desired: Desired,
     ) -> Result<Offer, SendError> {
+        let hash = desired.hash();
         let inner = &self.inner;
         let push = {
             let _turn = inner.stripe(uid).lock().await;
-            let mut record = inner
-                .store
-                .load(uid)
-                .await?
-                .ok_or(SendError::UnknownAgent(uid))?;
+            let mut record = inner.load_known(uid).await?;
             if let Some(session) = inner.session(uid) {
                 session.apply_to(&mut record);
             }
@@ -682,6 +641,26 @@ enum Desired {
 }
 
 impl Desired {
+    /// The offer's hash; an empty packages or connection settings hash is
+    /// first filled with a hash of the whole offer (PKG-12, CS-03).
+    fn hash(&mut self) -> Bytes {
+        match self {
+            Self::RemoteConfig(offer) => offer.config_hash.clone(),
+            Self::Packages(offer) => {
+                if offer.all_packages_hash.is_empty() {
+                    offer.all_packages_hash = message_hash(offer);
+                }
+                offer.all_packages_hash.clone()
+            }
+            Self::ConnectionSettings(offer) => {
+                if offer.hash.is_empty() {
+                    offer.hash = message_hash(offer.as_ref());
+                }
+                offer.hash.clone()
+            }
+        }
+    }
+
     fn to_message(&self, uid: InstanceUid) -> ServerToAgent {
         let mut message = ServerToAgent {
             instance_uid: uid.to_bytes(),
@@ -733,23 +712,12 @@ impl Desired {
 
 fn check_requirement(record: &AgentRecord, message: &ServerToAgent) -> Result<(), SendError> {
     let status = &record.status;
-    match messages::unmet_requirement(
+    messages::check_accepted(
+        record.uid,
         status.capabilities,
         status.custom_capabilities.as_ref(),
         message,
-    ) {
-        None => Ok(()),
-        Some(Requirement::Capability(capability)) => Err(SendError::NotAccepted {
-            uid: record.uid,
-            capability,
-        }),
-        Some(Requirement::CustomCapability(capability)) => {
-            Err(SendError::CustomCapabilityNotAnnounced {
-                uid: record.uid,
-                capability,
-            })
-        }
-    }
+    )
 }
 
 impl LocalDelivery for RegistryInner {
@@ -763,6 +731,14 @@ impl LocalDelivery for RegistryInner {
 }
 
 impl RegistryInner {
+    /// The stored record of `uid`; an agent without one is unknown.
+    async fn load_known(&self, uid: InstanceUid) -> Result<AgentRecord, SendError> {
+        self.store
+            .load(uid)
+            .await?
+            .ok_or(SendError::UnknownAgent(uid))
+    }
+
     fn stripe(&self, uid: InstanceUid) -> &tokio::sync::Mutex<()> {
         // UUIDv7 ends in random bits; any byte spreads well enough.
         &self.stripes[usize::from(uid.as_bytes()[15]) % STRIPES]

@@ -16,14 +16,36 @@ use tokio::sync::mpsc;
 use super::*;
 use crate::error::BusError;
 use crate::store::BoxFuture;
-use crate::test_messages::{CAPS, compressed, description, full, uid};
+use crate::test_messages::{CAPS, compressed, description, full, uid, with_caps};
 
 fn config() -> Arc<ConnectionConfig> {
     Arc::new(ConnectionConfig::default())
 }
 
-fn websocket() -> (Connection, mpsc::Receiver<Box<ServerToAgent>>) {
+type Outbox = mpsc::Receiver<Box<ServerToAgent>>;
+
+fn websocket() -> (Connection, Outbox) {
     Connection::websocket(PeerInfo::default(), config())
+}
+
+/// A new WebSocket to `registry` on which the agent sent `report`: the
+/// connection, its outbox and the registry's answer.
+async fn connect(registry: &Registry, report: &AgentToServer) -> (Connection, Outbox, Received) {
+    let (conn, outbox) = websocket();
+    let agent = InstanceUid::try_from(&report.instance_uid).unwrap();
+    let received = registry.receive(&conn, report, agent).await;
+    (conn, outbox, received)
+}
+
+/// Whether the answer to `report`, received on `conn`, asks for the full state.
+async fn asks(registry: &Registry, conn: &Connection, report: &AgentToServer) -> bool {
+    let agent = InstanceUid::try_from(&report.instance_uid).unwrap();
+    asks_full_state(&registry.receive(conn, report, agent).await)
+}
+
+/// Offers the remote config `body` to `agent`, which accepts it.
+async fn offer_yaml(registry: &Registry, agent: InstanceUid, body: &str) -> Offer {
+    registry.set_remote_config(agent, yaml(body)).await.unwrap()
 }
 
 fn asks_full_state(received: &Received) -> bool {
@@ -31,7 +53,41 @@ fn asks_full_state(received: &Received) -> bool {
         .contains(ServerToAgentFlags::REPORT_FULL_STATE)
 }
 
-fn next_frame(outbox: &mut mpsc::Receiver<Box<ServerToAgent>>) -> ServerToAgent {
+/// Where the desired remote config of `agent`, which is known, stands.
+async fn config_state(registry: &Registry, agent: InstanceUid) -> Option<RemoteConfigState> {
+    let record = registry.agent(agent).await.unwrap().unwrap();
+    record.remote_config_state()
+}
+
+/// The agent closed `conn` normally.
+async fn closed_by_agent(registry: &Registry, conn: &Connection) {
+    registry
+        .connection_closed(conn, &DisconnectReason::ClosedByAgent { code: None })
+        .await;
+}
+
+/// After `quiet` more on the paused clock no plain-HTTP session is stale
+/// yet; one second later exactly `expected` is.
+async fn stale_a_second_after(
+    registry: &Registry,
+    quiet: Duration,
+    expected: &Connection,
+    why: &str,
+) {
+    tokio::time::advance(quiet).await;
+    assert!(
+        registry.stale_sessions(Instant::now()).is_empty(),
+        "not stale yet: {why}"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        registry.stale_sessions(Instant::now()),
+        vec![expected.clone()],
+        "stale a second later: {why}"
+    );
+}
+
+fn next_frame(outbox: &mut Outbox) -> ServerToAgent {
     *outbox.try_recv().expect("a message was queued")
 }
 
@@ -40,22 +96,14 @@ async fn seq_05_a_gap_asks_for_full_state_once() {
     let registry = Registry::new();
     let (conn, _outbox) = websocket();
     let agent = uid(1);
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &full(agent, 0), agent).await
-    ));
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &compressed(agent, 1), agent).await
-    ));
+    assert!(!asks(&registry, &conn, &full(agent, 0)).await);
+    assert!(!asks(&registry, &conn, &compressed(agent, 1)).await);
     // Message 2 went missing.
     let after_gap = registry.receive(&conn, &compressed(agent, 3), agent).await;
     assert!(asks_full_state(&after_gap), "SEQ-05: gap 1 -> 3");
     // The answer is the new baseline, even if its number is odd again.
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &full(agent, 10), agent).await
-    ));
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &compressed(agent, 11), agent).await
-    ));
+    assert!(!asks(&registry, &conn, &full(agent, 10)).await);
+    assert!(!asks(&registry, &conn, &compressed(agent, 11)).await);
 }
 
 #[tokio::test]
@@ -71,17 +119,11 @@ async fn seq_05_no_loop_for_repeated_numbers_or_restarts_at_zero() {
         "nothing is known about this agent yet"
     );
     for _ in 0..5 {
-        assert!(!asks_full_state(
-            &registry.receive(&conn, &compressed(agent, 0), agent).await
-        ));
+        assert!(!asks(&registry, &conn, &compressed(agent, 0)).await);
     }
     // An agent process restarting at 0 sends its full first report: no ask.
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &full(agent, 1), agent).await
-    ));
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &full(agent, 0), agent).await
-    ));
+    assert!(!asks(&registry, &conn, &full(agent, 1)).await);
+    assert!(!asks(&registry, &conn, &full(agent, 0)).await);
 }
 
 #[tokio::test]
@@ -91,20 +133,12 @@ async fn seq_07_reconnect_without_server_state_asks_once() {
     let registry = Registry::new();
     let (conn, _outbox) = websocket();
     let agent = uid(3);
-    assert!(asks_full_state(
-        &registry.receive(&conn, &compressed(agent, 57), agent).await
-    ));
+    assert!(asks(&registry, &conn, &compressed(agent, 57)).await);
     // An agent that ignores the request is not asked again and again.
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &compressed(agent, 58), agent).await
-    ));
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &compressed(agent, 59), agent).await
-    ));
+    assert!(!asks(&registry, &conn, &compressed(agent, 58)).await);
+    assert!(!asks(&registry, &conn, &compressed(agent, 59)).await);
     // When it finally sends its description, all is well.
-    assert!(!asks_full_state(
-        &registry.receive(&conn, &full(agent, 60), agent).await
-    ));
+    assert!(!asks(&registry, &conn, &full(agent, 60)).await);
     let record = registry.agent(agent).await.unwrap().unwrap();
     assert_eq!(record.status.description, Some(description()));
 }
@@ -113,9 +147,8 @@ async fn seq_07_reconnect_without_server_state_asks_once() {
 async fn seq_02_compressed_reports_keep_omitted_parts() {
     let registry = Registry::new();
     let mut events = registry.subscribe();
-    let (conn, _outbox) = websocket();
     let agent = uid(4);
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, _outbox, _) = connect(&registry, &full(agent, 0)).await;
     let mut unhealthy = compressed(agent, 1);
     unhealthy.health = Some(ComponentHealth {
         healthy: false,
@@ -164,9 +197,8 @@ async fn seq_02_compressed_reports_keep_omitted_parts() {
 #[tokio::test]
 async fn uid_06_reply_carries_the_received_uid() {
     let registry = Registry::new();
-    let (conn, _outbox) = websocket();
     let agent = uid(5);
-    let received = registry.receive(&conn, &full(agent, 0), agent).await;
+    let (_conn, _outbox, received) = connect(&registry, &full(agent, 0)).await;
     assert_eq!(received.response.instance_uid, agent.to_bytes());
     assert_eq!(received.disposition, Disposition::Continue);
 }
@@ -302,9 +334,8 @@ async fn uid_05_requested_uid_is_assigned() {
 async fn msg_07_agent_disconnect_forgets_the_association() {
     let registry = Registry::new();
     let mut events = registry.subscribe();
-    let (conn, _outbox) = websocket();
     let agent = uid(10);
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, _outbox, _) = connect(&registry, &full(agent, 0)).await;
     let mut goodbye = compressed(agent, 1);
     goodbye.agent_disconnect = Some(AgentDisconnect {});
     let received = registry.receive(&conn, &goodbye, agent).await;
@@ -351,8 +382,7 @@ async fn rcfg_02_config_only_for_agents_that_accept_it() {
     let unknown = registry.set_remote_config(agent, yaml("a: 1")).await;
     assert!(matches!(unknown, Err(SendError::UnknownAgent(u)) if u == agent));
 
-    let mut report = full(agent, 0);
-    report.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
+    let report = with_caps(full(agent, 0), AgentCapabilities::REPORTS_STATUS);
     registry.receive(&conn, &report, agent).await;
     let refused = registry.set_remote_config(agent, yaml("a: 1")).await;
     assert!(matches!(
@@ -374,26 +404,17 @@ async fn rcfg_02_config_only_for_agents_that_accept_it() {
 #[tokio::test]
 async fn rcfg_08_config_is_pushed_tracked_and_not_resent_on_the_same_connection() {
     let registry = Registry::new();
-    let (conn, mut outbox) = websocket();
     let agent = uid(12);
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, mut outbox, _) = connect(&registry, &full(agent, 0)).await;
 
-    let offer = registry
-        .set_remote_config(agent, yaml("a: 1"))
-        .await
-        .unwrap();
+    let offer = offer_yaml(&registry, agent, "a: 1").await;
     assert_eq!(offer.hash, opamp_proto::config_hash(&yaml("a: 1")));
     assert_eq!(offer.delivery, Some(Delivery::Sent));
     let pushed = next_frame(&mut outbox);
     assert_eq!(pushed.instance_uid, agent.to_bytes(), "UID-06");
     let remote = pushed.remote_config.expect("RCFG-03: pushed at once");
     assert_eq!(remote.config_hash, offer.hash, "RCFG-04: hash always set");
-    let state = registry
-        .agent(agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .remote_config_state();
+    let state = config_state(&registry, agent).await;
     assert_eq!(state, Some(RemoteConfigState::Pending));
 
     // A heartbeat sent before the agent saw the offer does not repeat it.
@@ -409,12 +430,7 @@ async fn rcfg_08_config_is_pushed_tracked_and_not_resent_on_the_same_connection(
     applying.remote_config_status =
         Some(config_status(&offer.hash, RemoteConfigStatuses::Applying));
     registry.receive(&conn, &applying, agent).await;
-    let state = registry
-        .agent(agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .remote_config_state();
+    let state = config_state(&registry, agent).await;
     assert_eq!(state, Some(RemoteConfigState::Applying));
 
     let mut applied = compressed(agent, 3);
@@ -423,10 +439,7 @@ async fn rcfg_08_config_is_pushed_tracked_and_not_resent_on_the_same_connection(
     assert_eq!(waiter.await.unwrap().unwrap(), RemoteConfigState::Applied);
 
     // Setting the same config again sends nothing: the agent has it.
-    let again = registry
-        .set_remote_config(agent, yaml("a: 1"))
-        .await
-        .unwrap();
+    let again = offer_yaml(&registry, agent, "a: 1").await;
     assert_eq!(again.delivery, None);
     assert!(outbox.try_recv().is_err());
 }
@@ -434,16 +447,10 @@ async fn rcfg_08_config_is_pushed_tracked_and_not_resent_on_the_same_connection(
 #[tokio::test]
 async fn rcfg_08_mismatching_hash_is_offered_again_on_a_new_connection() {
     let registry = Registry::new();
-    let (first, _outbox_a) = websocket();
     let agent = uid(13);
-    registry.receive(&first, &full(agent, 0), agent).await;
-    let offer = registry
-        .set_remote_config(agent, yaml("b: 2"))
-        .await
-        .unwrap();
-    registry
-        .connection_closed(&first, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
+    let (first, _outbox_a, _) = connect(&registry, &full(agent, 0)).await;
+    let offer = offer_yaml(&registry, agent, "b: 2").await;
+    closed_by_agent(&registry, &first).await;
 
     // Offline agents keep their desired config: it goes with the next message.
     let (second, _outbox_b) = websocket();
@@ -462,13 +469,9 @@ async fn rcfg_08_mismatching_hash_is_offered_again_on_a_new_connection() {
 #[tokio::test]
 async fn rcfg_failed_status_is_reported() {
     let registry = Registry::new();
-    let (conn, _outbox) = websocket();
     let agent = uid(14);
-    registry.receive(&conn, &full(agent, 0), agent).await;
-    let offer = registry
-        .set_remote_config(agent, yaml("bad"))
-        .await
-        .unwrap();
+    let (conn, _outbox, _) = connect(&registry, &full(agent, 0)).await;
+    let offer = offer_yaml(&registry, agent, "bad").await;
     let mut failed = compressed(agent, 1);
     let mut status = config_status(&offer.hash, RemoteConfigStatuses::Failed);
     status.error_message = "parse error".into();
@@ -498,10 +501,7 @@ async fn http_15_config_waits_for_the_next_poll() {
     assert!(first.new_session);
     assert_eq!(first.connection.transport(), TransportKind::PlainHttp);
 
-    let offer = registry
-        .set_remote_config(agent, yaml("c: 3"))
-        .await
-        .unwrap();
+    let offer = offer_yaml(&registry, agent, "c: 3").await;
     assert_eq!(offer.delivery, Some(Delivery::QueuedForPoll));
     let poll = registry
         .receive_http(&config, &peer, &compressed(agent, 1), agent)
@@ -551,16 +551,13 @@ async fn http_25_silent_http_agents_go_stale() {
     registry
         .receive_http(&config, &PeerInfo::default(), &compressed(agent, 1), agent)
         .await;
-    tokio::time::advance(Duration::from_secs(59)).await;
-    assert!(
-        registry.stale_sessions(Instant::now()).is_empty(),
-        "the poll reset the clock"
-    );
-    tokio::time::advance(Duration::from_secs(1)).await;
-    assert_eq!(
-        registry.stale_sessions(Instant::now()),
-        vec![session.connection.clone()]
-    );
+    stale_a_second_after(
+        &registry,
+        Duration::from_secs(59),
+        &session.connection,
+        "the poll reset the clock",
+    )
+    .await;
 
     registry
         .connection_closed(&session.connection, &DisconnectReason::Stale)
@@ -572,9 +569,8 @@ async fn http_25_silent_http_agents_go_stale() {
 #[tokio::test]
 async fn pkg_01_cs_01_cmd_01_cus_04_offers_are_gated() {
     let registry = Registry::new();
-    let (conn, mut outbox) = websocket();
     let agent = uid(17);
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, mut outbox, _) = connect(&registry, &full(agent, 0)).await;
 
     let packages = registry
         .offer_packages(agent, PackagesAvailable::default())
@@ -756,8 +752,7 @@ async fn send_to_unknown_or_offline_agents_fails_cleanly() {
     let agent = uid(20);
     let unknown = registry.send(agent, ServerToAgent::default()).await;
     assert!(matches!(unknown, Err(SendError::UnknownAgent(_))));
-    let (conn, _outbox) = websocket();
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, _outbox, _) = connect(&registry, &full(agent, 0)).await;
     registry
         .connection_closed(&conn, &DisconnectReason::IdleTimeout)
         .await;
@@ -793,12 +788,12 @@ async fn messages_for_agents_on_other_instances_go_through_the_bus() {
     let bus = RecordingBus::default();
     // Two instances sharing one store.
     let here = Registry::builder()
-        .store(SharedStore(store.clone()))
+        .store(store.clone())
         .bus(bus.clone())
         .build();
     let there_bus = RecordingBus::default();
     let there = Registry::builder()
-        .store(SharedStore(store))
+        .store(store)
         .bus(there_bus.clone())
         .build();
 
@@ -823,23 +818,6 @@ async fn messages_for_agents_on_other_instances_go_through_the_bus() {
     assert!(matches!(elsewhere, Err(SendError::NotConnected(_))));
 }
 
-struct SharedStore(Arc<MemoryStore>);
-
-impl AgentStore for SharedStore {
-    fn load(&self, uid: InstanceUid) -> BoxFuture<'_, Result<Option<AgentRecord>, StoreError>> {
-        self.0.load(uid)
-    }
-    fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.0.save(record)
-    }
-    fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.0.remove(uid)
-    }
-    fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
-        self.0.list()
-    }
-}
-
 struct BrokenStore;
 
 impl AgentStore for BrokenStore {
@@ -860,9 +838,8 @@ impl AgentStore for BrokenStore {
 #[tokio::test]
 async fn a_failing_store_asks_for_full_state_so_nothing_is_lost() {
     let registry = Registry::builder().store(BrokenStore).build();
-    let (conn, _outbox) = websocket();
     let agent = uid(22);
-    let received = registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, _outbox, received) = connect(&registry, &full(agent, 0)).await;
     assert!(asks_full_state(&received));
     assert_eq!(registry.connection(agent), Some(conn), "still served");
     assert!(registry.agents().await.is_err());
@@ -871,9 +848,8 @@ async fn a_failing_store_asks_for_full_state_so_nothing_is_lost() {
 #[tokio::test]
 async fn untracked_registry_still_tracks_connections() {
     let registry = Registry::builder().track_state(false).build();
-    let (conn, _outbox) = websocket();
     let agent = uid(23);
-    let received = registry.receive(&conn, &compressed(agent, 5), agent).await;
+    let (conn, _outbox, received) = connect(&registry, &compressed(agent, 5)).await;
     assert_eq!(received.response.flags, 0, "no sequence bookkeeping");
     assert_eq!(registry.connection(agent), Some(conn));
     assert!(registry.agent(agent).await.unwrap().is_none());
@@ -930,9 +906,8 @@ impl AgentStore for CountingStore {
 async fn bare_heartbeats_skip_the_store_and_status_changes_do_not() {
     let store = CountingStore::default();
     let registry = Registry::builder().store(store.clone()).build();
-    let (conn, _outbox) = websocket();
     let agent = uid(24);
-    registry.receive(&conn, &full(agent, 0), agent).await;
+    let (conn, _outbox, _) = connect(&registry, &full(agent, 0)).await;
     assert_eq!((store.loads(), store.saves()), (1, 1));
 
     // SEQ-02: only uid, sequence_num and capabilities: nothing to store.
@@ -971,9 +946,7 @@ async fn bare_heartbeats_skip_the_store_and_status_changes_do_not() {
     more.capabilities |= AgentCapabilities::REPORTS_EFFECTIVE_CONFIG.bits();
     registry.receive(&conn, &more, agent).await;
     assert_eq!(store.saves(), 3);
-    assert!(asks_full_state(
-        &registry.receive(&conn, &more_at(&more, 9), agent).await
-    ));
+    assert!(asks(&registry, &conn, &more_at(&more, 9)).await);
     assert_eq!(store.saves(), 4);
     registry.receive(&conn, &more_at(&more, 10), agent).await;
     assert_eq!(store.saves(), 5);
@@ -991,10 +964,7 @@ async fn bare_heartbeats_skip_the_store_and_status_changes_do_not() {
         .receive_http(&http, &peer, &compressed(polled, 1), polled)
         .await;
     let saves = store.saves();
-    let offer = registry
-        .set_remote_config(polled, yaml("p: 1"))
-        .await
-        .unwrap();
+    let offer = offer_yaml(&registry, polled, "p: 1").await;
     assert_eq!(offer.delivery, Some(Delivery::QueuedForPoll));
     let poll = registry
         .receive_http(&http, &peer, &compressed(polled, 2), polled)
@@ -1004,9 +974,7 @@ async fn bare_heartbeats_skip_the_store_and_status_changes_do_not() {
     assert_eq!(store.saves(), saves + 2, "the offer and the poll");
 
     // Disconnecting saves what was kept in memory (MSG-07).
-    registry
-        .connection_closed(&conn, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
+    closed_by_agent(&registry, &conn).await;
     let stored = store.stored(agent).await;
     assert_eq!(stored.last_sequence_num, Some(11));
     assert!(stored.connection.is_none());
@@ -1046,9 +1014,12 @@ fn heartbeat_settings(seconds: u64) -> ConnectionSettingsOffers {
     }
 }
 
-fn with_caps(mut message: AgentToServer, capabilities: AgentCapabilities) -> AgentToServer {
-    message.capabilities = capabilities.bits();
-    message
+/// Offers [`heartbeat_settings`] of `seconds` to `agent`, which takes them.
+async fn offer_settings(registry: &Registry, agent: InstanceUid, seconds: u64) -> Offer {
+    registry
+        .offer_connection_settings(agent, heartbeat_settings(seconds))
+        .await
+        .unwrap()
 }
 
 /// An agent like the Collector's supervisor: accepts OpAMP connection
@@ -1060,14 +1031,9 @@ fn with_caps(mut message: AgentToServer, capabilities: AgentCapabilities) -> Age
 async fn cs_06_settings_reach_a_non_reporting_agent_once_not_on_every_reconnect() {
     let registry = Registry::builder().reconnect_guard(None).build();
     let agent = uid(40);
-    let (first, mut outbox) = websocket();
-    registry
-        .receive(&first, &with_caps(full(agent, 0), SETTINGS_CAPS), agent)
-        .await;
-    let offer = registry
-        .offer_connection_settings(agent, heartbeat_settings(7))
-        .await
-        .unwrap();
+    let (first, mut outbox, _) =
+        connect(&registry, &with_caps(full(agent, 0), SETTINGS_CAPS)).await;
+    let offer = offer_settings(&registry, agent, 7).await;
     assert!(offer.delivery.is_some(), "pushed over the live WebSocket");
     assert_eq!(
         next_frame(&mut outbox).connection_settings.unwrap().hash,
@@ -1077,9 +1043,7 @@ async fn cs_06_settings_reach_a_non_reporting_agent_once_not_on_every_reconnect(
     let mut previous = first;
     let mut latest_outbox = outbox;
     for round in 1..=10u64 {
-        registry
-            .connection_closed(&previous, &DisconnectReason::ClosedByAgent { code: None })
-            .await;
+        closed_by_agent(&registry, &previous).await;
         let (again, outbox) = websocket();
         latest_outbox = outbox;
         let reply = registry
@@ -1097,15 +1061,9 @@ async fn cs_06_settings_reach_a_non_reporting_agent_once_not_on_every_reconnect(
         Some(&offer.hash)
     );
     // Setting the same offer again is a no-op; a different one goes out once.
-    let same = registry
-        .offer_connection_settings(agent, heartbeat_settings(7))
-        .await
-        .unwrap();
+    let same = offer_settings(&registry, agent, 7).await;
     assert_eq!(same.delivery, None);
-    let newer = registry
-        .offer_connection_settings(agent, heartbeat_settings(9))
-        .await
-        .unwrap();
+    let newer = offer_settings(&registry, agent, 9).await;
     assert!(newer.delivery.is_some());
     assert!(next_frame(&mut latest_outbox).connection_settings.is_some());
 }
@@ -1116,30 +1074,16 @@ async fn cs_06_settings_reach_a_non_reporting_agent_once_not_on_every_reconnect(
 async fn cs_06_offline_non_reporting_agent_gets_the_offer_on_one_connection_only() {
     let registry = Registry::builder().reconnect_guard(None).build();
     let agent = uid(41);
-    let (first, _outbox) = websocket();
-    registry
-        .receive(&first, &with_caps(full(agent, 0), SETTINGS_CAPS), agent)
-        .await;
-    registry
-        .connection_closed(&first, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
-    let offer = registry
-        .offer_connection_settings(agent, heartbeat_settings(11))
-        .await
-        .unwrap();
+    let (first, _outbox, _) = connect(&registry, &with_caps(full(agent, 0), SETTINGS_CAPS)).await;
+    closed_by_agent(&registry, &first).await;
+    let offer = offer_settings(&registry, agent, 11).await;
     assert_eq!(offer.delivery, None, "offline");
-    let (second, _outbox) = websocket();
-    let reply = registry
-        .receive(&second, &with_caps(full(agent, 1), SETTINGS_CAPS), agent)
-        .await;
+    let (second, _outbox, reply) =
+        connect(&registry, &with_caps(full(agent, 1), SETTINGS_CAPS)).await;
     assert_eq!(reply.response.connection_settings.unwrap().hash, offer.hash);
-    registry
-        .connection_closed(&second, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
-    let (third, _outbox) = websocket();
-    let reply = registry
-        .receive(&third, &with_caps(full(agent, 0), SETTINGS_CAPS), agent)
-        .await;
+    closed_by_agent(&registry, &second).await;
+    let (_third, _outbox, reply) =
+        connect(&registry, &with_caps(full(agent, 0), SETTINGS_CAPS)).await;
     assert!(reply.response.connection_settings.is_none());
 }
 
@@ -1151,22 +1095,11 @@ async fn cs_11_reporting_agent_is_offered_again_until_it_reports_the_hash() {
     let registry = Registry::builder().reconnect_guard(None).build();
     let agent = uid(42);
     let caps = SETTINGS_CAPS.union(AgentCapabilities::REPORTS_CONNECTION_SETTINGS_STATUS);
-    let (first, mut outbox) = websocket();
-    registry
-        .receive(&first, &with_caps(full(agent, 0), caps), agent)
-        .await;
-    let offer = registry
-        .offer_connection_settings(agent, heartbeat_settings(13))
-        .await
-        .unwrap();
+    let (first, mut outbox, _) = connect(&registry, &with_caps(full(agent, 0), caps)).await;
+    let offer = offer_settings(&registry, agent, 13).await;
     let _ = next_frame(&mut outbox);
-    registry
-        .connection_closed(&first, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
-    let (second, _outbox) = websocket();
-    let reply = registry
-        .receive(&second, &with_caps(full(agent, 0), caps), agent)
-        .await;
+    closed_by_agent(&registry, &first).await;
+    let (second, _outbox, reply) = connect(&registry, &with_caps(full(agent, 0), caps)).await;
     assert_eq!(
         reply.response.connection_settings.unwrap().hash,
         offer.hash,
@@ -1179,13 +1112,8 @@ async fn cs_11_reporting_agent_is_offered_again_until_it_reports_the_hash() {
         error_message: String::new(),
     });
     registry.receive(&second, &applied, agent).await;
-    registry
-        .connection_closed(&second, &DisconnectReason::ClosedByAgent { code: None })
-        .await;
-    let (third, _outbox) = websocket();
-    let reply = registry
-        .receive(&third, &with_caps(full(agent, 0), caps), agent)
-        .await;
+    closed_by_agent(&registry, &second).await;
+    let (_third, _outbox, reply) = connect(&registry, &with_caps(full(agent, 0), caps)).await;
     assert!(reply.response.connection_settings.is_none(), "reported");
 }
 
@@ -1216,12 +1144,9 @@ async fn ws_22_reconnect_loop_is_throttled_with_growing_hints() {
     let connect = |sequence: u64| {
         let registry = registry.clone();
         async move {
-            let (conn, _outbox) = websocket();
-            let received = registry.receive(&conn, &full(agent, sequence), agent).await;
+            let (conn, _outbox, received) = connect(&registry, &full(agent, sequence)).await;
             if received.disposition == Disposition::Continue {
-                registry
-                    .connection_closed(&conn, &DisconnectReason::ClosedByAgent { code: None })
-                    .await;
+                closed_by_agent(&registry, &conn).await;
             }
             received
         }
@@ -1300,17 +1225,13 @@ async fn http_13_a_fast_poller_goes_stale_within_a_few_of_its_intervals() {
             .await;
     }
     // The fast poller stops.
-    tokio::time::advance(Duration::from_secs(2)).await;
-    assert!(
-        registry.stale_sessions(Instant::now()).is_empty(),
-        "two missed polls"
-    );
-    tokio::time::advance(Duration::from_secs(1)).await;
-    assert_eq!(
-        registry.stale_sessions(Instant::now()),
-        vec![fast_session.connection.clone()],
-        "three missed polls of 1 s"
-    );
+    stale_a_second_after(
+        &registry,
+        Duration::from_secs(2),
+        &fast_session.connection,
+        "three missed polls of 1 s",
+    )
+    .await;
     // The other agent has polled once only: the ceiling applies.
     tokio::time::advance(Duration::from_secs(80)).await;
     assert_eq!(registry.stale_sessions(Instant::now()).len(), 1);

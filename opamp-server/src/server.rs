@@ -25,6 +25,7 @@ use crate::connection::{Connection, ConnectionConfig, PeerInfo, TransportKind};
 use crate::messages;
 use crate::protocol::Disposition;
 use crate::registry::Registry;
+use crate::setters::setters;
 use crate::shared::{Admission, ServerInner, Settings, lock, plain_status};
 pub use crate::shared::{Keepalive, ResponseBody};
 
@@ -135,20 +136,17 @@ impl<C: Callbacks> ServerBuilder<C> {
         }
     }
 
-    /// Uses this registry (to choose its store, bus and policies, or to
-    /// share it); by default the server makes one with
-    /// [`Registry::new`].
-    pub fn registry(mut self, registry: Registry) -> Self {
-        self.registry = Some(registry);
-        self
-    }
+    setters! {
+        /// Uses this registry (to choose its store, bus and policies, or to
+        /// share it); by default the server makes one with
+        /// [`Registry::new`].
+        registry(registry: Registry) => registry = Some(registry);
 
-    /// Capabilities announced in the first reply on every connection
-    /// (CAP-07). `AcceptsStatus` is always added (CAP-08). Default
-    /// [`DEFAULT_CAPABILITIES`].
-    pub fn capabilities(mut self, capabilities: ServerCapabilities) -> Self {
-        self.capabilities = capabilities | ServerCapabilities::ACCEPTS_STATUS;
-        self
+        /// Capabilities announced in the first reply on every connection
+        /// (CAP-07). `AcceptsStatus` is always added (CAP-08). Default
+        /// [`DEFAULT_CAPABILITIES`].
+        capabilities(capabilities: ServerCapabilities) =>
+            capabilities = capabilities | ServerCapabilities::ACCEPTS_STATUS;
     }
 
     /// Custom capabilities the server supports (CUS-01, CUS-03: reverse
@@ -162,96 +160,59 @@ impl<C: Callbacks> ServerBuilder<C> {
         self
     }
 
-    /// Largest message accepted or sent, measured after decompression
-    /// (WS-08..11, HTTP-16..19). Default 64 MiB.
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.settings.max_message_size = bytes;
-        self
-    }
+    setters! {
+        /// Largest message accepted or sent, measured after decompression
+        /// (WS-08..11, HTTP-16..19). Default 64 MiB.
+        max_message_size(bytes: usize) => settings.max_message_size = bytes;
 
-    /// Most WebSocket connections plus in-flight plain-HTTP requests at
-    /// once; beyond it requests get 503 with `Retry-After`. Default 20 000.
-    pub fn max_connections(mut self, max: usize) -> Self {
-        self.settings.max_connections = max;
-        self
-    }
+        /// Most WebSocket connections plus in-flight plain-HTTP requests at
+        /// once; beyond it requests get 503 with `Retry-After`. Default 20 000.
+        max_connections(max: usize) => settings.max_connections = max;
 
-    /// The `Retry-After` sent when the connection limit is reached or the
-    /// server is shutting down. Default 30 s.
-    pub fn busy_retry_after(mut self, delay: Duration) -> Self {
-        self.settings.busy_retry_after = delay;
-        self
-    }
+        /// The `Retry-After` sent when the connection limit is reached or the
+        /// server is shutting down. Default 30 s.
+        busy_retry_after(delay: Duration) => settings.busy_retry_after = delay;
 
-    /// The heartbeat interval agents are expected to use (default 30 s,
-    /// HB-08), the unit of the idle timeout.
-    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
-        self.settings.heartbeat_interval = interval;
-        self
-    }
+        /// The heartbeat interval agents are expected to use (default 30 s,
+        /// HB-08), the unit of the idle timeout.
+        heartbeat_interval(interval: Duration) => settings.heartbeat_interval = interval;
 
-    /// A WebSocket is closed ([`DisconnectReason::IdleTimeout`]) after this
-    /// many heartbeat intervals without a message, counted before the first
-    /// message and for agents that announce `ReportsHeartbeat` (HB-11:
-    /// others need not send anything). 0 turns it off. Default 3.
-    pub fn idle_timeout_heartbeats(mut self, heartbeats: u32) -> Self {
-        self.settings.idle_timeout_heartbeats = heartbeats;
-        self
-    }
+        /// A WebSocket is closed ([`DisconnectReason::IdleTimeout`]) after this
+        /// many heartbeat intervals without a message, counted before the first
+        /// message and for agents that announce `ReportsHeartbeat` (HB-11:
+        /// others need not send anything). 0 turns it off. Default 3.
+        idle_timeout_heartbeats(heartbeats: u32) => settings.idle_timeout_heartbeats = heartbeats;
 
-    /// WebSocket keepalive pings (default [`Keepalive::default`]); `None`
-    /// turns them off.
-    pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
-        self.settings.keepalive = keepalive;
-        self
-    }
+        /// WebSocket keepalive pings (default [`Keepalive::default`]); `None`
+        /// turns them off.
+        keepalive(keepalive: Option<Keepalive>) => settings.keepalive = keepalive;
 
-    /// Messages queued per WebSocket before the agent counts as not reading
-    /// and is disconnected. Default 16.
-    pub fn send_queue_capacity(mut self, capacity: usize) -> Self {
-        self.send_queue_capacity = capacity.max(1);
-        self
-    }
+        /// Messages queued per WebSocket before the agent counts as not reading
+        /// and is disconnected. Default 16.
+        send_queue_capacity(capacity: usize) => send_queue_capacity = capacity.max(1);
 
-    /// [`serve`](OpampServer::serve): time allowed for a request head (and
-    /// the TLS handshake) to arrive, against slowloris clients. Default 10 s.
-    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.header_read_timeout = timeout;
-        self
-    }
+        /// [`serve`](OpampServer::serve): time allowed for a request head (and
+        /// the TLS handshake) to arrive, against slowloris clients. Default 10 s.
+        header_read_timeout(timeout: Duration) => settings.header_read_timeout = timeout;
 
-    /// Time allowed for a plain-HTTP request body. Default 30 s.
-    pub fn body_read_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.body_read_timeout = timeout;
-        self
-    }
+        /// Time allowed for a plain-HTTP request body. Default 30 s.
+        body_read_timeout(timeout: Duration) => settings.body_read_timeout = timeout;
 
-    /// Bound for a WebSocket closing handshake. Default 5 s.
-    pub fn close_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.close_timeout = timeout;
-        self
-    }
+        /// Bound for a WebSocket closing handshake. Default 5 s.
+        close_timeout(timeout: Duration) => settings.close_timeout = timeout;
 
-    /// Bound for graceful shutdown (closing WebSockets, draining plain-HTTP
-    /// requests). Default 10 s.
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.shutdown_timeout = timeout;
-        self
-    }
+        /// Bound for graceful shutdown (closing WebSockets, draining plain-HTTP
+        /// requests). Default 10 s.
+        shutdown_timeout(timeout: Duration) => settings.shutdown_timeout = timeout;
 
-    /// [`serve`](OpampServer::serve): the path of the endpoint (default
-    /// [`DEFAULT_PATH`], GEN-03); other paths get 404.
-    pub fn path(mut self, path: impl Into<String>) -> Self {
-        self.settings.path = path.into();
-        self
-    }
+        /// [`serve`](OpampServer::serve): the path of the endpoint (default
+        /// [`DEFAULT_PATH`], GEN-03); other paths get 404.
+        path(path: impl Into<String>) => settings.path = path.into();
 
-    /// [`serve`](OpampServer::serve): TLS, optionally requiring client
-    /// certificates (mutual TLS; the chain reaches callbacks through
-    /// [`PeerInfo`]).
-    pub fn tls(mut self, tls: ServerTlsConfig) -> Self {
-        self.settings.tls = Some(tls);
-        self
+        /// [`serve`](OpampServer::serve): TLS, optionally requiring client
+        /// certificates (mutual TLS; the chain reaches callbacks through
+        /// [`PeerInfo`]).
+        tls(tls: ServerTlsConfig) => settings.tls = Some(tls);
     }
 
     /// Builds the server.

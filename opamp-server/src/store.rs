@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use opamp_proto::InstanceUid;
 
@@ -90,6 +90,26 @@ pub trait AgentStore: Send + Sync + 'static {
     /// [`load`](Self::load); override it when checking is cheaper.
     fn contains(&self, uid: InstanceUid) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move { Ok(self.load(uid).await?.is_some()) })
+    }
+}
+
+/// A shared store: several registries (server instances in one process)
+/// can use one store object through clones of an `Arc`.
+impl<S: AgentStore + ?Sized> AgentStore for Arc<S> {
+    fn load(&self, uid: InstanceUid) -> BoxFuture<'_, Result<Option<AgentRecord>, StoreError>> {
+        (**self).load(uid)
+    }
+    fn save(&self, record: AgentRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).save(record)
+    }
+    fn remove(&self, uid: InstanceUid) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).remove(uid)
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<AgentRecord>, StoreError>> {
+        (**self).list()
+    }
+    fn contains(&self, uid: InstanceUid) -> BoxFuture<'_, Result<bool, StoreError>> {
+        (**self).contains(uid)
     }
 }
 

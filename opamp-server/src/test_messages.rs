@@ -39,3 +39,12 @@ pub(crate) fn compressed(uid: InstanceUid, sequence_num: u64) -> AgentToServer {
         ..Default::default()
     }
 }
+
+/// `message` announcing `capabilities` instead.
+pub(crate) fn with_caps(
+    mut message: AgentToServer,
+    capabilities: AgentCapabilities,
+) -> AgentToServer {
+    message.capabilities = capabilities.bits();
+    message
+}

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fault_support::{Fault, FaultyProxy, config, mixed_fleet, panics, start_all};
-use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
+use fault_support::{Fault, FaultyProxy, config, config_agent, mixed_fleet, panics, start_all};
+use opamp_client::{AgentCapabilities, OpampClient};
 use opamp_proto::{InstanceUid, RemoteConfigStatuses};
 use opamp_server::{AgentRecord, Callbacks, Connection, DisconnectReason, OpampServer};
 use opamp_testkit::{RunningServer, report_applied, until_all, within_for};
@@ -103,19 +103,15 @@ async fn cut_stalled_and_trickled_connections_recover_on_both_sides() {
 
     let agents: Vec<(InstanceUid, OpampClient)> =
         mixed_fleet(AGENTS, WEBSOCKET_AGENTS, |_, scheme, uid| {
-            OpampClient::builder(format!("{scheme}://{}/v1/opamp", proxy.addr))
-                .instance_uid(uid)
-                .agent_description(AgentDescription::for_service("io.example.proxied", "1.0"))
-                .capabilities(
-                    AgentCapabilities::ACCEPTS_REMOTE_CONFIG
-                        | AgentCapabilities::REPORTS_REMOTE_CONFIG
-                        | AgentCapabilities::REPORTS_HEARTBEAT,
-                )
-                .heartbeat_interval(Duration::from_secs(5))
-                .polling_interval(Duration::from_secs(2))
-                .callbacks(Applier)
-                .build()
-                .expect("valid client settings")
+            config_agent(
+                format!("{scheme}://{}/v1/opamp", proxy.addr),
+                uid,
+                ("io.example.proxied", "1.0"),
+                Duration::from_secs(2),
+            )
+            .callbacks(Applier)
+            .build()
+            .expect("valid client settings")
         });
     start_all(&agents).await;
     let uids: Vec<InstanceUid> = agents.iter().map(|(uid, _)| *uid).collect();

@@ -21,12 +21,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fault_support::{
-    CrashableServer, config, ensure_open_files, mixed_scheme, quantile, start_all,
+    CrashableServer, config, config_agent, ensure_open_files, mixed_scheme, quantile, start_all,
 };
-use opamp_client::{
-    AgentCapabilities, AgentDescription, ExponentialBackoff, OpampClient, RetryPolicy,
-    TransportError,
-};
+use opamp_client::{ExponentialBackoff, OpampClient, RetryPolicy, TransportError};
 use opamp_proto::{InstanceUid, RemoteConfigStatus, RemoteConfigStatuses};
 use opamp_server::{
     AgentRecord, Callbacks, ConnectDecision, ConnectRequest, OpampServer, Registry,
@@ -145,29 +142,25 @@ fn backoff() -> opamp_client::RetryPolicyFactory {
 fn agent(index: usize, addr: SocketAddr, fleet: &Arc<Fleet>) -> (InstanceUid, OpampClient) {
     let uid = InstanceUid::new_v7();
     let scheme = mixed_scheme(index, WEBSOCKET_AGENTS);
-    let client = OpampClient::builder(format!("{scheme}://{addr}/v1/opamp"))
-        .instance_uid(uid)
-        .agent_description(AgentDescription::for_service("io.example.fleet", "1.0.0"))
-        .capabilities(
-            AgentCapabilities::ACCEPTS_REMOTE_CONFIG
-                | AgentCapabilities::REPORTS_REMOTE_CONFIG
-                | AgentCapabilities::REPORTS_HEARTBEAT,
-        )
-        .heartbeat_interval(Duration::from_secs(5))
-        .polling_interval(Duration::from_secs(1))
-        .retry_policy(backoff())
-        .header(
-            http::HeaderName::from_static(AGENT_HEADER),
-            http::HeaderValue::from(index),
-        )
-        .shutdown_timeout(Duration::from_secs(5))
-        .callbacks(Agent {
-            index,
-            slow: is_slow(index),
-            fleet: Arc::clone(fleet),
-        })
-        .build()
-        .expect("valid client settings");
+    let client = config_agent(
+        format!("{scheme}://{addr}/v1/opamp"),
+        uid,
+        ("io.example.fleet", "1.0.0"),
+        Duration::from_secs(1),
+    )
+    .retry_policy(backoff())
+    .header(
+        http::HeaderName::from_static(AGENT_HEADER),
+        http::HeaderValue::from(index),
+    )
+    .shutdown_timeout(Duration::from_secs(5))
+    .callbacks(Agent {
+        index,
+        slow: is_slow(index),
+        fleet: Arc::clone(fleet),
+    })
+    .build()
+    .expect("valid client settings");
     (uid, client)
 }
 

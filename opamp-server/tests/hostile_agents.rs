@@ -20,8 +20,8 @@ use opamp_proto::{
 };
 use opamp_server::{OpampServer, SendError};
 use opamp_testkit::{
-    CAPS, RunningServer, Ws, config_file, frame, framed, http_request, offer_config, post, uid,
-    within, ws_close_code, ws_connect, ws_recv,
+    CAPS, RunningServer, Ws, big_config, frame, framed, http_request, post, push_until_refused,
+    uid, within, ws_close_code, ws_connect, ws_recv,
 };
 use opamp_transport::encode_frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -637,10 +637,6 @@ async fn seq_05_sequence_numbers_going_backwards_ask_for_full_state() {
     finish(healthy, running).await;
 }
 
-fn big_config(bytes: usize) -> ServerToAgent {
-    offer_config(config_file("", "", &"x".repeat(bytes)))
-}
-
 /// A WebSocket agent that never reads fills its bounded send queue and is
 /// disconnected (SendQueueFull, close 1008); memory stays bounded by the
 /// queue and the healthy agent keeps its pushes and replies.
@@ -661,20 +657,7 @@ async fn agent_that_never_reads_is_disconnected() {
     // From here on the hostile agent reads nothing.
     let registry = running.registry();
     let push = big_config(512 * 1024);
-    let mut outcome = None;
-    for _ in 0..1000 {
-        match registry.send(agent, push.clone()).await {
-            Ok(_) => {
-                for _ in 0..8 {
-                    tokio::task::yield_now().await;
-                }
-            }
-            Err(error) => {
-                outcome = Some(error);
-                break;
-            }
-        }
-    }
+    let outcome = push_until_refused(1000, || registry.send(agent, push.clone())).await;
     assert!(
         matches!(
             outcome,

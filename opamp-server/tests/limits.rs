@@ -8,34 +8,13 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use http::{StatusCode, header};
 use http_body_util::Full;
-use opamp_proto::{
-    AgentCapabilities, AgentConfigMap, AgentConfigObject, AgentRemoteConfig, Message, ServerToAgent,
-};
+use opamp_proto::{AgentCapabilities, Message};
 use opamp_server::{AgentEvent, DisconnectReason, Keepalive, OpampServer, SendError};
 use opamp_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-fn big_config(bytes: usize) -> ServerToAgent {
-    let mut config = AgentConfigMap::default();
-    config.config_map.insert(
-        String::new(),
-        AgentConfigObject {
-            body: Bytes::from(vec![b'x'; bytes]),
-            content_type: String::new(),
-            ..Default::default()
-        },
-    );
-    ServerToAgent {
-        remote_config: Some(AgentRemoteConfig {
-            config_hash: opamp_proto::config_hash(&config),
-            config: Some(config),
-        }),
-        ..Default::default()
-    }
-}
 
 #[tokio::test]
 async fn ws_09_oversize_incoming_message_closes_with_1009() {
@@ -191,24 +170,38 @@ async fn hb_11_agents_without_heartbeats_are_not_timed_out() {
     running.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn slowloris_request_heads_time_out() {
+/// A server that allows five seconds for a request head.
+async fn with_header_read_timeout() -> RunningServer {
     let server = OpampServer::builder()
         .header_read_timeout(Duration::from_secs(5))
         .build();
-    let running = RunningServer::start(server).await;
+    RunningServer::start(server).await
+}
+
+/// Sends `opening` on a new TCP connection and waits for the server to hang
+/// up: after its header read timeout, long before ten minutes (paused
+/// clock). Returns what the server sent.
+async fn hang_up_after(running: &RunningServer, opening: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(running.addr).await.unwrap();
-    // Half a request head, and then nothing.
-    stream
-        .write_all(b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: applic")
-        .await
-        .unwrap();
+    stream.write_all(opening).await.unwrap();
     let started = tokio::time::Instant::now();
     let mut received = Vec::new();
     let read =
         tokio::time::timeout(Duration::from_secs(600), stream.read_to_end(&mut received)).await;
-    assert!(read.is_ok(), "the server must hang up");
+    assert!(read.is_ok(), "the server must hang up on {opening:?}");
     assert!(started.elapsed() >= Duration::from_secs(5));
+    received
+}
+
+#[tokio::test(start_paused = true)]
+async fn slowloris_request_heads_time_out() {
+    let running = with_header_read_timeout().await;
+    // Half a request head, and then nothing.
+    let received = hang_up_after(
+        &running,
+        b"POST /v1/opamp HTTP/1.1\r\nHost: x\r\nContent-Type: applic",
+    )
+    .await;
     assert!(
         received.is_empty() || received.starts_with(b"HTTP/1.1 408"),
         "{}",
@@ -219,19 +212,9 @@ async fn slowloris_request_heads_time_out() {
 
 #[tokio::test(start_paused = true)]
 async fn silent_connections_and_half_http2_prefaces_time_out() {
-    let server = OpampServer::builder()
-        .header_read_timeout(Duration::from_secs(5))
-        .build();
-    let running = RunningServer::start(server).await;
+    let running = with_header_read_timeout().await;
     for opening in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
-        let mut stream = TcpStream::connect(running.addr).await.unwrap();
-        stream.write_all(opening).await.unwrap();
-        let started = tokio::time::Instant::now();
-        let mut received = Vec::new();
-        let read =
-            tokio::time::timeout(Duration::from_secs(600), stream.read_to_end(&mut received)).await;
-        assert!(read.is_ok(), "the server must hang up on {opening:?}");
-        assert!(started.elapsed() >= Duration::from_secs(5));
+        hang_up_after(&running, opening).await;
     }
     running.stop().await;
 }
@@ -250,21 +233,8 @@ async fn an_agent_that_never_reads_is_disconnected() {
     // From here on the client reads nothing.
     let connection = running.registry().connection(agent).unwrap();
     let push = big_config(512 * 1024);
-    let mut outcome = None;
-    for _ in 0..400 {
-        match connection.send(push.clone()) {
-            Ok(_) => {
-                // Let the writer move what it can into the socket.
-                for _ in 0..8 {
-                    tokio::task::yield_now().await;
-                }
-            }
-            Err(error) => {
-                outcome = Some(error);
-                break;
-            }
-        }
-    }
+    let outcome =
+        push_until_refused(400, || std::future::ready(connection.send(push.clone()))).await;
     assert!(matches!(outcome, Some(SendError::QueueFull)), "{outcome:?}");
     assert!(connection.is_closed());
     let reason = loop {

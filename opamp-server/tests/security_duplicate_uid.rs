@@ -8,6 +8,7 @@
 //! (`uid_09_...`, `uid_10_...`); the real-client WebSocket pair under
 //! `AssignNewUid` is in `with_client.rs`.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -139,6 +140,34 @@ async fn live_agent(serving: &RunningServer<Ends>, scheme: &str, uid: InstanceUi
     (original, connection.id())
 }
 
+/// Starts an agent claiming `uid` and waits until it has been refused
+/// `times` times.
+async fn refused_impostor(
+    serving: &RunningServer<Ends>,
+    scheme: &str,
+    uid: InstanceUid,
+    times: usize,
+) -> Agent {
+    let mut impostor = agent(serving.endpoint(scheme), uid);
+    impostor.client.start().await.unwrap();
+    count_reaches(
+        BOUND,
+        "the duplicate is refused again and again",
+        &mut impostor.bad_requests,
+        times,
+    )
+    .await;
+    impostor
+}
+
+/// Stops the agents, then the server.
+async fn stop_all(serving: RunningServer<Ends>, agents: [Agent; 2]) {
+    for agent in agents {
+        agent.client.stop().await;
+    }
+    serving.stop().await;
+}
+
 /// Regression: under `Refuse`, the refused client reconnects at once
 /// (WS-19) with its next `sequence_num`, which continued the live agent's
 /// numbering and used to pass for the live agent reconnecting: the two took
@@ -150,15 +179,7 @@ async fn uid_10_a_refused_duplicate_cannot_take_the_uid_by_reconnecting() {
     let uid = InstanceUid::new_v7();
     let (original, original_connection) = live_agent(&serving, "ws", uid).await;
 
-    let mut impostor = agent(serving.endpoint("ws"), uid);
-    impostor.client.start().await.unwrap();
-    count_reaches(
-        BOUND,
-        "the duplicate is refused again and again",
-        &mut impostor.bad_requests,
-        5,
-    )
-    .await;
+    let impostor = refused_impostor(&serving, "ws", uid, 5).await;
     assert_eq!(
         registry.connection(uid).map(|c| c.id()),
         Some(original_connection),
@@ -246,19 +267,12 @@ async fn duplicate_gets_a_new_uid(live: &str, newcomer: &str) {
         Some(newcomer_transport)
     );
     assert_eq!(original.client.instance_uid(), uid);
-    original.client.stop().await;
-    clone.client.stop().await;
-    serving.stop().await;
+    stop_all(serving, [original, clone]).await;
 }
 
 #[tokio::test(start_paused = true)]
-async fn uid_09_a_plain_http_clone_of_a_websocket_agent_gets_a_new_uid() {
-    duplicate_gets_a_new_uid("ws", "http").await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn uid_09_a_websocket_clone_of_a_plain_http_agent_gets_a_new_uid() {
-    duplicate_gets_a_new_uid("http", "ws").await;
+async fn uid_09_a_clone_on_the_other_transport_gets_a_new_uid() {
+    both_ways(duplicate_gets_a_new_uid).await;
 }
 
 /// UID-10 across transports: the newcomer is refused every time, is never
@@ -270,15 +284,7 @@ async fn duplicate_is_refused(live: &str, newcomer: &str) {
     let uid = InstanceUid::new_v7();
     let (original, original_connection) = live_agent(&serving, live, uid).await;
 
-    let mut impostor = agent(serving.endpoint(newcomer), uid);
-    impostor.client.start().await.unwrap();
-    count_reaches(
-        BOUND,
-        "the duplicate is refused again and again",
-        &mut impostor.bad_requests,
-        4,
-    )
-    .await;
+    let impostor = refused_impostor(&serving, newcomer, uid, 4).await;
     assert_eq!(
         registry.connection(uid).map(|c| c.id()),
         Some(original_connection)
@@ -298,17 +304,23 @@ async fn duplicate_is_refused(live: &str, newcomer: &str) {
             "{event:?}"
         );
     }
-    original.client.stop().await;
-    impostor.client.stop().await;
-    serving.stop().await;
+    stop_all(serving, [original, impostor]).await;
 }
 
 #[tokio::test(start_paused = true)]
-async fn uid_10_a_plain_http_duplicate_of_a_websocket_agent_is_refused() {
-    duplicate_is_refused("ws", "http").await;
+async fn uid_10_a_duplicate_on_the_other_transport_is_refused() {
+    both_ways(duplicate_is_refused).await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn uid_10_a_websocket_duplicate_of_a_plain_http_agent_is_refused() {
-    duplicate_is_refused("http", "ws").await;
+/// Runs `case` with the live agent on WebSocket and the newcomer on plain
+/// HTTP, then the other way round; a failure names the case.
+async fn both_ways<F>(case: fn(&'static str, &'static str) -> F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    for (live, newcomer) in [("ws", "http"), ("http", "ws")] {
+        if let Err(failure) = tokio::spawn(case(live, newcomer)).await {
+            panic!("{live} live agent, {newcomer} newcomer: {failure}");
+        }
+    }
 }

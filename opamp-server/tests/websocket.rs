@@ -5,8 +5,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::SinkExt;
 use opamp_proto::{
-    AgentConfigMap, AgentConfigObject, AgentDisconnect, RemoteConfigStatus, RemoteConfigStatuses,
-    ServerCapabilities, ServerErrorResponseType, ServerToAgent, server_error_response,
+    AgentDisconnect, RemoteConfigStatus, RemoteConfigStatuses, ServerCapabilities,
+    ServerErrorResponseType, ServerToAgent, server_error_response,
 };
 use opamp_server::{
     DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, RemoteConfigState, unavailable_response,
@@ -120,19 +120,6 @@ async fn msg_07_agent_disconnect_then_close() {
     running.stop().await;
 }
 
-fn config(body: &str) -> AgentConfigMap {
-    let mut config = AgentConfigMap::default();
-    config.config_map.insert(
-        "agent.yaml".into(),
-        AgentConfigObject {
-            body: Bytes::from(body.to_owned()),
-            content_type: "text/yaml".into(),
-            ..Default::default()
-        },
-    );
-    config
-}
-
 #[tokio::test]
 async fn rcfg_03_pushed_config_is_tracked_until_applied() {
     let running = RunningServer::start(OpampServer::builder().build()).await;
@@ -142,7 +129,7 @@ async fn rcfg_03_pushed_config_is_tracked_until_applied() {
     ws_exchange(&mut ws, &report(agent, 0)).await;
 
     let offer = registry
-        .set_remote_config(agent, config("level: debug"))
+        .set_remote_config(agent, config_map("level: debug"))
         .await
         .unwrap();
     let pushed = ws_recv(&mut ws).await;
@@ -151,7 +138,7 @@ async fn rcfg_03_pushed_config_is_tracked_until_applied() {
         .remote_config
         .expect("pushed without waiting for the agent");
     assert_eq!(remote.config_hash, offer.hash);
-    assert_eq!(remote.config, Some(config("level: debug")));
+    assert_eq!(remote.config, Some(config_map("level: debug")));
 
     let waiter = {
         let registry = registry.clone();

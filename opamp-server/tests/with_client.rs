@@ -2,14 +2,12 @@
 
 use bytes::Bytes;
 use opamp_client::{AgentCapabilities, AgentDescription, OpampClient};
-use opamp_proto::{
-    AgentConfigMap, AgentConfigObject, InstanceUid, ServerErrorResponse, ServerToAgentCommand,
-};
+use opamp_proto::{InstanceUid, ServerErrorResponse, ServerToAgentCommand};
 use opamp_server::{
-    AgentEvent, DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, RemoteConfigState,
+    AgentEvent, DEFAULT_CAPABILITIES, DisconnectReason, OpampServer, Registry, RemoteConfigState,
     TransportKind,
 };
-use opamp_testkit::{RunningServer, ServerEvent, next_server_event, report_applied};
+use opamp_testkit::{RunningServer, ServerEvent, config_map, next_server_event, report_applied};
 use tokio::sync::{broadcast, mpsc};
 
 /// What the agent saw.
@@ -65,25 +63,21 @@ fn agent(endpoint: String, uid: InstanceUid) -> (OpampClient, mpsc::UnboundedRec
     (client, events)
 }
 
-fn config() -> AgentConfigMap {
-    let mut config = AgentConfigMap::default();
-    config.config_map.insert(
-        "agent.yaml".into(),
-        AgentConfigObject {
-            body: Bytes::from_static(b"level: info\n"),
-            content_type: "text/yaml".into(),
-            ..Default::default()
-        },
-    );
-    config
-}
-
 async fn connected(events: &mut broadcast::Receiver<AgentEvent>) -> InstanceUid {
     loop {
         if let AgentEvent::Connected { uid, .. } = events.recv().await.unwrap() {
             return uid;
         }
     }
+}
+
+/// A server with every default, its registry and a subscription to the
+/// registry's events.
+async fn server() -> (RunningServer, Registry, broadcast::Receiver<AgentEvent>) {
+    let running = RunningServer::start(OpampServer::builder().build()).await;
+    let registry = running.registry().clone();
+    let events = registry.subscribe();
+    (running, registry, events)
 }
 
 /// Connects, receives a pushed config, reports it applied, restarts on
@@ -113,7 +107,10 @@ async fn full_round_trip(scheme: &str, transport: TransportKind) {
         Some(transport)
     );
 
-    let offer = registry.set_remote_config(uid, config()).await.unwrap();
+    let offer = registry
+        .set_remote_config(uid, config_map("level: info\n"))
+        .await
+        .unwrap();
     assert_eq!(
         agent_seen.recv().await,
         Some(AgentSeen::Config(offer.hash.clone()))
@@ -178,9 +175,7 @@ async fn http_15_plain_http_round_trip_with_the_real_client() {
 
 #[tokio::test(start_paused = true)]
 async fn seq_05_seq_06_lost_server_state_is_rebuilt_from_a_full_report() {
-    let running = RunningServer::start(OpampServer::builder().build()).await;
-    let registry = running.registry().clone();
-    let mut events = registry.subscribe();
+    let (running, registry, mut events) = server().await;
     let uid = InstanceUid::new_v7();
     let (client, _agent_seen) = agent(format!("ws://{}/v1/opamp", running.addr), uid);
     client.start().await.unwrap();
@@ -213,9 +208,7 @@ async fn seq_05_seq_06_lost_server_state_is_rebuilt_from_a_full_report() {
 
 #[tokio::test(start_paused = true)]
 async fn uid_08_uid_09_duplicate_agents_are_told_a_new_uid() {
-    let running = RunningServer::start(OpampServer::builder().build()).await;
-    let registry = running.registry().clone();
-    let mut events = registry.subscribe();
+    let (running, registry, mut events) = server().await;
     let uid = InstanceUid::new_v7();
     let endpoint = format!("ws://{}/v1/opamp", running.addr);
     let (first, _first_seen) = agent(endpoint.clone(), uid);

@@ -41,7 +41,8 @@
 //!   [`ClientEvent`]); [`quick_retry`] for clients that retry on real time;
 //!   [`report_applied`] for agents that take every remote config.
 //! - **Messages**: [`uid`], [`report`], [`heartbeat`], [`ack`],
-//!   [`config_map`], [`offer_config`], [`body_of`].
+//!   [`config_map`], [`offer_config`], [`body_of`]; [`big_config`] and
+//!   [`push_until_refused`] for agents that do not read.
 //! - **External tools**: [`go`], [`postgres_url`] (and, with the
 //!   `postgres` feature, `fresh_database`), [`chromium`]; each skips
 //!   with a notice locally and panics when `CI=true` ([`running_in_ci`],
@@ -65,6 +66,7 @@ mod http_server;
 mod messages;
 mod pki;
 mod process;
+mod push;
 mod raw_agent;
 mod server;
 mod server_recorder;
@@ -90,6 +92,7 @@ pub use messages::{
 };
 pub use pki::{PkiFiles, TestPki};
 pub use process::{ChildProcess, OutputLine, Stream, dump_output, free_port, wait_for_port};
+pub use push::{big_config, push_until_refused};
 pub use raw_agent::{
     FromServer, Ws, frame, framed, header_number, http_exchange, http_request, http_url, post,
     ws_close_code, ws_connect, ws_connect_url, ws_exchange, ws_next, ws_recv, ws_send, ws_url,

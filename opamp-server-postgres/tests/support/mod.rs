@@ -7,11 +7,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use opamp_proto::ServerToAgent;
+use opamp_proto::{InstanceUid, ServerToAgent};
 use opamp_server::{OpampServer, Registry};
 use opamp_server_postgres::{Config, PgBackend};
 pub use opamp_testkit::{
@@ -72,6 +72,34 @@ pub async fn sql(config: &Config) -> tokio_postgres::Client {
         .expect("connect");
     tokio::spawn(connection);
     client
+}
+
+/// The rows `query` returns with agent `uid` as `$1`, on a connection of
+/// its own.
+pub async fn agent_rows(
+    config: &Config,
+    query: &str,
+    uid: InstanceUid,
+) -> Vec<tokio_postgres::Row> {
+    sql(config)
+        .await
+        .query(query, &[&uid.to_uuid()])
+        .await
+        .unwrap()
+}
+
+/// The one row `query` returns with agent `uid` as `$1`.
+pub async fn agent_row(config: &Config, query: &str, uid: InstanceUid) -> tokio_postgres::Row {
+    sql(config)
+        .await
+        .query_one(query, &[&uid.to_uuid()])
+        .await
+        .unwrap()
+}
+
+/// Column `index` of `row`, a text that may be NULL.
+pub fn text(row: &tokio_postgres::Row, index: usize) -> Option<String> {
+    row.get(index)
 }
 
 /// The next `ServerToAgent` on `ws`, with a hang guard.
@@ -136,12 +164,16 @@ impl Cluster {
         self.url.parse().expect("the cluster URL parses")
     }
 
-    fn run(&self, action: &str) {
-        let output = Command::new("bash")
+    /// Runs `.ci/postgres.sh ACTION DIR` on this cluster.
+    fn script(&self, action: &str) -> std::io::Result<Output> {
+        Command::new("bash")
             .arg(SCRIPT)
             .args([action, &self.dir])
             .output()
-            .expect("run postgres.sh");
+    }
+
+    fn run(&self, action: &str) {
+        let output = self.script(action).expect("run postgres.sh");
         assert!(
             output.status.success(),
             "postgres.sh {action} failed: {}",
@@ -162,9 +194,6 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(SCRIPT)
-            .args(["stop", &self.dir])
-            .output();
+        let _ = self.script("stop");
     }
 }

@@ -11,7 +11,7 @@ use opamp_proto::{
 
 use super::*;
 use crate::record::AgentRecord;
-use crate::test_messages::{compressed, full, uid};
+use crate::test_messages::{compressed, full, uid, with_caps};
 
 fn ws(id: u64) -> ConnectionRef {
     ConnectionRef::new(id, TransportKind::WebSocket, None)
@@ -60,6 +60,14 @@ impl World {
             reconnect_guard: None,
             ..CoreSettings::default()
         })
+    }
+
+    /// Default settings and `agent`, whose full first report came on
+    /// `ws(1)` one second after the start.
+    fn with_agent(agent: InstanceUid) -> (Self, InstanceUid) {
+        let mut world = Self::default_settings();
+        world.send(ws(1), &full(agent, 0), S);
+        (world, agent)
     }
 
     /// One message on `connection` at `at` after the start.
@@ -144,6 +152,11 @@ impl World {
         exchange
     }
 
+    /// Whether the reply to [`send`](Self::send) asks for the full state.
+    fn asks(&mut self, connection: ConnectionRef, message: &AgentToServer, at: Duration) -> bool {
+        asks_full_state(&self.send(connection, message, at))
+    }
+
     fn close(&mut self, connection: ConnectionRef) {
         self.live
             .retain(|_, (holding, _)| holding.id != connection.id);
@@ -159,9 +172,7 @@ const S: Duration = Duration::from_secs(1);
 
 #[test]
 fn seq_02_bare_heartbeats_never_ask_for_the_record() {
-    let mut world = World::default_settings();
-    let agent = uid(1);
-    world.send(ws(1), &full(agent, 0), S);
+    let (mut world, agent) = World::with_agent(uid(1));
     assert_eq!((world.loads, world.saves), (1, 1));
     for n in 1..=50 {
         let exchange = world.send(ws(1), &compressed(agent, n), S * (n as u32 + 1));
@@ -183,60 +194,28 @@ fn seq_02_bare_heartbeats_never_ask_for_the_record() {
 fn seq_05_a_gap_asks_for_full_state_once_and_the_answer_is_the_baseline() {
     let mut world = World::default_settings();
     let agent = uid(2);
-    assert!(!asks_full_state(&world.send(ws(1), &full(agent, 0), S)));
-    assert!(!asks_full_state(&world.send(
-        ws(1),
-        &compressed(agent, 1),
-        2 * S
-    )));
-    assert!(asks_full_state(&world.send(
-        ws(1),
-        &compressed(agent, 3),
-        3 * S
-    )));
+    assert!(!world.asks(ws(1), &full(agent, 0), S));
+    assert!(!world.asks(ws(1), &compressed(agent, 1), 2 * S));
+    assert!(world.asks(ws(1), &compressed(agent, 3), 3 * S));
     // Whatever number the full report carries, it is the new baseline.
-    assert!(!asks_full_state(&world.send(
-        ws(1),
-        &full(agent, 17),
-        4 * S
-    )));
-    assert!(!asks_full_state(&world.send(
-        ws(1),
-        &compressed(agent, 18),
-        5 * S
-    )));
+    assert!(!world.asks(ws(1), &full(agent, 17), 4 * S));
+    assert!(!world.asks(ws(1), &compressed(agent, 18), 5 * S));
     // Repeats (ERR-04) and a restart at 0 with a description are not gaps.
-    assert!(!asks_full_state(&world.send(
-        ws(1),
-        &compressed(agent, 18),
-        6 * S
-    )));
-    assert!(!asks_full_state(&world.send(ws(1), &full(agent, 0), 7 * S)));
+    assert!(!world.asks(ws(1), &compressed(agent, 18), 6 * S));
+    assert!(!world.asks(ws(1), &full(agent, 0), 7 * S));
 }
 
 #[test]
 fn seq_07_an_agent_unknown_to_the_server_is_asked_once_per_connection() {
     let mut world = World::default_settings();
     let agent = uid(3);
-    assert!(asks_full_state(&world.send(
-        ws(1),
-        &compressed(agent, 5),
-        S
-    )));
+    assert!(world.asks(ws(1), &compressed(agent, 5), S));
     // It ignores the flag; it is not asked again on this connection (no loop).
     for n in 6..10 {
-        assert!(!asks_full_state(&world.send(
-            ws(1),
-            &compressed(agent, n),
-            S * n as u32
-        )));
+        assert!(!world.asks(ws(1), &compressed(agent, n), S * n as u32));
     }
     world.close(ws(1));
-    assert!(asks_full_state(&world.send(
-        ws(2),
-        &compressed(agent, 10),
-        20 * S
-    )));
+    assert!(world.asks(ws(2), &compressed(agent, 10), 20 * S));
 }
 
 #[test]
@@ -272,9 +251,7 @@ fn uid_05_a_requested_uid_is_assigned_and_the_reply_carries_the_old_one() {
 
 #[test]
 fn uid_09_the_same_agent_continuing_its_sequence_takes_over() {
-    let mut world = World::default_settings();
-    let agent = uid(5);
-    world.send(ws(1), &full(agent, 0), S);
+    let (mut world, agent) = World::with_agent(uid(5));
     world.send(ws(1), &compressed(agent, 1), 2 * S);
     // The old connection still looks live, but number 2 continues it.
     let exchange = world.send(ws(2), &compressed(agent, 2), 3 * S);
@@ -289,9 +266,7 @@ fn uid_09_the_same_agent_continuing_its_sequence_takes_over() {
 
 #[test]
 fn uid_09_two_live_connections_are_duplicates_and_the_newcomer_gets_a_new_uid() {
-    let mut world = World::default_settings();
-    let agent = uid(6);
-    world.send(ws(1), &full(agent, 0), S);
+    let (mut world, agent) = World::with_agent(uid(6));
     world.alive.insert(1, true);
     // Quiet for a while, so the core asks for a probe; it answers.
     let exchange = world.send(ws(2), &full(agent, 0), 60 * S);
@@ -311,9 +286,7 @@ fn uid_09_two_live_connections_are_duplicates_and_the_newcomer_gets_a_new_uid() 
 
 #[test]
 fn uid_09_recent_traffic_is_proof_of_life_without_a_probe() {
-    let mut world = World::default_settings();
-    let agent = uid(7);
-    world.send(ws(1), &full(agent, 0), S);
+    let (mut world, agent) = World::with_agent(uid(7));
     let exchange = world.send(ws(2), &full(agent, 0), 2 * S);
     assert!(!world.asked.contains(&"probe"));
     assert_ne!(exchange.uid, agent);
@@ -324,9 +297,7 @@ fn uid_09_recent_traffic_is_proof_of_life_without_a_probe() {
 /// the agent keeps its uid and its history.
 #[test]
 fn uid_09_a_dead_old_connection_is_replaced_and_the_agent_keeps_its_uid() {
-    let mut world = World::default_settings();
-    let agent = uid(8);
-    world.send(ws(1), &full(agent, 0), S);
+    let (mut world, agent) = World::with_agent(uid(8));
     world.send(ws(1), &compressed(agent, 1), 2 * S);
     // Messages 2..=5 were lost in the hole; the client reconnects after its
     // reply timeout and sends its full state.
@@ -363,9 +334,7 @@ fn uid_10_refuse_policy_refuses_a_live_duplicate_and_remembers_it() {
 
 #[test]
 fn msg_07_agent_disconnect_ends_the_session() {
-    let mut world = World::default_settings();
-    let agent = uid(10);
-    world.send(ws(1), &full(agent, 0), S);
+    let (mut world, agent) = World::with_agent(uid(10));
     let mut goodbye = compressed(agent, 1);
     goodbye.agent_disconnect = Some(AgentDisconnect {});
     let exchange = world.send(ws(1), &goodbye, 2 * S);
@@ -383,8 +352,7 @@ fn msg_07_agent_disconnect_ends_the_session() {
 fn rcfg_02_rcfg_08_desired_config_is_gated_and_offered_once_per_connection() {
     let mut world = World::default_settings();
     let agent = uid(11);
-    let mut no_config = full(agent, 0);
-    no_config.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
+    let no_config = with_caps(full(agent, 0), AgentCapabilities::REPORTS_STATUS);
     world.send(ws(1), &no_config, S);
     let config = AgentConfigMap::default();
     let hash = config_hash(&config);
@@ -393,8 +361,7 @@ fn rcfg_02_rcfg_08_desired_config_is_gated_and_offered_once_per_connection() {
         config_hash: hash.clone(),
     });
     world.live.get_mut(&agent).unwrap().1.invalidate();
-    let mut next = compressed(agent, 1);
-    next.capabilities = AgentCapabilities::REPORTS_STATUS.bits();
+    let next = with_caps(compressed(agent, 1), AgentCapabilities::REPORTS_STATUS);
     assert!(
         world
             .send(ws(1), &next, 2 * S)

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use opamp_client::OpampClient;
+use opamp_client::{AgentCapabilities, AgentDescription, ClientBuilder, OpampClient};
 use opamp_proto::{AgentConfigMap, InstanceUid};
 use opamp_server::{Callbacks, OpampServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,6 +47,27 @@ pub fn mixed_fleet(
             )
         })
         .collect()
+}
+
+/// The client of a fleet agent that takes remote configs: `uid` at
+/// `endpoint`, describing itself as `service` `version`, heartbeating every
+/// five seconds and polling (plain HTTP) every `polling`.
+pub fn config_agent(
+    endpoint: String,
+    uid: InstanceUid,
+    (service, version): (&str, &str),
+    polling: Duration,
+) -> ClientBuilder {
+    OpampClient::builder(endpoint)
+        .instance_uid(uid)
+        .agent_description(AgentDescription::for_service(service, version))
+        .capabilities(
+            AgentCapabilities::ACCEPTS_REMOTE_CONFIG
+                | AgentCapabilities::REPORTS_REMOTE_CONFIG
+                | AgentCapabilities::REPORTS_HEARTBEAT,
+        )
+        .heartbeat_interval(Duration::from_secs(5))
+        .polling_interval(polling)
 }
 
 /// Starts every agent of a fleet.
