@@ -812,18 +812,40 @@ impl Fleet {
         // Each agent's events are handled in order, different agents' side
         // by side: a fleet-wide push brings thousands at once, and handling
         // them one after the other would fall behind the registry.
-        let handlers: Vec<tokio::sync::mpsc::Sender<RegistryEvent>> = (0..EVENT_HANDLERS)
+        let (handlers, tasks): (Vec<_>, Vec<_>) = (0..EVENT_HANDLERS)
             .map(|_| {
                 let (sender, mut queue) = tokio::sync::mpsc::channel(EVENT_QUEUE);
                 let fleet = Arc::clone(&self);
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     while let Some(event) = queue.recv().await {
                         fleet.handle(event).await;
                     }
                 });
-                sender
+                (sender, task)
             })
-            .collect();
+            .unzip();
+        self.dispatch(&handlers, &mut events, &mut shutdown, &mut changes)
+            .await;
+        // The handlers finish what is queued and end; waiting for them means
+        // nothing holds the store once the follower is done, so a stopped
+        // fleet's store file can be opened again at once.
+        drop(handlers);
+        for task in tasks {
+            if let Err(error) = task.await {
+                tracing::warn!(%error, "fleet event handler failed");
+            }
+        }
+    }
+
+    /// Hands registry events to their agent's handler until shutdown or
+    /// until the registry's event stream ends.
+    async fn dispatch(
+        &self,
+        handlers: &[tokio::sync::mpsc::Sender<RegistryEvent>],
+        events: &mut broadcast::Receiver<RegistryEvent>,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+        changes: &mut Option<broadcast::Receiver<FleetChange>>,
+    ) {
         loop {
             let next = tokio::select! {
                 next = events.recv() => next,
@@ -839,7 +861,7 @@ impl Fleet {
                         Ok(FleetChange::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
                             self.notify(UiEvent::Resync);
                         }
-                        Err(broadcast::error::RecvError::Closed) => changes = None,
+                        Err(broadcast::error::RecvError::Closed) => *changes = None,
                     }
                     continue;
                 }
