@@ -190,7 +190,6 @@ mod record;
 mod registry;
 mod serve;
 mod server;
-mod setters;
 mod shared;
 mod store;
 #[cfg(test)]

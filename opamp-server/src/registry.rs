@@ -28,7 +28,6 @@ use crate::protocol::{
     Inbound, Liveness, Offered, ReconnectGuard, ReconnectHistory, ServerCore, Step, Stored,
 };
 use crate::record::{AgentRecord, RemoteConfigState};
-use crate::setters::setters;
 use crate::store::{AgentStore, MemoryStore};
 
 /// Default silence after which a plain-HTTP agent whose polling interval is
@@ -180,18 +179,18 @@ impl Default for Registry {
 }
 
 impl RegistryBuilder {
-    setters! {
+    opamp_transport::builder_setters! {
         /// Stores records in `store` instead of memory. Bare heartbeats of
         /// connected agents do not reach the store; see [`AgentStore`] for when
         /// their bookkeeping is saved.
-        store(store: impl AgentStore) => store = Arc::new(store);
+        pub fn store(store: impl AgentStore) => store = Arc::new(store);
 
         /// Forwards to other instances through `bus`.
-        bus(bus: impl MessageBus) => bus = Arc::new(bus);
+        pub fn bus(bus: impl MessageBus) => bus = Arc::new(bus);
 
         /// What to do with duplicate instance uids (default
         /// [`DuplicateUidPolicy::AssignNewUid`]).
-        duplicate_policy(policy: DuplicateUidPolicy) => core.duplicate_policy = policy;
+        pub fn duplicate_policy(policy: DuplicateUidPolicy) => core.duplicate_policy = policy;
     }
 
     /// The longest silence after which a plain-HTTP agent's session ends as
@@ -212,26 +211,26 @@ impl RegistryBuilder {
         self
     }
 
-    setters! {
+    opamp_transport::builder_setters! {
         /// How long an old WebSocket holding a uid has to answer a ping when a
         /// newcomer claims the same uid (default [`DEFAULT_PROBE_DEADLINE`]). A
         /// connection that carried a message within the last few seconds is
         /// taken as alive without a ping. A dead one is replaced and the
         /// newcomer keeps the uid; only two live connections are duplicates.
-        probe_deadline(deadline: Duration) => settings.probe_deadline = deadline;
+        pub fn probe_deadline(deadline: Duration) => settings.probe_deadline = deadline;
 
         /// How many events a slow subscriber may fall behind before it misses
         /// some (default 1024).
-        event_capacity(capacity: usize) => settings.event_capacity = capacity.max(1);
+        pub fn event_capacity(capacity: usize) => settings.event_capacity = capacity.max(1);
 
         /// Limits how often one agent may connect anew (default
         /// [`ReconnectGuard::default`]); `None` turns the guard off.
-        reconnect_guard(guard: Option<ReconnectGuard>) => core.reconnect_guard = guard;
+        pub fn reconnect_guard(guard: Option<ReconnectGuard>) => core.reconnect_guard = guard;
 
         /// Turns status tracking off: no store, no sequence checks, no desired
         /// state; only connection tracking, duplicates and delivery remain.
         /// On by default.
-        track_state(track: bool) => core.track_state = track;
+        pub fn track_state(track: bool) => core.track_state = track;
     }
 
     /// Builds the registry.

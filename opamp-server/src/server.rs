@@ -25,7 +25,6 @@ use crate::connection::{Connection, ConnectionConfig, PeerInfo, TransportKind};
 use crate::messages;
 use crate::protocol::Disposition;
 use crate::registry::Registry;
-use crate::setters::setters;
 use crate::shared::{Admission, ServerInner, Settings, lock, plain_status};
 pub use crate::shared::{Keepalive, ResponseBody};
 
@@ -136,16 +135,16 @@ impl<C: Callbacks> ServerBuilder<C> {
         }
     }
 
-    setters! {
+    opamp_transport::builder_setters! {
         /// Uses this registry (to choose its store, bus and policies, or to
         /// share it); by default the server makes one with
         /// [`Registry::new`].
-        registry(registry: Registry) => registry = Some(registry);
+        pub fn registry(registry: Registry) => registry = Some(registry);
 
         /// Capabilities announced in the first reply on every connection
         /// (CAP-07). `AcceptsStatus` is always added (CAP-08). Default
         /// [`DEFAULT_CAPABILITIES`].
-        capabilities(capabilities: ServerCapabilities) =>
+        pub fn capabilities(capabilities: ServerCapabilities) =>
             capabilities = capabilities | ServerCapabilities::ACCEPTS_STATUS;
     }
 
@@ -160,59 +159,59 @@ impl<C: Callbacks> ServerBuilder<C> {
         self
     }
 
-    setters! {
+    opamp_transport::builder_setters! {
         /// Largest message accepted or sent, measured after decompression
         /// (WS-08..11, HTTP-16..19). Default 64 MiB.
-        max_message_size(bytes: usize) => settings.max_message_size = bytes;
+        pub fn max_message_size(bytes: usize) => settings.max_message_size = bytes;
 
         /// Most WebSocket connections plus in-flight plain-HTTP requests at
         /// once; beyond it requests get 503 with `Retry-After`. Default 20 000.
-        max_connections(max: usize) => settings.max_connections = max;
+        pub fn max_connections(max: usize) => settings.max_connections = max;
 
         /// The `Retry-After` sent when the connection limit is reached or the
         /// server is shutting down. Default 30 s.
-        busy_retry_after(delay: Duration) => settings.busy_retry_after = delay;
+        pub fn busy_retry_after(delay: Duration) => settings.busy_retry_after = delay;
 
         /// The heartbeat interval agents are expected to use (default 30 s,
         /// HB-08), the unit of the idle timeout.
-        heartbeat_interval(interval: Duration) => settings.heartbeat_interval = interval;
+        pub fn heartbeat_interval(interval: Duration) => settings.heartbeat_interval = interval;
 
         /// A WebSocket is closed ([`DisconnectReason::IdleTimeout`]) after this
         /// many heartbeat intervals without a message, counted before the first
         /// message and for agents that announce `ReportsHeartbeat` (HB-11:
         /// others need not send anything). 0 turns it off. Default 3.
-        idle_timeout_heartbeats(heartbeats: u32) => settings.idle_timeout_heartbeats = heartbeats;
+        pub fn idle_timeout_heartbeats(heartbeats: u32) => settings.idle_timeout_heartbeats = heartbeats;
 
         /// WebSocket keepalive pings (default [`Keepalive::default`]); `None`
         /// turns them off.
-        keepalive(keepalive: Option<Keepalive>) => settings.keepalive = keepalive;
+        pub fn keepalive(keepalive: Option<Keepalive>) => settings.keepalive = keepalive;
 
         /// Messages queued per WebSocket before the agent counts as not reading
         /// and is disconnected. Default 16.
-        send_queue_capacity(capacity: usize) => send_queue_capacity = capacity.max(1);
+        pub fn send_queue_capacity(capacity: usize) => send_queue_capacity = capacity.max(1);
 
         /// [`serve`](OpampServer::serve): time allowed for a request head (and
         /// the TLS handshake) to arrive, against slowloris clients. Default 10 s.
-        header_read_timeout(timeout: Duration) => settings.header_read_timeout = timeout;
+        pub fn header_read_timeout(timeout: Duration) => settings.header_read_timeout = timeout;
 
         /// Time allowed for a plain-HTTP request body. Default 30 s.
-        body_read_timeout(timeout: Duration) => settings.body_read_timeout = timeout;
+        pub fn body_read_timeout(timeout: Duration) => settings.body_read_timeout = timeout;
 
         /// Bound for a WebSocket closing handshake. Default 5 s.
-        close_timeout(timeout: Duration) => settings.close_timeout = timeout;
+        pub fn close_timeout(timeout: Duration) => settings.close_timeout = timeout;
 
         /// Bound for graceful shutdown (closing WebSockets, draining plain-HTTP
         /// requests). Default 10 s.
-        shutdown_timeout(timeout: Duration) => settings.shutdown_timeout = timeout;
+        pub fn shutdown_timeout(timeout: Duration) => settings.shutdown_timeout = timeout;
 
         /// [`serve`](OpampServer::serve): the path of the endpoint (default
         /// [`DEFAULT_PATH`], GEN-03); other paths get 404.
-        path(path: impl Into<String>) => settings.path = path.into();
+        pub fn path(path: impl Into<String>) => settings.path = path.into();
 
         /// [`serve`](OpampServer::serve): TLS, optionally requiring client
         /// certificates (mutual TLS; the chain reaches callbacks through
         /// [`PeerInfo`]).
-        tls(tls: ServerTlsConfig) => settings.tls = Some(tls);
+        pub fn tls(tls: ServerTlsConfig) => settings.tls = Some(tls);
     }
 
     /// Builds the server.

@@ -1,4 +1,5 @@
-//! A macro for the builder setters of this crate and of `opamp-client`.
+//! A macro for the builder setters of this crate, `opamp-client` and
+//! `opamp-server`.
 
 /// Writes builder setters that store their argument in a field:
 ///
@@ -11,18 +12,19 @@
 ///
 /// becomes `pub fn connect_timeout(mut self, timeout: Duration) -> Self`,
 /// documented as written, that sets `self.connect_timeout` and returns `self`.
+/// The field may be a path (`settings.max_message_size = bytes`).
 /// Setters that do more than store a value are written out by hand.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! builder_setters {
     ($(
         $(#[$attr:meta])*
-        pub fn $name:ident($arg:ident: $ty:ty) => $field:ident = $value:expr;
+        pub fn $name:ident($arg:ident: $ty:ty) => $($field:ident).+ = $value:expr;
     )*) => {
         $(
             $(#[$attr])*
             pub fn $name(mut self, $arg: $ty) -> Self {
-                self.$field = $value;
+                self.$($field).+ = $value;
                 self
             }
         )*
